@@ -1,0 +1,71 @@
+"""The contract between the streaming engine and every model family (AOT/MAVOS, LiVOS, ...).
+
+The engine (``longvos.engine``) knows nothing about how a model remembers: it resizes frames, maps user object ids,
+validates masks and formats outputs. Everything a model needs to remember about one video lives in a state object
+that the model creates (``init_state``) and mutates (``step``); the model itself holds only weights, so one loaded
+model serves many videos at once.
+
+Conventions shared by all families:
+- ``image_B3HW`` is RGB float in [0, 1] at the network input size (see :meth:`VOSModel.input_size`); the model does
+  its own mean/std normalisation so that preprocessing numerics live with the weights they belong to.
+- Objects are identified by the engine's integer ids (any value, stable for the life of a session). A model keeps
+  them in ``state.object_ids`` in the order it returns probabilities.
+- Probabilities are returned as ``(1 + N, H, W)``: channel 0 is background, channel ``i`` is
+  ``state.object_ids[i - 1]``; they sum to one over channels.
+"""
+from __future__ import annotations
+
+import abc
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import nn
+
+
+@runtime_checkable
+class TrackerState(Protocol):
+    """Per-video state of one model. Fixed-shape tensors per object slot; never grows with video length
+    (except for memory designs that grow by definition, such as DeAOT's ``growing``)."""
+
+    object_ids: list[int]
+
+    def nbytes(self) -> int:
+        """Bytes held by the state's tensors (the per-video memory a user pays for)."""
+        ...
+
+
+class VOSModel(nn.Module, abc.ABC):
+    """A semi-supervised VOS model with stateless verbs; all per-video state is in the state object."""
+
+    #: Registry name this instance was built under (e.g. ``"mavos-mnv2"``); set by ``longvos.models.create_model``.
+    name: str = ""
+
+    @abc.abstractmethod
+    def input_size(self, height: int, width: int) -> tuple[int, int]:
+        """Network input size for a frame already resized to about ``height x width`` (stride rounding)."""
+
+    @abc.abstractmethod
+    def init_state(self) -> TrackerState:
+        """A fresh, empty per-video state (no objects)."""
+
+    @abc.abstractmethod
+    def step(
+        self,
+        state: TrackerState,
+        image_B3HW: torch.Tensor,
+        masks: dict[int, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Process one frame and write it to memory as the design prescribes.
+
+        ``masks`` maps object id -> ``(H, W)`` float mask in [0, 1] at the network input size, for objects that are
+        new on this frame or re-anchored by the user. On such a frame the given masks win where they are set and
+        the prediction fills in the remaining objects; the merged result is what gets memorised. Objects given
+        for the first time are appended to ``state.object_ids``.
+
+        Returns probabilities ``(1 + N, H, W)`` for ``state.object_ids`` after the step. On a frame with no object
+        at all, returns a single background channel of ones.
+        """
+
+    @abc.abstractmethod
+    def remove_objects(self, state: TrackerState, object_ids: list[int]) -> None:
+        """Forget objects: they leave ``state.object_ids`` and stop influencing later frames."""

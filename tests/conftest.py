@@ -1,0 +1,37 @@
+"""Shared test fixtures: paths to the real data and golden outputs in ../shared (never copied into the repo)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("LONGVOS_SHARED", REPO.parent / "shared")).resolve()
+GOLDEN = SHARED / "golden"
+DATA = SHARED / "data"
+DEV = DATA / "dev" / "davis2016-dev"
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    if not SHARED.is_dir():
+        pytest.fail(f"shared data not found at {SHARED}; set LONGVOS_SHARED")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def golden_dir(shared_dir) -> Path:
+    return shared_dir / "golden"
+
+
+@pytest.fixture(scope="session")
+def dev_dir(shared_dir) -> Path:
+    return shared_dir / "data" / "dev" / "davis2016-dev"
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_torch():
+    torch.manual_seed(0)
+    yield
