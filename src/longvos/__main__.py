@@ -1,0 +1,5 @@
+import sys
+
+from longvos.cli.main import main
+
+sys.exit(main())
