@@ -1,2 +1,52 @@
-"""longvos: semi-supervised video object segmentation on long videos in constant memory."""
+"""longvos: semi-supervised video object segmentation on long videos in constant memory.
+
+Public API (imported on first use, so that ``import longvos`` and ``longvos --help`` stay fast)::
+
+    segmenter = longvos.load_model("mavos-lite", device="auto")
+    with segmenter.session(max_size=480) as session:
+        for frame in longvos.open_video("clip.mp4"):
+            result = session.step(frame.image, first_mask if frame.index == 0 else None)
+
+    longvos.segment_video("clip.mp4", "first_mask.png", "out/")   # the whole video to PNGs, resumable
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
+
+# public name -> module that defines it
+_EXPORTS = {
+    "load_model": "longvos.engine.segmenter",
+    "Segmenter": "longvos.engine.segmenter",
+    "Session": "longvos.engine.session",
+    "StepResult": "longvos.engine.session",
+    "VideoState": "longvos.engine.offline",
+    "segment_video": "longvos.engine.pipeline",
+    "SegmentSummary": "longvos.engine.pipeline",
+    "SegmentationError": "longvos.engine.pipeline",
+    "open_video": "longvos.io.video",
+    "Frame": "longvos.io.video",
+    "FrameSource": "longvos.io.video",
+    "read_index_mask": "longvos.io.masks",
+    "write_index_png": "longvos.io.masks",
+    "InputError": "longvos.io.errors",
+    "MaskError": "longvos.io.errors",
+    "VideoReadError": "longvos.io.errors",
+    "list_models": "longvos.models.registry",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'longvos' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__

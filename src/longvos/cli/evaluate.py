@@ -1,0 +1,107 @@
+"""`longvos eval DATA_ROOT --pred DIR | --model NAME`: DAVIS-exact J&F of predictions, or of a model's run.
+
+DATA_ROOT is in the DAVIS layout (`JPEGImages/<seq>/`, `Annotations/<seq>/`; sparse annotations are fine). With
+`--pred`, the PNGs in `DIR/<seq>/` are scored. With `--model`, the model first runs over every sequence (each
+object's mask is given on the first annotated frame where it appears), its masks are written to
+`OUT/predictions/<seq>/`, and its speed and peak memory are measured with the papers' protocol. Prints a table and
+writes `global_results.csv`, `per-sequence_results.csv` (one row per object) and `summary.json` into OUT.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from longvos.cli.main import CommandError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("data_root", type=Path, help="dataset in the DAVIS layout (Annotations/<seq>/*.png)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--pred", type=Path, help="folder of predictions, <seq>/<frame>.png, to score")
+    source.add_argument("--model", help="run this model first (see `longvos models`), then score its masks")
+    parser.add_argument("--checkpoint", type=Path, help="with --model: longvos or official checkpoint")
+    parser.add_argument("--out", type=Path, help="where reports (and --model predictions) go; default: the --pred "
+                                                 "folder, or runs/eval/<model> with --model")
+    parser.add_argument("--sequences", help="comma-separated sequence names, or a text file with one per line "
+                                            "(default: every sequence in Annotations/)")
+    parser.add_argument("--objects", choices=("first-frame", "all"), default="first-frame",
+                        help="first-frame: objects of the first annotated frame, as the official DAVIS evaluator "
+                             "(default); all: also objects that appear later (LVOS, YouTube-VOS)")
+    parser.add_argument("--decay", choices=("int64", "official-uint8"), default="int64",
+                        help="decay bin edges: int64 (correct, default) or official-uint8 (the official code's "
+                             "numbers, wrong from 256 scored frames on; for comparison with published tables)")
+    parser.add_argument("-j", "--workers", type=int, default=None, help="scoring processes (default: CPU cores)")
+    parser.add_argument("--device", default="auto", help="with --model: auto (cuda > mps > cpu), cpu, cuda, mps")
+    parser.add_argument("--dtype", default=None, help="with --model: autocast dtype fp32 (default), bf16, fp16")
+    parser.add_argument("--max-size", "--size", dest="max_size", type=int, default=480,
+                        help="with --model: short side the network sees (0 = native; default 480)")
+    parser.add_argument("--memory", help="with --model: long-term memory design override (mca, growing, ref+prev)")
+    parser.add_argument("--mem-gap", type=int, help="with --model: frames between long-term memory updates")
+    parser.add_argument("--brief", action="store_true", help="print only the global row, not one row per object")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _sequence_names(text: str | None) -> list[str] | Path | None:
+    if text is None:
+        return None
+    if Path(text).is_file():
+        return Path(text)
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def run(args: argparse.Namespace) -> int:
+    # Heavy imports only when the command runs (`longvos --help` stays fast).
+    from longvos.eval.dataset import DavisLayout, find_sequences, resolve_sequence_names
+    from longvos.eval.report import format_table, write_reports
+    from longvos.eval.scoring import evaluate_sequences
+    from longvos.io.errors import InputError
+
+    if args.pred is not None:
+        for option in ("checkpoint", "memory", "mem_gap", "dtype"):
+            if getattr(args, option) is not None:
+                raise CommandError(f"--{option.replace('_', '-')} only applies with --model")
+    progress = not args.quiet and sys.stderr.isatty()
+    try:
+        layout = DavisLayout.at(args.data_root)
+        names = resolve_sequence_names(layout.annotations_root, _sequence_names(args.sequences))
+        extra = {}
+        if args.model is not None:
+            out_dir = args.out or Path("runs") / "eval" / args.model
+            pred_root = out_dir / "predictions"
+            run_report = _run_model(args, layout, names, pred_root, progress)
+            extra = {"run": run_report.to_dict()}
+        else:
+            out_dir, pred_root, run_report = args.out or args.pred, args.pred, None
+        sequences = find_sequences(layout.annotations_root, pred_root, names)
+        result = evaluate_sequences(sequences, objects=args.objects, decay=args.decay, workers=args.workers,
+                                    progress=progress)
+        paths = write_reports(result, out_dir, extra)
+    except (InputError, OSError) as err:
+        raise CommandError(str(err)) from None
+
+    print(format_table(result, per_object=not args.brief))
+    print(f"J&F-Mean {result.summary['J&F-Mean']:.4f} over {len(result.objects)} objects in "
+          f"{len(result.sequences)} sequences (objects: {result.object_policy}, decay: {result.decay_mode})")
+    if result.unscored_objects:
+        print(f"not scored (no annotated frame after they appear): {', '.join(result.unscored_objects)}")
+    if run_report is not None:
+        print(run_report.describe())
+    print(f"wrote {paths['summary']}, {paths['per_sequence'].name}, {paths['global'].name}"
+          + (f"; predictions in {pred_root}" if run_report is not None else ""))
+    return 0
+
+
+def _run_model(args: argparse.Namespace, layout, names: list[str], pred_root: Path, progress: bool):
+    import torch
+
+    from longvos.engine.segmenter import load_model
+    from longvos.eval.runner import run_model
+
+    torch.manual_seed(0)  # models without a checkpoint get random weights: make them the same on every run
+    try:
+        segmenter = load_model(args.model, args.checkpoint, device=args.device, dtype=args.dtype,
+                               memory=args.memory, mem_gap=args.mem_gap)
+    except (KeyError, ValueError) as err:
+        raise CommandError(str(err).strip("'\"")) from None
+    return run_model(segmenter, layout, names, pred_root, max_size=args.max_size or None, progress=progress)

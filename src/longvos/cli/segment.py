@@ -1,0 +1,78 @@
+"""`longvos segment VIDEO --mask PATH --out DIR`: segment objects through a video, one palette PNG per frame.
+
+VIDEO is a video file, a folder of jpg/png frames or a quoted glob. `--mask PATH` gives the first frame's mask;
+`--mask PATH@N` gives frame N's (for objects that appear later). `--box x0,y0,x1,y1` (repeatable) makes the first
+mask with GrabCut instead. Masks are written as they are computed, named after the source frames; `--resume`
+continues an interrupted run from its last complete frame.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from longvos.cli.main import CommandError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("video", help="video file (mp4/mov/mkv/webm), folder of jpg/png frames, or a quoted glob")
+    parser.add_argument("--mask", action="append", default=[], metavar="PATH[@FRAME]",
+                        help="index-mask PNG for the first frame processed, or for frame index FRAME (repeatable)")
+    parser.add_argument("--box", action="append", default=[], metavar="x0,y0,x1,y1",
+                        help="make the first frame's mask with GrabCut, one object per box (repeatable)")
+    parser.add_argument("--out", required=True, type=Path, help="output folder for the per-frame PNGs")
+    parser.add_argument("--overlay", type=Path, help="also write an overlay video (mp4/mov/mkv/webm)")
+    parser.add_argument("--model", default=None, help="model name (see `longvos models`; default: mavos-lite)")
+    parser.add_argument("--checkpoint", type=Path, help="longvos or official checkpoint (default: bundled weights)")
+    parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
+    parser.add_argument("--dtype", default=None, help="autocast compute dtype: fp32 (default), bf16 or fp16")
+    parser.add_argument("--max-size", type=int, default=480,
+                        help="short side the network sees, in pixels (0 = native); outputs keep the original size")
+    parser.add_argument("--memory", default=None, help="long-term memory design override (mca, ref+prev, growing)")
+    parser.add_argument("--mem-gap", type=int, default=None, help="frames between long-term memory updates")
+    parser.add_argument("--start", type=int, default=0, help="first frame index to process (default 0)")
+    parser.add_argument("--end", type=int, default=None, help="frame index to stop before (default: the end)")
+    parser.add_argument("--reverse", action="store_true", help="process from the last frame back to the first")
+    parser.add_argument("--per-object", action="store_true", help="also write objects/<id>/<frame>.png (0/255)")
+    parser.add_argument("--probs", action="store_true", help="also write probs/<frame>.npz (float16 probabilities)")
+    parser.add_argument("--resume", action="store_true", help="continue an interrupted run into the same --out")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def parse_mask_argument(text: str) -> tuple[int | None, Path]:
+    """``PATH`` -> (None, PATH); ``PATH@FRAME`` -> (FRAME, PATH). A path that itself contains '@' still works."""
+    path, at, frame = text.rpartition("@")
+    if at and frame.isdigit():
+        return int(frame), Path(path)
+    return None, Path(text)
+
+
+def run(args: argparse.Namespace) -> int:
+    # Heavy imports (torch, PyAV) happen only when the command actually runs.
+    from longvos.engine.pipeline import DEFAULT_MODEL, SegmentationError, segment_video
+    from longvos.io.errors import InputError
+    from longvos.io.prompts import parse_box
+
+    masks: dict[int | None, Path] = {}
+    for text in args.mask:
+        frame, path = parse_mask_argument(text)
+        if frame in masks:
+            raise CommandError(f"two masks for {'the first frame' if frame is None else f'frame {frame}'}")
+        masks[frame] = path
+    try:
+        boxes = [parse_box(text) for text in args.box]
+        summary = segment_video(
+            str(args.video), masks, args.out, model=args.model or DEFAULT_MODEL, checkpoint=args.checkpoint,
+            device=args.device, dtype=args.dtype, memory=args.memory, mem_gap=args.mem_gap, max_size=args.max_size,
+            start=args.start, end=args.end, reverse=args.reverse, boxes=boxes or None, overlay=args.overlay,
+            per_object=args.per_object, save_probs=args.probs, resume=args.resume, progress=not args.quiet,
+        )
+    except SegmentationError as err:
+        raise CommandError(str(err), code=130 if err.interrupted else 1) from None
+    except (InputError, OSError, ValueError, KeyError) as err:
+        raise CommandError(str(err)) from None
+    if summary.notes:
+        print(f"{args.out}: {'; '.join(summary.notes)}")
+    else:
+        print(f"segmented {summary}")
+    return 0

@@ -1,0 +1,226 @@
+"""Checkpoints: official checkpoints -> longvos state_dicts with a strict key report, and longvos's own format.
+
+The official loaders are non-strict in both directions: unknown keys are dropped and missing weights silently keep
+their random init (loading a DeAOT checkpoint into MAVOS leaves the MCA blocks random). Here every conversion
+produces a :class:`KeyReport`, and nothing loads unless every model tensor is covered, every checkpoint tensor is
+used and every shape matches.
+
+Official checkpoints are accepted as ``{'state_dict': ...}``, ``{'model': ...}`` or a raw state_dict, with or
+without a DataParallel ``module.`` prefix. The per-family key mapping (official name -> ours) lives in that family's
+``official.py`` and is looked up in :data:`OFFICIAL_KEY_MAPS`.
+
+A longvos checkpoint is ``{"longvos_checkpoint": 1, "model": name, "config": {...}, "state_dict": {...}}`` in our
+key names; :func:`load_checkpoint` tells the two kinds apart by that marker.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Union
+
+import torch
+
+from longvos.models.aot.official import aot_key_from_official
+from longvos.models.base import VOSModel
+from longvos.models.registry import create_model, model_entry
+
+FORMAT_MARKER = "longvos_checkpoint"
+FORMAT_VERSION = 1
+
+#: family -> function mapping an official key to ours (``None``: no counterpart). LiVOS registers its own.
+OFFICIAL_KEY_MAPS: dict[str, Callable[[str], str | None]] = {
+    "aot": aot_key_from_official,
+}
+
+#: A checkpoint path, or a checkpoint object already loaded.
+Source = Union[str, "os.PathLike[str]", Mapping[str, Any]]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used: unreadable, or keys/shapes that do not match the model."""
+
+
+@dataclass
+class KeyReport:
+    """How a checkpoint's tensors cover a model's: every problem key, by name."""
+
+    missing: list[str] = field(default_factory=list)  # model keys the checkpoint does not provide
+    unexpected: list[str] = field(default_factory=list)  # checkpoint keys with no place in the model (official names)
+    shape_mismatches: list[str] = field(default_factory=list)  # "key: checkpoint (..) vs model (..)"
+    matched: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.shape_mismatches)
+
+    def __str__(self) -> str:
+        if self.ok:
+            return f"all {self.matched} tensors matched"
+        lines = [f"{self.matched} tensors matched, {len(self.missing)} missing, {len(self.unexpected)} unexpected, "
+                 f"{len(self.shape_mismatches)} with the wrong shape"]
+        for title, keys in (("missing", self.missing), ("unexpected", self.unexpected),
+                            ("wrong shape", self.shape_mismatches)):
+            lines += [f"  {title}: {key}" for key in keys]
+        return "\n".join(lines)
+
+    def raise_if_incomplete(self, what: str = "checkpoint") -> None:
+        if not self.ok:
+            raise CheckpointError(f"{what} does not match the model:\n{self}")
+
+
+def read_checkpoint(source: Source) -> Mapping[str, Any]:
+    """A checkpoint object from a path (``torch.load(weights_only=True)`` on the CPU) or an object already loaded."""
+    if isinstance(source, Mapping):
+        return source
+    path = os.fspath(source)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # unpickling errors come in many types; the user needs the file name and the reason
+        raise CheckpointError(f"cannot read checkpoint {path}: {err}") from err
+
+
+def is_longvos_checkpoint(checkpoint: Mapping[str, Any]) -> bool:
+    return FORMAT_MARKER in checkpoint
+
+
+def official_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The tensors of an official checkpoint: unwrap ``state_dict``/``model``, strip a ``module.`` prefix."""
+    for wrapper in ("state_dict", "model"):
+        if isinstance(checkpoint.get(wrapper), Mapping):
+            checkpoint = checkpoint[wrapper]
+            break
+    tensors = {}
+    for key, value in checkpoint.items():
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"not a state_dict: entry {key!r} is a {type(value).__name__}, not a tensor")
+        tensors[key[len("module."):] if key.startswith("module.") else key] = value
+    return tensors
+
+
+def map_official_keys(official: Mapping[str, torch.Tensor], family: str,
+                      expected: Mapping[str, torch.Size]) -> tuple[dict[str, torch.Tensor], KeyReport]:
+    """Rename official tensors to ours and check them against ``expected`` (our key -> shape)."""
+    try:
+        to_ours = OFFICIAL_KEY_MAPS[family]
+    except KeyError:
+        raise CheckpointError(f"no official checkpoint converter for family {family!r} "
+                              f"(known: {', '.join(sorted(OFFICIAL_KEY_MAPS))})") from None
+    report = KeyReport()
+    state_dict: dict[str, torch.Tensor] = {}
+    seen: set[str] = set()
+    for official_key, tensor in official.items():
+        key = to_ours(official_key)
+        if key is None or key not in expected:
+            report.unexpected.append(official_key)
+            continue
+        seen.add(key)
+        if tuple(tensor.shape) != tuple(expected[key]):
+            report.shape_mismatches.append(f"{official_key} (ours: {key}): checkpoint {tuple(tensor.shape)} vs "
+                                           f"model {tuple(expected[key])}")
+        else:
+            state_dict[key] = tensor
+    report.missing = [key for key in expected if key not in seen]
+    report.matched = len(state_dict)
+    return state_dict, report
+
+
+def check_keys(state_dict: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Size]) -> KeyReport:
+    """Coverage report of a state_dict already in our key names."""
+    report = KeyReport()
+    for key, tensor in state_dict.items():
+        if key not in expected:
+            report.unexpected.append(key)
+        elif tuple(tensor.shape) != tuple(expected[key]):
+            report.shape_mismatches.append(f"{key}: checkpoint {tuple(tensor.shape)} vs model {tuple(expected[key])}")
+        else:
+            report.matched += 1
+    report.missing = [key for key in expected if key not in state_dict]
+    return report
+
+
+def model_shapes(model: torch.nn.Module) -> dict[str, torch.Size]:
+    return {key: value.shape for key, value in model.state_dict().items()}
+
+
+def expected_shapes(model_name: str, **overrides: Any) -> dict[str, torch.Size]:
+    """Our key -> shape for a registered model, without allocating its weights (built on the meta device)."""
+    with torch.device("meta"):
+        return model_shapes(create_model(model_name, **overrides))
+
+
+def convert_checkpoint(source: Source, model_name: str, *, family: str | None = None, strict: bool = True,
+                       **overrides: Any) -> tuple[dict[str, torch.Tensor], KeyReport]:
+    """Official checkpoint (path or loaded object) -> (our state_dict, key report) for a registered model.
+
+    With ``strict`` (the default) an incomplete conversion raises :class:`CheckpointError` listing every missing,
+    unexpected and mis-shaped key; otherwise the report is returned for the caller to act on.
+    """
+    family = family or model_entry(model_name).family
+    official = official_state_dict(read_checkpoint(source))
+    state_dict, report = map_official_keys(official, family, expected_shapes(model_name, **overrides))
+    if strict:
+        report.raise_if_incomplete(f"official checkpoint for {model_name}")
+    return state_dict, report
+
+
+def _config_dict(model: torch.nn.Module) -> dict[str, Any] | None:
+    config = getattr(model, "config", None)
+    return dataclasses.asdict(config) if dataclasses.is_dataclass(config) else None
+
+
+def save_checkpoint(path: str | os.PathLike[str], state_dict: Mapping[str, torch.Tensor], model_name: str,
+                    config: Mapping[str, Any] | None = None, half: bool = False) -> None:
+    """Write a longvos checkpoint; ``half`` stores floating tensors in float16 (they load back as float32)."""
+    tensors = {key: value.detach().to("cpu", torch.float16 if half and value.is_floating_point() else value.dtype)
+               for key, value in state_dict.items()}
+    directory = os.path.dirname(os.fspath(path))
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+    torch.save({FORMAT_MARKER: FORMAT_VERSION, "model": model_name, "config": dict(config or {}),
+                "state_dict": tensors}, path)
+
+
+def save_model(model: VOSModel, path: str | os.PathLike[str], half: bool = False) -> None:
+    """Write a model's weights as a longvos checkpoint (name and config included)."""
+    if not model.name:
+        raise ValueError("the model has no registry name; build it with longvos.models.create_model")
+    save_checkpoint(path, model.state_dict(), model.name, _config_dict(model), half=half)
+
+
+def load_checkpoint(model: VOSModel, source: Source) -> KeyReport:
+    """Load a longvos checkpoint or an official one (auto-detected) into ``model``, strictly.
+
+    Raises :class:`CheckpointError` naming every missing, unexpected or mis-shaped key; weights load only when
+    the report is clean. Half-precision checkpoints are cast to the model's parameter dtypes.
+    """
+    checkpoint = read_checkpoint(source)
+    what = f"checkpoint {source}" if not isinstance(source, Mapping) else "checkpoint"
+    expected = model_shapes(model)
+    if is_longvos_checkpoint(checkpoint):
+        state_dict = dict(checkpoint["state_dict"])
+        report = check_keys(state_dict, expected)
+        if not report.ok and checkpoint.get("model") != model.name:
+            what += f" (saved from {checkpoint.get('model')!r}, loading into {model.name!r})"
+    else:
+        if not model.name:
+            raise CheckpointError("an official checkpoint needs the model's registry name to pick the converter")
+        state_dict, report = map_official_keys(official_state_dict(checkpoint), model_entry(model.name).family,
+                                               expected)
+    report.raise_if_incomplete(what)
+    targets = model.state_dict()
+    model.load_state_dict({key: value.to(targets[key].dtype) for key, value in state_dict.items()}, strict=True)
+    return report
+
+
+def model_from_checkpoint(source: Source, **overrides: Any) -> VOSModel:
+    """Build the model a longvos checkpoint was saved from (registry name + saved config) and load its weights."""
+    checkpoint = read_checkpoint(source)
+    if not is_longvos_checkpoint(checkpoint):
+        raise CheckpointError("not a longvos checkpoint (no model name inside); use create_model(name) and "
+                              "load_checkpoint(model, path), or convert it with `longvos convert`")
+    model = create_model(checkpoint["model"], **{**checkpoint.get("config", {}), **overrides})
+    load_checkpoint(model, checkpoint)
+    return model

@@ -1,0 +1,83 @@
+"""Frame and mask geometry between the user's resolution and the network's.
+
+Frames are shrunk so that their short side is at most ``max_size`` (the papers evaluate at 480p; small videos are
+never enlarged), then snapped to the size the model accepts (``VOSModel.input_size``). Images are resampled
+bicubically, like the official AOT preprocessing (OpenCV ``INTER_CUBIC``, which uses the same kernel and pixel
+centres as ``torch`` bicubic without anti-aliasing); masks by nearest neighbour so ids never blend; probabilities
+come back to the original size bilinearly.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from longvos.io.errors import InputError
+
+
+def frame_to_tensor(frame: np.ndarray | Image.Image | torch.Tensor, what: str = "frame") -> torch.Tensor:
+    """An RGB frame as a ``(3, H, W)`` tensor: uint8 stays uint8 (cheaper to move), floats must be in [0, 1].
+
+    Accepts an ``(H, W, 3)`` uint8 or float array, a PIL image, or a ``(3, H, W)`` / ``(H, W, 3)`` tensor.
+    """
+    if isinstance(frame, Image.Image):
+        frame = np.asarray(frame.convert("RGB"))
+    if isinstance(frame, np.ndarray):
+        if frame.ndim != 3 or frame.shape[2] != 3:
+            raise InputError(f"{what}: expected an (H, W, 3) RGB array, got shape {frame.shape}")
+        if not frame.flags.writeable:  # e.g. np.asarray(PIL image); torch wants memory it may own
+            frame = frame.copy()
+        tensor = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1)
+    elif isinstance(frame, torch.Tensor):
+        if frame.ndim == 3 and frame.shape[0] == 3:
+            tensor = frame
+        elif frame.ndim == 3 and frame.shape[2] == 3:
+            tensor = frame.permute(2, 0, 1)
+        else:
+            raise InputError(f"{what}: expected a (3, H, W) or (H, W, 3) tensor, got shape {tuple(frame.shape)}")
+    else:
+        raise InputError(f"{what}: unsupported frame type {type(frame).__name__}; use a numpy array, PIL image "
+                         f"or tensor")
+    if tensor.dtype != torch.uint8 and not tensor.is_floating_point():
+        raise InputError(f"{what}: frames must be uint8 (0..255) or float (0..1), got {tensor.dtype}")
+    return tensor
+
+
+def to_network_input(image_3HW: torch.Tensor, size_hw: tuple[int, int], device: torch.device) -> torch.Tensor:
+    """``(1, 3, h, w)`` float32 RGB in [0, 1] on ``device`` at the network size."""
+    image_3HW = image_3HW.to(device, non_blocking=True)
+    image_13HW = (image_3HW.float() / 255.0 if image_3HW.dtype == torch.uint8 else image_3HW.float())[None]
+    if tuple(image_13HW.shape[-2:]) != tuple(size_hw):
+        image_13HW = F.interpolate(image_13HW, size=size_hw, mode="bicubic", align_corners=False).clamp_(0.0, 1.0)
+    return image_13HW
+
+
+def shrunk_size(height: int, width: int, max_size: int | None) -> tuple[int, int]:
+    """The size with the short side at most ``max_size`` (``None`` or <= 0: unchanged), aspect ratio kept."""
+    short = min(height, width)
+    if not max_size or max_size <= 0 or short <= max_size:
+        return height, width
+    scale = max_size / short
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def resize_ids_nearest(ids_HW: torch.Tensor, size_hw: tuple[int, int]) -> torch.Tensor:
+    """Nearest-neighbour resize of an integer map by indexing (exact for any id, unlike float interpolation).
+
+    Source pixel = floor(destination * in / out), the rule of ``F.interpolate(mode="nearest")`` and OpenCV.
+    """
+    height, width = ids_HW.shape
+    if (height, width) == tuple(size_hw):
+        return ids_HW
+    rows = (torch.arange(size_hw[0], device=ids_HW.device) * (height / size_hw[0])).floor().long().clamp_(max=height - 1)
+    cols = (torch.arange(size_hw[1], device=ids_HW.device) * (width / size_hw[1])).floor().long().clamp_(max=width - 1)
+    return ids_HW[rows][:, cols]
+
+
+def upsample_probs(probs_KHW: torch.Tensor, size_hw: tuple[int, int], align_corners: bool) -> torch.Tensor:
+    """Bilinear resize of ``(K, H, W)`` probabilities to ``size_hw`` in float32 (they stay a distribution)."""
+    probs_KHW = probs_KHW.float()
+    if tuple(probs_KHW.shape[-2:]) == tuple(size_hw):
+        return probs_KHW
+    return F.interpolate(probs_KHW[None], size=size_hw, mode="bilinear", align_corners=align_corners)[0]

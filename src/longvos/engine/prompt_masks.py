@@ -1,0 +1,71 @@
+"""The masks that start a ``segment_video`` run: files or arrays keyed by frame, or GrabCut boxes."""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from longvos.engine.objects import to_index_map
+from longvos.io.errors import InputError
+from longvos.io.masks import read_index_mask
+from longvos.io.prompts import Box, grabcut_mask
+from longvos.io.video import FrameSource
+
+MaskInput = str | Path | np.ndarray
+
+
+@dataclass
+class PromptMask:
+    """One frame's starting mask: its index map, the palette its file had, and where it came from."""
+
+    ids: np.ndarray
+    palette: np.ndarray | None
+    origin: str  # a path, "array:<digest>" or "boxes:<...>": what identifies the run for --resume
+
+
+def load_prompts(source: FrameSource, masks: MaskInput | dict[int | None, MaskInput] | None,
+                 boxes: list[Box] | None, frame_range: tuple[int, int], first_frame: int) -> dict[int, PromptMask]:
+    """Read and validate every starting mask before any model runs, so bad input fails fast.
+
+    A single mask (not a dict), or the dict key ``None``, is for ``first_frame``, the first frame processed.
+    ``boxes`` make the first frame's mask with GrabCut (one object per box) and cannot be combined with a mask for
+    that frame.
+    """
+    if masks is None:
+        masks = {}
+    elif not isinstance(masks, dict):
+        masks = {first_frame: masks}
+    elif None in masks:
+        if first_frame in masks:
+            raise InputError(f"two masks for frame {first_frame}, the first frame processed")
+        masks = {first_frame if key is None else key: value for key, value in masks.items()}
+    start, stop = frame_range
+    prompts: dict[int, PromptMask] = {}
+    for frame_index, mask in masks.items():
+        if not isinstance(frame_index, (int, np.integer)) or not start <= frame_index < stop:
+            raise InputError(f"mask {_describe(mask)} is for frame {frame_index}, outside the frames processed "
+                             f"[{start}, {stop})")
+        what = f"frame {frame_index} of {source.description}"
+        if isinstance(mask, (str, Path)):
+            read = read_index_mask(mask, source.frame_size, what=what)
+            prompts[int(frame_index)] = PromptMask(read.ids, read.palette, str(Path(mask).resolve()))
+        else:
+            ids = to_index_map(mask, source.frame_size, f"mask for {what}")
+            if not ids.any():
+                raise InputError(f"mask for {what} has no object (all background)")
+            digest = hashlib.sha1(np.ascontiguousarray(ids).tobytes()).hexdigest()[:16]
+            prompts[int(frame_index)] = PromptMask(ids, None, f"array:{digest}")
+    if boxes:
+        if first_frame in prompts:
+            raise InputError(f"frame {first_frame} has both a mask and boxes; give one or the other")
+        image = source.read(first_frame).image
+        prompts[first_frame] = PromptMask(grabcut_mask(image, boxes), None, f"boxes:{boxes}")
+    if not prompts:
+        raise InputError("nothing to segment: give a mask (--mask) or boxes (--box) for the first frame")
+    return prompts
+
+
+def _describe(mask: MaskInput) -> str:
+    return str(mask) if isinstance(mask, (str, Path)) else f"array {getattr(mask, 'shape', '')}"

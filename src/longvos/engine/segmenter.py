@@ -1,0 +1,114 @@
+"""``load_model`` and :class:`Segmenter`: a loaded model plus its device and precision, which opens sessions."""
+from __future__ import annotations
+
+import copy
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from longvos.device import resolve_device, resolve_dtype
+from longvos.engine import offline
+from longvos.engine.session import Mask, Session
+from longvos.io.errors import InputError
+from longvos.io.video import FrameSource
+from longvos.models.base import VOSModel
+
+
+class Segmenter:
+    """A model with its weights on a device, and a dtype policy: the autocast compute dtype (``None`` = fp32).
+
+    Weights and per-video state stay fp32; autocast decides the precision of each op, which keeps every
+    matmul's inputs in one dtype (no "BFloat16 and Float" mismatches). One segmenter serves many sessions.
+    """
+
+    def __init__(self, model: VOSModel, device: str | torch.device = "auto", dtype: str | torch.dtype | None = None):
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype)
+        self.model = model.to(self.device).eval()
+
+    @property
+    def name(self) -> str:
+        return self.model.name or type(self.model).__name__
+
+    def session(self, max_size: int | None = 480, mem_gap: int | None = None) -> Session:
+        """A new per-video :class:`Session`; ``max_size`` caps the short side the network sees (None: native) and
+        ``mem_gap`` overrides the model's long-term memory interval for this session only."""
+        model = self.model if mem_gap is None else _with_mem_gap(self.model, mem_gap)
+        return Session(model, self.device, self.dtype, max_size=max_size)
+
+    # -- SAM2-style offline verbs (see longvos.engine.offline) ------------------------------------------------
+
+    def init_state(self, video: str | Path | FrameSource, max_size: int | None = 480,
+                   mem_gap: int | None = None) -> offline.VideoState:
+        """Open ``video`` lazily (nothing is decoded) and return its state for the verbs below."""
+        return offline.init_state(self.session(max_size, mem_gap), video)
+
+    def add_new_mask(self, state: offline.VideoState, frame_idx: int, obj_id: int,
+                     mask: Mask) -> tuple[int, list[int]]:
+        """Give object ``obj_id``'s mask on frame ``frame_idx``; returns ``(frame_idx, all object ids)``."""
+        return offline.add_new_mask(state, frame_idx, obj_id, mask)
+
+    def propagate_in_video(self, state: offline.VideoState, start_frame_idx: int | None = None,
+                           reverse: bool = False) -> Iterator[tuple[int, list[int], np.ndarray]]:
+        """Yield ``(frame_idx, obj_ids, masks (N, H, W) bool)`` frame by frame through the video."""
+        return offline.propagate_in_video(state, start_frame_idx, reverse)
+
+    def remove_object(self, state: offline.VideoState, obj_id: int) -> list[int]:
+        """Forget one object everywhere (its masks and, mid-propagation, its memory); returns the remaining ids."""
+        return offline.remove_object(state, obj_id)
+
+    def reset_state(self, state: offline.VideoState) -> None:
+        """Forget every mask and object of ``state`` (the video stays open)."""
+        offline.reset_state(state)
+
+
+def _with_mem_gap(model: VOSModel, mem_gap: int) -> VOSModel:
+    """The model with another memory interval, sharing every weight.
+
+    Models read the interval from their typed config when they write memory, so a shallow copy with a replaced
+    config is enough: parameters and submodules are shared, never copied.
+    """
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "mem_gap"):
+        raise InputError(f"model {model.name or type(model).__name__} has no memory interval to override")
+    if mem_gap == config.mem_gap:
+        return model
+    sibling = copy.copy(model)
+    sibling.config = config.replace(mem_gap=mem_gap)  # validates the value
+    return sibling
+
+
+def load_model(name: str, checkpoint: str | Path | None = None, device: str | torch.device = "auto",
+               dtype: str | torch.dtype | None = None, *, memory: str | None = None,
+               mem_gap: int | None = None) -> Segmenter:
+    """Build a registered model (``longvos models`` lists them) and load its weights.
+
+    ``checkpoint`` is a longvos or an official checkpoint (auto-detected). Without one, the weights the package
+    ships for that model are used; a model with none runs with random weights and a ``UserWarning``.
+    ``memory`` and ``mem_gap`` override the model's long-term memory design and update interval.
+    """
+    from longvos.models.registry import create_model
+
+    model = create_model(name, memory=memory, mem_gap=mem_gap)
+    checkpoint = checkpoint if checkpoint is not None else bundled_checkpoint(name)
+    if checkpoint is None:
+        warnings.warn(f"model {name!r} ships no weights and no checkpoint was given: its weights are random, so its "
+                      f"masks are meaningless (pass checkpoint=...)", UserWarning, stacklevel=2)
+    else:
+        from longvos.convert import load_checkpoint
+
+        if not Path(checkpoint).is_file():
+            raise InputError(f"{checkpoint}: checkpoint file not found")
+        load_checkpoint(model, checkpoint)
+    return Segmenter(model, device=device, dtype=dtype)
+
+
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
+
+
+def bundled_checkpoint(name: str) -> Path | None:
+    """The weights the package ships for ``name`` (``longvos/weights/<name>.pt`` or ``.pth``), if any."""
+    return next((p for p in (WEIGHTS_DIR / f"{name}.pt", WEIGHTS_DIR / f"{name}.pth") if p.is_file()), None)

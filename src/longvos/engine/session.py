@@ -1,0 +1,203 @@
+"""One video's streaming segmentation: a :class:`Session` owns every piece of per-video state.
+
+The session turns user inputs (frames at any resolution, index masks with user ids) into the model contract of
+:mod:`longvos.models.base` and back: it shrinks frames to the network size, hands new or corrected object masks to
+``model.step``, and returns an index mask at the frame's original size. The model keeps whatever it remembers in
+its state object; the session keeps only that state, the frame geometry and masks staged for the next frame, so
+its memory does not grow with the number of frames.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from longvos.engine.frames import frame_to_tensor, resize_ids_nearest, shrunk_size, to_network_input, upsample_probs
+from longvos.engine.objects import select_objects, to_index_map
+from longvos.io.errors import InputError, MaskError
+from longvos.io.masks import compact_ids
+from longvos.models.base import TrackerState, VOSModel
+
+Frame = np.ndarray | Image.Image | torch.Tensor
+Mask = np.ndarray | Image.Image | torch.Tensor
+
+
+@dataclass
+class StepResult:
+    """What one :meth:`Session.step` returns, at the frame's original resolution."""
+
+    mask: np.ndarray  # (H, W) user ids; uint8 when every id < 256, else int32
+    object_ids: list[int]  # the objects tracked after this frame, in the order of ``probs``
+    frame_index: int  # 0-based count of frames this session has processed
+    model_seconds: float  # wall time of model.step (incl. memory update), device-synchronised
+    probs: np.ndarray | None = None  # (N, H, W) float32 per-object probabilities, only on request
+
+
+class Session:
+    """Streaming segmentation of one video, one :meth:`step` per frame, in constant memory.
+
+    Object ids are the user's own positive integers, stable for the life of the session. New objects can enter
+    on any frame with their mask, existing ones can be re-anchored with a corrected mask, and objects can be
+    removed at any time.
+    """
+
+    def __init__(self, model: VOSModel, device: torch.device, dtype: torch.dtype | None = None,
+                 max_size: int | None = 480):
+        self.model = model
+        self.device = device
+        self.dtype = dtype
+        self.max_size = max_size
+        # Models on a corner-aligned grid (AOT with (H - 1) % 16 == 0) upsample with align_corners=True; matching
+        # them puts the object boundaries where the official decoder puts them.
+        self._align_corners = bool(getattr(getattr(model, "config", None), "align_corners", False))
+        self.reset()
+
+    # -- lifecycle --------------------------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        """Forget everything (objects, memory, staged masks, frame size): as good as a new session."""
+        self.state: TrackerState = self.model.init_state()
+        self.frames_processed = 0
+        self._frame_hw: tuple[int, int] | None = None
+        self._network_hw: tuple[int, int] | None = None
+        self._staged_ids: np.ndarray | None = None  # index map (original size) waiting for the next frame
+        self._staged_objects: list[int] = []
+
+    def close(self) -> None:
+        """Drop the model state now (it is also freed when the session is garbage collected)."""
+        self.state = self.model.init_state()
+        self._staged_ids = None
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    # -- objects ----------------------------------------------------------------------------------------------
+
+    @property
+    def object_ids(self) -> list[int]:
+        """Objects tracked now, in the order of ``StepResult.probs``."""
+        return list(self.state.object_ids)
+
+    def add_objects(self, mask: Mask, ids: Iterable[int] | None = None) -> list[int]:
+        """Stage objects (new or corrected) for the **next** :meth:`step`; ``mask`` is for that next frame.
+
+        Returns the staged ids. Equivalent to passing the mask to the next ``step`` (which may add its own).
+        """
+        if self._frame_hw is None:
+            raise InputError("add_objects needs the frame size: pass the first mask to step() with its frame")
+        what = f"objects staged for frame {self.frames_processed}"
+        index_map = to_index_map(mask, self._frame_hw, what)
+        chosen = select_objects(index_map, ids, what)
+        self._stage(index_map, chosen)
+        return chosen
+
+    def _stage(self, index_map: np.ndarray, chosen: list[int]) -> None:
+        if self._staged_ids is None:
+            self._staged_ids = np.zeros(index_map.shape, dtype=np.int64)
+        selected = np.isin(index_map, chosen)
+        self._staged_ids[np.isin(self._staged_ids, chosen)] = 0  # a re-staged object replaces its old mask
+        self._staged_ids[selected] = index_map[selected]
+        self._staged_objects = [i for i in self._staged_objects if i not in chosen] + chosen
+
+    def remove_objects(self, ids: Iterable[int]) -> None:
+        """Stop tracking objects (and drop their staged masks). Unknown ids are an error."""
+        ids = [int(i) for i in ids]
+        tracked = set(self.state.object_ids)
+        unknown = [i for i in ids if i not in tracked and i not in self._staged_objects]
+        if unknown:
+            raise InputError(f"cannot remove object(s) {unknown}: not tracked (tracked: {sorted(tracked)})")
+        if self._staged_ids is not None:
+            self._staged_ids[np.isin(self._staged_ids, ids)] = 0
+            self._staged_objects = [i for i in self._staged_objects if i not in ids]
+        to_model = [i for i in ids if i in tracked]
+        if to_model:
+            self.model.remove_objects(self.state, to_model)
+
+    def memory_bytes(self) -> int:
+        """Bytes held by the model's per-video state."""
+        return int(self.state.nbytes())
+
+    # -- the step ---------------------------------------------------------------------------------------------
+
+    def step(self, frame: Frame, mask: Mask | None = None, objects: Iterable[int] | None = None, *,
+             return_probs: bool = False) -> StepResult:
+        """Segment one frame. ``mask`` (an index map at the frame's size) starts or corrects the objects it holds,
+        or only those in ``objects``; every other tracked object is predicted from memory."""
+        what = f"frame {self.frames_processed}"
+        image_3HW = frame_to_tensor(frame, what)
+        frame_hw = (int(image_3HW.shape[-2]), int(image_3HW.shape[-1]))
+        if self._frame_hw is None:
+            self._frame_hw = frame_hw
+            self._network_hw = self.model.input_size(*shrunk_size(*frame_hw, self.max_size))
+        elif frame_hw != self._frame_hw:
+            raise InputError(f"{what} is {frame_hw[1]}x{frame_hw[0]} but this session's frames are "
+                             f"{self._frame_hw[1]}x{self._frame_hw[0]}; use one session per video")
+        if mask is not None:
+            index_map = to_index_map(mask, frame_hw, f"mask of {what}")
+            chosen = select_objects(index_map, objects, f"mask of {what}")
+            if not chosen:
+                raise MaskError(f"mask of {what} has no object (all background); pass mask=None to track only")
+            self._stage(index_map, chosen)
+        elif objects is not None:
+            raise InputError(f"{what}: objects={list(objects)} given without a mask")
+        given_ids, self._staged_ids, self._staged_objects = self._staged_ids, None, []
+
+        probs_KHW, seconds = self._run_model(image_3HW, given_ids)
+        object_ids = list(self.state.object_ids)
+        probs_KHW = upsample_probs(probs_KHW, frame_hw, self._align_corners)
+        if given_ids is not None:
+            probs_KHW = _impose_given(probs_KHW, torch.from_numpy(given_ids).to(probs_KHW.device), object_ids)
+        lookup = np.asarray([0] + object_ids, dtype=np.int64)
+        ids = compact_ids(lookup[probs_KHW.argmax(dim=0).cpu().numpy()])
+        self.frames_processed += 1
+        return StepResult(
+            mask=ids, object_ids=object_ids, frame_index=self.frames_processed - 1, model_seconds=seconds,
+            probs=probs_KHW[1:].cpu().numpy() if return_probs else None,
+        )
+
+    def _run_model(self, image_3HW: torch.Tensor, given_ids: np.ndarray | None) -> tuple[torch.Tensor, float]:
+        """``model.step`` under inference mode and the session's autocast policy; returns (probs, seconds)."""
+        with torch.inference_mode():
+            image_13HW = to_network_input(image_3HW, self._network_hw, self.device)
+            masks = None
+            if given_ids is not None:
+                small_ids = resize_ids_nearest(torch.from_numpy(given_ids).to(self.device), self._network_hw)
+                masks = {int(i): (small_ids == i).float() for i in np.unique(given_ids) if i != 0} or None
+            _synchronize(self.device)
+            start = time.perf_counter()
+            autocast = self.dtype is not None and self.dtype != torch.float32
+            with torch.autocast(self.device.type, dtype=self.dtype, enabled=autocast):
+                probs_KHW = self.model.step(self.state, image_13HW, masks)
+            _synchronize(self.device)
+            seconds = time.perf_counter() - start
+            return probs_KHW.float(), seconds
+
+
+def _impose_given(probs_KHW: torch.Tensor, given_HW: torch.Tensor, object_ids: list[int]) -> torch.Tensor:
+    """On a frame with user masks, the given objects take exactly their masks at full resolution (the network
+    saw them shrunk); elsewhere the other channels share what is left, renormalised."""
+    given_channels = [c for c, object_id in enumerate(object_ids, start=1) if bool((given_HW == object_id).any())]
+    probs_KHW = probs_KHW.clone()
+    probs_KHW[given_channels] = 0.0
+    covered_HW = given_HW != 0
+    probs_KHW[:, covered_HW] = 0.0
+    probs_KHW[0] += ((probs_KHW.sum(dim=0) <= 0) & ~covered_HW).float()  # nothing left for anyone: background
+    probs_KHW /= probs_KHW.sum(dim=0, keepdim=True).clamp_min(1e-12)
+    for channel in given_channels:
+        probs_KHW[channel][given_HW == object_ids[channel - 1]] = 1.0
+    return probs_KHW
+
+
+def _synchronize(device: torch.device) -> None:
+    """Wait for queued device work, so that wall-clock timings measure the work itself."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()

@@ -1,0 +1,18 @@
+"""User-facing input errors: each message names the file, frame or object it is about.
+
+They subclass ``ValueError`` so that library users can catch them broadly, and the CLI turns every
+:class:`InputError` into a one-line message with a non-zero exit code instead of a traceback.
+"""
+from __future__ import annotations
+
+
+class InputError(ValueError):
+    """Something the user gave us (a video, a mask, an object id, a box) cannot be used as it is."""
+
+
+class VideoReadError(InputError):
+    """A video file, frame folder or glob cannot be opened, or one of its frames cannot be decoded."""
+
+
+class MaskError(InputError):
+    """A mask is unreadable, has the wrong size, is not an index mask, or names objects that do not exist."""

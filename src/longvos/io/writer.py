@@ -1,0 +1,94 @@
+"""Output writing: atomic file replacement and a bounded background writer.
+
+Encoding PNGs and video costs about as much as a small model step on CPU, so it runs on one background thread while
+the model works. The queue is bounded (the model waits when the disk is slower, instead of piling frames up in
+memory), jobs run in submission order (so the frames written are always a prefix of the frames submitted, which
+``--resume`` relies on), and the first failure stops the writer and is raised in the caller's thread.
+"""
+from __future__ import annotations
+
+import os
+import queue
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+PARTIAL_MARK = ".partial"
+
+
+def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
+    """Call ``write(temporary_path)``, then rename the result onto ``path``.
+
+    Readers therefore see either the old file or the complete new one, never a half-written file; the temporary
+    name starts with a dot and keeps the suffix (so format detection by extension still works).
+    """
+    path = Path(path)
+    temporary = path.with_name(f".{path.stem}{PARTIAL_MARK}{path.suffix}")
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+_STOP = object()
+
+
+class BackgroundWriter:
+    """Runs write jobs in order on one thread, with at most ``max_pending`` jobs waiting."""
+
+    def __init__(self, max_pending: int = 8):
+        self._jobs: queue.Queue = queue.Queue(maxsize=max_pending)
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._work, name="longvos-writer", daemon=True)
+        self._thread.start()
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            try:
+                if job is _STOP:
+                    return
+                if self._error is None:  # after a failure, later jobs are dropped so written frames stay a prefix
+                    job()
+            except BaseException as err:  # noqa: BLE001 - re-raised in the caller's thread
+                self._error = err
+            finally:
+                self._jobs.task_done()
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def submit(self, job: Callable[[], None]) -> None:
+        """Queue a job; blocks while ``max_pending`` jobs wait. Raises the error of an earlier failed job."""
+        self._raise_if_failed()
+        if not self._thread.is_alive():
+            raise RuntimeError("the writer is closed")
+        self._jobs.put(job)
+
+    def flush(self) -> None:
+        """Wait until every queued job has run; raises the first error."""
+        self._jobs.join()
+        self._raise_if_failed()
+
+    def close(self) -> None:
+        """Finish the queued jobs and stop the thread; raises the first error."""
+        if self._thread.is_alive():
+            self._jobs.put(_STOP)
+            self._thread.join()
+        self._raise_if_failed()
+
+    def __enter__(self) -> BackgroundWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        if exc_type is None:
+            self.close()
+            return
+        # The caller is already failing: still finish the frames computed so far, but keep its error.
+        try:
+            self.close()
+        except BaseException:  # noqa: BLE001
+            pass

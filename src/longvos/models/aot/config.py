@@ -1,0 +1,76 @@
+"""Typed configuration of an AOT-family model (DeAOT, MAVOS and our own smaller variants)."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+#: Long-term memory designs (see :mod:`longvos.models.aot.memory`).
+MEMORY_DESIGNS = ("growing", "ref+prev", "mca")
+
+
+@dataclass(frozen=True)
+class AOTConfig:
+    """Every width and switch of an AOT-family model; the official models are instances with the paper's values.
+
+    ``attention_dim`` is the query/key width of the single-head attentions; the official models derive it as
+    ``d_model // 2``, which is what ``None`` means.
+    """
+
+    encoder: str = "mobilenetv2"
+    d_model: int = 256
+    attention_dim: int | None = None
+    num_layers: int = 3
+    max_objects: int = 10  # object slots per pass; more objects use more passes
+    align_corners: bool = True  # bilinear upsampling mode; also selects the ID-bank kernel and the size rounding
+    expand_ratio: int = 2  # value/gate width per branch = expand_ratio * d_model
+    local_window: int = 15  # short-term attention window (15 = max displacement 7)
+    memory: str = "mca"
+    mem_gap: int = 10  # long-term memory update interval (delta), in frames
+    mca_blocks: bool = True  # whether the model has the 3 x 3 modulated cross-attention blocks (MAVOS)
+    mca_heads: int = 4
+    droppath: float = 0.1  # E-LSTT self-propagation DropPath, active in train mode only
+    dwconv_dropout: float = 0.1  # Dropout2d after each depthwise conv of the gated propagations (train mode)
+    mca_droppath: float = 0.1
+    max_stride: int = 16  # output stride of the encoder: the token grid is the input / 16
+
+    def __post_init__(self) -> None:
+        if self.memory not in MEMORY_DESIGNS:
+            raise ValueError(f"unknown memory design {self.memory!r}; use one of {', '.join(MEMORY_DESIGNS)}")
+        if self.memory == "mca" and not self.mca_blocks:
+            raise ValueError(
+                "memory='mca' needs the modulated cross-attention blocks, which this model does not have "
+                "(DeAOT checkpoints carry no MCA weights); use memory='growing' or 'ref+prev'")
+        if self.mem_gap < 1:
+            raise ValueError(f"mem_gap must be >= 1 frame, got {self.mem_gap}")
+        if not 1 <= self.max_objects:
+            raise ValueError(f"max_objects must be >= 1, got {self.max_objects}")
+        if self.local_window % 2 != 1:
+            raise ValueError(f"local_window must be odd, got {self.local_window}")
+
+    @property
+    def qk_dim(self) -> int:
+        """Query/key width of the (single-head) attentions."""
+        return self.attention_dim if self.attention_dim is not None else self.d_model // 2
+
+    @property
+    def value_dim(self) -> int:
+        """Value/gate width of one branch (visual or identity)."""
+        return self.expand_ratio * self.d_model
+
+    @property
+    def num_classes(self) -> int:
+        """Decoder output channels: background + one per object slot."""
+        return self.max_objects + 1
+
+    def replace(self, **changes: Any) -> "AOTConfig":
+        """A copy with some fields changed; unknown field names give a clear error."""
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise TypeError(f"unknown AOT config field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain types only, so it can sit in a ``weights_only`` checkpoint."""
+        return dataclasses.asdict(self)

@@ -1,0 +1,271 @@
+"""The AOT-family model (DeAOT, MAVOS): stateless verbs for training, and the engine contract on top of them.
+
+Training-facing verbs (all differentiable; dropout and DropPath follow ``train()``/``eval()``)::
+
+    features = model.encode_image(image_B3HW)                 # RGB in [0, 1] -> ImageFeatures
+    id_emb = model.encode_mask(one_hot_BKHW)                  # one-hot or soft probs, K = 1 + max_objects
+    ref = model.propagate(features, id_emb_BNC=id_emb)        # reference frame: reads its own memory
+    memory = model.start_memory(ref)
+    for each later frame:
+        features = model.encode_image(image_B3HW)
+        prop = model.propagate(features, memory)              # reads long- and short-term memory
+        logits_BKhw = model.decode(features, prop.output_BNC)  # stride-4 logits for background + every slot
+        memory = model.write_memory(memory, prop, one_hot_BKHW)  # short-term always, long-term every mem_gap
+
+``write_memory`` and ``add_reference`` return a new :class:`AOTMemory` (no tensor is modified in place). The
+engine-facing :meth:`AOTModel.step` runs these verbs over the passes of an :class:`AOTState`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from longvos.models.aot.config import AOTConfig
+from longvos.models.aot.decoder import FPNDecoder
+from longvos.models.aot.identity import IdentityEmbedding, labels_to_one_hot
+from longvos.models.aot.memory import (AOTMemory, LongTermMemory, MemoryFusion, long_term_update_due,
+                                       make_long_term_memory)
+from longvos.models.aot.propagation import GatedPropagationStack, Propagation
+from longvos.models.aot.state import AOTState, soft_aggregate
+from longvos.models.base import VOSModel
+from longvos.models.encoders import build_encoder
+from longvos.models.layers.attention import map_to_tokens, tokens_to_map
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+#: Logit given to decoder channels that hold no object (official value; it must stay finite in half precision).
+_UNUSED_LOGIT_FULL, _UNUSED_LOGIT_HALF = -1e10, -1e4
+_MASK_THRESHOLD = 0.5  # a user mask claims a pixel where it is above this
+
+
+@dataclass
+class ImageFeatures:
+    """Encoder output of a frame: decoder shortcuts at strides 4, 8, 16, and the projected stride-16 embedding."""
+
+    s4_BCHW: torch.Tensor
+    s8_BCHW: torch.Tensor
+    s16_BCHW: torch.Tensor
+    embedding_BCHW: torch.Tensor  # (B, d_model, H/16, W/16): the E-LSTT input
+
+    @property
+    def grid_hw(self) -> tuple[int, int]:
+        return tuple(self.embedding_BCHW.shape[-2:])  # type: ignore[return-value]
+
+
+class AOTModel(VOSModel):
+    """DeAOT / MAVOS with a pluggable long-term memory; see the module docstring for the verbs."""
+
+    def __init__(self, config: AOTConfig):
+        super().__init__()
+        self.config = config
+        d_model = config.d_model
+        self.encoder = build_encoder(config.encoder)
+        s4_channels, s8_channels, s16_channels, embedding_channels = self.encoder.channels
+        self.encoder_projection = nn.Conv2d(embedding_channels, d_model, kernel_size=1)
+        nn.init.xavier_uniform_(self.encoder_projection.weight)
+        self.identity = IdentityEmbedding(config.num_classes, d_model, config.align_corners, config.max_stride)
+        self.propagation = GatedPropagationStack(config)
+        self.decoder = FPNDecoder(2 * d_model, d_model, (s4_channels, s8_channels, s16_channels),
+                                  config.num_classes, config.align_corners)
+        self.memory_fusion = (MemoryFusion(config.num_layers, config.qk_dim, config.value_dim, config.mca_heads,
+                                           config.mca_droppath) if config.mca_blocks else None)
+        self.long_term_memory: LongTermMemory = make_long_term_memory(config.memory, self.memory_fusion)
+        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # Verbs
+    # ---------------------------------------------------------------------------------------------------------------
+
+    def encode_image(self, image_B3HW: torch.Tensor) -> ImageFeatures:
+        """RGB in [0, 1] at the network input size -> encoder features (normalised here, in float32 op order
+        ``(x - mean) / std`` as the official loader does after ``x / 255``)."""
+        normalised_B3HW = (image_B3HW - self.pixel_mean) / self.pixel_std
+        s4_BCHW, s8_BCHW, s16_BCHW, deep_BCHW = self.encoder(normalised_B3HW)
+        return ImageFeatures(s4_BCHW, s8_BCHW, s16_BCHW, self.encoder_projection(deep_BCHW))
+
+    def encode_mask(self, masks_BKHW: torch.Tensor) -> torch.Tensor:
+        """One-hot masks or soft probabilities ``(B, 1 + max_objects, H, W)`` -> identity tokens ``(B, N, d)``."""
+        return self.identity(masks_BKHW)
+
+    def propagate(self, features: ImageFeatures, memory: AOTMemory | None = None,
+                  id_emb_BNC: torch.Tensor | None = None) -> Propagation:
+        """Run the E-LSTT on a frame: against ``memory``, or (reference frame) against itself with ``id_emb_BNC``."""
+        tokens_BNC = map_to_tokens(features.embedding_BCHW)
+        if id_emb_BNC is not None:
+            return self.propagation(tokens_BNC, features.grid_hw, id_emb_BNC=id_emb_BNC)
+        if memory is None:
+            raise ValueError("propagate needs a memory, or an identity embedding for a reference frame")
+        if memory.grid_hw != features.grid_hw:
+            raise ValueError(f"frame token grid {features.grid_hw} differs from the memory's {memory.grid_hw}: "
+                             "all frames of a video must have the same input size")
+        return self.propagation(tokens_BNC, features.grid_hw, memory.long_term, memory.short_term)
+
+    def decode(self, features: ImageFeatures, lstt_BNC: torch.Tensor) -> torch.Tensor:
+        """Stride-4 logits ``(B, 1 + max_objects, H/4, W/4)`` (unmasked). ``features`` may have batch 1 while
+        ``lstt_BNC`` has one row per pass: the shortcuts are then shared."""
+        lstt_BCHW = tokens_to_map(lstt_BNC, features.grid_hw)
+        return self.decoder(lstt_BCHW, features.s4_BCHW, features.s8_BCHW, features.s16_BCHW)
+
+    def start_memory(self, reference: Propagation) -> AOTMemory:
+        """The memory of a video whose first reference frame is ``reference`` (a :meth:`propagate` with id_emb)."""
+        frame_memory = self._reference_memory(reference)
+        return AOTMemory(long_term=frame_memory, short_term=frame_memory, grid_hw=reference.grid_hw)
+
+    def add_reference(self, memory: AOTMemory, reference: Propagation) -> AOTMemory:
+        """Memorise a later reference frame (objects added or re-anchored): it goes through the long-term update
+        now, whatever the schedule, and becomes the short-term memory (the official engine's behaviour)."""
+        frame_memory = self._reference_memory(reference)
+        step = memory.frame_step + 1
+        long_term = self.long_term_memory.update(memory.long_term, frame_memory, reference.grid_hw)
+        return memory.replace(long_term=long_term, short_term=frame_memory, frame_step=step, last_update_step=step)
+
+    def write_memory(self, memory: AOTMemory, propagation: Propagation, masks_BKHW: torch.Tensor) -> AOTMemory:
+        """Memorise a propagated frame with its mask (one-hot labels or soft probabilities, ``(B, 1 + slots, H, W)``):
+        it becomes the short-term memory, and enters the long-term memory when ``mem_gap`` frames have passed."""
+        frame_memory = self.propagation.memory_from(propagation.parts, self.encode_mask(masks_BKHW))
+        step = memory.frame_step + 1
+        if long_term_update_due(step, memory.last_update_step, self.config.mem_gap):
+            long_term = self.long_term_memory.update(memory.long_term, frame_memory, propagation.grid_hw)
+            return memory.replace(long_term=long_term, short_term=frame_memory, frame_step=step,
+                                  last_update_step=step)
+        return memory.replace(short_term=frame_memory, frame_step=step)
+
+    @staticmethod
+    def _reference_memory(reference: Propagation):
+        if reference.reference_memory is None:
+            raise ValueError("not a reference propagation: call propagate(features, id_emb_BNC=...)")
+        return reference.reference_memory
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # Engine contract (longvos.models.base.VOSModel)
+    # ---------------------------------------------------------------------------------------------------------------
+
+    def input_size(self, height: int, width: int) -> tuple[int, int]:
+        """Official size policy: with align_corners ``(H - 1) % 16 == 0``, otherwise ``H % 16 == 0``; nearest, with
+        ties to even as numpy's ``around`` (Python's ``round`` does the same)."""
+        stride = self.config.max_stride
+        if self.config.align_corners:
+            def snap(size: int) -> int:
+                return max(round((size - 1) / stride), 1) * stride + 1
+        else:
+            def snap(size: int) -> int:
+                return max(round(size / stride), 1) * stride
+        return snap(int(height)), snap(int(width))
+
+    def init_state(self) -> AOTState:
+        return AOTState(max_objects=self.config.max_objects)
+
+    def step(self, state: AOTState, image_B3HW: torch.Tensor,
+             masks: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
+        frame_hw = self._check_frame(state, image_B3HW)
+        masks = self._check_masks(masks or {}, frame_hw)
+        if not state.passes and not masks:
+            return image_B3HW.new_ones(1, *frame_hw)
+
+        features = self.encode_image(image_B3HW)
+        probs_KHW = None
+        propagations = []
+        if state.passes:
+            propagations = [self.propagate(features, pass_.memory) for pass_ in state.passes]
+            probs_KHW = self._probabilities(state, features, propagations, frame_hw)
+        if masks:
+            return self._memorise_references(state, features, probs_KHW, masks)
+
+        pass_one_hots = self._pass_one_hots(state, probs_KHW.argmax(dim=0))
+        for pass_, propagation, one_hot_KHW in zip(state.passes, propagations, pass_one_hots):
+            pass_.memory = self.write_memory(pass_.memory, propagation, one_hot_KHW.unsqueeze(0))
+        return probs_KHW
+
+    def remove_objects(self, state: AOTState, object_ids: list[int]) -> None:
+        state.remove_objects(list(object_ids))
+
+    # ---------------------------------------------------------------------------------------------------------------
+    # step() helpers
+    # ---------------------------------------------------------------------------------------------------------------
+
+    def _probabilities(self, state: AOTState, features: ImageFeatures, propagations: list[Propagation],
+                       frame_hw: tuple[int, int]) -> torch.Tensor:
+        """``(1 + N, H, W)`` probabilities of background and ``state.object_ids``, as the official engine computes
+        them: stride-4 logits with empty slots masked, bilinear upsampling, soft aggregation over passes."""
+        lstt_BNC = torch.cat([p.output_BNC for p in propagations], dim=0)
+        logits_PKhw = self.decode(features, lstt_BNC)
+        unused = _UNUSED_LOGIT_FULL if logits_PKhw.dtype == torch.float32 else _UNUSED_LOGIT_HALF
+        live_PK = state.live_slots(logits_PKhw.device)
+        logits_PKhw = logits_PKhw.masked_fill(~live_PK[:, :, None, None], unused)
+        logits_PKHW = F.interpolate(logits_PKhw, size=frame_hw, mode="bilinear",
+                                    align_corners=self.config.align_corners)
+        merged_1CHW = soft_aggregate(logits_PKHW)
+        channels = torch.tensor(state.merged_channels(), device=merged_1CHW.device)
+        # Only live channels are kept, so the probabilities sum to one over background + tracked objects.
+        return torch.softmax(merged_1CHW[0, channels], dim=0)
+
+    def _pass_one_hots(self, state: AOTState, labels_HW: torch.Tensor) -> torch.Tensor:
+        """``(P, 1 + max_objects, H, W)`` one-hot memory masks of each pass from global labels."""
+        return labels_to_one_hot(state.pass_labels(labels_HW), self.config.num_classes)
+
+    def _memorise_references(self, state: AOTState, features: ImageFeatures, probs_KHW: torch.Tensor | None,
+                             masks: dict[int, torch.Tensor]) -> torch.Tensor:
+        """A frame with user masks: merge them with the prediction, then memorise the frame as a reference in every
+        pass (the official new-object path). Returns the merged probabilities."""
+        reanchored = [obj for obj in masks if obj in state.object_ids]
+        state.add_objects([obj for obj in masks if obj not in state.object_ids])
+        frame_hw = next(iter(masks.values())).shape
+        num_channels = 1 + len(state.object_ids)
+        merged_KHW = features.embedding_BCHW.new_zeros(num_channels, *frame_hw)
+        if probs_KHW is None:
+            merged_KHW[0] = 1.0
+        else:
+            merged_KHW[: probs_KHW.shape[0]] = probs_KHW
+        for object_id in reanchored:  # the user's mask replaces the prediction of a re-anchored object
+            channel = 1 + state.object_ids.index(object_id)
+            merged_KHW[0] += merged_KHW[channel]
+            merged_KHW[channel] = 0.0
+
+        given_ids = list(masks)
+        given_GHW = torch.stack([masks[obj].to(merged_KHW) for obj in given_ids])
+        strongest_HW, which_HW = given_GHW.max(dim=0)
+        claimed_HW = strongest_HW > _MASK_THRESHOLD
+        given_channels_G = torch.tensor([1 + state.object_ids.index(obj) for obj in given_ids],
+                                        device=merged_KHW.device)
+        labels_HW = torch.where(claimed_HW, given_channels_G[which_HW], merged_KHW.argmax(dim=0))
+        merged_KHW = torch.where(claimed_HW, labels_to_one_hot(labels_HW[None], num_channels)[0], merged_KHW)
+
+        for pass_, one_hot_KHW in zip(state.passes, self._pass_one_hots(state, labels_HW)):
+            reference = self.propagate(features, id_emb_BNC=self.encode_mask(one_hot_KHW.unsqueeze(0)))
+            pass_.memory = (self.start_memory(reference) if pass_.memory is None
+                            else self.add_reference(pass_.memory, reference))
+        return merged_KHW
+
+    def _check_frame(self, state: AOTState, image_B3HW: torch.Tensor) -> tuple[int, int]:
+        if image_B3HW.ndim != 4 or image_B3HW.shape[:2] != (1, 3):
+            raise ValueError(f"step expects one RGB frame (1, 3, H, W), got shape {tuple(image_B3HW.shape)}")
+        if not image_B3HW.is_floating_point():
+            raise ValueError(f"step expects a float RGB frame in [0, 1], got dtype {image_B3HW.dtype}")
+        frame_hw = (int(image_B3HW.shape[2]), int(image_B3HW.shape[3]))
+        if self.input_size(*frame_hw) != frame_hw:
+            raise ValueError(f"frame size {frame_hw[0]}x{frame_hw[1]} is not a network input size for "
+                             f"{self.name or 'this model'}; resize to model.input_size(H, W) = "
+                             f"{self.input_size(*frame_hw)} first")
+        if state.input_hw is None:
+            state.input_hw = frame_hw
+        elif state.input_hw != frame_hw:
+            raise ValueError(f"frame size changed mid-video: {frame_hw} after {state.input_hw}")
+        return frame_hw
+
+    @staticmethod
+    def _check_masks(masks: dict[int, torch.Tensor], frame_hw: tuple[int, int]) -> dict[int, torch.Tensor]:
+        checked = {}
+        for object_id, mask in masks.items():
+            if not isinstance(mask, torch.Tensor):
+                raise TypeError(f"mask of object {object_id} must be a torch.Tensor, got {type(mask).__name__}")
+            if mask.ndim == 3 and mask.shape[0] == 1:
+                mask = mask[0]
+            if tuple(mask.shape) != frame_hw:
+                raise ValueError(f"mask of object {object_id} has shape {tuple(mask.shape)}; expected {frame_hw} "
+                                 "(the network input size of the frame)")
+            checked[object_id] = mask.float()
+        return checked

