@@ -166,8 +166,9 @@ def test_resnet_optional_layer4_keeps_stride16():
     assert encoder.layer4[0].conv1.dilation == (1, 1) and encoder.layer4[1].conv1.dilation == (2, 2)
 
 
-# --- Swin-B ------------------------------------------------------------------------------------------------------------
+# --- Swin-B -----------------------------------------------------------------------------------------------------------
 
+@pytest.mark.slow  # Swin-B has 60M weights to draw and run: ~10 s of CPU, more on a shared machine
 def test_swin_base_matches_official_encoder(golden_dir, rule_dir, mavos_frame0):
     weights = _rule_weights(golden_dir / "mavos", "keys_swinb_mavos.json", ("encoder.", "encoder_projector."),
                             rule_dir)
@@ -209,7 +210,7 @@ def test_swin_window_attention_equals_explicit_softmax():
     assert mask_nNN.unique().tolist() == [-100.0, 0.0]
 
 
-# --- EfficientNet-Lite0 -------------------------------------------------------------------------------------------------
+# --- EfficientNet-Lite0 -----------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def black_swan_224(dev_dir) -> torch.Tensor:
@@ -266,7 +267,7 @@ def test_efficientnet_wheel_conversion_names_unknown_keys():
         convert_wheel_state_dict({"_blocks.0._se_reduce.weight": torch.zeros(1)})
 
 
-# --- shared contract and errors -----------------------------------------------------------------------------------------
+# --- shared contract and errors ---------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ENCODER_NAMES)
 def test_every_encoder_returns_four_maps_at_strides_4_8_16_16(name):
@@ -291,7 +292,7 @@ def test_build_encoder_rejects_bad_requests():
         build_encoder("efficientnet_lite0", pretrained=True, in_channels=5)
 
 
-# --- layers -------------------------------------------------------------------------------------------------------------
+# --- layers -----------------------------------------------------------------------------------------------------------
 
 def test_frozen_batchnorm_equals_eval_batchnorm_and_has_the_official_layout():
     torch.manual_seed(0)

@@ -265,4 +265,5 @@ def _init_swin_weights(module: nn.Module) -> None:
 
 def swin_base(in_channels: int = 3, drop_path_rate: float = 0.3) -> SwinEncoder:
     """Swin-B (patch 4, window 7, embed 128, heads 4-8-16) to stage 2: the MAVOS ``swinb_*`` encoder."""
-    return SwinEncoder(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), window_size=7, drop_path_rate=drop_path_rate, in_channels=in_channels)
+    return SwinEncoder(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), window_size=7,
+                       drop_path_rate=drop_path_rate, in_channels=in_channels)
