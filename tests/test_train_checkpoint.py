@@ -67,7 +67,7 @@ def test_export_writes_fp16_ema_weights(tmp_path):
     train_steps(model, ema, optimizer, 2)
     path = save_checkpoint(tmp_path, 2, model, ema, optimizer, scaler, TrainConfig().to_dict(), keep=1)
     exported = torch.load(export_weights(path, tmp_path / "w.pt"), weights_only=True)
-    assert exported["model"] == "mavos-lite"
+    assert exported["model"] == "mavos-lite" and exported["longvos_checkpoint"] == 1
     weights = exported["state_dict"]
     assert all(v.dtype == torch.float16 for v in weights.values())
     assert torch.allclose(weights["0.weight"].float(), ema.shadow[0].weight, atol=1e-3)

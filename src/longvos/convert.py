@@ -5,9 +5,10 @@ their random init (loading a DeAOT checkpoint into MAVOS leaves the MCA blocks r
 produces a :class:`KeyReport`, and nothing loads unless every model tensor is covered, every checkpoint tensor is
 used and every shape matches.
 
-Official checkpoints are accepted as ``{'state_dict': ...}``, ``{'model': ...}`` or a raw state_dict, with or
-without a DataParallel ``module.`` prefix. The per-family key mapping (official name -> ours) lives in that family's
-``official.py`` and is looked up in :data:`OFFICIAL_KEY_MAPS`.
+Official checkpoints are accepted as ``{'state_dict': ...}``, ``{'model': ...}``, ``{'weights': ...}`` (LiVOS
+training checkpoints) or a raw state_dict, with or without a DataParallel ``module.`` prefix. The per-family key
+mapping (official name -> ours) lives in that family's ``official.py`` and is looked up in
+:data:`OFFICIAL_KEY_MAPS`; official keys a family deliberately drops are in :data:`OFFICIAL_DROPPED_KEYS`.
 
 A longvos checkpoint is ``{"longvos_checkpoint": 1, "model": name, "config": {...}, "state_dict": {...}}`` in our
 key names; :func:`load_checkpoint` tells the two kinds apart by that marker.
@@ -22,6 +23,7 @@ from typing import Any, Callable, Mapping, Union
 import torch
 
 from longvos.models.aot.official import aot_key_from_official
+from longvos.models.livos.official import livos_drop_reason, livos_key_from_official
 from longvos.models.base import VOSModel
 from longvos.models.registry import create_model, model_entry
 
@@ -31,6 +33,13 @@ FORMAT_VERSION = 1
 #: family -> function mapping an official key to ours (``None``: no counterpart). LiVOS registers its own.
 OFFICIAL_KEY_MAPS: dict[str, Callable[[str], str | None]] = {
     "aot": aot_key_from_official,
+    "livos": livos_key_from_official,
+}
+
+#: family -> function giving the reason an official key is deliberately not converted (training-only heads,
+#: counters), or ``None``. Such keys are listed in the report's ``dropped`` and do not make it fail.
+OFFICIAL_DROPPED_KEYS: dict[str, Callable[[str], str | None]] = {
+    "livos": livos_drop_reason,
 }
 
 #: A checkpoint path, or a checkpoint object already loaded.
@@ -49,6 +58,7 @@ class KeyReport:
     unexpected: list[str] = field(default_factory=list)  # checkpoint keys with no place in the model (official names)
     shape_mismatches: list[str] = field(default_factory=list)  # "key: checkpoint (..) vs model (..)"
     matched: int = 0
+    dropped: dict[str, str] = field(default_factory=dict)  # official key -> why it is deliberately not converted
 
     @property
     def ok(self) -> bool:
@@ -56,7 +66,9 @@ class KeyReport:
 
     def __str__(self) -> str:
         if self.ok:
-            return f"all {self.matched} tensors matched"
+            reasons = sorted(set(self.dropped.values()))
+            return f"all {self.matched} tensors matched" + (
+                f" ({len(self.dropped)} official tensors dropped: {'; '.join(reasons)})" if self.dropped else "")
         lines = [f"{self.matched} tensors matched, {len(self.missing)} missing, {len(self.unexpected)} unexpected, "
                  f"{len(self.shape_mismatches)} with the wrong shape"]
         for title, keys in (("missing", self.missing), ("unexpected", self.unexpected),
@@ -88,7 +100,7 @@ def is_longvos_checkpoint(checkpoint: Mapping[str, Any]) -> bool:
 
 def official_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]:
     """The tensors of an official checkpoint: unwrap ``state_dict``/``model``, strip a ``module.`` prefix."""
-    for wrapper in ("state_dict", "model"):
+    for wrapper in ("state_dict", "model", "weights"):
         if isinstance(checkpoint.get(wrapper), Mapping):
             checkpoint = checkpoint[wrapper]
             break
@@ -111,7 +123,12 @@ def map_official_keys(official: Mapping[str, torch.Tensor], family: str,
     report = KeyReport()
     state_dict: dict[str, torch.Tensor] = {}
     seen: set[str] = set()
+    drop_reason = OFFICIAL_DROPPED_KEYS.get(family, lambda key: None)
     for official_key, tensor in official.items():
+        reason = drop_reason(official_key)
+        if reason is not None:
+            report.dropped[official_key] = reason
+            continue
         key = to_ours(official_key)
         if key is None or key not in expected:
             report.unexpected.append(official_key)
@@ -145,10 +162,20 @@ def model_shapes(model: torch.nn.Module) -> dict[str, torch.Size]:
     return {key: value.shape for key, value in model.state_dict().items()}
 
 
+def _meta_model(model_name: str, **overrides: Any) -> VOSModel:
+    """A registered model built on the meta device: names, shapes and config, but no weight memory.
+
+    A module whose constructor reads tensor values cannot be built on meta; it is then built on the CPU."""
+    try:
+        with torch.device("meta"):
+            return create_model(model_name, **overrides)
+    except NotImplementedError:
+        return create_model(model_name, **overrides)
+
+
 def expected_shapes(model_name: str, **overrides: Any) -> dict[str, torch.Size]:
-    """Our key -> shape for a registered model, without allocating its weights (built on the meta device)."""
-    with torch.device("meta"):
-        return model_shapes(create_model(model_name, **overrides))
+    """Our key -> shape for a registered model, without allocating its weights."""
+    return model_shapes(_meta_model(model_name, **overrides))
 
 
 def convert_checkpoint(source: Source, model_name: str, *, family: str | None = None, strict: bool = True,
@@ -188,6 +215,19 @@ def save_model(model: VOSModel, path: str | os.PathLike[str], half: bool = False
     if not model.name:
         raise ValueError("the model has no registry name; build it with longvos.models.create_model")
     save_checkpoint(path, model.state_dict(), model.name, _config_dict(model), half=half)
+
+
+def convert_to_file(source: Source, destination: str | os.PathLike[str], model_name: str, *,
+                    family: str | None = None, half: bool = False) -> KeyReport:
+    """Convert an official checkpoint and write it as a longvos checkpoint; nothing is written unless the key
+    report is clean (raises :class:`CheckpointError` listing every problem key)."""
+    family = family or model_entry(model_name).family
+    meta_model = _meta_model(model_name)
+    official = official_state_dict(read_checkpoint(source))
+    state_dict, report = map_official_keys(official, family, model_shapes(meta_model))
+    report.raise_if_incomplete(f"{source} as {model_name}")
+    save_checkpoint(destination, state_dict, model_name, _config_dict(meta_model), half=half)
+    return report
 
 
 def load_checkpoint(model: VOSModel, source: Source) -> KeyReport:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from pathlib import Path
 
 from longvos.cli.main import CommandError
@@ -47,6 +48,12 @@ def parse_mask_argument(text: str) -> tuple[int | None, Path]:
     return None, Path(text)
 
 
+def one_line(err: BaseException, limit: int = 2000) -> str:
+    """An error message as one line (checkpoint key reports, for one, span many lines)."""
+    text = "; ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def run(args: argparse.Namespace) -> int:
     # Heavy imports (torch, PyAV) happen only when the command actually runs.
     from longvos.engine.pipeline import DEFAULT_MODEL, SegmentationError, segment_video
@@ -59,18 +66,22 @@ def run(args: argparse.Namespace) -> int:
         if frame in masks:
             raise CommandError(f"two masks for {'the first frame' if frame is None else f'frame {frame}'}")
         masks[frame] = path
-    try:
-        boxes = [parse_box(text) for text in args.box]
-        summary = segment_video(
-            str(args.video), masks, args.out, model=args.model or DEFAULT_MODEL, checkpoint=args.checkpoint,
-            device=args.device, dtype=args.dtype, memory=args.memory, mem_gap=args.mem_gap, max_size=args.max_size,
-            start=args.start, end=args.end, reverse=args.reverse, boxes=boxes or None, overlay=args.overlay,
-            per_object=args.per_object, save_probs=args.probs, resume=args.resume, progress=not args.quiet,
-        )
-    except SegmentationError as err:
-        raise CommandError(str(err), code=130 if err.interrupted else 1) from None
-    except (InputError, OSError, ValueError, KeyError) as err:
-        raise CommandError(str(err)) from None
+    with warnings.catch_warnings():
+        # Warnings (e.g. random weights) as one readable line instead of a source location.
+        warnings.showwarning = lambda message, *_args, **_kwargs: print(
+            f"longvos segment: warning: {message}", file=sys.stderr)
+        try:
+            summary = segment_video(
+                str(args.video), masks, args.out, model=args.model or DEFAULT_MODEL, checkpoint=args.checkpoint,
+                device=args.device, dtype=args.dtype, memory=args.memory, mem_gap=args.mem_gap,
+                max_size=args.max_size, start=args.start, end=args.end, reverse=args.reverse,
+                boxes=[parse_box(text) for text in args.box] or None, overlay=args.overlay,
+                per_object=args.per_object, save_probs=args.probs, resume=args.resume, progress=not args.quiet,
+            )
+        except SegmentationError as err:
+            raise CommandError(one_line(err), code=130 if err.interrupted else 1) from None
+        except (InputError, OSError, ValueError, KeyError) as err:
+            raise CommandError(one_line(err)) from None
     if summary.notes:
         print(f"{args.out}: {'; '.join(summary.notes)}")
     else:

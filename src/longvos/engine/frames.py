@@ -70,9 +70,11 @@ def resize_ids_nearest(ids_HW: torch.Tensor, size_hw: tuple[int, int]) -> torch.
     height, width = ids_HW.shape
     if (height, width) == tuple(size_hw):
         return ids_HW
-    rows = (torch.arange(size_hw[0], device=ids_HW.device) * (height / size_hw[0])).floor().long().clamp_(max=height - 1)
-    cols = (torch.arange(size_hw[1], device=ids_HW.device) * (width / size_hw[1])).floor().long().clamp_(max=width - 1)
-    return ids_HW[rows][:, cols]
+    def source_indices(out_size: int, in_size: int) -> torch.Tensor:
+        positions = torch.arange(out_size, device=ids_HW.device) * (in_size / out_size)
+        return positions.floor().long().clamp_(max=in_size - 1)
+
+    return ids_HW[source_indices(size_hw[0], height)][:, source_indices(size_hw[1], width)]
 
 
 def upsample_probs(probs_KHW: torch.Tensor, size_hw: tuple[int, int], align_corners: bool) -> torch.Tensor:

@@ -94,7 +94,8 @@ def segment_video(
     """Segment frames ``start <= index < end`` of ``video`` (backwards if ``reverse``) into ``out_dir``.
 
     ``masks`` is one mask for the first frame processed, or ``{frame_index: mask}`` with masks for objects that
-    appear later (key ``None``: the first frame processed); a mask is a PNG path or an index-map array. ``boxes`` instead make the first mask with GrabCut.
+    appear later (key ``None``: the first frame processed); a mask is a PNG path or an index-map array.
+    ``boxes`` instead make the first mask with GrabCut.
     Writes ``out_dir/<frame name>.png`` (palette PNG with the first mask's palette, else DAVIS), plus
     ``objects/<id>/<frame>.png`` with ``per_object`` and ``probs/<frame>.npz`` with ``save_probs``, and an
     overlay video if ``overlay`` is a path. ``on_frame(frame, result)`` is called after each frame.
@@ -107,6 +108,7 @@ def segment_video(
     prompts = load_prompts(source, masks, boxes, (start, stop), order[0])
     palette = next((prompts[i].palette for i in order if i in prompts and prompts[i].palette is not None),
                    DAVIS_PALETTE)
+    overlay_writer = OverlayWriter(overlay, getattr(source, "fps", DEFAULT_FPS), palette) if overlay else None
     if isinstance(model, Segmenter):
         if memory is not None or checkpoint is not None:
             raise InputError("memory and checkpoint apply when loading a model by name, not to a loaded Segmenter")
@@ -118,13 +120,12 @@ def segment_video(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = {
-        "video": str(Path(str(source.description)).resolve()) if not isinstance(video, FrameSource) else
-        source.description, "num_frames": source.num_frames, "model": segmenter.name,
-        "checkpoint": None if checkpoint is None else str(Path(checkpoint).resolve()), "memory": memory,
-        "mem_gap": mem_gap, "dtype": str(segmenter.dtype), "max_size": max_size, "start": start, "stop": stop,
-        "reverse": reverse, "masks": {str(i): p.origin for i, p in sorted(prompts.items())},
-        "per_object": per_object, "save_probs": save_probs,
-    }
+        "video": source.description if isinstance(video, FrameSource) else str(Path(source.description).resolve()),
+        "num_frames": source.num_frames, "model": segmenter.name, "memory": memory, "mem_gap": mem_gap,
+        "checkpoint": None if checkpoint is None else str(Path(checkpoint).resolve()), "dtype": str(segmenter.dtype),
+        "max_size": max_size, "start": start, "stop": stop, "reverse": reverse, "per_object": per_object,
+        "save_probs": save_probs, "masks": {str(i): p.origin for i, p in sorted(prompts.items())},
+    }  # what must match for --resume to continue a run (the device and overlay may change)
     record = RunProgress.load(out_dir) if resume else None
     if record is not None:
         difference = settings_difference(record.settings, settings)
@@ -140,7 +141,6 @@ def segment_video(
 
     run = _Run(source, session, prompts, out_dir, palette, record, per_object, save_probs)
     reset_device_peak(segmenter.device)
-    overlay_writer = OverlayWriter(overlay, getattr(source, "fps", DEFAULT_FPS), palette) if overlay else None
     resumed_after = record.completed
     started = time.perf_counter()
     with tqdm(total=len(order) - resumed_after, unit="frame", disable=not progress, desc=source.description,
@@ -171,38 +171,44 @@ class _Run:
     def execute(self, order: range, overlay: OverlayWriter | None, max_pending: int,
                 on_frame: Callable[[Frame, StepResult], None] | None, advance: Callable[[int], None]) -> None:
         completed = self.record.completed
-        current: Frame | None = None
+        position = completed  # the frame being worked on, counted in processing order
         try:
             with BackgroundWriter(max_pending) as writer:
                 if completed:
                     self._replay(order[:completed])
                 # Frames already complete are decoded again only to redraw them into a new overlay video.
                 todo = order if overlay is not None else order[completed:]
+                position = len(order) - len(todo)
                 frames = self.source.frames(min(todo), max(todo) + 1, order.step < 0) if todo else iter(())
-                for position, current in enumerate(frames, start=len(order) - len(todo)):
+                for frame in frames:
                     if position < completed:
-                        saved = self._saved_mask(current.name)
-                        writer.submit(lambda image=current.image, ids=saved: overlay.write(image, ids))
-                        continue
-                    prompt = self.prompts.get(current.index)
-                    result = self.session.step(current.image, None if prompt is None else prompt.ids,
-                                               return_probs=self.save_probs)
-                    self.model_seconds += result.model_seconds
-                    self.state_bytes = max(self.state_bytes, self.session.memory_bytes())
-                    writer.submit(self._write_job(position, current, result, overlay))
-                    if on_frame is not None:
-                        on_frame(current, result)
-                    advance(1)
+                        saved = self._saved_mask(frame.name)
+                        writer.submit(lambda image=frame.image, ids=saved: overlay.write(image, ids))
+                    else:
+                        self._segment(position, frame, writer, overlay, on_frame)
+                        advance(1)
+                    position += 1
                 if overlay is not None:
                     writer.submit(overlay.close)
         except (Exception, KeyboardInterrupt) as err:
-            where = "before the first frame" if current is None else f"at frame {current.index} ({current.name})"
-            done = self.record.completed
+            where = f"at frame {order[position]} ({self.source.frame_name(order[position])})" \
+                if position < len(order) else "after the last frame"
             interrupted = isinstance(err, KeyboardInterrupt)
-            reason = "interrupted" if interrupted else f"{type(err).__name__}: {err}" if not isinstance(
-                err, InputError) else str(err)
+            reason = ("interrupted" if interrupted else str(err) if isinstance(err, InputError)
+                      else f"{type(err).__name__}: {err}")
+            done = self.record.completed  # read after the writer has drained
             raise SegmentationError(f"stopped {where}: {reason}; {done} frame(s) complete in {self.out_dir} "
                                     f"(run again with resume to continue)", done, interrupted) from err
+
+    def _segment(self, position: int, frame: Frame, writer: BackgroundWriter, overlay: OverlayWriter | None,
+                 on_frame: Callable[[Frame, StepResult], None] | None) -> None:
+        prompt = self.prompts.get(frame.index)
+        result = self.session.step(frame.image, None if prompt is None else prompt.ids, return_probs=self.save_probs)
+        self.model_seconds += result.model_seconds
+        self.state_bytes = max(self.state_bytes, self.session.memory_bytes())
+        writer.submit(self._write_job(position, frame, result, overlay))
+        if on_frame is not None:
+            on_frame(frame, result)
 
     def _replay(self, completed_order: range) -> None:
         """Rebuild the memory of an interrupted run: its starting masks in order, then the last complete frame

@@ -155,7 +155,8 @@ class Session:
         if given_ids is not None:
             probs_KHW = _impose_given(probs_KHW, torch.from_numpy(given_ids).to(probs_KHW.device), object_ids)
         lookup = np.asarray([0] + object_ids, dtype=np.int64)
-        ids = compact_ids(lookup[probs_KHW.argmax(dim=0).cpu().numpy()])
+        # .max(dim).indices: on CPU, argmax over a leading dim is ~10x slower for the same result.
+        ids = compact_ids(lookup[probs_KHW.max(dim=0).indices.cpu().numpy()])
         self.frames_processed += 1
         return StepResult(
             mask=ids, object_ids=object_ids, frame_index=self.frames_processed - 1, model_seconds=seconds,

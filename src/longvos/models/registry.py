@@ -20,8 +20,8 @@ from typing import Any, Callable
 
 from longvos.models.base import VOSModel
 
-#: Modules whose import registers a family's models. LiVOS: append "longvos.models.livos.zoo".
-FAMILY_MODULES: list[str] = ["longvos.models.aot.zoo"]
+#: Modules whose import registers a family's models.
+FAMILY_MODULES: list[str] = ["longvos.models.aot.zoo", "longvos.models.livos.zoo"]
 
 ModelBuilder = Callable[..., VOSModel]
 

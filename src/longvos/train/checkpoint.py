@@ -7,6 +7,7 @@ truncated checkpoint behind; only the newest ``keep`` are kept.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import pickle
 import re
@@ -61,7 +62,9 @@ def save_checkpoint(
     keep: int,
 ) -> Path:
     path = checkpoint_path(run_dir, step)
+    model_config = getattr(model, "config", None)
     atomic_save({
+        "model_config": dataclasses.asdict(model_config) if dataclasses.is_dataclass(model_config) else {},
         "step": step,
         "model": model.state_dict(),
         "ema": ema.state_dict(),
@@ -104,17 +107,17 @@ def restore(
     return int(state["step"])
 
 
-def export_weights(
-    checkpoint: Path, destination: Path, use_ema: bool = True, dtype: torch.dtype = torch.float16
-) -> Path:
-    """Write the (EMA) weights of a training checkpoint as a longvos model checkpoint, floats cast to ``dtype``
-    (fp16 halves the file; the model computes in fp32 after loading)."""
+def export_weights(checkpoint: Path, destination: Path, use_ema: bool = True, half: bool = True) -> Path:
+    """Write the (EMA) weights of a training checkpoint as a longvos model checkpoint (fp16 floats by default: half
+    the file, and the model computes in fp32 after loading).
+
+    The saved model config leaves out the memory design and interval, which were set for training (δ = 2): a model
+    rebuilt from the file takes its registry defaults (δ = 10 for MAVOS) unless the caller overrides them.
+    """
+    from longvos.convert import save_checkpoint as save_model_checkpoint
+
     state = read_checkpoint(Path(checkpoint))
     weights = state["ema"]["weights"] if use_ema else state["model"]
-    weights = {k: (v.to(dtype) if v.dtype.is_floating_point else v) for k, v in weights.items()}
-    atomic_save({
-        "model": state["config"]["model"]["name"],
-        "state_dict": weights,
-        "training": {"step": state["step"], "ema": use_ema, "config": state["config"]},
-    }, Path(destination))
+    model_config = {k: v for k, v in state.get("model_config", {}).items() if k not in ("memory", "mem_gap")}
+    save_model_checkpoint(destination, weights, state["config"]["model"]["name"], model_config, half=half)
     return Path(destination)

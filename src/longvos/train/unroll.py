@@ -72,7 +72,8 @@ class ClipUnroll(nn.Module):
                 memory = model.write_memory(memory, propagation, labels_to_one_hot(written_BHW, num_classes))
 
         loss = torch.stack(frame_losses).mean() + settings.reference_weight * reference_loss
-        stats = {"frame_loss": float(torch.stack(frame_losses).mean()), "reference_loss": float(reference_loss),
+        stats = {"frame_loss": float(torch.stack(frame_losses).detach().mean()),
+                 "reference_loss": float(reference_loss.detach()),
                  "iou": float(sum(ious) / len(ious))}
         return loss, stats
 

@@ -43,7 +43,7 @@ class AOTConfig:
                 "(DeAOT checkpoints carry no MCA weights); use memory='growing' or 'ref+prev'")
         if self.mem_gap < 1:
             raise ValueError(f"mem_gap must be >= 1 frame, got {self.mem_gap}")
-        if not 1 <= self.max_objects:
+        if self.max_objects < 1:
             raise ValueError(f"max_objects must be >= 1, got {self.max_objects}")
         if self.local_window % 2 != 1:
             raise ValueError(f"local_window must be odd, got {self.local_window}")

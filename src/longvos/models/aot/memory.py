@@ -52,12 +52,12 @@ class LayerMemory:
     def id_value_BNC(self) -> torch.Tensor:
         return self.value_BNC[..., self.value_BNC.shape[-1] // 2 :]
 
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.key_BNC, self.value_BNC
+
     def tokens(self, start: int, stop: int | None = None) -> "LayerMemory":
         """The memory of tokens ``[start, stop)`` (views, no copy)."""
         return LayerMemory(self.key_BNC[:, start:stop], self.value_BNC[:, start:stop])
-
-    def nbytes(self) -> int:
-        return self.key_BNC.nbytes + self.value_BNC.nbytes
 
     @staticmethod
     def cat(newest_first: list["LayerMemory"]) -> "LayerMemory":
@@ -86,11 +86,24 @@ class AOTMemory:
         height, width = self.grid_hw
         return self.long_term[0].num_tokens // (height * width)
 
+    def tensors(self) -> list[torch.Tensor]:
+        return [t for layer in (*self.long_term, *self.short_term) for t in layer.tensors()]
+
     def nbytes(self) -> int:
-        return sum(m.nbytes() for m in self.long_term) + sum(m.nbytes() for m in self.short_term)
+        return storage_nbytes(self.tensors())
 
     def replace(self, **changes) -> "AOTMemory":
         return dataclasses.replace(self, **changes)
+
+
+def storage_nbytes(tensors: list[torch.Tensor]) -> int:
+    """Bytes of the distinct storages behind ``tensors``: right after a reference frame the long- and short-term
+    memories are the same tensors, and they must be counted once."""
+    storages = {}
+    for tensor in tensors:
+        storage = tensor.untyped_storage()
+        storages[(storage.data_ptr(), tensor.device)] = storage.nbytes()
+    return sum(storages.values())
 
 
 def long_term_update_due(frame_step: int, last_update_step: int, gap: int) -> bool:

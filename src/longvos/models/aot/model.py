@@ -26,19 +26,24 @@ from torch import nn
 from longvos.models.aot.config import AOTConfig
 from longvos.models.aot.decoder import FPNDecoder
 from longvos.models.aot.identity import IdentityEmbedding, labels_to_one_hot
-from longvos.models.aot.memory import (AOTMemory, LongTermMemory, MemoryFusion, long_term_update_due,
+from longvos.models.aot.memory import (AOTMemory, LayerMemory, LongTermMemory, MemoryFusion, long_term_update_due,
                                        make_long_term_memory)
 from longvos.models.aot.propagation import GatedPropagationStack, Propagation
-from longvos.models.aot.state import AOTState, soft_aggregate
+from longvos.models.aot.state import AOTState, mask_empty_slots, soft_aggregate
 from longvos.models.base import VOSModel
 from longvos.models.encoders import build_encoder
 from longvos.models.layers.attention import map_to_tokens, tokens_to_map
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-#: Logit given to decoder channels that hold no object (official value; it must stay finite in half precision).
-_UNUSED_LOGIT_FULL, _UNUSED_LOGIT_HALF = -1e10, -1e4
 _MASK_THRESHOLD = 0.5  # a user mask claims a pixel where it is above this
+
+
+def network_input_size(config: AOTConfig, height: int, width: int) -> tuple[int, int]:
+    """Official size policy: with align_corners ``(H - 1) % 16 == 0``, otherwise ``H % 16 == 0``; nearest, ties to
+    even like numpy's ``around`` (Python's ``round`` does the same); never below one token."""
+    stride = config.max_stride
+    offset = 1 if config.align_corners else 0
+    return tuple(max(round((int(size) - offset) / stride), 1) * stride + offset  # type: ignore[return-value]
+                 for size in (height, width))
 
 
 @dataclass
@@ -58,11 +63,11 @@ class ImageFeatures:
 class AOTModel(VOSModel):
     """DeAOT / MAVOS with a pluggable long-term memory; see the module docstring for the verbs."""
 
-    def __init__(self, config: AOTConfig):
+    def __init__(self, config: AOTConfig, pretrained_encoder: bool = False):
         super().__init__()
         self.config = config
         d_model = config.d_model
-        self.encoder = build_encoder(config.encoder)
+        self.encoder = build_encoder(config.encoder, pretrained=pretrained_encoder)
         s4_channels, s8_channels, s16_channels, embedding_channels = self.encoder.channels
         self.encoder_projection = nn.Conv2d(embedding_channels, d_model, kernel_size=1)
         nn.init.xavier_uniform_(self.encoder_projection.weight)
@@ -73,19 +78,23 @@ class AOTModel(VOSModel):
         self.memory_fusion = (MemoryFusion(config.num_layers, config.qk_dim, config.value_dim, config.mca_heads,
                                            config.mca_droppath) if config.mca_blocks else None)
         self.long_term_memory: LongTermMemory = make_long_term_memory(config.memory, self.memory_fusion)
-        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        # The input statistics belong to the encoder's weights (ImageNet mean/std for the official encoders).
+        self.register_buffer("pixel_mean", torch.tensor(self.encoder.pixel_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(self.encoder.pixel_std).view(1, 3, 1, 1), persistent=False)
 
     # ---------------------------------------------------------------------------------------------------------------
     # Verbs
     # ---------------------------------------------------------------------------------------------------------------
 
     def encode_image(self, image_B3HW: torch.Tensor) -> ImageFeatures:
-        """RGB in [0, 1] at the network input size -> encoder features (normalised here, in float32 op order
-        ``(x - mean) / std`` as the official loader does after ``x / 255``)."""
-        normalised_B3HW = (image_B3HW - self.pixel_mean) / self.pixel_std
-        s4_BCHW, s8_BCHW, s16_BCHW, deep_BCHW = self.encoder(normalised_B3HW)
+        """RGB in [0, 1] at the network input size -> encoder features. Normalised here with the encoder's
+        statistics, in the official float32 op order ``(x - mean) / std`` (the caller has done ``x / 255``)."""
+        s4_BCHW, s8_BCHW, s16_BCHW, deep_BCHW = self.encoder(self.normalise(image_B3HW))
         return ImageFeatures(s4_BCHW, s8_BCHW, s16_BCHW, self.encoder_projection(deep_BCHW))
+
+    def normalise(self, image_B3HW: torch.Tensor) -> torch.Tensor:
+        """RGB in [0, 1] -> the encoder's input: ``(x - mean) / std`` with the encoder's statistics."""
+        return (image_B3HW - self.pixel_mean) / self.pixel_std
 
     def encode_mask(self, masks_BKHW: torch.Tensor) -> torch.Tensor:
         """One-hot masks or soft probabilities ``(B, 1 + max_objects, H, W)`` -> identity tokens ``(B, N, d)``."""
@@ -123,19 +132,22 @@ class AOTModel(VOSModel):
         long_term = self.long_term_memory.update(memory.long_term, frame_memory, reference.grid_hw)
         return memory.replace(long_term=long_term, short_term=frame_memory, frame_step=step, last_update_step=step)
 
-    def write_memory(self, memory: AOTMemory, propagation: Propagation, masks_BKHW: torch.Tensor) -> AOTMemory:
+    def write_memory(self, memory: AOTMemory, propagation: Propagation, masks_BKHW: torch.Tensor,
+                     mem_gap: int | None = None) -> AOTMemory:
         """Memorise a propagated frame with its mask (one-hot labels or soft probabilities, ``(B, 1 + slots, H, W)``):
-        it becomes the short-term memory, and enters the long-term memory when ``mem_gap`` frames have passed."""
+        it becomes the short-term memory, and enters the long-term memory when ``mem_gap`` frames (default: the
+        config's) have passed since the last update."""
         frame_memory = self.propagation.memory_from(propagation.parts, self.encode_mask(masks_BKHW))
         step = memory.frame_step + 1
-        if long_term_update_due(step, memory.last_update_step, self.config.mem_gap):
+        gap = self.config.mem_gap if mem_gap is None else mem_gap
+        if long_term_update_due(step, memory.last_update_step, gap):
             long_term = self.long_term_memory.update(memory.long_term, frame_memory, propagation.grid_hw)
             return memory.replace(long_term=long_term, short_term=frame_memory, frame_step=step,
                                   last_update_step=step)
         return memory.replace(short_term=frame_memory, frame_step=step)
 
     @staticmethod
-    def _reference_memory(reference: Propagation):
+    def _reference_memory(reference: Propagation) -> list[LayerMemory]:
         if reference.reference_memory is None:
             raise ValueError("not a reference propagation: call propagate(features, id_emb_BNC=...)")
         return reference.reference_memory
@@ -145,16 +157,7 @@ class AOTModel(VOSModel):
     # ---------------------------------------------------------------------------------------------------------------
 
     def input_size(self, height: int, width: int) -> tuple[int, int]:
-        """Official size policy: with align_corners ``(H - 1) % 16 == 0``, otherwise ``H % 16 == 0``; nearest, with
-        ties to even as numpy's ``around`` (Python's ``round`` does the same)."""
-        stride = self.config.max_stride
-        if self.config.align_corners:
-            def snap(size: int) -> int:
-                return max(round((size - 1) / stride), 1) * stride + 1
-        else:
-            def snap(size: int) -> int:
-                return max(round(size / stride), 1) * stride
-        return snap(int(height)), snap(int(width))
+        return network_input_size(self.config, height, width)
 
     def init_state(self) -> AOTState:
         return AOTState(max_objects=self.config.max_objects)
@@ -163,6 +166,7 @@ class AOTModel(VOSModel):
              masks: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
         frame_hw = self._check_frame(state, image_B3HW)
         masks = self._check_masks(masks or {}, frame_hw)
+        state.input_hw = frame_hw  # fixed for the rest of the video
         if not state.passes and not masks:
             return image_B3HW.new_ones(1, *frame_hw)
 
@@ -173,7 +177,7 @@ class AOTModel(VOSModel):
             propagations = [self.propagate(features, pass_.memory) for pass_ in state.passes]
             probs_KHW = self._probabilities(state, features, propagations, frame_hw)
         if masks:
-            return self._memorise_references(state, features, probs_KHW, masks)
+            return self._memorise_references(state, features, probs_KHW, masks, frame_hw)
 
         pass_one_hots = self._pass_one_hots(state, probs_KHW.argmax(dim=0))
         for pass_, propagation, one_hot_KHW in zip(state.passes, propagations, pass_one_hots):
@@ -192,30 +196,28 @@ class AOTModel(VOSModel):
         """``(1 + N, H, W)`` probabilities of background and ``state.object_ids``, as the official engine computes
         them: stride-4 logits with empty slots masked, bilinear upsampling, soft aggregation over passes."""
         lstt_BNC = torch.cat([p.output_BNC for p in propagations], dim=0)
-        logits_PKhw = self.decode(features, lstt_BNC)
-        unused = _UNUSED_LOGIT_FULL if logits_PKhw.dtype == torch.float32 else _UNUSED_LOGIT_HALF
-        live_PK = state.live_slots(logits_PKhw.device)
-        logits_PKhw = logits_PKhw.masked_fill(~live_PK[:, :, None, None], unused)
+        logits_PKhw = mask_empty_slots(self.decode(features, lstt_BNC), state.live_slots(lstt_BNC.device))
         logits_PKHW = F.interpolate(logits_PKhw, size=frame_hw, mode="bilinear",
                                     align_corners=self.config.align_corners)
         merged_1CHW = soft_aggregate(logits_PKHW)
         channels = torch.tensor(state.merged_channels(), device=merged_1CHW.device)
-        # Only live channels are kept, so the probabilities sum to one over background + tracked objects.
-        return torch.softmax(merged_1CHW[0, channels], dim=0)
+        # Only live channels are kept, so the probabilities sum to one over background + tracked objects. With one
+        # pass this is exactly the official softmax (empty slots have weight 0); with several, the official softmax
+        # also gives the clamped empty slots about 1e-5 each, which we leave out.
+        return torch.softmax(merged_1CHW[0, channels].float(), dim=0)
 
     def _pass_one_hots(self, state: AOTState, labels_HW: torch.Tensor) -> torch.Tensor:
         """``(P, 1 + max_objects, H, W)`` one-hot memory masks of each pass from global labels."""
         return labels_to_one_hot(state.pass_labels(labels_HW), self.config.num_classes)
 
     def _memorise_references(self, state: AOTState, features: ImageFeatures, probs_KHW: torch.Tensor | None,
-                             masks: dict[int, torch.Tensor]) -> torch.Tensor:
+                             masks: dict[int, torch.Tensor], frame_hw: tuple[int, int]) -> torch.Tensor:
         """A frame with user masks: merge them with the prediction, then memorise the frame as a reference in every
         pass (the official new-object path). Returns the merged probabilities."""
         reanchored = [obj for obj in masks if obj in state.object_ids]
         state.add_objects([obj for obj in masks if obj not in state.object_ids])
-        frame_hw = next(iter(masks.values())).shape
         num_channels = 1 + len(state.object_ids)
-        merged_KHW = features.embedding_BCHW.new_zeros(num_channels, *frame_hw)
+        merged_KHW = torch.zeros(num_channels, *frame_hw, device=features.embedding_BCHW.device)
         if probs_KHW is None:
             merged_KHW[0] = 1.0
         else:
@@ -250,9 +252,7 @@ class AOTModel(VOSModel):
             raise ValueError(f"frame size {frame_hw[0]}x{frame_hw[1]} is not a network input size for "
                              f"{self.name or 'this model'}; resize to model.input_size(H, W) = "
                              f"{self.input_size(*frame_hw)} first")
-        if state.input_hw is None:
-            state.input_hw = frame_hw
-        elif state.input_hw != frame_hw:
+        if state.input_hw is not None and state.input_hw != frame_hw:
             raise ValueError(f"frame size changed mid-video: {frame_hw} after {state.input_hw}")
         return frame_hw
 

@@ -82,7 +82,8 @@ class GatedPropagationLayer(nn.Module):
         """This layer's memory of a frame: keys, and values with the identity fused from the frame's mask."""
         id_source_BNC = id_emb_BNC if parts.id_input_BNC is None else torch.cat([parts.id_input_BNC, id_emb_BNC], -1)
         id_value_BNC = F.silu(self.id_value(id_source_BNC))
-        return LayerMemory(parts.key_BNC, torch.cat([parts.value_BNC, id_value_BNC], dim=-1))
+        # The key is a slice of the query/value projection: copy it so the memory does not keep the whole output.
+        return LayerMemory(parts.key_BNC.contiguous(), torch.cat([parts.value_BNC, id_value_BNC], dim=-1))
 
     def forward(self, visual_BNC: torch.Tensor, identity_BNC: torch.Tensor | None,
                 long_term: LayerMemory | None, short_term: LayerMemory | None, grid_hw: tuple[int, int],

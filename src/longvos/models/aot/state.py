@@ -15,9 +15,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from longvos.models.aot.memory import AOTMemory
+from longvos.models.aot.memory import AOTMemory, storage_nbytes
 
 _PROBABILITY_CLAMP = 1e-5  # official soft aggregation clamps to [eps, 1 - eps] before taking logits
+#: Logit of decoder channels that hold no object (official values; it must stay finite in half precision).
+_EMPTY_SLOT_LOGIT_FULL, _EMPTY_SLOT_LOGIT_HALF = -1e10, -1e4
 
 
 @dataclass
@@ -45,7 +47,7 @@ class AOTState:
     input_hw: tuple[int, int] | None = None  # network input size, fixed for the video once the first frame is seen
 
     def nbytes(self) -> int:
-        return sum(p.memory.nbytes() for p in self.passes if p.memory is not None)
+        return storage_nbytes([t for p in self.passes if p.memory is not None for t in p.memory.tensors()])
 
     def locate(self, object_id: int) -> tuple[int, int]:
         """``(pass index, slot index)`` of a tracked object."""
@@ -104,16 +106,24 @@ class AOTState:
         return table_PL[:, labels_HW.long()]
 
 
+def mask_empty_slots(logits_PKhw: torch.Tensor, live_PK: torch.Tensor) -> torch.Tensor:
+    """Set the logits of channels that hold no object (``live_PK`` False) to -1e10 (-1e4 in half precision), as
+    the official engine does before upsampling, so that they never win a pixel."""
+    half = logits_PKhw.dtype in (torch.float16, torch.bfloat16)
+    empty = _EMPTY_SLOT_LOGIT_HALF if half else _EMPTY_SLOT_LOGIT_FULL
+    return logits_PKhw.masked_fill(~live_PK[:, :, None, None], empty)
+
+
 def soft_aggregate(logits_PKHW: torch.Tensor) -> torch.Tensor:
     """Combine the logits of several passes over one frame into ``(1, 1 + P * (K - 1), H, W)`` logits.
 
     Official soft aggregation: per-pass softmax; background probability = product of the passes' background
     probabilities; foreground probabilities concatenated pass after pass; clamped to ``[1e-5, 1 - 1e-5]``; logit.
-    One pass is returned unchanged.
+    One pass is returned unchanged. Computed in float32: ``1 - 1e-5`` is 1 in half precision.
     """
     if logits_PKHW.shape[0] == 1:
         return logits_PKHW
-    probs_PKHW = torch.softmax(logits_PKHW, dim=1)
+    probs_PKHW = torch.softmax(logits_PKHW.float(), dim=1)
     background_1HW = probs_PKHW[:, 0].prod(dim=0, keepdim=True)
     foreground_FHW = probs_PKHW[:, 1:].flatten(0, 1)
     merged_KHW = torch.cat([background_1HW, foreground_FHW], dim=0)

@@ -30,8 +30,10 @@ AOT_MODELS: dict[str, tuple[AOTConfig, str]] = {
 
 
 def _builder(base: AOTConfig):
-    def build(**overrides: Any) -> AOTModel:
-        return AOTModel(base.replace(**overrides))
+    def build(pretrained_encoder: bool = False, **overrides: Any) -> AOTModel:
+        # pretrained_encoder loads bundled ImageNet weights (EfficientNet-Lite0 only); it is a build option, not
+        # part of the config, because a checkpoint's weights replace it anyway.
+        return AOTModel(base.replace(**overrides), pretrained_encoder=pretrained_encoder)
 
     return build
 

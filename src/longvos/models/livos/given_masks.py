@@ -13,14 +13,25 @@ def merge_given_masks(
     ``given``: object id -> ``(H, W)`` mask in [0, 1]. A given id already in ``object_ids`` is *re-anchored*
     (its channel becomes the given mask); any other id is new and gets a channel appended, in ``given`` order.
 
-    Every channel that was not given is scaled by ``1 - union(given)``. For binary masks this is exactly the
-    official LiVOS rule for objects added mid-video (zero every channel under the new mask, then append it),
-    and the channels still sum to one when the given masks do not overlap.
+    The channels that were not given share ``1 - union(given)`` in proportion to their predicted probabilities.
+    With only new objects this is a plain scaling by ``1 - union``, which for binary masks is exactly the official
+    LiVOS rule for objects added mid-video (zero every channel under the new mask, then append it). Re-anchored
+    objects first give their predicted mass back to the others (renormalised). The channels sum to one when the
+    given masks do not overlap.
 
     Returns the merged ``(1, 1 + N', H, W)`` map and the ids that were new, in channel order.
     """
     masks_MHW = torch.stack([mask.to(prob_BKHW) for mask in given.values()])
     keep_HW = 1 - masks_MHW.sum(dim=0).clamp(0, 1)
+    reanchored = [1 + object_ids.index(object_id) for object_id in given if object_id in object_ids]
+    if reanchored:
+        rest_BKHW = prob_BKHW.clone()
+        rest_BKHW[:, reanchored] = 0
+        total_B1HW = rest_BKHW.sum(dim=1, keepdim=True)
+        # Where the re-anchored objects held all the mass, what remains goes to the background.
+        background_BKHW = torch.zeros_like(rest_BKHW)
+        background_BKHW[:, 0] = 1
+        prob_BKHW = torch.where(total_B1HW > 0, rest_BKHW / total_B1HW.clamp_min(1e-12), background_BKHW)
     merged_BKHW = prob_BKHW * keep_HW
     appended, new_ids = [], []
     for object_id, mask_HW in zip(given, masks_MHW):

@@ -5,6 +5,8 @@ Everything that exists only so that the authors' checkpoints load lives here:
 1. The key mapping from official ``state_dict`` names onto ours (our modules use names that say what they do).
 2. The official keys that are deliberately dropped, each with its reason.
 
+``longvos.convert`` applies both (family ``"livos"``) and checks the result strictly against the model.
+
 Numerical quirks the official code has and that we reproduce on purpose are documented where they live: the
 scalar read-out normaliser (``linear_matching.py``), the float32 clamp of soft aggregation (``soft_aggregation.py``)
 and padding before normalisation (``padding.py``).
@@ -12,10 +14,6 @@ and padding before normalisation (``padding.py``).
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-
-import torch
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Key renames, applied in order to every official key (each rule sees the output of the previous ones).
@@ -73,58 +71,18 @@ _COMPILED_RENAMES = tuple((re.compile(pattern), replacement) for pattern, replac
 _COMPILED_DROPPED = tuple((re.compile(pattern), reason) for pattern, reason in _DROPPED)
 
 
-def official_key_to_ours(official_key: str) -> str:
-    """Our parameter name for an official LiVOS key (which must not be a dropped one)."""
+def livos_key_from_official(official_key: str) -> str:
+    """Our parameter name for an official LiVOS key. Keys this mapping does not know come back renamed only as
+    far as the rules apply, so the strict key check reports them as unexpected."""
     key = official_key
     for pattern, replacement in _COMPILED_RENAMES:
         key = pattern.sub(replacement, key)
     return key
 
 
-def drop_reason(official_key: str) -> str | None:
+def livos_drop_reason(official_key: str) -> str | None:
     """Why an official key is deliberately not converted, or ``None`` if it is converted."""
     for pattern, reason in _COMPILED_DROPPED:
         if pattern.search(official_key):
             return reason
     return None
-
-
-@dataclass
-class ConvertedLiVOS:
-    """An official LiVOS ``state_dict`` mapped onto our names."""
-
-    state_dict: dict[str, torch.Tensor]
-    #: official key -> why it was not converted
-    dropped: dict[str, str] = field(default_factory=dict)
-    #: our key -> the official key it came from
-    sources: dict[str, str] = field(default_factory=dict)
-
-
-def unwrap_checkpoint(checkpoint: Mapping) -> Mapping[str, torch.Tensor]:
-    """The weights of an official LiVOS file: a plain ``state_dict`` (released weights) or a training
-    checkpoint that stores it under ``"weights"``/``"network"``/``"model"``/``"state_dict"``."""
-    for wrapper in ("weights", "network", "model", "state_dict"):
-        inner = checkpoint.get(wrapper)
-        if isinstance(inner, Mapping) and any(isinstance(v, torch.Tensor) for v in inner.values()):
-            return inner
-    return checkpoint
-
-
-def convert_official_livos(official: Mapping[str, torch.Tensor]) -> ConvertedLiVOS:
-    """Rename every official key; set aside (with a reason) the ones that have no counterpart.
-
-    The result is not checked against a model here: load it with ``strict=True`` (or compare key sets) so that
-    any official key this mapping does not know shows up as unexpected, and any of ours it misses as missing.
-    """
-    converted = ConvertedLiVOS(state_dict={})
-    for official_key, tensor in official.items():
-        reason = drop_reason(official_key)
-        if reason is not None:
-            converted.dropped[official_key] = reason
-            continue
-        our_key = official_key_to_ours(official_key)
-        if our_key in converted.state_dict:
-            raise ValueError(f"official keys {converted.sources[our_key]!r} and {official_key!r} both map to {our_key!r}")
-        converted.state_dict[our_key] = tensor
-        converted.sources[our_key] = official_key
-    return converted

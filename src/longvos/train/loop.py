@@ -1,0 +1,215 @@
+"""The training loop: one function, top to bottom, in the spirit of nanoGPT's ``train.py``.
+
+    setup (processes, model, optimiser, EMA, data) -> resume if asked -> for each step:
+        schedules -> unrolled clip forward -> backward -> clip gradients -> AdamW step -> EMA -> log -> checkpoint
+
+Runs as one process, or as many under ``torchrun`` (DistributedDataParallel; gloo on CPU, NCCL on GPU). Mixed
+precision (fp16 autocast + GradScaler) is used on CUDA only. Rank 0 logs and writes checkpoints; a run interrupted
+by SIGTERM/SIGINT saves a checkpoint at the end of the step it is in, and ``resume=True`` continues from the newest
+checkpoint in ``run.out_dir`` (model, EMA, optimiser, scaler, RNG and step all restored; data restart at the same
+sample index since samples are seeded by index).
+"""
+from __future__ import annotations
+
+import contextlib
+import signal
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from longvos.models.aot.model import AOTModel
+
+from . import distributed
+from .checkpoint import latest_checkpoint, read_checkpoint, restore, save_checkpoint
+from .config import TrainConfig, describe_config
+from .data import build_loader
+from .logger import TrainingLogger
+from .losses import reference_loss_weight, top_k_fraction_at
+from .schedule import EMA, default_ema_decay, encoder_learning_rate, learning_rate_at
+from .unroll import ClipUnroll, UnrollSettings
+
+#: Parameters exempt from weight decay besides biases and norms (1-D tensors): the official exemptions that exist here.
+NO_DECAY_NAMES = ("relative_emb", "decoder.classifier")
+
+
+def train(config: TrainConfig, resume: bool = False) -> AOTModel:
+    """Train as configured; returns the trained model (unwrapped, on its device) of this process."""
+    dist_state = distributed.setup(config.run.device)
+    try:
+        return _train(config, resume, dist_state)
+    finally:
+        distributed.teardown(dist_state)
+
+
+def _train(config: TrainConfig, resume: bool, dist_state: distributed.Distributed) -> AOTModel:
+    run, optim = config.run, config.optim
+    device = dist_state.device
+    if run.threads > 0:
+        torch.set_num_threads(run.threads)
+    run_dir = Path(run.out_dir)
+
+    # Same seed on every process: identical initial weights (DDP also broadcasts rank 0's at wrap time).
+    torch.manual_seed(run.seed)
+    model = build_model(config).to(device)
+    ema = EMA(model, optim.ema_decay or default_ema_decay(optim.steps))
+    optimizer = build_optimizer(model, config)
+    use_amp = optim.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
+
+    checkpoint_state = None
+    if resume:
+        checkpoint = latest_checkpoint(run_dir)
+        if checkpoint is not None:
+            checkpoint_state = read_checkpoint(checkpoint)
+        elif dist_state.is_main:
+            print(f"no checkpoint in {run_dir}/checkpoints; starting from step 0")
+    start_step = int(checkpoint_state["step"]) if checkpoint_state is not None else 0
+
+    unroll: nn.Module = ClipUnroll(model)
+    if dist_state.enabled:
+        # Some parameters can sit out a step (e.g. the MCA blocks when a clip is too short to fuse memories).
+        unroll = DistributedDataParallel(unroll, device_ids=[device.index] if device.type == "cuda" else None,
+                                         find_unused_parameters=True)
+    # The iterator draws its base seed from the torch RNG, so it is made before the RNG state is restored: a
+    # resumed run then continues the exact random stream of an uninterrupted one.
+    batches = iter(build_loader(config.data, optim.batch_size, run.seed, dist_state.rank,
+                                start_step * optim.batch_size))
+    torch.manual_seed(run.seed + 1000 * dist_state.rank)  # dropout and slot draws differ between processes
+    if checkpoint_state is not None:
+        restore(checkpoint_state, model, ema, optimizer, scaler)
+        del checkpoint_state
+        if dist_state.enabled:  # the saved RNG state is rank 0's; the other processes need their own stream
+            torch.manual_seed(run.seed + 1000 * dist_state.rank + start_step)
+
+    logger = None
+    if dist_state.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.txt").write_text(describe_config(config) + "\n")
+        logger = TrainingLogger(run_dir, start_step, optim.steps, run.tensorboard, run.progress)
+    stop = _StopFlag()
+
+    def checkpoint_now(at_step: int) -> None:
+        if dist_state.is_main:
+            save_checkpoint(run_dir, at_step, model, ema, optimizer, scaler, config.to_dict(), run.keep_checkpoints)
+
+    model.train()
+    step, window_start = start_step, time.perf_counter()
+    last_step = min(optim.steps, start_step + run.stop_after_steps) if run.stop_after_steps > 0 else optim.steps
+    try:
+        while step < last_step:
+            lr = learning_rate_at(step, optim.steps, optim.lr, optim.min_lr, optim.warmup_fraction, optim.poly_power)
+            encoder_lr = encoder_learning_rate(lr, optim.min_lr, optim.encoder_lr_ratio)
+            for group in optimizer.param_groups:
+                group["lr"] = encoder_lr if group["encoder"] else lr
+            settings = unroll_settings(config, step)
+
+            batch = next(batches)
+            images = batch["images"].to(device, non_blocking=True)
+            labels = batch["labels"].to(device, non_blocking=True)
+            num_objects = batch["num_objects"].to(device)
+            autocast = (torch.autocast(device.type, dtype=torch.float16) if use_amp else contextlib.nullcontext())
+            with autocast:
+                loss, stats = unroll(images, labels, num_objects, settings)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            ema.update(model)
+            step += 1
+
+            if step % run.log_every == 0 or step == optim.steps:
+                values = distributed.mean_over_processes(
+                    {"loss": float(loss.detach()), **stats, "grad_norm": float(grad_norm)}, dist_state)
+                if logger is not None:
+                    elapsed = time.perf_counter() - window_start
+                    logger.log(step, {**values, "lr": lr, "encoder_lr": encoder_lr,
+                                      "top_k": settings.top_k_fraction, "teacher_forcing": int(settings.teacher_forcing),
+                                      "sec_per_step": elapsed / run.log_every})
+                window_start = time.perf_counter()
+            if logger is not None:
+                logger.advance()
+            stop_now = stop.requested(dist_state)
+            if step % run.checkpoint_every == 0 or step == last_step or stop_now:
+                checkpoint_now(step)
+            if stop_now:
+                if dist_state.is_main:
+                    print(f"\nstopped at step {step}; resume with --resume")
+                break
+    finally:
+        stop.restore()
+        if logger is not None:
+            logger.close()
+    return model
+
+
+def build_model(config: TrainConfig) -> AOTModel:
+    """The model to train, with δ = ``loss.long_term_gap`` so the long-term memory updates within a clip."""
+    from longvos.convert import load_checkpoint
+    from longvos.models.registry import create_model
+
+    model_cfg = config.model
+    model = create_model(model_cfg.name, mem_gap=config.loss.long_term_gap,
+                         pretrained_encoder=model_cfg.pretrained_encoder and not model_cfg.init)
+    if not isinstance(model, AOTModel):
+        raise ValueError(f"training supports the AOT family (mavos-*, deaot-*), not {model_cfg.name!r}")
+    if model_cfg.init:
+        load_checkpoint(model, model_cfg.init)
+    # Frozen encoder parameters get no gradient, so autograd skips the whole encoder backward: the largest saving
+    # on CPU. They stay in the optimiser, so a run may unfreeze later and resume.
+    model.encoder.requires_grad_(not model_cfg.freeze_encoder)
+    return model
+
+
+def build_optimizer(model: AOTModel, config: TrainConfig) -> torch.optim.AdamW:
+    """AdamW over four groups: (encoder or not) x (decayed or not); biases, norms and a few others are not decayed."""
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, parameter in model.named_parameters():
+        is_encoder = name.startswith("encoder.")
+        decays = parameter.ndim > 1 and not any(part in name for part in NO_DECAY_NAMES)
+        groups.setdefault((is_encoder, decays), []).append(parameter)
+    param_groups = [{"params": params, "encoder": is_encoder,
+                     "weight_decay": config.optim.weight_decay if decays else 0.0}
+                    for (is_encoder, decays), params in sorted(groups.items())]
+    return torch.optim.AdamW(param_groups, lr=config.optim.lr)
+
+
+def unroll_settings(config: TrainConfig, step: int) -> UnrollSettings:
+    loss, total = config.loss, config.optim.steps
+    return UnrollSettings(
+        teacher_forcing=step < loss.teacher_forcing_fraction * total,
+        top_k_fraction=top_k_fraction_at(step, total, loss.top_k_final, loss.top_k_anneal_fraction),
+        reference_weight=reference_loss_weight(step, total, loss.aux_ref_weight, loss.aux_ref_fraction),
+        ce_weight=loss.ce_weight,
+        jaccard_weight=loss.jaccard_weight,
+    )
+
+
+class _StopFlag:
+    """SIGTERM/SIGINT ask for a clean stop (checkpoint, then exit) instead of killing the step half-way."""
+
+    def __init__(self) -> None:
+        self._requested = False
+        self._previous = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(ValueError):  # not the main thread: no handlers, plain behaviour
+                self._previous[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        self._requested = True
+
+    def requested(self, dist_state: distributed.Distributed) -> bool:
+        """True on every process as soon as any process was asked to stop (they must leave the loop together)."""
+        if not dist_state.enabled:
+            return self._requested
+        flag = torch.tensor([float(self._requested)], device=dist_state.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return bool(flag.item())
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)

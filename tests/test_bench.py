@@ -1,0 +1,108 @@
+"""`longvos bench`: looping, per-length statistics, the paper's ratios, JSON and plot, on a real dev clip."""
+from __future__ import annotations
+
+import json
+import math
+import warnings
+
+import numpy as np
+import pytest
+from conftest import DEV
+
+from longvos.cli.main import main
+from longvos.eval.bench import BenchReport, Clip, LengthPoint, _point, ping_pong, plot_curves, run_benchmark
+
+
+def test_ping_pong_plays_forwards_then_backwards():
+    assert list(ping_pong(4, 12)) == [0, 1, 2, 3, 2, 1, 0, 1, 2, 3, 2, 1]
+    assert list(ping_pong(1, 3)) == [0, 0, 0]
+    # the golden long sequence car-shadow-pp402: 0..39, 38..0, 1..39, ...
+    indices = list(ping_pong(40, 402))
+    assert indices[39:42] == [39, 38, 37] and indices[78:81] == [0, 1, 2] and len(indices) == 402
+
+
+def test_point_statistics_exclude_nothing_but_what_is_given():
+    point = _point("mca", 5, [0.1, 0.2, 0.3, 0.4], 1000,
+                   {"peak_rss_bytes": 10, "rss_growth_bytes": 2, "peak_device_bytes": None})
+    assert point.timed_frames == 4
+    assert point.median_ms == pytest.approx(250.0)
+    assert point.p95_ms == pytest.approx(385.0)  # linear interpolation between 0.3 and 0.4
+    assert point.fps == pytest.approx(4 / 1.0)
+
+
+def _report() -> BenchReport:
+    def point(memory, length, fps, state):
+        return LengthPoint(memory, length, length - 1, 1e3 / fps, 1.2e3 / fps, fps, state, 500, 50, None)
+
+    return BenchReport("m", "clip", 240, 5, 0, {"device": "cpu", "dtype": "fp32", "torch_threads": 2},
+                       [point("mca", 100, 10.0, 100), point("mca", 500, 10.0, 100),
+                        point("growing", 100, 8.0, 400), point("growing", 500, 2.0, 2000)])
+
+
+def test_ratios_are_the_papers():
+    ratios = _report().ratios()
+    assert [r["length"] for r in ratios] == [100, 500]
+    assert ratios[1]["speedup"] == pytest.approx(5.0)
+    assert ratios[1]["state_saving"] == pytest.approx(0.95)
+    assert "5.00x the FPS, model state 95% smaller" in _report().format_table()
+
+
+def test_plot_writes_a_png(tmp_path):
+    pytest.importorskip("matplotlib")
+    plot_curves(_report(), tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def clip():
+    return Clip.from_dataset(DEV, "car-shadow", size=48)
+
+
+def test_clip_is_shrunk_once(clip):
+    assert clip.name == "car-shadow" and len(clip.frames) == 40
+    assert clip.frames[0].shape == (48, 85, 3) and clip.first_mask.shape == (48, 85)
+    assert set(np.unique(clip.first_mask)) == {0, 1}
+
+
+@pytest.mark.slow
+def test_growing_memory_grows_and_mca_does_not(clip):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # random weights: timing and memory do not depend on them
+        report = run_benchmark("mavos-lite", clip, memories=["mca", "growing"], lengths=[3, 6], mem_gap=1, warmup=1)
+    assert [(p.memory, p.length, p.timed_frames) for p in report.points] == [
+        ("mca", 3, 2), ("mca", 6, 5), ("growing", 3, 2), ("growing", 6, 5)]
+    mca3, mca6, grow3, grow6 = report.points
+    assert mca3.state_bytes == mca6.state_bytes  # constant memory: reference + one modulated slot
+    assert grow6.state_bytes > grow3.state_bytes > mca3.state_bytes  # one more long-term frame per step
+    assert all(p.fps > 0 and p.p95_ms >= p.median_ms > 0 and p.peak_rss_bytes > 0 for p in report.points)
+    assert report.environment["torch_threads"] >= 1 and report.environment["dtype"] == "fp32"
+    assert [r["length"] for r in report.ratios()] == [3, 6]
+
+
+@pytest.mark.slow
+def test_cli_writes_json_and_plot(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    out_json, out_png = tmp_path / "bench.json", tmp_path / "bench.png"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        code = main(["bench", "--model", "mavos-lite", "--memory", "mca", "--frames", "3", "--size", "48",
+                     "--clip", str(DEV), "--sequence", "blackswan", "--warmup", "0", "--threads", "1",
+                     "--json", str(out_json), "--plot", str(out_png), "--quiet"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "1 threads" in printed and "fp32" in printed and "median ms" in printed
+    report = json.loads(out_json.read_text())
+    assert report["torch_threads"] == 1 and report["seed"] == 0 and report["warmup_frames"] == 0
+    assert [(p["memory"], p["length"]) for p in report["points"]] == [("mca", 3)]
+    assert not math.isnan(report["points"][0]["fps"])
+    assert out_png.stat().st_size > 0
+
+
+def test_cli_rejects_bad_input(tmp_path, capsys):
+    assert main(["bench", "--model", "mavos-lite", "--frames", "1", "--clip", str(DEV), "--quiet"]) == 1
+    assert "at least 2 frames" in capsys.readouterr().err
+    assert main(["bench", "--model", "mavos-lite", "--clip", str(tmp_path), "--quiet"]) == 1
+    assert "not a DAVIS-layout dataset" in capsys.readouterr().err
+    assert main(["bench", "--model", "no-such-model", "--frames", "3", "--size", "48", "--clip", str(DEV),
+                 "--quiet"]) == 1
+    assert "no-such-model" in capsys.readouterr().err

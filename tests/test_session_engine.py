@@ -1,0 +1,197 @@
+"""Engine semantics that need an exact oracle: a fake model that repeats the last mask it was given.
+
+With it, every output is predictable, so these tests pin down geometry (what size the network sees, how results
+return to the original size), frame types, user ids, staging and errors. The real model is in test_session_mavos.py.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from longvos.engine import Segmenter
+from longvos.engine.frames import resize_ids_nearest, shrunk_size, to_network_input
+from longvos.io.errors import InputError, MaskError
+from longvos.io.masks import read_index_mask
+from longvos.models.base import VOSModel
+
+
+@dataclass
+class RepeatState:
+    object_ids: list[int] = field(default_factory=list)
+    masks_NHW: torch.Tensor | None = None
+    seen_sizes: list[tuple[int, int]] = field(default_factory=list)
+
+    def nbytes(self) -> int:
+        return 0 if self.masks_NHW is None else self.masks_NHW.numel() * 4
+
+
+class RepeatLastMask(VOSModel):
+    """Predicts every object exactly where it was last given; input sizes snap down to multiples of 8."""
+
+    name = "repeat-last-mask"
+
+    def input_size(self, height: int, width: int) -> tuple[int, int]:
+        return max(8, height // 8 * 8), max(8, width // 8 * 8)
+
+    def init_state(self) -> RepeatState:
+        return RepeatState()
+
+    def step(self, state, image_B3HW, masks=None):
+        height, width = image_B3HW.shape[-2:]
+        state.seen_sizes.append((height, width))
+        if state.masks_NHW is None:
+            state.masks_NHW = torch.zeros(0, height, width)
+        for object_id, mask_HW in (masks or {}).items():
+            if object_id not in state.object_ids:
+                state.object_ids.append(object_id)
+                state.masks_NHW = torch.cat([state.masks_NHW, torch.zeros(1, height, width)])
+            state.masks_NHW[:, mask_HW > 0.5] = 0
+            state.masks_NHW[state.object_ids.index(object_id)] = mask_HW
+        background = 1 - state.masks_NHW.sum(0, keepdim=True)
+        return torch.cat([background, state.masks_NHW])
+
+    def remove_objects(self, state, object_ids):
+        keep = [i for i, o in enumerate(state.object_ids) if o not in object_ids]
+        state.object_ids = [state.object_ids[i] for i in keep]
+        state.masks_NHW = state.masks_NHW[keep]
+
+
+@pytest.fixture
+def segmenter() -> Segmenter:
+    return Segmenter(RepeatLastMask(), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def swan(dev_dir) -> tuple[np.ndarray, np.ndarray]:
+    image = np.array(Image.open(dev_dir / "JPEGImages" / "blackswan" / "00000.jpg").convert("RGB"))
+    return image, read_index_mask(dev_dir / "Annotations" / "blackswan" / "00000.png").ids
+
+
+def test_network_sees_short_side_max_size_then_model_rounding(segmenter, swan):
+    image, mask = swan
+    session = segmenter.session(max_size=200)
+    result = session.step(image, mask)
+    assert shrunk_size(480, 854, 200) == (200, 356)
+    assert session.state.seen_sizes == [(200, 352)]
+    assert result.mask.shape == (480, 854)
+    assert np.array_equal(result.mask, mask)  # on the given frame the user's mask wins at full resolution
+    small = segmenter.session(max_size=1000)
+    small.step(image, mask)
+    assert small.state.seen_sizes == [(480, 848)]  # never enlarged
+
+
+def test_prediction_returns_to_original_size(segmenter, swan):
+    image, mask = swan
+    session = segmenter.session(max_size=240)
+    session.step(image, mask * 9)
+    result = session.step(image, return_probs=True)
+    assert result.mask.dtype == np.uint8 and result.object_ids == [9] and result.frame_index == 1
+    assert result.probs.shape == (1, 480, 854) and result.probs.dtype == np.float32
+    # Bilinear upsampling moves boundaries by at most a pixel or two; the object is where it was.
+    agreement = (result.mask == mask * 9).mean()
+    assert agreement > 0.995
+    assert np.array_equal(result.mask == 9, result.probs[0] > 0.5)
+
+
+def test_frame_types_give_identical_results(segmenter, swan):
+    image, mask = swan
+    as_float = torch.from_numpy(image).permute(2, 0, 1).float() / 255
+    outputs = []
+    for frame in (image, Image.fromarray(image), torch.from_numpy(image), as_float):
+        session = segmenter.session(max_size=120)
+        session.step(frame, mask)
+        outputs.append(session.step(frame, return_probs=True).probs)
+    for other in outputs[1:]:
+        np.testing.assert_allclose(other, outputs[0], atol=1e-5)
+
+
+def test_any_user_ids_and_int32_masks(segmenter, swan):
+    image, mask = swan
+    ids = mask.astype(np.int64) * 70000
+    ids[:40, :40] = 3
+    session = segmenter.session(max_size=240)
+    first = session.step(image, ids)
+    assert first.object_ids == [3, 70000] and first.mask.dtype == np.int32 and np.array_equal(first.mask, ids)
+    second = session.step(image, return_probs=True)
+    assert set(np.unique(second.mask)) == {0, 3, 70000}
+    assert np.array_equal(second.mask == 3, second.probs[0] > 0.5)  # probs follow object_ids order
+
+
+def test_objects_argument_selects_from_the_mask(segmenter, swan):
+    image, mask = swan
+    ids = mask * 2
+    ids[:40, :40] = 5
+    session = segmenter.session(max_size=120)
+    assert session.step(image, ids, objects=[5]).object_ids == [5]
+    with pytest.raises(MaskError, match="object 7 has no pixels"):
+        session.step(image, ids, objects=[7])
+    with pytest.raises(InputError, match="without a mask"):
+        session.step(image, objects=[5])
+
+
+def test_add_objects_stages_for_the_next_frame(segmenter, swan):
+    image, mask = swan
+    session = segmenter.session(max_size=120)
+    session.step(image, mask)
+    staged = np.zeros_like(mask)
+    staged[200:260, 600:700] = 4
+    assert session.add_objects(staged) == [4]
+    assert session.object_ids == [1]  # nothing happens before the next frame
+    result = session.step(image)
+    assert result.object_ids == [1, 4] and np.array_equal(result.mask == 4, staged == 4)
+    session.add_objects(staged)
+    session.remove_objects([4])  # a staged object can be withdrawn before it is used
+    assert session.step(image).object_ids == [1]
+
+
+def test_bad_masks_and_frames_are_clear_errors(segmenter, swan):
+    image, mask = swan
+    session = segmenter.session(max_size=120)
+    with pytest.raises(InputError, match="add_objects needs the frame size"):
+        session.add_objects(mask)
+    with pytest.raises(MaskError, match="mask is 427x240 but the frame is 854x480"):
+        session.step(image, mask[::2, ::2])
+    with pytest.raises(MaskError, match="fractional values"):
+        session.step(image, mask * 0.5)
+    with pytest.raises(MaskError, match="must be positive"):
+        session.step(image, mask.astype(np.int64) * -1)
+    with pytest.raises(MaskError, match="has no object"):
+        session.step(image, np.zeros_like(mask))
+    with pytest.raises(InputError, match=r"expected an \(H, W, 3\) RGB array"):
+        session.step(image[..., 0])
+    session.step(image, mask)
+    with pytest.raises(InputError, match="frame 1 is 427x240 but this session's frames are 854x480"):
+        session.step(image[::2, ::2])
+    with pytest.raises(InputError, match=r"cannot remove object\(s\) \[2\]: not tracked \(tracked: \[1\]\)"):
+        session.remove_objects([2])
+
+
+def test_reset_and_memory_bytes(segmenter, swan):
+    image, mask = swan
+    with segmenter.session(max_size=120) as session:
+        session.step(image, mask)
+        assert session.memory_bytes() == 1 * 120 * 208 * 4
+        session.reset()
+        assert session.memory_bytes() == 0 and session.object_ids == []
+        assert session.step(image).object_ids == []  # a frame with no object is all background
+
+
+def test_mask_resize_is_exact_nearest_for_any_id():
+    ids = torch.randint(0, 50, (97, 173))
+    for size in [(48, 86), (121, 217), (33, 300)]:
+        reference = torch.nn.functional.interpolate(ids[None, None].float(), size=size, mode="nearest")[0, 0]
+        assert torch.equal(resize_ids_nearest(ids, size), reference.long())
+    huge = ids + 2**40  # float interpolation would merge ids this large; indexing keeps them
+    assert torch.equal(resize_ids_nearest(huge, (48, 86)) - 2**40, resize_ids_nearest(ids, (48, 86)))
+
+
+def test_image_resize_matches_opencv_cubic_of_the_official_preprocessing(swan):
+    image, _ = swan
+    network = to_network_input(torch.from_numpy(image).permute(2, 0, 1), (241, 433), torch.device("cpu"))
+    reference = cv2.resize(image.astype(np.float32) / 255, (433, 241), interpolation=cv2.INTER_CUBIC).clip(0, 1)
+    np.testing.assert_allclose(network[0].permute(1, 2, 0).numpy(), reference, atol=1e-4)

@@ -1,0 +1,54 @@
+"""``segment_video`` as a Python call: array masks for later frames, the per-frame hook, and an interruption that
+leaves complete frames behind and is resumed. Uses the exact fake model of test_session_engine.py (fast)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from longvos.engine import SegmentationError, Segmenter, segment_video
+from longvos.io.masks import read_index_mask
+
+from test_session_engine import RepeatLastMask
+
+
+@pytest.fixture
+def masks(dev_dir) -> list[np.ndarray]:
+    return [read_index_mask(dev_dir / "Annotations" / "car-shadow" / f"{i:05d}.png").ids for i in range(6)]
+
+
+def test_array_masks_for_later_frames_and_the_frame_hook(dev_dir, tmp_path, masks):
+    later = np.zeros_like(masks[0])
+    later[10:60, 10:90] = 1
+    seen = []
+    summary = segment_video(dev_dir / "JPEGImages" / "car-shadow", {0: masks[0] * 3, 2: later.astype(np.int32) * 1000}, tmp_path,
+                            model=Segmenter(RepeatLastMask(), "cpu"), max_size=120, end=6, progress=False,
+                            on_frame=lambda frame, result: seen.append((frame.name, result.object_ids)))
+    assert seen == [("00000", [3]), ("00001", [3]), ("00002", [3, 1000]), ("00003", [3, 1000]),
+                    ("00004", [3, 1000]), ("00005", [3, 1000])]
+    assert summary.frames == 6 and summary.object_ids == [3, 1000] and summary.fps > 0 and summary.state_bytes > 0
+    written = read_index_mask(tmp_path / "00002.png").ids  # ids above 255: 16-bit PNG
+    assert written.dtype == np.int32 and np.array_equal(written == 1000, later == 1)
+
+
+def test_interruption_keeps_complete_frames_and_resume_continues(dev_dir, tmp_path, masks):
+    segmenter = Segmenter(RepeatLastMask(), "cpu")
+
+    def stop_at_frame_3(frame, result):
+        if frame.index == 3:
+            raise KeyboardInterrupt
+
+    video = dev_dir / "JPEGImages" / "car-shadow"
+    with pytest.raises(SegmentationError, match=r"stopped at frame 3 \(00003\): interrupted; 4 frame") as caught:
+        segment_video(video, masks[0], tmp_path, model=segmenter, max_size=120, end=6, progress=False,
+                      on_frame=stop_at_frame_3)
+    assert caught.value.interrupted and caught.value.frames_complete == 4
+    assert sorted(p.stem for p in tmp_path.glob("*.png")) == ["00000", "00001", "00002", "00003"]
+    summary = segment_video(video, masks[0], tmp_path, model=segmenter, max_size=120, end=6, progress=False,
+                            resume=True, overlay=tmp_path / "overlay.mp4")
+    assert summary.frames == 2 and summary.resumed_after == 4
+    assert sorted(p.stem for p in tmp_path.glob("*.png")) == [f"{i:05d}" for i in range(6)]
+    # The memory was rebuilt from the last complete frame's mask, so the fake model carries that mask on.
+    last_complete = read_index_mask(tmp_path / "00003.png").ids
+    assert (read_index_mask(tmp_path / "00005.png").ids == last_complete).mean() > 0.995
+    from longvos.io.video import open_video
+    assert len(open_video(tmp_path / "overlay.mp4")) == 6  # the overlay covers the frames before the resume too
