@@ -5,23 +5,28 @@ as DeAOT and MAVOS use it. The official code builds the 225 local weights and th
 ``HW x HW`` matrix before multiplying by the values; here nothing grows like ``HW²``.
 
 The window attention is *blocked*: the query grid is cut into ``T x T`` tiles, and the queries of a tile can only see
-keys inside the tile's halo, the ``(T + 2d) x (T + 2d)`` patch of the zero-padded key/value maps around it
-(``d = max_dis``). Per tile, the dot products (``T² x (T + 2d)²``) and the weighted sum of the values are then two
-batched matrix products, which run at GEMM speed on CPU and GPU. Each query's 225 logits are picked out of its halo row
-with a fixed index map (the same for every tile), so the relative bias, the official out-of-image penalty and the
-softmax act on exactly the official window layout; the weights are scattered back into the halo row (exact zeros
-elsewhere) for the value product. The price of the halo: ``(T + 2d)²`` multiply-adds per query and value channel
-instead of 225, and a gathered copy of the value halos, ``(T + 2d)² / T²`` times the value map.
+keys inside the tile's halo, the ``(T + 2d) x (T + 2d)`` patch around it (``d = max_dis``). Per tile, the dot products
+(``T² x (T + 2d)²``) and the weighted sum of the values are then two batched matrix products, which run at GEMM speed
+on CPU and GPU. Each query's 225 logits are picked out of its halo row with a fixed index map (the same for every
+tile), so the relative bias, the official out-of-image penalty and the softmax act on exactly the official window
+layout; the weights are then scattered back into the halo row (exact zeros elsewhere) for the value product.
+
+Tiles are gathered from the token tables by row index, with one zero row appended: halo positions outside the image
+(the official zero padding) and the query positions that pad the grid up to whole tiles all read that row. The price
+of the halo: ``(T + 2d)²`` multiply-adds per query and value channel instead of 225, and a gathered copy of the value
+halos, ``(T + 2d)² / T²`` times the value map (on CPU gathered a few tiles at a time, see ``_CPU_CHUNK_HALO_BYTES``).
 
 Layouts: maps are ``(B, C, H, W)``; tokens are batch-first ``(B, N, C)`` with ``n = y * W + x``. Window index
 ``j = (dy + max_dis) * window + (dx + max_dis)`` for the neighbour at ``(y + dy, x + dx)``, as in the official
 unfold order (row-major over the window, dy outer). Parameter names equal the official ones
 (``relative_emb_k``, ``dw_conv.conv``, ``projection``), so official weights load unchanged.
 
-Shape letters in the tiled code: ``L`` tiles (batch included), ``T`` tiles of one image, ``Q = T²`` queries per tile,
-``K = (T + 2d)²`` halo keys per tile, ``J = window²`` window offsets, ``P = Q * J``.
+Shape letters in the tiled code: ``L`` tiles (over the whole batch), ``Q = T²`` queries per tile, ``K = (T + 2d)²``
+halo keys per tile, ``J = window²`` window offsets, ``R = B*H*W + 1`` rows of a token table (the last one zero).
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -36,19 +41,23 @@ _OUTSIDE_PENALTY_FULL = 1e8
 _OUTSIDE_PENALTY_HALF = 1e4
 
 # Tile side. Larger tiles waste more multiply-adds on halo keys outside a query's window ((T + 14)² instead of 225);
-# smaller ones copy more halo ((T + 14)² / T² times the value map) and make smaller matrix products. Measured on one
-# CPU thread (31x54 and 60x108 grids, value width 1024), 8 was fastest once the halo copy is banded (below).
+# smaller ones gather more halo ((T + 14)² / T² times the value map) and make smaller matrix products. Measured on one
+# CPU thread (31x54 and 60x108 grids, value width 1024), 8 was the fastest.
 TILE_SIZE = 8
 
-# On CPU the tile rows are processed in horizontal bands whose value halo stays under this size. Above glibc's
-# largest mmap threshold (32 MiB) every call gets fresh pages from the kernel, and page-faulting them in cost more
-# than the matrix products (measured: the banded halo copy + product ran 2x faster than one whole-grid copy at 480p
-# and 960p). GPUs have a caching allocator and prefer few large kernels, so they take the whole grid at once.
-_CPU_BAND_HALO_BYTES = 24 * 2**20
+# On CPU the tiles are processed a chunk at a time, each chunk's gathered value halo under this size: a buffer above
+# glibc's largest mmap threshold (32 MiB) is fresh pages from the kernel on every call, and page-faulting them in
+# cost as much as the matrix products (measured: one whole-grid halo ran ~2x slower than chunks at 480p and 960p).
+# GPUs have a caching allocator and prefer few large kernels, so they take all tiles at once.
+_CPU_CHUNK_HALO_BYTES = 16 * 2**20
 
 
 def outside_window_mask(height: int, width: int, max_dis: int, device: torch.device) -> torch.Tensor:
-    """``(J, H, W)`` bool, True where window offset ``j`` of pixel ``(y, x)`` falls outside the ``H x W`` image."""
+    """``(J, H, W)`` bool, True where window offset ``j`` of pixel ``(y, x)`` falls outside the ``H x W`` image.
+
+    The geometry of the official penalty, in the window layout (the tiled code finds the same positions as the halo
+    rows that read the zero row).
+    """
     offsets = torch.arange(-max_dis, max_dis + 1, device=device)
     row_DH = offsets[:, None] + torch.arange(height, device=device)
     col_DW = offsets[:, None] + torch.arange(width, device=device)
@@ -58,161 +67,155 @@ def outside_window_mask(height: int, width: int, max_dis: int, device: torch.dev
     return outside_DDHW.reshape(-1, height, width)
 
 
-def window_positions_in_halo(tile: int, max_dis: int, device: torch.device) -> torch.Tensor:
-    """``(P,)`` flat index into a tile's ``(Q, K)`` logits of query ``q``'s window offset ``j``, ``P = Q * J``.
+class TileIndex(NamedTuple):
+    """Where the tiles of a ``(B, H, W)`` grid read from and write to (see :func:`tile_index`)."""
 
-    Query ``(qy, qx)`` of the tile sees offset ``(dy, dx)`` at halo position ``(qy + dy + d, qx + dx + d)``; the same
-    map serves every tile, since each tile's halo starts ``d`` rows and columns before the tile.
-    """
+    query_LQ: torch.Tensor  # token-table row of each tile query (the zero row for grid padding)
+    halo_LK: torch.Tensor  # token-table row of each halo key (the zero row outside the image)
+    window_QJ: torch.Tensor  # halo position of query q's window offset j (the same for every tile)
+    tile_position_N: torch.Tensor  # (B*H*W,) flat (L*Q) position of each token's query in the tiles
+
+    @property
+    def zero_row(self) -> int:
+        return self.tile_position_N.numel()
+
+
+def tile_index(batch: int, height: int, width: int, max_dis: int, tile: int, device: torch.device) -> TileIndex:
+    """The gather/scatter index maps of the blocked attention over a ``(B, H, W)`` grid, tiles row-major per image."""
     halo = tile + 2 * max_dis
-    within_tile_T = torch.arange(tile, device=device)
-    within_window_D = torch.arange(2 * max_dis + 1, device=device)  # dy + d (or dx + d)
-    halo_rows_TD = within_tile_T[:, None] + within_window_D[None, :]
-    # Axes (qy, qx, dy, dx), flattened to (q, j) in the official row-major orders.
-    halo_position_TTDD = halo_rows_TD[:, None, :, None] * halo + halo_rows_TD[None, :, None, :]
-    query_index_Q = torch.arange(tile * tile, device=device)
-    return (query_index_Q[:, None] * halo * halo + halo_position_TTDD.reshape(tile * tile, -1)).flatten()
+    pixels_per_image = height * width
+    zero_row = batch * pixels_per_image
+    tile_starts_Y = torch.arange(0, height, tile, device=device)
+    tile_starts_X = torch.arange(0, width, tile, device=device)
+
+    def table_rows(offsets: torch.Tensor) -> torch.Tensor:
+        """``(L, S²)`` table rows of the ``S x S`` patch starting at each tile's corner plus ``offsets[0]``."""
+        rows_YS = tile_starts_Y[:, None] + offsets[None, :]
+        cols_XS = tile_starts_X[:, None] + offsets[None, :]
+        inside_YXSS = ((rows_YS >= 0) & (rows_YS < height))[:, None, :, None] & (
+            (cols_XS >= 0) & (cols_XS < width)
+        )[None, :, None, :]
+        pixel_YXSS = rows_YS[:, None, :, None] * width + cols_XS[None, :, None, :]
+        image_start_B = torch.arange(batch, device=device) * pixels_per_image
+        rows_BYXSS = torch.where(inside_YXSS, pixel_YXSS + image_start_B.view(-1, 1, 1, 1, 1), zero_row)
+        return rows_BYXSS.reshape(-1, offsets.numel() ** 2)
+
+    query_LQ = table_rows(torch.arange(tile, device=device))
+    halo_LK = table_rows(torch.arange(-max_dis, tile + max_dis, device=device))
+
+    # Query (qy, qx) sees offset (dy, dx) at halo position (qy + dy + d, qx + dx + d); axes (qy, qx, dy, dx).
+    halo_rows_TD = torch.arange(tile, device=device)[:, None] + torch.arange(2 * max_dis + 1, device=device)
+    window_QJ = (halo_rows_TD[:, None, :, None] * halo + halo_rows_TD[None, :, None, :]).reshape(tile * tile, -1)
+
+    real_query_P = (query_LQ != zero_row).flatten()
+    tile_position_N = torch.empty(zero_row, dtype=torch.long, device=device)
+    tile_position_N[query_LQ.flatten()[real_query_P]] = real_query_P.nonzero().flatten()
+    return TileIndex(query_LQ, halo_LK, window_QJ, tile_position_N)
 
 
-def rows_with_zero_border(map_BHWC: torch.Tensor, top: int, bottom: int, left: int, right: int) -> torch.Tensor:
-    """Rows ``top:bottom`` of a channels-last map, zeros where they run past the image, plus zero columns."""
-    height = map_BHWC.shape[1]
-    inside_BHWC = map_BHWC[:, max(top, 0) : min(bottom, height)]
-    # F.pad order on (B, H, W, C): C, then W, then H.
-    return F.pad(inside_BHWC, (0, 0, left, right, max(-top, 0), max(bottom - height, 0)))
-
-
-def map_to_tiles(map_BHWC: torch.Tensor, tile: int) -> torch.Tensor:
-    """``(B, H, W, C)`` with ``H, W`` multiples of ``tile`` -> ``(L, Q, C)``, tiles row-major per image."""
-    batch, height, width, channels = map_BHWC.shape
-    tiles_BYTXTC = map_BHWC.reshape(batch, height // tile, tile, width // tile, tile, channels)
-    return tiles_BYTXTC.transpose(2, 3).reshape(-1, tile * tile, channels)
-
-
-def tiles_to_map(tiles_LQC: torch.Tensor, batch: int, grid_hw: tuple[int, int], tile: int) -> torch.Tensor:
-    """Inverse of :func:`map_to_tiles`: ``(L, Q, C)`` -> ``(B, H, W, C)``."""
-    height, width = grid_hw
-    tiles_BYXTTC = tiles_LQC.reshape(batch, height // tile, width // tile, tile, tile, -1)
-    return tiles_BYXTTC.transpose(2, 3).reshape(batch, height, width, -1)
-
-
-def halo_tiles(padded_BHWC: torch.Tensor, tile: int, halo: int) -> torch.Tensor:
-    """``(L, K, C)``: the ``halo x halo`` patch at stride ``tile`` of a padded map, one per tile (a gathered copy).
-
-    Channels-last, so that the copy moves whole ``halo * C`` runs and each tile is a plain ``(K, C)`` matrix.
-    """
-    channels = padded_BHWC.shape[-1]
-    patches_BYXCHH = padded_BHWC.unfold(1, halo, tile).unfold(2, halo, tile)
-    return patches_BYXCHH.permute(0, 1, 2, 4, 5, 3).reshape(-1, halo * halo, channels)
+def token_table(map_BCHW: torch.Tensor) -> torch.Tensor:
+    """``(R, C)``: the map's tokens of the whole batch, plus the zero row the index maps use for padding."""
+    tokens_NC = map_BCHW.permute(0, 2, 3, 1).reshape(-1, map_BCHW.shape[1])  # a view for channels-last maps
+    return F.pad(tokens_NC, (0, 0, 0, 1))
 
 
 def window_softmax_over_tiles(
     query_LQC: torch.Tensor,
     key_LKC: torch.Tensor,
     relative_bias_LQJ: torch.Tensor,
-    outside_TQJ: torch.Tensor,
-    window_index_P: torch.Tensor,
+    outside_LQJ: torch.Tensor,
+    window_QJ: torch.Tensor,
 ) -> torch.Tensor:
-    """``(L, Q, J)`` softmax weights of each query over its window, computed tile by tile.
+    """``(L, Q, J)`` softmax weights of each query over its window, tile by tile.
 
-    ``outside_TQJ`` (bool) marks out-of-image neighbours for the tiles of one image (the same for every batch
-    element). Their dot products are zero (the keys are zero-padded); the official penalty is then subtracted.
+    ``outside_LQJ`` (bool) marks out-of-image neighbours. Their keys are the zero row, so their dot products are
+    zero, and the official penalty is subtracted.
     """
     num_tiles, queries_per_tile = query_LQC.shape[:2]
+    halo_area = key_LKC.shape[1]
     dots_LQK = torch.bmm(query_LQC, key_LKC.transpose(1, 2))
+    window_index_P = (window_QJ + halo_area * torch.arange(queries_per_tile, device=window_QJ.device)[:, None]).flatten()
     dots_LQJ = dots_LQK.reshape(num_tiles, -1).index_select(1, window_index_P).view(num_tiles, queries_per_tile, -1)
     logits_LQJ = dots_LQJ + relative_bias_LQJ
 
     half = logits_LQJ.dtype in (torch.float16, torch.bfloat16)
     penalty = _OUTSIDE_PENALTY_HALF if half else _OUTSIDE_PENALTY_FULL
-    logits_BTQJ = logits_LQJ.view(-1, *outside_TQJ.shape) - outside_TQJ.to(logits_LQJ.dtype) * penalty
-    return torch.softmax(logits_BTQJ, dim=-1).view_as(logits_LQJ)
+    logits_LQJ = logits_LQJ - outside_LQJ.to(logits_LQJ.dtype) * penalty
+    return torch.softmax(logits_LQJ, dim=-1)
 
 
-def aggregate_over_tiles(weights_LQJ: torch.Tensor, value_LKC: torch.Tensor, window_index_P: torch.Tensor) -> torch.Tensor:
+def aggregate_over_tiles(weights_LQJ: torch.Tensor, value_LKC: torch.Tensor, window_QJ: torch.Tensor) -> torch.Tensor:
     """``(L, Q, C)``: each query's weighted sum of its window's values, as one product per tile."""
-    num_tiles, queries_per_tile = weights_LQJ.shape[:2]
+    num_tiles, queries_per_tile, window_area = weights_LQJ.shape
     halo_area = value_LKC.shape[1]
     # Back to the halo layout, exact zeros off the window, so that the product adds nothing from outside it.
-    halo_weights_LQK = (
-        weights_LQJ.new_zeros(num_tiles, queries_per_tile * halo_area)
-        .index_copy(1, window_index_P, weights_LQJ.reshape(num_tiles, -1))
-        .view(num_tiles, queries_per_tile, halo_area)
+    halo_weights_LQK = weights_LQJ.new_zeros(num_tiles, queries_per_tile, halo_area).scatter(
+        2, window_QJ.expand(num_tiles, -1, -1), weights_LQJ
     )
     return torch.bmm(halo_weights_LQK, value_LKC)
 
 
-def tile_rows_per_band(value_BCHW: torch.Tensor, tiles_per_row: int, halo: int, num_tile_rows: int) -> int:
-    """How many tile rows to process together (see ``_CPU_BAND_HALO_BYTES``); all of them off the CPU."""
+def tiles_per_chunk(value_BCHW: torch.Tensor, num_tiles: int, halo_area: int) -> int:
+    """How many tiles to gather at once (see ``_CPU_CHUNK_HALO_BYTES``); all of them off the CPU."""
     if value_BCHW.device.type != "cpu":
-        return num_tile_rows
-    batch, channels = value_BCHW.shape[:2]
-    halo_bytes_per_tile_row = batch * tiles_per_row * halo * halo * channels * value_BCHW.element_size()
-    return max(1, min(num_tile_rows, _CPU_BAND_HALO_BYTES // halo_bytes_per_tile_row))
+        return num_tiles
+    halo_bytes_per_tile = halo_area * value_BCHW.shape[1] * value_BCHW.element_size()
+    return max(1, _CPU_CHUNK_HALO_BYTES // halo_bytes_per_tile)
 
 
 def tiled_window_attention(
     query_BCHW: torch.Tensor,
     key_BCHW: torch.Tensor,
     value_BCHW: torch.Tensor,
-    relative_bias_BJHW: torch.Tensor,
+    relative_bias_BNJ: torch.Tensor,
     max_dis: int,
     tile: int = TILE_SIZE,
-) -> tuple[torch.Tensor, torch.Tensor]:
+    need_weights: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Windowed softmax attention, blocked into ``tile x tile`` query tiles (see the module docstring).
 
     ``logit_j(y, x) = query(y, x) · key(y + dy, x + dx) + relative_bias_j(y, x)``, with the official out-of-image
-    treatment (zero dot product from the zero padding, then the penalty subtracted); softmax over ``j``; weighted sum
+    treatment (zero dot product, as from zero padding, then the penalty subtracted); softmax over ``j``; weighted sum
     of the values over the window.
-
-    Everything is handled channels-last: callers' maps are usually views of token tensors, and the halo gather then
-    copies long contiguous runs.
 
     Args:
         query_BCHW: the query map, already scaled.
         key_BCHW, value_BCHW: the previous frame's maps on the same grid.
-        relative_bias_BJHW: the per-query bias of each window offset, ``J = (2 * max_dis + 1)²``.
+        relative_bias_BNJ: the per-query bias of each window offset, ``J = (2 * max_dis + 1)²``.
         tile: the tile side ``T``.
+        need_weights: also return the softmax weights.
 
     Returns:
-        The aggregated values ``(B, C_value, H, W)`` (channels-last in memory) and the weights ``(B, H, W, J)``.
+        The aggregated value tokens ``(B, H*W, C_value)``, and the weights ``(B, H*W, J)`` if asked (else None).
     """
     batch, _, height, width = query_BCHW.shape
-    halo = tile + 2 * max_dis
-    window_index_P = window_positions_in_halo(tile, max_dis, query_BCHW.device)
-    query_BHWC, key_BHWC, value_BHWC, bias_BHWJ = (
-        map_BCHW.permute(0, 2, 3, 1) for map_BCHW in (query_BCHW, key_BCHW, value_BCHW, relative_bias_BJHW)
-    )
-    outside_1HWJ = outside_window_mask(height, width, max_dis, query_BCHW.device).permute(1, 2, 0)[None]
+    index = tile_index(batch, height, width, max_dis, tile, query_BCHW.device)
+    query_RC, key_RC, value_RC = (token_table(map_BCHW) for map_BCHW in (query_BCHW, key_BCHW, value_BCHW))
+    bias_RJ = F.pad(relative_bias_BNJ.flatten(0, 1), (0, 0, 0, 1))
 
-    # The grid is padded up to whole tiles; the extra queries see zeros and are cropped away below.
-    extra_w = -width % tile
-    tiles_per_row, num_tile_rows = (width + extra_w) // tile, -(-height // tile)
-    band_rows = tile * tile_rows_per_band(value_BCHW, tiles_per_row, halo, num_tile_rows)
+    num_tiles, halo_area = index.halo_LK.shape
+    chunk = tiles_per_chunk(value_BCHW, num_tiles, halo_area)
+    aggregated_chunks, weight_chunks = [], []
+    for first in range(0, num_tiles, chunk):
+        query_rows_LQ, halo_rows_LK = index.query_LQ[first : first + chunk], index.halo_LK[first : first + chunk]
 
-    aggregated_bands, weight_bands = [], []
-    for top in range(0, height, band_rows):
-        bottom = top + band_rows
-        query_LQC = map_to_tiles(rows_with_zero_border(query_BHWC, top, bottom, 0, extra_w), tile)
-        bias_LQJ = map_to_tiles(rows_with_zero_border(bias_BHWJ, top, bottom, 0, extra_w), tile)
-        outside_TQJ = map_to_tiles(rows_with_zero_border(outside_1HWJ, top, bottom, 0, extra_w), tile)
-        # Keys and values: the official zero border of max_dis on every side (plus the tile padding).
-        key_LKC, value_LKC = (
-            halo_tiles(rows_with_zero_border(map_BHWC, top - max_dis, bottom + max_dis, max_dis, max_dis + extra_w),
-                       tile, halo)
-            for map_BHWC in (key_BHWC, value_BHWC)
+        def gather(table_RC: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+            return table_RC.index_select(0, rows.flatten()).view(*rows.shape, -1)
+
+        outside_LQJ = (halo_rows_LK == index.zero_row)[:, index.window_QJ]
+        weights_LQJ = window_softmax_over_tiles(
+            gather(query_RC, query_rows_LQ), gather(key_RC, halo_rows_LK), gather(bias_RJ, query_rows_LQ),
+            outside_LQJ, index.window_QJ,
         )
+        aggregated_chunks.append(aggregate_over_tiles(weights_LQJ, gather(value_RC, halo_rows_LK), index.window_QJ))
+        weight_chunks.append(weights_LQJ)
 
-        weights_LQJ = window_softmax_over_tiles(query_LQC, key_LKC, bias_LQJ, outside_TQJ, window_index_P)
-        aggregated_LQC = aggregate_over_tiles(weights_LQJ, value_LKC, window_index_P)
+    def to_tokens(chunks: list[torch.Tensor]) -> torch.Tensor:
+        """Tile order back to token order ``(B, H*W, C)``; the grid-padding queries are dropped."""
+        tiles_PC = torch.cat(chunks).flatten(0, 1) if len(chunks) > 1 else chunks[0].flatten(0, 1)
+        return tiles_PC.index_select(0, index.tile_position_N).view(batch, height * width, -1)
 
-        band_hw = (band_rows, width + extra_w)
-        aggregated_bands.append(tiles_to_map(aggregated_LQC, batch, band_hw, tile)[:, : height - top, :width])
-        weight_bands.append(tiles_to_map(weights_LQJ, batch, band_hw, tile)[:, : height - top, :width])
-
-    aggregated_BHWC = torch.cat(aggregated_bands, dim=1) if len(aggregated_bands) > 1 else aggregated_bands[0]
-    weights_BHWJ = torch.cat(weight_bands, dim=1) if len(weight_bands) > 1 else weight_bands[0]
-    return aggregated_BHWC.permute(0, 3, 1, 2), weights_BHWJ
+    return to_tokens(aggregated_chunks), to_tokens(weight_chunks) if need_weights else None
 
 
 class LocalGatedPropagation(nn.Module):
@@ -264,17 +267,21 @@ class LocalGatedPropagation(nn.Module):
         self._check_inputs(query_BCHW, key_BCHW, value_BCHW, gate_BNC)
         height, width = query_BCHW.shape[-2:]
 
-        relative_bias_BJHW = self.relative_emb_k(query_BCHW)
-        scaled_query_BCHW = query_BCHW / self.qk_dim**0.5
-        aggregated_BCHW, weights_BHWJ = tiled_window_attention(
-            scaled_query_BCHW, key_BCHW, value_BCHW, relative_bias_BJHW, self.max_dis
+        # relative_emb_k is a 1x1 convolution, i.e. a linear map per token; applied as one, it gives the token
+        # layout the tiles are gathered from.
+        relative_bias_BNJ = F.linear(
+            map_to_tokens(query_BCHW), self.relative_emb_k.weight.flatten(1), self.relative_emb_k.bias
         )
-        # Both factors are channels-last views, so the product, the depthwise conv and the tokens stay channels-last
-        # (oneDNN's fast depthwise path) and the projection needs no transposing copy.
-        mixed_BCHW = self.dw_conv(aggregated_BCHW * tokens_to_map(gate_BNC, (height, width)))
+        scaled_query_BCHW = query_BCHW / self.qk_dim**0.5
+        aggregated_BNC, weights_BNJ = tiled_window_attention(
+            scaled_query_BCHW, key_BCHW, value_BCHW, relative_bias_BNJ, self.max_dis, need_weights=return_weights
+        )
+        # The gated read-out as a channels-last map view: oneDNN's fast depthwise path, and the projection then
+        # reads the conv output as tokens without a transposing copy.
+        mixed_BCHW = self.dw_conv(tokens_to_map(aggregated_BNC * gate_BNC, (height, width)))
         out_BNC = self.projection(map_to_tokens(mixed_BCHW))
         if return_weights:
-            return out_BNC, weights_BHWJ.flatten(1, 2).transpose(1, 2)
+            return out_BNC, weights_BNJ.transpose(1, 2)
         return out_BNC
 
     def _check_inputs(
