@@ -35,3 +35,13 @@ def dev_dir(shared_dir) -> Path:
 def _deterministic_torch():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture
+def one_thread():
+    """Run torch on one CPU thread for the test: reproducible timings, and on an oversubscribed machine far faster
+    than several threads (spinning OpenMP workers of competing processes slow each other down by 10x or more)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

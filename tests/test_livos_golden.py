@@ -194,6 +194,20 @@ def test_official_weights_load_strictly_and_bit_exactly(loaded, official_state_d
             assert torch.equal(ours[livos_key_from_official(official_key)], tensor), official_key
 
 
+def test_convert_cli_writes_a_checkpoint_that_loads_back(official_state_dict, model, tmp_path, capsys):
+    from longvos.cli.main import main
+    from longvos.convert import model_from_checkpoint
+
+    official_path, converted_path = tmp_path / "livos-official.pth", tmp_path / "livos-r50.pt"
+    torch.save(official_state_dict, official_path)
+    assert main(["convert", str(official_path), str(converted_path), "--model", "livos-r50", "--from", "livos"]) == 0
+    assert "60 official tensors dropped" in capsys.readouterr().out
+    reloaded = model_from_checkpoint(converted_path)
+    assert reloaded.name == "livos-r50"
+    for key, tensor in model.state_dict().items():
+        assert torch.equal(reloaded.state_dict()[key], tensor), key
+
+
 def test_main_free_run(model, inputs):
     exp = _expected("main")
     labels = inputs["main_labels"]

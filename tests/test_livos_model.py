@@ -5,6 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+import numpy as np
+from PIL import Image
+
+from conftest import DEV
+from longvos.engine.segmenter import Segmenter
 from longvos.models.base import TrackerState, VOSModel
 from longvos.models.livos import LiVOS, LiVOSConfig, LiVOSState
 
@@ -96,10 +101,7 @@ def test_memory_is_the_same_after_50_and_500_frames(model):
     assert {name: tuple(t.shape) for name, t in state.tensors().items()} == shapes_50
     assert state.nbytes() == bytes_50
     # Exactly the per-object sizes of the design, in float32: S, key sum, sensory, object memory, last mask.
-    grid = 2 * 2
-    per_object = (TINY.key_dim * TINY.value_dim + TINY.key_dim * grid + TINY.sensory_dim * grid
-                  + TINY.num_queries * TINY.summary_dim + grid)
-    assert bytes_50 == per_object * 4
+    assert state.grid_size == (2, 2) and bytes_50 == model_state_bytes(state, objects=1)
     # Nothing else hangs on the state either (no per-frame list or cache).
     assert set(vars(state)) == {f for f in LiVOSState.__dataclass_fields__}
     assert torch.isfinite(prob).all() and torch.allclose(prob.sum(0), torch.ones(size), atol=1e-5)
@@ -186,3 +188,32 @@ def test_bad_mask_shape_names_the_object(model):
 def test_bad_image_shape_is_refused(model):
     with pytest.raises(ValueError, match=r"\(1, 3, H, W\)"):
         model.step(model.init_state(), torch.rand(3, HEIGHT, WIDTH))
+
+
+def test_a_session_runs_livos_on_a_real_clip_with_objects_joining_and_leaving(model):
+    """Through the engine: frames at their own size, user ids, a late object, a removal (tiny random weights,
+    so only the bookkeeping is checked, not the masks)."""
+    names = sorted(p.stem for p in (DEV / "JPEGImages" / "blackswan").glob("*.jpg"))[:4]
+    frames_rgb = [np.array(Image.open(DEV / "JPEGImages" / "blackswan" / f"{n}.jpg")) for n in names]
+    first = np.array(Image.open(DEV / "Annotations" / "blackswan" / f"{names[0]}.png")).astype(np.int64) * 7
+    late = np.zeros_like(first)
+    late[:40, :60] = 3
+    with Segmenter(model, device="cpu").session(max_size=72) as session:
+        result = session.step(frames_rgb[0], first)
+        assert result.object_ids == [7] and result.mask.shape == first.shape
+        assert set(np.unique(result.mask)) == {0, 7}
+        result = session.step(frames_rgb[1], late)
+        assert result.object_ids == [7, 3] and (result.mask[:40, :60] == 3).all()
+        session.remove_objects([7])
+        result = session.step(frames_rgb[2], return_probs=True)
+        assert result.object_ids == [3] and result.probs.shape == (1, *first.shape)
+        assert set(np.unique(result.mask)) <= {0, 3}
+        assert session.memory_bytes() == model_state_bytes(session.state, objects=1)
+
+
+def model_state_bytes(state: LiVOSState, objects: int) -> int:
+    height, width = state.grid_size
+    grid = height * width
+    per_object = (TINY.key_dim * TINY.value_dim + TINY.key_dim * grid + TINY.sensory_dim * grid
+                  + TINY.num_queries * TINY.summary_dim + grid)
+    return objects * per_object * 4

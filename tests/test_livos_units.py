@@ -11,6 +11,7 @@ from longvos.models.livos.linear_matching import key_feature_map, read_memory, w
 from longvos.models.livos.official import livos_drop_reason, livos_key_from_official
 from longvos.models.livos.padding import pad, stride_padding, unpad
 from longvos.models.livos.soft_aggregation import soft_aggregate_logits
+from longvos.models.registry import create_model, list_models
 
 
 # ------------------------------------------------------------------------------------------- linear matching
@@ -164,3 +165,14 @@ def test_merge_gives_all_remaining_mass_to_the_background_when_the_reanchored_ob
     merged, _ = merge_given_masks(prob, [5], {5: given})
     assert torch.equal(merged[0, 1], given)
     assert torch.equal(merged[0, 0], 1 - given)
+
+
+def test_livos_r50_is_registered_with_its_single_memory_design():
+    assert "livos-r50" in list_models()
+    with pytest.raises(ValueError, match="one memory design"):
+        create_model("livos-r50", memory="mca")
+    with pytest.raises(ValueError, match="every frame"):
+        create_model("livos-r50", mem_gap=5)
+    with torch.device("meta"):
+        model = create_model("livos-r50", memory="linear")
+    assert model.name == "livos-r50" and model.config == LiVOSConfig()

@@ -8,6 +8,7 @@ import torch
 
 from longvos.train.checkpoint import list_checkpoints, read_checkpoint
 from longvos.train.config import TrainConfig, load_config
+from longvos.train import loop
 from longvos.train.loop import build_optimizer, train
 
 TINY = ["data.size=33", "data.clip_len=3", "data.workers=0", "data.min_object_pixels=5", "data.max_objects=3",
@@ -19,6 +20,7 @@ def tiny_config(shared_dir, out_dir, *extra: str) -> TrainConfig:
     return load_config(None, [*TINY, f"data.root={shared_dir / 'data' / 'train'}", f"run.out_dir={out_dir}", *extra])
 
 
+@pytest.mark.slow
 def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(shared_dir, tmp_path):
     straight = train(tiny_config(shared_dir, tmp_path / "a"))
     train(tiny_config(shared_dir, tmp_path / "b", "run.stop_after_steps=2"))
@@ -35,11 +37,23 @@ def test_interrupted_and_resumed_run_equals_an_uninterrupted_one(shared_dir, tmp
     assert final["step"] == 3 and final["ema"]["updates"] == 3
 
 
-def test_frozen_encoder_gets_no_gradient_and_does_not_move(shared_dir, tmp_path):
+def initial_weights(monkeypatch) -> dict[str, torch.Tensor]:
+    """Filled with the weights the loop starts from, when it builds its model."""
+    captured: dict[str, torch.Tensor] = {}
+    real_build = loop.build_model
+
+    def build_and_capture(config):
+        model = real_build(config)
+        captured.update({k: v.clone() for k, v in model.state_dict().items()})
+        return model
+
+    monkeypatch.setattr(loop, "build_model", build_and_capture)
+    return captured
+
+
+def test_frozen_encoder_gets_no_gradient_and_does_not_move(shared_dir, tmp_path, monkeypatch):
     config = tiny_config(shared_dir, tmp_path, "model.freeze_encoder=true", "optim.steps=1")
-    from longvos.train.loop import build_model
-    torch.manual_seed(0)
-    before = {k: v.clone() for k, v in build_model(config).state_dict().items()}
+    before = initial_weights(monkeypatch)
     after = train(config).state_dict()
     moved = {k for k in before if not torch.equal(before[k], after[k])}
     assert moved and not any(k.startswith("encoder.") for k in moved)
@@ -48,9 +62,8 @@ def test_frozen_encoder_gets_no_gradient_and_does_not_move(shared_dir, tmp_path)
 
 
 def test_optimizer_groups_split_encoder_and_decay(shared_dir, tmp_path):
-    from longvos.train.loop import build_model
     config = tiny_config(shared_dir, tmp_path)
-    model = build_model(config)
+    model = loop.build_model(config)
     groups = build_optimizer(model, config).param_groups
     names = {id(p): n for n, p in model.named_parameters()}
     for group in groups:
@@ -61,11 +74,10 @@ def test_optimizer_groups_split_encoder_and_decay(shared_dir, tmp_path):
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
 
 
-def test_mca_blocks_learn_with_six_frame_clips(shared_dir, tmp_path):
+def test_mca_blocks_learn_with_six_frame_clips(shared_dir, tmp_path, monkeypatch):
     """At δ = 2 the MCA fuses at frame 4 and frame 5 reads it: the 9 MCA blocks must receive gradients."""
     config = tiny_config(shared_dir, tmp_path, "data.clip_len=6", "optim.steps=1", "model.freeze_encoder=true")
-    from longvos.train.loop import build_model
-    torch.manual_seed(0)
-    before = {k: v.clone() for k, v in build_model(config).state_dict().items() if k.startswith("memory_fusion.")}
+    before = initial_weights(monkeypatch)
     after = train(config).state_dict()
-    assert sum(not torch.equal(before[k], after[k]) for k in before) > 0.9 * len(before)
+    fusion = [k for k in before if k.startswith("memory_fusion.")]
+    assert sum(not torch.equal(before[k], after[k]) for k in fusion) > 0.9 * len(fusion)

@@ -1,6 +1,7 @@
-"""`longvos bench --model NAME --clip DATA_ROOT`: speed and memory against video length for each memory design.
+"""`longvos bench --model NAME`: speed and memory against video length for each memory design.
 
-A real clip (a DAVIS-layout sequence) is streamed looped forwards and backwards to each length in `--frames`.
+A real clip (by default the demo clip; or a DAVIS-layout sequence, or any video with its first mask) is streamed
+looped forwards and backwards to each length in `--frames`.
 Prints per design and length the median and p95 per-frame latency, FPS (model step + memory update, reference
 frame excluded), the per-video model state and peak memory, then the MAVOS paper's ratios (speed-up and memory
 saving of `mca` over `growing`). `--json` saves everything, `--plot` draws the paper's two curves.
@@ -9,10 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from longvos.cli.main import CommandError
+
+if TYPE_CHECKING:  # only for annotations: the CLI imports its heavy modules when a command runs
+    from longvos.eval.clip import Clip
 
 
 def _int_list(text: str) -> list[int]:
@@ -32,9 +36,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                                                                                    "100,500,2000)")
     parser.add_argument("--size", "--max-size", dest="size", type=int, default=480,
                         help="short side of the frames the network sees (default 480; 0 = the clip's own)")
-    parser.add_argument("--clip", type=Path, required=True,
-                        help="dataset in the DAVIS layout holding the clip (e.g. a DAVIS-2016 dev set)")
-    parser.add_argument("--sequence", help="which sequence of --clip (default: the first by name)")
+    parser.add_argument("--clip", type=Path,
+                        help="a DAVIS-layout dataset (JPEGImages/, Annotations/; pick with --sequence), or a video "
+                             "file or frame folder (with --mask). Default: the demo clip (Big Buck Bunny, "
+                             "needs longvos[demo]) and its bundled mask")
+    parser.add_argument("--sequence", help="with a DAVIS-layout --clip: which sequence (default: the first by name)")
+    parser.add_argument("--mask", type=Path, help="with a video --clip: the first frame's index-mask PNG")
     parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
     parser.add_argument("--dtype", default=None, help="autocast compute dtype: fp32 (default), bf16 or fp16")
     parser.add_argument("--mem-gap", type=int, help="frames between long-term memory updates (default: model's)")
@@ -51,7 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from longvos.eval.bench import Clip, plot_curves, run_benchmark
+    from longvos.eval.bench import run_benchmark
+    from longvos.eval.plot import plot_curves
     from longvos.io.errors import InputError
 
     if args.threads is not None:
@@ -60,12 +68,11 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     memories = [m.strip() for m in args.memory.split(",") if m.strip()] if args.memory else [None]
     try:
-        clip = Clip.from_dataset(args.clip, args.sequence, args.size or None)
+        clip = _load_clip(args)
         report = run_benchmark(
             args.model, clip, memories=memories, lengths=args.frames, checkpoint=args.checkpoint,
-            device=args.device, dtype=args.dtype, mem_gap=args.mem_gap, size=args.size or None,
-            warmup=args.warmup, seed=args.seed, time_budget_s=args.time_budget,
-            progress=not args.quiet and sys.stderr.isatty(),
+            device=args.device, dtype=args.dtype, mem_gap=args.mem_gap, warmup=args.warmup, seed=args.seed,
+            time_budget_s=args.time_budget, progress=not args.quiet,
         )
         if args.plot:
             plot_curves(report, args.plot)
@@ -75,10 +82,10 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(str(err).strip("'\"")) from None
 
     env = report.environment
-    height, width = clip.frames[0].shape[:2]
-    print(f"{report.model} on clip {clip.name} ({len(clip.frames)} frames, looped; {width}x{height}), "
-          f"{env['device']}, {env['dtype']}, {env['torch_threads']} threads, warm-up {report.warmup} frames, "
-          f"seed {report.seed}")
+    width, height = report.frame_size
+    print(f"{report.model} (memory gap {report.mem_gap}) on clip {clip.name} ({len(clip.frames)} frames looped "
+          f"forwards and backwards, {width}x{height}); {env['device']}, {env['dtype']}, {env['torch_threads']} "
+          f"threads, {report.warmup} warm-up frames, seed {report.seed}")
     print(report.format_table())
     for note in report.notes:
         print(f"note: {note}")
@@ -88,3 +95,26 @@ def run(args: argparse.Namespace) -> int:
     if args.plot:
         print(f"wrote {args.plot}")
     return 0
+
+
+def _load_clip(args: argparse.Namespace) -> Clip:
+    """The clip that --clip, --sequence and --mask name; without --clip, the demo clip and its bundled mask."""
+    from longvos.eval.clip import Clip
+
+    size = args.size or None
+    if args.clip is None:
+        from longvos.cli.demo import FIRST_FRAME_MASK, sample_video
+
+        if args.sequence or args.mask:
+            raise CommandError("--sequence and --mask need --clip")
+        return Clip.from_video(sample_video(), FIRST_FRAME_MASK, size)
+    if (args.clip / "Annotations").is_dir():
+        if args.mask:
+            raise CommandError("--mask is for a video --clip; a DAVIS-layout clip uses its own annotation")
+        return Clip.from_dataset(args.clip, args.sequence, size)
+    if args.mask is None:
+        raise CommandError(f"{args.clip}: a video clip needs --mask (its first frame's mask); or pass a "
+                           f"DAVIS-layout dataset")
+    if args.sequence:
+        raise CommandError("--sequence is for a DAVIS-layout --clip")
+    return Clip.from_video(args.clip, args.mask, size)

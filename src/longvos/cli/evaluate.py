@@ -1,18 +1,23 @@
 """`longvos eval DATA_ROOT --pred DIR | --model NAME`: DAVIS-exact J&F of predictions, or of a model's run.
 
 DATA_ROOT is in the DAVIS layout (`JPEGImages/<seq>/`, `Annotations/<seq>/`; sparse annotations are fine). With
-`--pred`, the PNGs in `DIR/<seq>/` are scored. With `--model`, the model first runs over every sequence (each
-object's mask is given on the first annotated frame where it appears), its masks are written to
-`OUT/predictions/<seq>/`, and its speed and peak memory are measured with the papers' protocol. Prints a table and
-writes `global_results.csv`, `per-sequence_results.csv` (one row per object) and `summary.json` into OUT.
+`--pred`, the PNGs in `DIR/<seq>/` are scored. With `--model`, the model first runs over every sequence (given the
+first annotated frame's objects, and with `--objects all` also each later object on the frame it appears), its
+masks are written to `OUT/predictions/<seq>/`, and its speed and peak memory are measured with the papers'
+protocol. Prints a table and writes `global_results.csv`, `per-sequence_results.csv` (one row per object) and
+`summary.json` into OUT.
 """
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from longvos.cli.main import CommandError
+
+if TYPE_CHECKING:  # only for annotations: the CLI imports its heavy modules when a command runs
+    from longvos.eval.dataset import DavisLayout
+    from longvos.eval.runner import RunReport
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,6 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="with --model: short side the network sees (0 = native; default 480)")
     parser.add_argument("--memory", help="with --model: long-term memory design override (mca, growing, ref+prev)")
     parser.add_argument("--mem-gap", type=int, help="with --model: frames between long-term memory updates")
+    parser.add_argument("--threads", type=int, help="with --model: torch CPU threads (default: torch's; reported)")
     parser.add_argument("--brief", action="store_true", help="print only the global row, not one row per object")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -58,10 +64,10 @@ def run(args: argparse.Namespace) -> int:
     from longvos.io.errors import InputError
 
     if args.pred is not None:
-        for option in ("checkpoint", "memory", "mem_gap", "dtype"):
+        for option in ("checkpoint", "memory", "mem_gap", "dtype", "threads"):
             if getattr(args, option) is not None:
                 raise CommandError(f"--{option.replace('_', '-')} only applies with --model")
-    progress = not args.quiet and sys.stderr.isatty()
+    progress = not args.quiet
     try:
         layout = DavisLayout.at(args.data_root)
         names = resolve_sequence_names(layout.annotations_root, _sequence_names(args.sequences))
@@ -92,16 +98,22 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_model(args: argparse.Namespace, layout, names: list[str], pred_root: Path, progress: bool):
+def _run_model(args: argparse.Namespace, layout: DavisLayout, names: list[str], pred_root: Path,
+               progress: bool) -> RunReport:
     import torch
 
     from longvos.engine.segmenter import load_model
     from longvos.eval.runner import run_model
 
+    if args.threads is not None:
+        if args.threads < 1:
+            raise CommandError(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)  # models without a checkpoint get random weights: make them the same on every run
     try:
         segmenter = load_model(args.model, args.checkpoint, device=args.device, dtype=args.dtype,
                                memory=args.memory, mem_gap=args.mem_gap)
     except (KeyError, ValueError) as err:
         raise CommandError(str(err).strip("'\"")) from None
-    return run_model(segmenter, layout, names, pred_root, max_size=args.max_size or None, progress=progress)
+    return run_model(segmenter, layout, names, pred_root, max_size=args.max_size or None,
+                     late_objects=args.objects == "all", progress=progress)

@@ -8,6 +8,7 @@ continues an interrupted run from its last complete frame.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -82,6 +83,10 @@ def run(args: argparse.Namespace) -> int:
             raise CommandError(one_line(err), code=130 if err.interrupted else 1) from None
         except (InputError, OSError, ValueError, KeyError) as err:
             raise CommandError(one_line(err)) from None
+        except Exception as err:  # e.g. a device torch cannot use; LONGVOS_DEBUG=1 shows the traceback
+            if os.environ.get("LONGVOS_DEBUG"):
+                raise
+            raise CommandError(f"{type(err).__name__}: {one_line(err)}") from None
     if summary.notes:
         print(f"{args.out}: {'; '.join(summary.notes)}")
     else:

@@ -3,7 +3,8 @@
 ``init_state`` opens the video lazily; masks given with ``add_new_mask`` wait, keyed by frame, until propagation
 reaches their frame (so objects may appear on any frame, as with SAM2's "objects appearing later"). Each
 ``propagate_in_video`` call streams the video once from its start frame with a fresh memory: frames are decoded one
-at a time and nothing per frame is kept. Unlike SAM2, ``add_new_mask`` does not run the model (no frame is decoded
+at a time and nothing per frame is kept; masks on frames the stream does not reach (before the start frame, in
+the direction of travel) are not used. Unlike SAM2, ``add_new_mask`` does not run the model (no frame is decoded
 until propagation), so it returns no logits.
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from longvos.engine.objects import to_index_map
-from longvos.engine.session import Mask, Session
+from longvos.engine.session import MaskLike, Session
 from longvos.io.errors import InputError, MaskError
 from longvos.io.video import FrameSource, open_video
 
@@ -45,7 +46,7 @@ def init_state(session: Session, video: str | Path | FrameSource) -> VideoState:
     return VideoState(open_video(video), session)
 
 
-def add_new_mask(state: VideoState, frame_idx: int, obj_id: int, mask: Mask) -> tuple[int, list[int]]:
+def add_new_mask(state: VideoState, frame_idx: int, obj_id: int, mask: MaskLike) -> tuple[int, list[int]]:
     state.source.check_index(frame_idx)
     what = f"mask of object {obj_id} on frame {frame_idx}"
     if int(obj_id) <= 0:

@@ -11,7 +11,7 @@ import torch
 
 from longvos.device import resolve_device, resolve_dtype
 from longvos.engine import offline
-from longvos.engine.session import Mask, Session
+from longvos.engine.session import MaskLike, Session
 from longvos.io.errors import InputError
 from longvos.io.video import FrameSource
 from longvos.models.base import VOSModel
@@ -25,7 +25,7 @@ class Segmenter:
     """
 
     def __init__(self, model: VOSModel, device: str | torch.device = "auto", dtype: str | torch.dtype | None = None):
-        self.device = resolve_device(device)
+        self.device = usable_device(device)
         self.dtype = resolve_dtype(dtype)
         self.model = model.to(self.device).eval()
 
@@ -47,7 +47,7 @@ class Segmenter:
         return offline.init_state(self.session(max_size, mem_gap), video)
 
     def add_new_mask(self, state: offline.VideoState, frame_idx: int, obj_id: int,
-                     mask: Mask) -> tuple[int, list[int]]:
+                     mask: MaskLike) -> tuple[int, list[int]]:
         """Give object ``obj_id``'s mask on frame ``frame_idx``; returns ``(frame_idx, all object ids)``."""
         return offline.add_new_mask(state, frame_idx, obj_id, mask)
 
@@ -63,6 +63,18 @@ class Segmenter:
     def reset_state(self, state: offline.VideoState) -> None:
         """Forget every mask and object of ``state`` (the video stays open)."""
         offline.reset_state(state)
+
+
+def usable_device(device: str | torch.device | None) -> torch.device:
+    """``resolve_device``, with a clear error for a device name torch does not know or cannot use here."""
+    try:
+        resolved = resolve_device(device)
+    except RuntimeError as err:
+        raise InputError(f"unknown device {device!r} ({err}); use auto, cpu, cuda, cuda:N or mps") from None
+    available = {"cuda": torch.cuda.is_available, "mps": lambda: torch.backends.mps.is_available()}
+    if resolved.type in available and not available[resolved.type]():
+        raise InputError(f"device {device!r} is not available on this machine (try --device auto or cpu)")
+    return resolved
 
 
 def _with_mem_gap(model: VOSModel, mem_gap: int) -> VOSModel:
@@ -92,6 +104,8 @@ def load_model(name: str, checkpoint: str | Path | None = None, device: str | to
     """
     from longvos.models.registry import create_model
 
+    device = usable_device(device)  # fail before the (slow) model build
+    dtype = resolve_dtype(dtype)
     model = create_model(name, memory=memory, mem_gap=mem_gap)
     checkpoint = checkpoint if checkpoint is not None else bundled_checkpoint(name)
     if checkpoint is None:

@@ -22,8 +22,8 @@ from longvos.io.errors import InputError, MaskError
 from longvos.io.masks import compact_ids
 from longvos.models.base import TrackerState, VOSModel
 
-Frame = np.ndarray | Image.Image | torch.Tensor
-Mask = np.ndarray | Image.Image | torch.Tensor
+ImageLike = np.ndarray | Image.Image | torch.Tensor  # (H, W, 3) uint8 RGB, PIL, or (3, H, W) tensor
+MaskLike = np.ndarray | Image.Image | torch.Tensor  # (H, W) index map
 
 
 @dataclass
@@ -85,7 +85,7 @@ class Session:
         """Objects tracked now, in the order of ``StepResult.probs``."""
         return list(self.state.object_ids)
 
-    def add_objects(self, mask: Mask, ids: Iterable[int] | None = None) -> list[int]:
+    def add_objects(self, mask: MaskLike, ids: Iterable[int] | None = None) -> list[int]:
         """Stage objects (new or corrected) for the **next** :meth:`step`; ``mask`` is for that next frame.
 
         Returns the staged ids. Equivalent to passing the mask to the next ``step`` (which may add its own).
@@ -126,7 +126,7 @@ class Session:
 
     # -- the step ---------------------------------------------------------------------------------------------
 
-    def step(self, frame: Frame, mask: Mask | None = None, objects: Iterable[int] | None = None, *,
+    def step(self, frame: ImageLike, mask: MaskLike | None = None, objects: Iterable[int] | None = None, *,
              return_probs: bool = False) -> StepResult:
         """Segment one frame. ``mask`` (an index map at the frame's size) starts or corrects the objects it holds,
         or only those in ``objects``; every other tracked object is predicted from memory."""

@@ -5,7 +5,8 @@ processes start quickly. The model runner (:mod:`longvos.eval.runner`) and the b
 are imported from their modules.
 """
 from longvos.eval.metrics import boundary_f_measure, boundary_map, region_similarity, tolerance_radius
-from longvos.eval.scoring import EvalResult, ObjectScores, evaluate, evaluate_sequences
+from longvos.eval.results import EvalResult, ObjectScores
+from longvos.eval.scoring import evaluate, evaluate_sequences
 from longvos.eval.statistics import SeriesStats, decay, decay_official_uint8, global_summary
 
 __all__ = [

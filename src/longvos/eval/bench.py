@@ -15,72 +15,24 @@ from __future__ import annotations
 import gc
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from longvos.device import resolve_device, resolve_dtype
 from longvos.engine.resources import format_bytes
-from longvos.engine.segmenter import load_model
-from longvos.eval.dataset import DavisLayout, resolve_sequence_names
-from longvos.eval.masks import ground_truth_ids
-from longvos.eval.measure import PeakMemory, environment
+from longvos.engine.segmenter import Segmenter, load_model
+from longvos.eval.clip import Clip, ping_pong
+from longvos.eval.measure import SPEED_PROTOCOL, PeakMemory, environment
 from longvos.io.errors import InputError
-from longvos.io.frame_folder import ImageSequenceSource
 
 DEFAULT_LENGTHS = (100, 500, 2000)
 #: Label of the model's own memory design when no override is given.
 DEFAULT_MEMORY = "default"
-
-
-@dataclass(frozen=True)
-class Clip:
-    """Frames (RGB uint8, already at the benchmark size) and the first frame's index mask."""
-
-    name: str
-    frames: tuple[np.ndarray, ...]
-    first_mask: np.ndarray
-
-    @classmethod
-    def from_dataset(cls, data_root: str | Path, sequence: str | None = None, size: int | None = None) -> Clip:
-        """A DAVIS-layout sequence (default: the first by name), shrunk once so its short side is ``size``.
-
-        Shrinking up front keeps frame resizing and mask upsampling out of the stream (they are not timed anyway),
-        so the benchmark's wall time goes to the model.
-        """
-        layout = DavisLayout.at(data_root)
-        name = sequence or resolve_sequence_names(layout.annotations_root)[0]
-        source = ImageSequenceSource.from_folder(layout.frames_dir(name))
-        annotations = layout.annotation_paths(name)
-        first = source.frame_name(0)
-        if first not in annotations:
-            raise InputError(f"{layout.annotations_root / name}: the clip's first frame {first} has no annotation")
-        first_mask = ground_truth_ids(annotations[first])
-        if not first_mask.any():
-            raise InputError(f"{annotations[first]}: the clip's first mask has no object")
-        frames = [frame.image for frame in source.frames()]
-        if first_mask.shape != frames[0].shape[:2]:
-            raise InputError(f"{annotations[first]}: mask size {first_mask.shape[::-1]} differs from the frames' "
-                             f"{frames[0].shape[1::-1]}")
-        height, width = first_mask.shape
-        if size and min(height, width) > size:
-            scale = size / min(height, width)
-            new_wh = (max(1, round(width * scale)), max(1, round(height * scale)))
-            frames = [cv2.resize(f, new_wh, interpolation=cv2.INTER_AREA) for f in frames]
-            first_mask = cv2.resize(first_mask, new_wh, interpolation=cv2.INTER_NEAREST)
-        return cls(name, tuple(frames), first_mask)
-
-
-def ping_pong(num_frames: int, length: int) -> Iterator[int]:
-    """Clip indices of a ``length``-frame video made by playing the clip forwards, backwards, forwards..."""
-    period = 2 * (num_frames - 1)
-    for t in range(length):
-        position = t % period if period else 0
-        yield position if position < num_frames else period - position
 
 
 @dataclass(frozen=True)
@@ -105,7 +57,8 @@ class BenchReport:
 
     model: str
     clip: str
-    size: int | None
+    frame_size: tuple[int, int]  #: (width, height) of the frames the network sees
+    mem_gap: int | None  #: long-term memory interval used (None: the model has none)
     warmup: int
     seed: int
     environment: dict[str, object]
@@ -132,9 +85,10 @@ class BenchReport:
         return rows
 
     def to_dict(self) -> dict[str, object]:
-        return {"model": self.model, "clip": self.clip, "size": self.size, "warmup_frames": self.warmup,
-                "seed": self.seed, **self.environment, "points": [asdict(p) for p in self.points],
-                "ratios_mca_over_growing": self.ratios(), "notes": self.notes}
+        return {"model": self.model, "clip": self.clip, "frame_size": list(self.frame_size), "mem_gap": self.mem_gap,
+                "warmup_frames": self.warmup, "seed": self.seed, **self.environment, "speed_protocol": SPEED_PROTOCOL,
+                "points": [asdict(p) for p in self.points], "ratios_mca_over_growing": self.ratios(),
+                "notes": self.notes}
 
     def format_table(self) -> str:
         on_device = any(p.peak_device_bytes is not None for p in self.points)
@@ -163,9 +117,8 @@ class BenchReport:
 
 def run_benchmark(model: str, clip: Clip, *, memories: Sequence[str | None] = (None,),
                   lengths: Sequence[int] = DEFAULT_LENGTHS, checkpoint: str | Path | None = None,
-                  device: str = "auto", dtype: str | None = None, mem_gap: int | None = None, size: int | None = None,
-                  warmup: int = 5, seed: int = 0, time_budget_s: float | None = None, progress: bool = False,
-                  ) -> BenchReport:
+                  device: str = "auto", dtype: str | None = None, mem_gap: int | None = None, warmup: int = 5,
+                  seed: int = 0, time_budget_s: float | None = None, progress: bool = False) -> BenchReport:
     """Stream ``clip`` looped to ``max(lengths)`` frames once per memory design and measure every length.
 
     ``time_budget_s`` caps each design's stream; lengths it does not reach are left out and noted.
@@ -173,14 +126,17 @@ def run_benchmark(model: str, clip: Clip, *, memories: Sequence[str | None] = (N
     lengths = sorted(set(int(n) for n in lengths))
     if not lengths or lengths[0] < 2:
         raise InputError(f"video lengths must be at least 2 frames (the first is the untimed reference): {lengths}")
-    report = None
+    if not memories:
+        raise InputError("no memory design to benchmark")
+    height, width = clip.first_mask.shape
+    report = BenchReport(model, clip.name, (width, height), mem_gap, warmup, seed,
+                         environment(resolve_device(device), resolve_dtype(dtype)))
     for memory in memories:
         torch.manual_seed(seed)
         np.random.seed(seed)
         segmenter = load_model(model, checkpoint, device=device, dtype=dtype, memory=memory, mem_gap=mem_gap)
-        if report is None:
-            report = BenchReport(model, clip.name, size, warmup, seed,
-                                 environment(segmenter.device, segmenter.dtype))
+        # Without an override, record the interval the model actually uses (it decides how fast "growing" grows).
+        report.mem_gap = getattr(getattr(segmenter.model, "config", None), "mem_gap", report.mem_gap)
         label = memory or DEFAULT_MEMORY
         _warm_up(segmenter, clip, warmup)
         points, stopped_at = _stream(segmenter, clip, label, lengths, time_budget_s, progress)
@@ -195,7 +151,7 @@ def run_benchmark(model: str, clip: Clip, *, memories: Sequence[str | None] = (N
     return report
 
 
-def _warm_up(segmenter, clip: Clip, frames: int) -> None:
+def _warm_up(segmenter: Segmenter, clip: Clip, frames: int) -> None:
     """Run a throwaway session so one-time costs (allocator growth, kernel selection) stay out of the timings."""
     if frames <= 0:
         return
@@ -204,7 +160,7 @@ def _warm_up(segmenter, clip: Clip, frames: int) -> None:
             session.step(clip.frames[index], clip.first_mask if t == 0 else None)
 
 
-def _stream(segmenter, clip: Clip, label: str, lengths: list[int], time_budget_s: float | None,
+def _stream(segmenter: Segmenter, clip: Clip, label: str, lengths: list[int], time_budget_s: float | None,
             progress: bool) -> tuple[list[LengthPoint], int | None]:
     gc.collect()
     meter = PeakMemory(segmenter.device).start()
@@ -236,39 +192,3 @@ def _point(label: str, length: int, latencies: list[float], state_bytes: int, me
         peak_rss_bytes=int(memory["peak_rss_bytes"]), rss_growth_bytes=int(memory["rss_growth_bytes"]),
         peak_device_bytes=memory["peak_device_bytes"],
     )
-
-
-def plot_curves(report: BenchReport, path: str | Path) -> None:
-    """FPS and memory against video length, one line per memory design (the MAVOS paper's two panels)."""
-    try:
-        import matplotlib
-    except ImportError:
-        raise InputError("--plot needs matplotlib: pip install 'longvos[plot]'") from None
-    matplotlib.use("Agg")  # files only: no display needed
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import NullFormatter
-
-    on_device = any(p.peak_device_bytes is not None for p in report.points)
-    figure, (speed_axis, memory_axis) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for memory in dict.fromkeys(p.memory for p in report.points):
-        series = [p for p in report.points if p.memory == memory]
-        lengths = [p.length for p in series]
-        speed_axis.plot(lengths, [p.fps for p in series], marker="o", label=memory)
-        used = [(p.peak_device_bytes if on_device else p.state_bytes) / 2**20 for p in series]
-        memory_axis.plot(lengths, used, marker="o", label=memory)
-    speed_axis.set(ylabel="FPS", title="Speed")
-    memory_axis.set(ylabel="peak device memory (MiB)" if on_device else "per-video model state (MiB)", title="Memory")
-    all_lengths = sorted({p.length for p in report.points})
-    for axis in (speed_axis, memory_axis):
-        axis.set(xlabel="video length (frames)", xscale="log")
-        axis.set_xticks(all_lengths, [str(n) for n in all_lengths])  # label the measured lengths, not powers of 10
-        axis.xaxis.set_minor_formatter(NullFormatter())
-        axis.set_ylim(bottom=0)
-        axis.grid(True, alpha=0.3)
-        axis.legend()
-    env = report.environment
-    figure.suptitle(f"{report.model}, short side {report.size or 'native'}, {env['device']}, {env['dtype']}, "
-                    f"{env['torch_threads']} threads", fontsize=9)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)

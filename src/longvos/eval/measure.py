@@ -16,6 +16,10 @@ import torch
 from longvos.engine.resources import current_rss_bytes, device_peak_bytes, peak_rss_bytes, reset_device_peak
 
 _CLEAR_REFS = Path("/proc/self/clear_refs")
+#: How every FPS figure of longvos is measured (the MAVOS/LiVOS papers' protocol), stated in every report.
+SPEED_PROTOCOL = ("FPS = timed frames / device-synchronised seconds of the model step including the memory update; "
+                  "the reference (first) frame of each video is not timed, nor are frame reading and resizing, mask "
+                  "upsampling and PNG writing")
 
 
 def reset_peak_rss() -> bool:

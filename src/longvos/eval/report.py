@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from longvos.eval.scoring import EvalResult
+from longvos.eval.results import EvalResult
 from longvos.eval.statistics import GLOBAL_COLUMNS
 
 GLOBAL_CSV = "global_results.csv"

@@ -2,8 +2,9 @@
 
 Each sequence starts at its first annotated frame (earlier frames have no object to track, as in the LVOS
 protocol). Every object is given to the model once, on the first annotated frame where it appears: the first-frame
-objects at the start, and objects that enter later (LVOS, YouTube-VOS) when they enter. Nothing else from the
-ground truth reaches the model.
+objects at the start and, with ``late_objects`` (LVOS, YouTube-VOS), objects that enter later when they enter.
+Without it, later objects are left out, as the DAVIS protocol (which scores first-frame objects only) assumes.
+Nothing else from the ground truth reaches the model.
 
 Speed follows the papers' protocol: FPS = frames / device-synchronised time of the model step and memory update,
 over non-reference frames (the first frame of each sequence is excluded). Reading and resizing frames, upsampling
@@ -15,22 +16,20 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from tqdm import tqdm
 
 from longvos.engine.resources import format_bytes
 from longvos.engine.segmenter import Segmenter
 from longvos.eval.dataset import DavisLayout
 from longvos.eval.masks import ground_truth_ids, present_ids
-from longvos.eval.measure import PeakMemory, environment
+from longvos.eval.measure import SPEED_PROTOCOL, PeakMemory, environment
 from longvos.io.errors import InputError
 from longvos.io.frame_folder import ImageSequenceSource
 from longvos.io.masks import write_index_png
 from longvos.io.palette import palette_to_array
 from longvos.io.writer import BackgroundWriter, atomic_write
 
-SPEED_PROTOCOL = ("FPS = non-reference frames / device-synchronised seconds of the model step including the memory "
-                  "update; excludes the first frame of each sequence, frame reading and resizing, mask upsampling "
-                  "and PNG writing")
 
 
 @dataclass
@@ -99,7 +98,7 @@ class RunReport:
 
 
 def run_model(segmenter: Segmenter, layout: DavisLayout, sequences: list[str], pred_root: Path, *,
-              max_size: int | None = 480, mem_gap: int | None = None, progress: bool = False) -> RunReport:
+              max_size: int | None = 480, late_objects: bool = True, progress: bool = False) -> RunReport:
     """Predict every frame of ``sequences`` into ``pred_root/<sequence>/<frame>.png`` and measure the run."""
     report = RunReport(segmenter.name, max_size, environment(segmenter.device, segmenter.dtype))
     meter = PeakMemory(segmenter.device).start()
@@ -107,7 +106,7 @@ def run_model(segmenter: Segmenter, layout: DavisLayout, sequences: list[str], p
     try:
         for name in sequences:
             report.sequences.append(_run_sequence(segmenter, layout, name, pred_root / name, writer,
-                                                  max_size=max_size, mem_gap=mem_gap, progress=progress))
+                                                  max_size=max_size, late_objects=late_objects, progress=progress))
         writer.flush()
     finally:
         writer.close()
@@ -116,32 +115,30 @@ def run_model(segmenter: Segmenter, layout: DavisLayout, sequences: list[str], p
 
 
 def _run_sequence(segmenter: Segmenter, layout: DavisLayout, name: str, out_dir: Path, writer: BackgroundWriter,
-                  *, max_size: int | None, mem_gap: int | None, progress: bool) -> SequenceRun:
+                  *, max_size: int | None, late_objects: bool, progress: bool) -> SequenceRun:
     annotations = layout.annotation_paths(name)
     source = ImageSequenceSource.from_folder(layout.frames_dir(name))
     names = [source.frame_name(i) for i in range(source.num_frames)]
-    annotated = [i for i, frame_name in enumerate(names) if frame_name in annotations]
-    if not annotated:
+    start = next((i for i, frame_name in enumerate(names) if frame_name in annotations), None)
+    if start is None:
         raise InputError(f"{layout.annotations_root / name}: no annotation matches a frame name of "
                          f"{layout.frames_dir(name)} (sequence {name})")
-    start = annotated[0]
     out_dir.mkdir(parents=True, exist_ok=True)
     palette = _palette_of(annotations[names[start]])
     run = SequenceRun(name)
     known_ids: set[int] = set()
-    frames = source.frames(start)
-    with segmenter.session(max_size=max_size, mem_gap=mem_gap) as session, \
+    with segmenter.session(max_size=max_size) as session, \
             tqdm(total=len(names) - start, desc=name, unit="frame", disable=not progress, leave=False) as bar:
-        for frame in frames:
-            mask, new_ids = None, None
-            if frame.name in annotations:
+        for frame in source.frames(start):
+            mask_HW, new_ids = None, []
+            if frame.name in annotations and (late_objects or frame.index == start):
                 gt_HW = ground_truth_ids(annotations[frame.name])
                 new_ids = [i for i in present_ids(gt_HW) if i not in known_ids]
-                if new_ids:
-                    mask, known_ids = gt_HW, known_ids | set(new_ids)
-            if frame.index == start and mask is None:
+                mask_HW = gt_HW if new_ids else None  # only objects the model has not been given yet
+                known_ids.update(new_ids)
+            if frame.index == start and not new_ids:
                 raise InputError(f"{annotations[frame.name]}: the first annotation of sequence {name} has no object")
-            result = session.step(frame.image, mask, new_ids if mask is not None else None)
+            result = session.step(frame.image, mask_HW, new_ids or None)
             if frame.index > start:  # the reference frame is not timed (papers' protocol)
                 run.timed_frames += 1
                 run.model_seconds += result.model_seconds
@@ -154,8 +151,6 @@ def _run_sequence(segmenter: Segmenter, layout: DavisLayout, name: str, out_dir:
 
 def _palette_of(annotation: Path) -> np.ndarray:
     """The ground truth's own palette, so that predictions look like the annotations (DAVIS colours otherwise)."""
-    from PIL import Image
-
     with Image.open(annotation) as image:
         return palette_to_array(image.getpalette() if image.mode == "P" else None)
 

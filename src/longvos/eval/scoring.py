@@ -20,10 +20,8 @@ import multiprocessing
 import os
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field
-from functools import cached_property
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 from tqdm import tqdm
@@ -31,11 +29,10 @@ from tqdm import tqdm
 from longvos.eval.dataset import SequenceFiles, find_sequences
 from longvos.eval.masks import ground_truth_ids, present_ids, read_index_mask
 from longvos.eval.metrics import boundary_match, region_similarity, tolerance_radius
-from longvos.eval.statistics import DECAY_MODES, DecayMode, SeriesStats, global_summary
+from longvos.eval.results import OBJECT_POLICIES, EvalResult, ObjectPolicy, ObjectScores
+from longvos.eval.statistics import DECAY_MODES, DecayMode, SeriesStats
 from longvos.io.errors import InputError, MaskError
 
-ObjectPolicy = Literal["first-frame", "all"]
-OBJECT_POLICIES: tuple[str, ...] = ("first-frame", "all")
 #: Upper bound on frames per work item: small enough to balance load, large enough to amortise process overhead.
 _MAX_CHUNK_FRAMES = 32
 
@@ -77,48 +74,6 @@ def _score_chunk(sequence_index: int, frames: list[tuple[Path, Path, int]], obje
 
 
 @dataclass(frozen=True)
-class ObjectScores:
-    """Per-frame J and F of one object and their statistics."""
-
-    sequence: str
-    object_id: int
-    frame_names: tuple[str, ...]
-    j: np.ndarray
-    f: np.ndarray
-    j_stats: SeriesStats
-    f_stats: SeriesStats
-
-    @property
-    def name(self) -> str:
-        """``<sequence>_<id>``, the official per-object row name."""
-        return f"{self.sequence}_{self.object_id}"
-
-
-@dataclass(frozen=True)
-class EvalResult:
-    """Scores of every object of every evaluated sequence, and the settings that produced them."""
-
-    objects: tuple[ObjectScores, ...]
-    sequences: tuple[str, ...]
-    object_policy: ObjectPolicy
-    decay_mode: DecayMode
-    #: ``<sequence>_<id>`` of objects that appear too late to have any scored frame (``objects="all"`` only).
-    unscored_objects: tuple[str, ...] = field(default=())
-
-    @cached_property
-    def summary(self) -> dict[str, float]:
-        """The official seven global numbers (``J&F-Mean``, ``J-Mean``, ...)."""
-        return global_summary([o.j_stats for o in self.objects], [o.f_stats for o in self.objects])
-
-    def object(self, name: str) -> ObjectScores:
-        """One object by its ``<sequence>_<id>`` name."""
-        for scores in self.objects:
-            if scores.name == name:
-                return scores
-        raise KeyError(f"no scored object named {name!r}")
-
-
-@dataclass(frozen=True)
 class _SequencePlan:
     files: SequenceFiles
     first_ids: tuple[int, ...]  #: ids present in the first annotated frame
@@ -156,8 +111,8 @@ def _objects_of_sequence(plan: _SequencePlan, frames: list[FrameScores], policy:
         unknown = [i for i in frame.pred_ids if i not in first_index]
         if unknown:
             gt_path = files.gt_paths[frame.index]
-            known = (f"objects 1..{max(first_index)} (from {files.gt_paths[0].name})" if policy == "first-frame"
-                     else f"objects {sorted(first_index)}")
+            known = (f"objects 1..{max(first_index)} (from {files.gt_paths[0].name}; objects='all' also scores "
+                     f"objects that appear later)" if policy == "first-frame" else f"objects {sorted(first_index)}")
             raise MaskError(f"{files.pred_path(gt_path)}: prediction contains object id(s) {unknown}, but the ground "
                             f"truth of sequence {files.name} has {known}")
     objects, unscored = [], []
@@ -186,13 +141,14 @@ def evaluate_sequences(sequences: Sequence[SequenceFiles], *, objects: ObjectPol
     if not sequences:
         raise InputError("no sequence to evaluate")
     plans = [_SequencePlan.make(files, objects) for files in sequences]
-    chunks = []
     total_frames = sum(len(plan.files.gt_paths) - 2 for plan in plans)
     workers = max(1, min(workers or os.cpu_count() or 1, total_frames))
     chunk_frames = max(1, min(_MAX_CHUNK_FRAMES, math.ceil(total_frames / (4 * workers))))
+    chunks = []
     for sequence_index, plan in enumerate(plans):
         work = plan.work()
-        chunks += [(sequence_index, work[i:i + chunk_frames], plan.scored_ids) for i in range(0, len(work), chunk_frames)]
+        chunks += [(sequence_index, work[i:i + chunk_frames], plan.scored_ids)
+                   for i in range(0, len(work), chunk_frames)]
 
     frames_by_sequence: list[list[FrameScores]] = [[] for _ in plans]
     with tqdm(total=total_frames, desc="scoring", unit="frame", disable=not progress) as bar:

@@ -1,0 +1,13 @@
+"""Training AOT-family models (our default ``mavos-lite`` in particular) on synthetic and video clips.
+
+One file per concern: ``config`` (typed presets + ``key=value`` overrides), ``augment`` / ``clips`` / ``files``
+(clip geometry, photometry, compositing), ``data_static`` and ``data_video`` (the two clip sources), ``data`` (the
+endless, index-seeded mixed stream), ``losses``, ``schedule`` (learning rate, EMA), ``unroll`` (the unrolled clip
+forward), ``checkpoint``, ``distributed`` and ``logger``, and ``loop`` which ties them together::
+
+    from longvos.train.config import load_config
+    from longvos.train.loop import train
+    model = train(load_config("configs/mavos-lite.toml", ["optim.steps=100"]), resume=False)
+
+On the command line: ``longvos train CONFIG [--resume] [key=value ...]`` (``torchrun`` for several processes).
+"""

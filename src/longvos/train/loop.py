@@ -51,14 +51,6 @@ def _train(config: TrainConfig, resume: bool, dist_state: distributed.Distribute
         torch.set_num_threads(run.threads)
     run_dir = Path(run.out_dir)
 
-    # Same seed on every process: identical initial weights (DDP also broadcasts rank 0's at wrap time).
-    torch.manual_seed(run.seed)
-    model = build_model(config).to(device)
-    ema = EMA(model, optim.ema_decay or default_ema_decay(optim.steps))
-    optimizer = build_optimizer(model, config)
-    use_amp = optim.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
-
     checkpoint_state = None
     if resume:
         checkpoint = latest_checkpoint(run_dir)
@@ -68,15 +60,24 @@ def _train(config: TrainConfig, resume: bool, dist_state: distributed.Distribute
             print(f"no checkpoint in {run_dir}/checkpoints; starting from step 0")
     start_step = int(checkpoint_state["step"]) if checkpoint_state is not None else 0
 
+    # Same seed on every process: identical initial weights (DDP also broadcasts rank 0's at wrap time).
+    torch.manual_seed(run.seed)
+    # The data first: a bad data root fails at once, not after the model is built. The iterator draws its base
+    # seed from the torch RNG here, before any RNG state is restored, so a resumed run continues the exact random
+    # stream of an uninterrupted one.
+    batches = iter(build_loader(config.data, optim.batch_size, run.seed, dist_state.rank,
+                                start_step * optim.batch_size))
+    model = build_model(config).to(device)
+    ema = EMA(model, optim.ema_decay or default_ema_decay(optim.steps))
+    optimizer = build_optimizer(model, config)
+    use_amp = optim.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
+
     unroll: nn.Module = ClipUnroll(model)
     if dist_state.enabled:
         # Some parameters can sit out a step (e.g. the MCA blocks when a clip is too short to fuse memories).
         unroll = DistributedDataParallel(unroll, device_ids=[device.index] if device.type == "cuda" else None,
                                          find_unused_parameters=True)
-    # The iterator draws its base seed from the torch RNG, so it is made before the RNG state is restored: a
-    # resumed run then continues the exact random stream of an uninterrupted one.
-    batches = iter(build_loader(config.data, optim.batch_size, run.seed, dist_state.rank,
-                                start_step * optim.batch_size))
     torch.manual_seed(run.seed + 1000 * dist_state.rank)  # dropout and slot draws differ between processes
     if checkpoint_state is not None:
         restore(checkpoint_state, model, ema, optimizer, scaler)

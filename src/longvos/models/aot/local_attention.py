@@ -74,10 +74,7 @@ class TileIndex(NamedTuple):
     halo_LK: torch.Tensor  # token-table row of each halo key (the zero row outside the image)
     window_QJ: torch.Tensor  # halo position of query q's window offset j (the same for every tile)
     tile_position_N: torch.Tensor  # (B*H*W,) flat (L*Q) position of each token's query in the tiles
-
-    @property
-    def zero_row(self) -> int:
-        return self.tile_position_N.numel()
+    zero_row: int  # B*H*W, the index of the appended zero row of every token table
 
 
 def tile_index(batch: int, height: int, width: int, max_dis: int, tile: int, device: torch.device) -> TileIndex:
@@ -89,7 +86,7 @@ def tile_index(batch: int, height: int, width: int, max_dis: int, tile: int, dev
     tile_starts_X = torch.arange(0, width, tile, device=device)
 
     def table_rows(offsets: torch.Tensor) -> torch.Tensor:
-        """``(L, S²)`` table rows of the ``S x S`` patch starting at each tile's corner plus ``offsets[0]``."""
+        """``(L, S²)`` table rows of each tile's ``S x S`` patch at rows and columns ``tile start + offsets``."""
         rows_YS = tile_starts_Y[:, None] + offsets[None, :]
         cols_XS = tile_starts_X[:, None] + offsets[None, :]
         inside_YXSS = ((rows_YS >= 0) & (rows_YS < height))[:, None, :, None] & (
@@ -107,16 +104,21 @@ def tile_index(batch: int, height: int, width: int, max_dis: int, tile: int, dev
     halo_rows_TD = torch.arange(tile, device=device)[:, None] + torch.arange(2 * max_dis + 1, device=device)
     window_QJ = (halo_rows_TD[:, None, :, None] * halo + halo_rows_TD[None, :, None, :]).reshape(tile * tile, -1)
 
-    real_query_P = (query_LQ != zero_row).flatten()
-    tile_position_N = torch.empty(zero_row, dtype=torch.long, device=device)
-    tile_position_N[query_LQ.flatten()[real_query_P]] = real_query_P.nonzero().flatten()
-    return TileIndex(query_LQ, halo_LK, window_QJ, tile_position_N)
+    # Invert query_LQ; the grid-padding queries all land on one extra slot, dropped at the end.
+    tile_position_R = torch.empty(zero_row + 1, dtype=torch.long, device=device)
+    tile_position_R[query_LQ.flatten()] = torch.arange(query_LQ.numel(), device=device)
+    return TileIndex(query_LQ, halo_LK, window_QJ, tile_position_R[:zero_row], zero_row)
 
 
 def token_table(map_BCHW: torch.Tensor) -> torch.Tensor:
     """``(R, C)``: the map's tokens of the whole batch, plus the zero row the index maps use for padding."""
     tokens_NC = map_BCHW.permute(0, 2, 3, 1).reshape(-1, map_BCHW.shape[1])  # a view for channels-last maps
     return F.pad(tokens_NC, (0, 0, 0, 1))
+
+
+def gather_rows(table_RC: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``table_RC[rows]``, shape ``(*rows.shape, C)``."""
+    return table_RC.index_select(0, rows.flatten()).view(*rows.shape, -1)
 
 
 def window_softmax_over_tiles(
@@ -131,11 +133,8 @@ def window_softmax_over_tiles(
     ``outside_LQJ`` (bool) marks out-of-image neighbours. Their keys are the zero row, so their dot products are
     zero, and the official penalty is subtracted.
     """
-    num_tiles, queries_per_tile = query_LQC.shape[:2]
-    halo_area = key_LKC.shape[1]
     dots_LQK = torch.bmm(query_LQC, key_LKC.transpose(1, 2))
-    window_index_P = (window_QJ + halo_area * torch.arange(queries_per_tile, device=window_QJ.device)[:, None]).flatten()
-    dots_LQJ = dots_LQK.reshape(num_tiles, -1).index_select(1, window_index_P).view(num_tiles, queries_per_tile, -1)
+    dots_LQJ = dots_LQK.gather(2, window_QJ.expand(len(dots_LQK), -1, -1))
     logits_LQJ = dots_LQJ + relative_bias_LQJ
 
     half = logits_LQJ.dtype in (torch.float16, torch.bfloat16)
@@ -146,7 +145,7 @@ def window_softmax_over_tiles(
 
 def aggregate_over_tiles(weights_LQJ: torch.Tensor, value_LKC: torch.Tensor, window_QJ: torch.Tensor) -> torch.Tensor:
     """``(L, Q, C)``: each query's weighted sum of its window's values, as one product per tile."""
-    num_tiles, queries_per_tile, window_area = weights_LQJ.shape
+    num_tiles, queries_per_tile = weights_LQJ.shape[:2]
     halo_area = value_LKC.shape[1]
     # Back to the halo layout, exact zeros off the window, so that the product adds nothing from outside it.
     halo_weights_LQK = weights_LQJ.new_zeros(num_tiles, queries_per_tile, halo_area).scatter(
@@ -198,16 +197,17 @@ def tiled_window_attention(
     aggregated_chunks, weight_chunks = [], []
     for first in range(0, num_tiles, chunk):
         query_rows_LQ, halo_rows_LK = index.query_LQ[first : first + chunk], index.halo_LK[first : first + chunk]
-
-        def gather(table_RC: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-            return table_RC.index_select(0, rows.flatten()).view(*rows.shape, -1)
-
+        # Out-of-image neighbours are exactly the halo positions that read the zero row.
         outside_LQJ = (halo_rows_LK == index.zero_row)[:, index.window_QJ]
         weights_LQJ = window_softmax_over_tiles(
-            gather(query_RC, query_rows_LQ), gather(key_RC, halo_rows_LK), gather(bias_RJ, query_rows_LQ),
-            outside_LQJ, index.window_QJ,
+            gather_rows(query_RC, query_rows_LQ),
+            gather_rows(key_RC, halo_rows_LK),
+            gather_rows(bias_RJ, query_rows_LQ),
+            outside_LQJ,
+            index.window_QJ,
         )
-        aggregated_chunks.append(aggregate_over_tiles(weights_LQJ, gather(value_RC, halo_rows_LK), index.window_QJ))
+        value_LKC = gather_rows(value_RC, halo_rows_LK)
+        aggregated_chunks.append(aggregate_over_tiles(weights_LQJ, value_LKC, index.window_QJ))
         weight_chunks.append(weights_LQJ)
 
     def to_tokens(chunks: list[torch.Tensor]) -> torch.Tensor:

@@ -49,7 +49,9 @@ class FrameFeatures:
 
     @property
     def grid_size(self) -> tuple[int, int]:
-        return tuple(self.phi_key_BKhw.shape[-2:])
+        """``(h, w)`` of the stride-16 grid."""
+        height, width = self.phi_key_BKhw.shape[-2:]
+        return height, width
 
 
 @dataclass
@@ -124,10 +126,7 @@ class LiVOS(VOSModel):
     def remove_objects(self, state: LiVOSState, object_ids: list[int]) -> None:
         """Drop the objects' slots (state, key sum, sensory and object memory, last mask). The official LiVOS
         code cannot do this; here the remaining objects simply carry on."""
-        try:
-            state.remove_objects(list(object_ids))
-        except KeyError as error:
-            raise ValueError(error.args[0]) from None
+        state.remove_objects(list(object_ids))
 
     # --------------------------------------------------------------------------------------------------- verbs
     def encode_frame(self, image_B3HW: torch.Tensor) -> FrameFeatures:

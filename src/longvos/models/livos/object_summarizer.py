@@ -7,7 +7,6 @@ weight ("area"). Half of the summaries may only pool inside the object's mask, h
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from longvos.models.livos.positional_encoding import SinePositionalEncoding2d
@@ -47,7 +46,3 @@ class ObjectSummarizer(nn.Module):
             area_BNQ1 = weights_BNhwQ.flatten(2, 3).sum(2).unsqueeze(-1)
         return torch.cat([sums_BNQC, area_BNQ1], dim=-1)
 
-
-def pool_masks_to_grid(masks_BNHW: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Area-average full-resolution masks onto the ``height x width`` stride-16 grid (float32)."""
-    return F.interpolate(masks_BNHW.float(), size=(height, width), mode="area")

@@ -64,8 +64,9 @@ class LiVOSState:
         """Drop the slots of ``object_ids`` (all must be tracked)."""
         unknown = [i for i in object_ids if i not in self.object_ids]
         if unknown:
-            raise KeyError(f"cannot remove object id(s) {unknown}: not tracked (tracked ids: {self.object_ids})")
-        keep = [index for index, object_id in enumerate(self.object_ids) if object_id not in set(object_ids)]
+            raise ValueError(f"cannot remove object id(s) {unknown}: not tracked (tracked ids: {self.object_ids})")
+        removed = set(object_ids)
+        keep = [index for index, object_id in enumerate(self.object_ids) if object_id not in removed]
         self.object_ids = [self.object_ids[index] for index in keep]
         for name, tensor in self.tensors().items():
             setattr(self, name, tensor[:, keep].contiguous())
