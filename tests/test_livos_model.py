@@ -89,6 +89,7 @@ def test_first_frame_returns_the_given_masks_as_probabilities(model):
     assert torch.allclose(prob.sum(0), torch.ones(HEIGHT, WIDTH))
 
 
+@pytest.mark.slow  # ~12 s alone on 2 cores; several times that on a shared machine
 def test_memory_is_the_same_after_50_and_500_frames(model):
     size = (32, 32)  # a 2 x 2 grid keeps 500 frames to seconds
     state = model.init_state()

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from longvos.models.layers.attention import DepthwiseConvDropout, map_to_tokens, tokens_to_map
+from longvos.models.layers.attention import DepthwiseConvDropout, map_to_tokens
 
 # The official code subtracts these constants from the logits of out-of-image neighbours rather than assigning -inf
 # (1e4 in half precision, where 1e8 would overflow float16). Both make the weight exactly 0; we keep the official
@@ -276,9 +276,12 @@ class LocalGatedPropagation(nn.Module):
         aggregated_BNC, weights_BNJ = tiled_window_attention(
             scaled_query_BCHW, key_BCHW, value_BCHW, relative_bias_BNJ, self.max_dis, need_weights=return_weights
         )
-        # The gated read-out as a channels-last map view: oneDNN's fast depthwise path, and the projection then
-        # reads the conv output as tokens without a transposing copy.
-        mixed_BCHW = self.dw_conv(tokens_to_map(aggregated_BNC * gate_BNC, (height, width)))
+        # The gated read-out as a channels-last view of the tokens: oneDNN's fast depthwise path (~10x faster here
+        # than channels-first), and the projection then reads the conv output as tokens without a transposing copy.
+        # Not tokens_to_map: for B = 1 its view has a batch stride of C, which the convolution does not recognise as
+        # channels-last, so it would copy to channels-first.
+        gated_BCHW = (aggregated_BNC * gate_BNC).view(-1, height, width, self.value_dim).permute(0, 3, 1, 2)
+        mixed_BCHW = self.dw_conv(gated_BCHW)
         out_BNC = self.projection(map_to_tokens(mixed_BCHW))
         if return_weights:
             return out_BNC, weights_BNJ.transpose(1, 2)
