@@ -73,41 +73,48 @@ class TileIndex(NamedTuple):
     query_LQ: torch.Tensor  # token-table row of each tile query (the zero row for grid padding)
     halo_LK: torch.Tensor  # token-table row of each halo key (the zero row outside the image)
     window_QJ: torch.Tensor  # halo position of query q's window offset j (the same for every tile)
-    tile_position_N: torch.Tensor  # (B*H*W,) flat (L*Q) position of each token's query in the tiles
-    zero_row: int  # B*H*W, the index of the appended zero row of every token table
+    outside_LQJ: torch.Tensor  # bool: query q's neighbour j is outside the image (its halo key is the zero row)
+    grid_position_LQ: torch.Tensor  # row of each tile query in the tile-padded grid (B, Hp, Wp), flattened
+    padded_hw: tuple[int, int]  # (Hp, Wp): the grid padded up to whole tiles
 
 
 def tile_index(batch: int, height: int, width: int, max_dis: int, tile: int, device: torch.device) -> TileIndex:
-    """The gather/scatter index maps of the blocked attention over a ``(B, H, W)`` grid, tiles row-major per image."""
+    """The gather/scatter index maps of the blocked attention over a ``(B, H, W)`` grid, tiles row-major per image.
+
+    Token tables have ``R = B*H*W + 1`` rows, the last one zero (see :func:`token_table`).
+    """
     halo = tile + 2 * max_dis
-    pixels_per_image = height * width
-    zero_row = batch * pixels_per_image
+    zero_row = batch * height * width
+    padded_hw = (-(-height // tile) * tile, -(-width // tile) * tile)
     tile_starts_Y = torch.arange(0, height, tile, device=device)
     tile_starts_X = torch.arange(0, width, tile, device=device)
+    batch_B1111 = torch.arange(batch, device=device).view(-1, 1, 1, 1, 1)
 
-    def table_rows(offsets: torch.Tensor) -> torch.Tensor:
-        """``(L, S²)`` table rows of each tile's ``S x S`` patch at rows and columns ``tile start + offsets``."""
+    def patch_coordinates(offsets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows ``(Y, 1, S, 1)`` and columns ``(1, X, 1, S)`` of each tile's ``S x S`` patch at ``start + offsets``."""
         rows_YS = tile_starts_Y[:, None] + offsets[None, :]
         cols_XS = tile_starts_X[:, None] + offsets[None, :]
-        inside_YXSS = ((rows_YS >= 0) & (rows_YS < height))[:, None, :, None] & (
-            (cols_XS >= 0) & (cols_XS < width)
-        )[None, :, None, :]
-        pixel_YXSS = rows_YS[:, None, :, None] * width + cols_XS[None, :, None, :]
-        image_start_B = torch.arange(batch, device=device) * pixels_per_image
-        rows_BYXSS = torch.where(inside_YXSS, pixel_YXSS + image_start_B.view(-1, 1, 1, 1, 1), zero_row)
-        return rows_BYXSS.reshape(-1, offsets.numel() ** 2)
+        return rows_YS[:, None, :, None], cols_XS[None, :, None, :]
 
-    query_LQ = table_rows(torch.arange(tile, device=device))
+    def table_rows(offsets: torch.Tensor) -> torch.Tensor:
+        """``(L, S²)`` token-table rows of each tile's patch; the zero row where it leaves the image."""
+        rows_Y1S1, cols_1X1S = patch_coordinates(offsets)
+        inside_YXSS = (rows_Y1S1 >= 0) & (rows_Y1S1 < height) & (cols_1X1S >= 0) & (cols_1X1S < width)
+        token_BYXSS = (batch_B1111 * height + rows_Y1S1) * width + cols_1X1S
+        return torch.where(inside_YXSS, token_BYXSS, zero_row).reshape(-1, offsets.numel() ** 2)
+
+    within_tile_T = torch.arange(tile, device=device)
+    query_LQ = table_rows(within_tile_T)
     halo_LK = table_rows(torch.arange(-max_dis, tile + max_dis, device=device))
 
     # Query (qy, qx) sees offset (dy, dx) at halo position (qy + dy + d, qx + dx + d); axes (qy, qx, dy, dx).
-    halo_rows_TD = torch.arange(tile, device=device)[:, None] + torch.arange(2 * max_dis + 1, device=device)
+    halo_rows_TD = within_tile_T[:, None] + torch.arange(2 * max_dis + 1, device=device)
     window_QJ = (halo_rows_TD[:, None, :, None] * halo + halo_rows_TD[None, :, None, :]).reshape(tile * tile, -1)
+    outside_LQJ = (halo_LK == zero_row)[:, window_QJ]
 
-    # Invert query_LQ; the grid-padding queries all land on one extra slot, dropped at the end.
-    tile_position_R = torch.empty(zero_row + 1, dtype=torch.long, device=device)
-    tile_position_R[query_LQ.flatten()] = torch.arange(query_LQ.numel(), device=device)
-    return TileIndex(query_LQ, halo_LK, window_QJ, tile_position_R[:zero_row], zero_row)
+    rows_Y1T1, cols_1X1T = patch_coordinates(within_tile_T)
+    grid_position_LQ = ((batch_B1111 * padded_hw[0] + rows_Y1T1) * padded_hw[1] + cols_1X1T).reshape(-1, tile * tile)
+    return TileIndex(query_LQ, halo_LK, window_QJ, outside_LQJ, grid_position_LQ, padded_hw)
 
 
 def token_table(map_BCHW: torch.Tensor) -> torch.Tensor:
@@ -154,6 +161,18 @@ def aggregate_over_tiles(weights_LQJ: torch.Tensor, value_LKC: torch.Tensor, win
     return torch.bmm(halo_weights_LQK, value_LKC)
 
 
+def copy_rows_into(
+    buffer_GC: torch.Tensor | None, rows_LQ: torch.Tensor, tiles_LQC: torch.Tensor, num_rows: int
+) -> torch.Tensor:
+    """Write each tile query's result to its row of a ``(G, C)`` buffer, made (in the results' dtype) on first use.
+
+    In place on a fresh buffer rather than a concatenation of the chunks: one output-sized buffer instead of three.
+    """
+    if buffer_GC is None:
+        buffer_GC = tiles_LQC.new_empty(num_rows, tiles_LQC.shape[-1])
+    return buffer_GC.index_copy_(0, rows_LQ.flatten(), tiles_LQC.flatten(0, 1))
+
+
 def tiles_per_chunk(value_BCHW: torch.Tensor, num_tiles: int, halo_area: int) -> int:
     """How many tiles to gather at once (see ``_CPU_CHUNK_HALO_BYTES``); all of them off the CPU."""
     if value_BCHW.device.type != "cpu":
@@ -185,7 +204,8 @@ def tiled_window_attention(
         need_weights: also return the softmax weights.
 
     Returns:
-        The aggregated value tokens ``(B, H*W, C_value)``, and the weights ``(B, H*W, J)`` if asked (else None).
+        The aggregated values ``(B, H, W, C_value)`` and, if asked, the weights ``(B, H, W, J)`` (else None); both
+        are crops of tile-padded buffers.
     """
     batch, _, height, width = query_BCHW.shape
     index = tile_index(batch, height, width, max_dis, tile, query_BCHW.device)
@@ -194,28 +214,27 @@ def tiled_window_attention(
 
     num_tiles, halo_area = index.halo_LK.shape
     chunk = tiles_per_chunk(value_BCHW, num_tiles, halo_area)
-    aggregated_chunks, weight_chunks = [], []
+    grid_rows = batch * index.padded_hw[0] * index.padded_hw[1]
+    aggregated_GC = weights_GJ = None  # G: the rows of the tile-padded grid
     for first in range(0, num_tiles, chunk):
-        query_rows_LQ, halo_rows_LK = index.query_LQ[first : first + chunk], index.halo_LK[first : first + chunk]
-        # Out-of-image neighbours are exactly the halo positions that read the zero row.
-        outside_LQJ = (halo_rows_LK == index.zero_row)[:, index.window_QJ]
+        tiles = slice(first, first + chunk)
         weights_LQJ = window_softmax_over_tiles(
-            gather_rows(query_RC, query_rows_LQ),
-            gather_rows(key_RC, halo_rows_LK),
-            gather_rows(bias_RJ, query_rows_LQ),
-            outside_LQJ,
+            gather_rows(query_RC, index.query_LQ[tiles]),
+            gather_rows(key_RC, index.halo_LK[tiles]),
+            gather_rows(bias_RJ, index.query_LQ[tiles]),
+            index.outside_LQJ[tiles],
             index.window_QJ,
         )
-        value_LKC = gather_rows(value_RC, halo_rows_LK)
-        aggregated_chunks.append(aggregate_over_tiles(weights_LQJ, value_LKC, index.window_QJ))
-        weight_chunks.append(weights_LQJ)
+        # The value halo is the largest temporary: gathered inside the call, so that it is freed right after.
+        aggregated_LQC = aggregate_over_tiles(weights_LQJ, gather_rows(value_RC, index.halo_LK[tiles]), index.window_QJ)
+        aggregated_GC = copy_rows_into(aggregated_GC, index.grid_position_LQ[tiles], aggregated_LQC, grid_rows)
+        if need_weights:
+            weights_GJ = copy_rows_into(weights_GJ, index.grid_position_LQ[tiles], weights_LQJ, grid_rows)
 
-    def to_tokens(chunks: list[torch.Tensor]) -> torch.Tensor:
-        """Tile order back to token order ``(B, H*W, C)``; the grid-padding queries are dropped."""
-        tiles_PC = torch.cat(chunks).flatten(0, 1) if len(chunks) > 1 else chunks[0].flatten(0, 1)
-        return tiles_PC.index_select(0, index.tile_position_N).view(batch, height * width, -1)
+    def crop(rows_GC: torch.Tensor) -> torch.Tensor:
+        return rows_GC.view(batch, *index.padded_hw, -1)[:, :height, :width]
 
-    return to_tokens(aggregated_chunks), to_tokens(weight_chunks) if need_weights else None
+    return crop(aggregated_GC), crop(weights_GJ) if need_weights else None
 
 
 class LocalGatedPropagation(nn.Module):
@@ -273,18 +292,18 @@ class LocalGatedPropagation(nn.Module):
             map_to_tokens(query_BCHW), self.relative_emb_k.weight.flatten(1), self.relative_emb_k.bias
         )
         scaled_query_BCHW = query_BCHW / self.qk_dim**0.5
-        aggregated_BNC, weights_BNJ = tiled_window_attention(
+        aggregated_BHWC, weights_BHWJ = tiled_window_attention(
             scaled_query_BCHW, key_BCHW, value_BCHW, relative_bias_BNJ, self.max_dis, need_weights=return_weights
         )
-        # The gated read-out as a channels-last view of the tokens: oneDNN's fast depthwise path (~10x faster here
-        # than channels-first), and the projection then reads the conv output as tokens without a transposing copy.
-        # Not tokens_to_map: for B = 1 its view has a batch stride of C, which the convolution does not recognise as
-        # channels-last, so it would copy to channels-first.
-        gated_BCHW = (aggregated_BNC * gate_BNC).view(-1, height, width, self.value_dim).permute(0, 3, 1, 2)
-        mixed_BCHW = self.dw_conv(gated_BCHW)
+        # The gated read-out stays channels-last, and the convolution sees it as a channels-last map: oneDNN's fast
+        # depthwise path (~10x faster here than channels-first), and the projection then reads the conv output as
+        # tokens without a transposing copy. (Not tokens_to_map: for B = 1 its view has a batch stride of C, which
+        # the convolution does not recognise as channels-last, so it would copy to channels-first.)
+        gated_BHWC = aggregated_BHWC * gate_BNC.reshape(-1, height, width, self.value_dim)
+        mixed_BCHW = self.dw_conv(gated_BHWC.permute(0, 3, 1, 2))
         out_BNC = self.projection(map_to_tokens(mixed_BCHW))
         if return_weights:
-            return out_BNC, weights_BNJ.transpose(1, 2)
+            return out_BNC, weights_BHWJ.flatten(1, 2).transpose(1, 2)
         return out_BNC
 
     def _check_inputs(
