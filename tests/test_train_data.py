@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 
 from longvos.train import files
-from longvos.train.augment import crop_homography, motion_step, random_object_point, warp_image, warp_label
+from longvos.train.augment import (crop_homography, motion_step, random_object_point, warp_image,
+                                   warp_label)
 from longvos.train.clips import Clip, paste, select_objects
 from longvos.train.config import AugmentConfig, DataConfig
 from longvos.train.data import TrainingClips
@@ -94,7 +95,8 @@ def test_one_warp_moves_image_and_label_together():
     image = np.where((label > 0)[..., None], np.array(RED, np.uint8), np.array(BLUE, np.uint8))
     cfg = AugmentConfig(rotate_degrees=30, translate=0.2, zoom=0.3, shear_degrees=15, perspective=0.1)
     for trial in range(20):
-        matrix = crop_homography(label.shape, 81, rng, (0.6, 1.5), random_object_point(label, rng), hflip=trial % 2 == 1)
+        matrix = crop_homography(label.shape, 81, rng, (0.6, 1.5), random_object_point(label, rng),
+                                 hflip=trial % 2 == 1)
         for _ in range(3):
             matrix = motion_step(81, rng, cfg) @ matrix
             warped, warped_label = warp_image(image, matrix, 81), warp_label(label, matrix, 81)

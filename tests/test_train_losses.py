@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from longvos.train.losses import (bootstrapped_cross_entropy, live_slots_first, mask_unused_slots, reference_loss_weight,
-                                  segmentation_loss, soft_jaccard_loss, top_k_fraction_at)
+from longvos.train.losses import (bootstrapped_cross_entropy, live_slots_first, mask_unused_slots,
+                                  reference_loss_weight, segmentation_loss, soft_jaccard_loss, top_k_fraction_at)
 
 
 def logits_from_probs(probs_KN: list[list[float]], height: int, width: int) -> torch.Tensor:
@@ -47,7 +47,8 @@ def test_soft_jaccard_by_hand():
     # class c: I = 1, U = 2 + 2 - 1 = 3, smoothed J = (1 + 1) / (3 + 1) = 0.5 -> loss 0.5
     assert soft_jaccard_loss(uniform, labels, live_slots_first(torch.tensor([1]), 2)).item() == pytest.approx(0.5)
     perfect = F.one_hot(labels, 2).permute(0, 3, 1, 2).float() * 100
-    assert soft_jaccard_loss(perfect, labels, live_slots_first(torch.tensor([1]), 2)).item() == pytest.approx(0.0, abs=1e-6)
+    one_object = live_slots_first(torch.tensor([1]), 2)
+    assert soft_jaccard_loss(perfect, labels, one_object).item() == pytest.approx(0.0, abs=1e-6)
 
 
 def test_unused_slots_are_masked_before_the_softmax():
@@ -82,7 +83,8 @@ def test_live_slots_need_not_be_the_first():
     manual = sum(1 - ((probs[0, c] * (labels[0] == c)).sum() + 1) /
                  ((probs[0, c] + (labels[0] == c).float()).sum() - (probs[0, c] * (labels[0] == c)).sum() + 1)
                  for c in (0, 1, 3)) / 3
-    assert soft_jaccard_loss(mask_unused_slots(logits, live), labels, live).item() == pytest.approx(manual.item(), rel=1e-5)
+    loss = soft_jaccard_loss(mask_unused_slots(logits, live), labels, live)
+    assert loss.item() == pytest.approx(manual.item(), rel=1e-5)
 
 
 def test_loss_schedules():

@@ -9,6 +9,8 @@ import sys
 # `add_arguments(parser)` and `run(args) -> int` (the process exit code).
 COMMANDS = {
     "segment": ("segment", "segment objects through a video from first-frame masks or boxes"),
+    "batch": ("batch", "segment many videos from a manifest, resumable, on local workers or Ray"),
+    "app": ("app", "serve a web page: upload a video, mark objects, watch and download the result"),
     "convert": ("convert", "convert an official MAVOS/DeAOT/LiVOS checkpoint to longvos"),
     "eval": ("evaluate", "DAVIS-exact J&F of predictions, or of a model run over a dataset"),
     "bench": ("bench", "speed and memory against video length"),

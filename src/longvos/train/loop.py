@@ -97,7 +97,7 @@ def _train(config: TrainConfig, resume: bool, dist_state: distributed.Distribute
             save_checkpoint(run_dir, at_step, model, ema, optimizer, scaler, config.to_dict(), run.keep_checkpoints)
 
     model.train()
-    step, window_start = start_step, time.perf_counter()
+    step, window_start, window_steps = start_step, time.perf_counter(), 0
     last_step = min(optim.steps, start_step + run.stop_after_steps) if run.stop_after_steps > 0 else optim.steps
     try:
         while step < last_step:
@@ -122,16 +122,16 @@ def _train(config: TrainConfig, resume: bool, dist_state: distributed.Distribute
             scaler.update()
             ema.update(model)
             step += 1
+            window_steps += 1
 
-            if step % run.log_every == 0 or step == optim.steps:
+            if step % run.log_every == 0 or step == last_step:
                 values = distributed.mean_over_processes(
                     {"loss": float(loss.detach()), **stats, "grad_norm": float(grad_norm)}, dist_state)
                 if logger is not None:
-                    elapsed = time.perf_counter() - window_start
-                    logger.log(step, {**values, "lr": lr, "encoder_lr": encoder_lr,
-                                      "top_k": settings.top_k_fraction, "teacher_forcing": int(settings.teacher_forcing),
-                                      "sec_per_step": elapsed / run.log_every})
-                window_start = time.perf_counter()
+                    logger.log(step, {**values, "lr": lr, "encoder_lr": encoder_lr, "top_k": settings.top_k_fraction,
+                                      "teacher_forcing": int(settings.teacher_forcing),
+                                      "sec_per_step": (time.perf_counter() - window_start) / window_steps})
+                window_start, window_steps = time.perf_counter(), 0
             if logger is not None:
                 logger.advance()
             stop_now = stop.requested(dist_state)

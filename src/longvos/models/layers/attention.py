@@ -15,12 +15,15 @@ from torch import nn
 
 
 def tokens_to_map(tokens_BNC: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
-    """``(B, H*W, C)`` tokens -> ``(B, C, H, W)`` map (a copy: convolutions want contiguous channels-first)."""
+    """``(B, H*W, C)`` tokens -> ``(B, C, H, W)`` map, as a channels-last *view* (no copy).
+
+    Built as ``view(B, H, W, C).permute`` rather than ``transpose.reshape``: for B = 1 the latter gives strides that
+    convolutions do not recognise as channels-last, and the depthwise convs then copy and run ~10x slower on CPU."""
     height, width = grid_hw
     batch, num_tokens, channels = tokens_BNC.shape
     if num_tokens != height * width:
         raise ValueError(f"{num_tokens} tokens do not fit a {height}x{width} grid")
-    return tokens_BNC.transpose(1, 2).reshape(batch, channels, height, width)
+    return tokens_BNC.reshape(batch, height, width, channels).permute(0, 3, 1, 2)
 
 
 def map_to_tokens(map_BCHW: torch.Tensor) -> torch.Tensor:

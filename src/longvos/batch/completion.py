@@ -1,0 +1,65 @@
+"""The per-video record that makes ``batch --resume`` skip finished videos and never trust half-finished ones.
+
+``<out>/<name>/.longvos-batch.json`` holds the settings a video was run with. It is written (atomically) with
+``done: false`` before the video starts and rewritten with ``done: true`` only after ``segment_video`` has returned,
+so it is the last file a video's run writes: a run killed at any point leaves either no record or an unfinished one.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from longvos.batch.items import BatchOptions, WorkItem
+from longvos.engine.progress import settings_difference
+from longvos.io.writer import atomic_write
+
+RECORD_FILE = ".longvos-batch.json"
+FORMAT_VERSION = 1
+
+
+def item_settings(item: WorkItem, options: BatchOptions) -> dict[str, Any]:
+    """Everything that decides a video's outputs (the device and worker count do not)."""
+    return {"video": item.video, "mask": item.mask, "frame": item.frame, **options.settings()}
+
+
+@dataclass
+class CompletionRecord:
+    settings: dict[str, Any]
+    done: bool = False
+    frames: int = 0  # frames segmented by the run that finished the video
+    seconds: float = 0.0
+
+    def save(self, folder: Path) -> None:
+        record = {"version": FORMAT_VERSION, "settings": self.settings, "done": self.done, "frames": self.frames,
+                  "seconds": round(self.seconds, 3)}
+        atomic_write(folder / RECORD_FILE, lambda path: path.write_text(json.dumps(record, indent=1)))
+
+    @classmethod
+    def load(cls, folder: Path) -> CompletionRecord | None:
+        """The saved record, or ``None`` when there is none or it cannot be read (the video then runs again)."""
+        try:
+            record = json.loads((folder / RECORD_FILE).read_text())
+            if record.get("version") != FORMAT_VERSION:
+                return None
+            return cls(record["settings"], bool(record["done"]), int(record["frames"]), float(record["seconds"]))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+
+
+def resume_conflict(folder: Path, settings: dict[str, Any]) -> str | None:
+    """Why ``folder`` cannot be resumed with ``settings`` (it holds another run's results), or ``None``."""
+    record = CompletionRecord.load(folder)
+    if record is None:
+        return None
+    difference = settings_difference(record.settings, settings)
+    if difference is None:
+        return None
+    return (f"{folder} holds results made with other settings ({difference}); use another --out, or run without "
+            f"--resume to redo it")
+
+
+def is_complete(folder: Path, settings: dict[str, Any]) -> bool:
+    record = CompletionRecord.load(folder)
+    return record is not None and record.done and record.settings == settings

@@ -1,0 +1,65 @@
+"""The plain records that travel between the batch runner and its workers (processes or Ray actors).
+
+They hold only strings and numbers, so they pickle cheaply and identically for every backend.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+Status = Literal["done", "skipped", "failed"]
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One video to segment: where it is, its starting mask, and the output folder name under ``--out``."""
+
+    name: str  # output sub-folder, unique within a batch
+    video: str  # absolute path of a video file or frame folder
+    mask: str | None  # absolute path of the index-mask PNG for frame ``frame`` (None: the manifest gave none)
+    frame: int = 0  # the frame the mask belongs to; segmentation starts there
+    origin: str = ""  # where the item came from, for messages ("manifest.csv line 4", "DAVIS sequence x")
+    problem: str | None = None  # a fault found while reading the manifest: the item fails with it, unrun
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """How every video of a batch is segmented (the ``segment_video`` settings that are not per video)."""
+
+    model: str = "mavos-lite"
+    checkpoint: str | None = None  # absolute path
+    dtype: str | None = None
+    memory: str | None = None
+    mem_gap: int | None = None
+    max_size: int | None = 480
+    overlay: str | None = None  # "mp4" or "webm": also write <out>/<name>/overlay.<ext>
+    per_object: bool = False
+    save_probs: bool = False
+    threads: int | None = None  # torch CPU threads per worker (None: torch's default)
+
+    def settings(self) -> dict[str, Any]:
+        """What must match for a resumed batch to count an earlier result as its own (threads only set speed)."""
+        record = asdict(self)
+        record.pop("threads")
+        return record
+
+
+@dataclass
+class VideoResult:
+    """What happened to one work item."""
+
+    name: str
+    status: Status
+    frames: int = 0  # frames segmented by this run
+    seconds: float = 0.0
+    reason: str = ""  # why it failed or was skipped
+    worker: str = ""  # which worker ran it ("cpu:0#1", "ray#0", ...)
+
+    @property
+    def fps(self) -> float:
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+
+def output_folder(out_root: str | Path, item: WorkItem) -> Path:
+    return Path(out_root) / item.name

@@ -1,0 +1,72 @@
+"""`longvos batch MANIFEST --out DIR`: segment many videos, each in isolation, resumable, locally or on Ray.
+
+MANIFEST is a CSV or JSONL file of (video, mask[, frame][, name]) rows, or a DAVIS-layout folder (JPEGImages/,
+Annotations/). Every video goes to DIR/<name>/; a video that fails is reported with its reason and the others go on.
+`--resume` skips videos that are complete and continues interrupted ones. Ends with a summary table (also written to
+DIR/batch-summary.csv); the exit code is 1 if any video failed.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from longvos.cli.main import CommandError
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("manifest", type=Path, help="CSV/JSONL manifest of video,mask[,frame][,name] rows, or a "
+                                                    "DAVIS-layout folder")
+    parser.add_argument("--out", required=True, type=Path, help="output folder: one sub-folder per video")
+    parser.add_argument("--backend", default="local", choices=("local", "ray"),
+                        help="local: worker processes on this machine (default); ray: Ray actors on a cluster")
+    parser.add_argument("--devices", default=None, metavar="LIST",
+                        help="local backend: comma-separated devices, e.g. cuda:0,cuda:1 or cpu "
+                             "(default: every GPU, else the CPU)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="worker processes/actors in all (default: one per device; ray: one per GPU, else per "
+                             "--threads CPUs)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads per worker (default: the CPU cores shared among CPU workers)")
+    parser.add_argument("--ray-address", default=None,
+                        help="ray backend: cluster to join (auto, ray://host:10001); default: a local Ray instance")
+    parser.add_argument("--resume", action="store_true", help="skip complete videos, continue interrupted ones")
+    parser.add_argument("--overlay", choices=("mp4", "webm"), default=None,
+                        help="also write DIR/<name>/overlay.<format>")
+    parser.add_argument("--model", default=None, help="model name (see `longvos models`; default: mavos-lite)")
+    parser.add_argument("--checkpoint", type=Path, help="longvos or official checkpoint (default: bundled weights)")
+    parser.add_argument("--dtype", default=None, help="autocast compute dtype: fp32 (default), bf16 or fp16")
+    parser.add_argument("--max-size", type=int, default=480,
+                        help="short side the network sees, in pixels (0 = native); outputs keep the original size")
+    parser.add_argument("--memory", default=None, help="long-term memory design override (mca, ref+prev, growing)")
+    parser.add_argument("--mem-gap", type=int, default=None, help="frames between long-term memory updates")
+    parser.add_argument("--per-object", action="store_true", help="also write objects/<id>/<frame>.png (0/255)")
+    parser.add_argument("--probs", action="store_true", help="also write probs/<frame>.npz (float16 probabilities)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    from longvos.batch import BatchOptions, run_batch
+    from longvos.cli.segment import one_line
+    from longvos.engine.pipeline import DEFAULT_MODEL
+    from longvos.io.errors import InputError
+
+    options = BatchOptions(
+        model=args.model or DEFAULT_MODEL, checkpoint=None if args.checkpoint is None else str(args.checkpoint),
+        dtype=args.dtype, memory=args.memory, mem_gap=args.mem_gap, max_size=args.max_size or None,
+        overlay=args.overlay, per_object=args.per_object, save_probs=args.probs, threads=args.threads,
+    )
+    devices = [device.strip() for device in args.devices.split(",") if device.strip()] if args.devices else None
+    if devices and args.backend == "ray":
+        raise CommandError("--devices is for the local backend; Ray places workers on the cluster's GPUs or CPUs")
+    if args.workers is not None and args.workers < 1:
+        raise CommandError(f"--workers must be >= 1, got {args.workers}")
+    try:
+        summary = run_batch(args.manifest, args.out, options, backend=args.backend, devices=devices,
+                            workers=args.workers, ray_address=args.ray_address, resume=args.resume,
+                            progress=not args.quiet)
+    except (InputError, OSError, ValueError) as err:
+        raise CommandError(one_line(err)) from None
+    print(summary.table())
+    print(f"summary written to {summary.csv_path}", file=sys.stderr)
+    return 0 if summary.ok else 1
