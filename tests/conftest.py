@@ -1,6 +1,7 @@
 """Shared test fixtures: paths to the real data and golden outputs in ../shared (never copied into the repo)."""
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 
@@ -45,3 +46,12 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def optional_import(module: str, install: str):
+    """Import an optional extra for a test. Without it the test is skipped, except where
+    ``LONGVOS_REQUIRE_OPTIONAL=1`` (CI installs every extra), where its absence is an error, not a silent skip."""
+    if os.environ.get("LONGVOS_REQUIRE_OPTIONAL") == "1":
+        return importlib.import_module(module)
+    return pytest.importorskip(module, reason=f"optional: {install}")
+
