@@ -26,6 +26,7 @@ from longvos.convert import save_model
 from longvos.engine.pipeline import segment_video
 from longvos.engine.segmenter import load_model
 from longvos.io.masks import read_index_mask
+from longvos.io.video import open_video
 from longvos.models.registry import create_model
 
 MODEL, MAX_SIZE = "mavos-lite", 64
@@ -100,7 +101,7 @@ def first_batch(dev_dir, clips, checkpoint, tmp_path_factory):
     with contextlib.redirect_stdout(stdout):
         code = main(["batch", str(manifest), "--out", str(out), "--model", MODEL, "--checkpoint", str(checkpoint),
                      "--max-size", str(MAX_SIZE), "--devices", "cpu", "--workers", "2", "--threads", "1",
-                     "--quiet"])
+                     "--overlay", "mp4", "--quiet"])
     return code, stdout.getvalue(), manifest, out
 
 
@@ -134,6 +135,8 @@ def test_good_videos_match_segment_video_and_bad_ones_fail_alone(first_batch, de
         assert sorted(got) == sorted(expected)
         assert all(np.array_equal(got[frame], expected[frame]) for frame in expected), name
     assert sorted(expected_car) == ["00001", "00002", "00003", "00004", "00005"]  # starts at the mask's frame
+    overlay = open_video(out / "car" / "overlay.mp4")
+    assert len(overlay) == 5 and overlay.frame_size == (480, 854)
     record = json.loads((out / "car" / RECORD_FILE).read_text())
     assert record["done"] is True and record["frames"] == 5 and record["settings"]["max_size"] == MAX_SIZE
 
@@ -143,22 +146,21 @@ def test_resume_skips_complete_videos_without_starting_a_worker(first_batch, che
     good = tmp_path / "good.csv"
     good.write_text("".join(manifest.read_text().splitlines(keepends=True)[:3]))
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*.png")}
-    code = main(["batch", str(good), "--out", str(out), "--model", MODEL, "--checkpoint",
-                 str(checkpoint), "--max-size", str(MAX_SIZE),
-                 "--resume", "--quiet"])
+    same_command = ["batch", str(good), "--out", str(out), "--model", MODEL, "--checkpoint", str(checkpoint),
+                    "--overlay", "mp4", "--resume", "--quiet"]
+    code = main([*same_command, "--max-size", str(MAX_SIZE)])
     stdout = capsys.readouterr().out
     assert code == 0, stdout
     assert "0 done, 2 skipped, 0 failed" in stdout and stdout.count("already complete") == 2
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.png")} == before
 
-    code = main(["batch", str(good), "--out", str(out), "--model", MODEL, "--checkpoint",
-                 str(checkpoint), "--max-size", "96", "--resume",
-                 "--quiet"])
+    code = main([*same_command, "--max-size", "96"])
     stdout = capsys.readouterr().out
     assert code == 1 and "0 done, 0 skipped, 2 failed" in stdout
     assert "other settings (max_size: 64 -> 96)" in (out / "batch-summary.csv").read_text()
 
 
+@pytest.mark.slow
 def test_killed_worker_fails_only_its_video_and_resume_finishes_it(dev_dir, checkpoint, tmp_path):
     long_clip = copy_clip(dev_dir, "car-shadow", 20, tmp_path / "clips")
     short_clip = copy_clip(dev_dir, "blackswan", 3, tmp_path / "clips")

@@ -157,14 +157,17 @@ def set_prompt_mask(job: Job, ids: np.ndarray, palette: np.ndarray | None = None
         job.state, job.error = READY, None
 
 
-def read_uploaded_mask(job: Job, upload: BinaryIO, length: int) -> tuple[np.ndarray, np.ndarray | None]:
+def read_uploaded_mask(job: Job, upload: BinaryIO, length: int,
+                       filename: str = "the mask") -> tuple[np.ndarray, np.ndarray | None]:
     """A first-frame mask PNG uploaded for ``job``, validated like ``segment --mask`` validates one."""
     if length > 64 << 20:
-        raise InputError("the mask file is over 64 MiB; a mask is a PNG the size of the video")
+        raise InputError(f"{filename}: over 64 MiB; a mask is a PNG the size of the video")
     staged = job.folder / "upload-mask.png"
     _copy_exactly(upload, staged, length)
     try:
         mask = read_index_mask(staged, (job.height, job.width), what=f"the video ({job.name})")
+    except InputError as err:  # name the user's file, not the server's copy of it
+        raise InputError(str(err).replace(str(staged), filename)) from None
     finally:
         staged.unlink(missing_ok=True)
     return mask.ids, mask.palette

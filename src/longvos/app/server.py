@@ -23,6 +23,7 @@ import shutil
 import sys
 import tempfile
 import threading
+import traceback
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -112,6 +113,7 @@ class AppRequestHandler(BaseHTTPRequestHandler):
                 return self._send_error(HTTPStatus.NOT_FOUND, f"no such page: {path}")
             job = self.server.jobs.get(match.group(1))
             action = match.group(2) or "status"
+            # Action "x.y" on a job is the method _<get|post>_x_y below, as http.server's do_<METHOD> convention.
             handler = getattr(self, f"_{method.lower()}_{action.replace('.', '_')}", None)
             if handler is None:
                 return self._send_error(HTTPStatus.NOT_FOUND, f"no such page: {method} {path}")
@@ -122,12 +124,18 @@ class AppRequestHandler(BaseHTTPRequestHandler):
             self._send_error(HTTPStatus.BAD_REQUEST, str(err))
         except (BrokenPipeError, ConnectionResetError):
             pass  # the browser went away (a <video> often drops requests it no longer needs)
+        except Exception as err:  # noqa: BLE001 - a bug or a disk error: answer, log, and keep serving
+            traceback.print_exc()
+            self._send_error(HTTPStatus.INTERNAL_SERVER_ERROR, f"internal error: {type(err).__name__}: {err}")
 
     # -- job actions ----------------------------------------------------------------------------------------------
 
     def _create_job(self) -> dict[str, Any]:
-        filename = Path(unquote(self.headers.get("X-Filename", ""))).name  # the page percent-encodes it
-        return self.server.jobs.create(self.rfile, self._content_length(), filename).status()
+        return self.server.jobs.create(self.rfile, self._content_length(), self._filename("video")).status()
+
+    def _filename(self, default: str) -> str:
+        """The uploaded file's name (the page percent-encodes it: headers cannot carry every character)."""
+        return Path(unquote(self.headers.get("X-Filename", ""))).name or default
 
     def _get_status(self, job: Job) -> None:
         self._send_json(job.status())
@@ -152,7 +160,7 @@ class AppRequestHandler(BaseHTTPRequestHandler):
         self._send_json(job.status())
 
     def _post_mask(self, job: Job) -> None:
-        ids, palette = read_uploaded_mask(job, self.rfile, self._content_length())
+        ids, palette = read_uploaded_mask(job, self.rfile, self._content_length(), self._filename("the mask"))
         set_prompt_mask(job, ids, palette)
         self._send_json(job.status())
 

@@ -20,6 +20,8 @@ import torch
 from longvos.batch.events import Event, VideoFinished, VideoStarted
 from longvos.batch.items import BatchOptions, VideoResult, WorkItem
 from longvos.device import resolve_device
+from longvos.engine.segmenter import usable_device
+from longvos.io.errors import InputError
 
 #: Seconds between checks that every worker process is still alive.
 POLL_SECONDS = 0.5
@@ -39,9 +41,11 @@ def plan_workers(devices: list[str] | None = None, workers: int | None = None,
     if not devices:
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0
         devices = [f"cuda:{i}" for i in range(count)] or [str(resolve_device("auto"))]
+    for device in devices:
+        usable_device(device)  # a device this machine lacks fails here, not once per video in every worker
     count = workers or len(devices)
     if count < 1:
-        raise ValueError(f"workers must be >= 1, got {count}")
+        raise InputError(f"workers must be >= 1, got {count}")
     assigned = [devices[i % len(devices)] for i in range(count)]
     cpu_workers = sum(device == "cpu" for device in assigned)
     specs = []
@@ -54,7 +58,7 @@ def plan_workers(devices: list[str] | None = None, workers: int | None = None,
 def run_local(items: list[WorkItem], out_root: str, options: BatchOptions, resume: bool,
               on_event: Callable[[Event], None], specs: list[WorkerSpec] | None = None) -> list[VideoResult]:
     """Segment ``items`` with worker processes; returns one result per item, in the order they finished."""
-    specs = (specs or plan_workers(threads=options.threads))[: len(items)] or plan_workers(workers=1)
+    specs = (specs or plan_workers(threads=options.threads))[: len(items)]  # no idle workers to start
     context = mp.get_context("spawn")
     tasks, events = context.Queue(), context.Queue()
     for item in items:

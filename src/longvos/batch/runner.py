@@ -42,7 +42,11 @@ def run_batch(
     if backend not in BACKENDS:
         raise InputError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
     options = _checked(options or BatchOptions())
-    items = read_manifest(items) if isinstance(items, (str, Path)) else with_unique_names(list(items))
+    if isinstance(items, (str, Path)):
+        items = read_manifest(items)
+    else:  # workers may run elsewhere (another process, a Ray node): give them absolute paths
+        items = with_unique_names([replace(item, video=str(Path(item.video).resolve()),
+                                           mask=item.mask and str(Path(item.mask).resolve())) for item in items])
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()

@@ -62,8 +62,6 @@ class VideoWorker:
         """Segment one item into ``out_root/<name>``; never raises (failures become ``failed`` results)."""
         started = time.perf_counter()
         try:
-            if item.problem is not None:
-                raise InputError(item.problem)
             segmenter = self._load(emit)
             started = time.perf_counter()  # the model loads once per worker: not part of any video's time
             frames = self._segment(item, segmenter, out_root, resume, emit)

@@ -122,13 +122,14 @@ $("new-object").addEventListener("click", () => {
 });
 
 $("undo").addEventListener("click", () => {
-  if (!state.history.length) return;
+  if (!state.history.length || state.running) return;
   state.objects = state.history.pop();
   state.current = Math.min(state.current, state.objects.length - 1);
   sendMarks();
 });
 
 $("clear").addEventListener("click", () => {
+  if (state.running) return;
   remember();
   state.objects = [emptyObject()];
   state.current = 0;
@@ -144,7 +145,8 @@ function framePoint(event) {
   const rect = canvas.getBoundingClientRect();
   const x = ((event.clientX - rect.left) * canvas.width) / rect.width;
   const y = ((event.clientY - rect.top) * canvas.height) / rect.height;
-  return [Math.max(0, Math.min(canvas.width - 1, Math.round(x))), Math.max(0, Math.min(canvas.height - 1, Math.round(y)))];
+  const clamp = (value, size) => Math.max(0, Math.min(size - 1, Math.round(value)));
+  return [clamp(x, canvas.width), clamp(y, canvas.height)];
 }
 
 canvas.addEventListener("pointerdown", (event) => {
@@ -212,7 +214,9 @@ $("mask-input").addEventListener("change", async () => {
   if (!file || !state.job) return;
   const request = ++state.promptRequest;
   try {
-    const status = await apiJson(await fetch(`/api/jobs/${state.job.id}/mask`, { method: "POST", body: file }));
+    const status = await apiJson(await fetch(`/api/jobs/${state.job.id}/mask`, {
+      method: "POST", body: file, headers: { "X-Filename": encodeURIComponent(file.name) },
+    }));
     if (request !== state.promptRequest) return;
     state.history = [];
     state.objects = [emptyObject()];
@@ -220,7 +224,7 @@ $("mask-input").addEventListener("change", async () => {
     state.maskFile = true;
     await showMask(status);
   } catch (error) {
-    setStatus($("prompt-status"), `${file.name}: ${error.message}`, true);
+    setStatus($("prompt-status"), error.message, true);
   } finally {
     $("mask-input").value = "";
   }
@@ -230,7 +234,8 @@ async function showMask(status) {
   state.job = status;
   state.preview = await loadImage(`/api/jobs/${status.id}/prompt.png?v=${state.promptRequest}`);
   const count = status.objects.length;
-  setStatus($("prompt-status"), count ? `${count} object${count > 1 ? "s" : ""} ready${state.maskFile ? " (from the mask file)" : ""}.`
+  const source = state.maskFile ? " (from the mask file)" : "";
+  setStatus($("prompt-status"), count ? `${count} object${count > 1 ? "s" : ""} ready${source}.`
     : "Drag a box around an object, or click on it.");
   $("run").disabled = count === 0;
   render();
@@ -288,7 +293,8 @@ function renderObjectList() {
     swatch.className = "swatch";
     swatch.style.background = paletteColour(marked ? id : markedObjects().length + 1);
     const clicks = object.points.length;
-    const parts = [object.box ? `box ${object.box.join(",")}` : null, clicks ? `${clicks} click${clicks > 1 ? "s" : ""}` : null];
+    const parts = [object.box ? `box ${object.box.join(",")}` : null,
+      clicks ? `${clicks} click${clicks > 1 ? "s" : ""}` : null];
     item.append(swatch, `Object ${marked ? id : "(new)"}: ${parts.filter(Boolean).join(", ") || "not marked yet"}`);
     item.dataset.objectId = marked ? String(id) : "";
     item.dataset.box = object.box ? object.box.join(",") : "";
@@ -301,7 +307,8 @@ function renderObjectList() {
   const boxesOnly = marked.length > 0 && !state.maskFile && marked.every((o) => o.box && !o.points.length);
   $("cli-line").hidden = !boxesOnly;
   if (boxesOnly) {
-    $("cli-command").textContent = `longvos segment ${state.job.name} ${marked.map((o) => `--box ${o.box.join(",")}`).join(" ")} --out masks/`;
+    const boxes = marked.map((o) => `--box ${o.box.join(",")}`).join(" ");
+    $("cli-command").textContent = `longvos segment ${state.job.name} ${boxes} --out masks/`;
   }
 }
 

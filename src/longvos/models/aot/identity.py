@@ -7,6 +7,7 @@ which amounts to a per-patch mixture of the slots' identity vectors. DeAOT/MAVOS
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from longvos.models.layers.attention import map_to_tokens
@@ -39,4 +40,21 @@ class IdentityEmbedding(nn.Module):
         if masks_BKHW.ndim != 4 or masks_BKHW.shape[1] != self.num_classes:
             raise ValueError(f"identity embedding: masks must be (B, {self.num_classes}, H, W) "
                              f"(background + object slots), got {tuple(masks_BKHW.shape)}")
-        return self.norm(map_to_tokens(self.bank(masks_BKHW)))
+        return self.norm(map_to_tokens(self._bank_conv(masks_BKHW)))
+
+    def _bank_conv(self, masks_BKHW: torch.Tensor) -> torch.Tensor:
+        """``self.bank(masks_BKHW)``, skipping (on CPU) the channels that are zero everywhere.
+
+        A pass rarely fills all its slots (one tracked object leaves 9 of MAVOS's 11 channels empty), and this
+        17x17 convolution at the full input size is then mostly multiplications by zero: 56 ms of a 480p frame on
+        one thread, 12 ms without the empty channels. The convolution is linear in the mask, so leaving them out
+        changes nothing but the order of the float additions. Not on GPUs, where the check would wait for the device.
+        """
+        if masks_BKHW.device.type != "cpu":
+            return self.bank(masks_BKHW)
+        used_K = masks_BKHW.flatten(2).ne(0).any(dim=2).any(dim=0)
+        if bool(used_K.all()):
+            return self.bank(masks_BKHW)
+        channels = used_K.nonzero().squeeze(1)
+        return F.conv2d(masks_BKHW.index_select(1, channels), self.bank.weight.index_select(1, channels),
+                        self.bank.bias, self.bank.stride, self.bank.padding)

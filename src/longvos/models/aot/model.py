@@ -46,6 +46,12 @@ def network_input_size(config: AOTConfig, height: int, width: int) -> tuple[int,
                  for size in (height, width))
 
 
+def winning_channel(probs_KHW: torch.Tensor) -> torch.Tensor:
+    """``(H, W)`` index of the largest channel, the first one on ties (as ``argmax``). ``max(dim=0).indices``
+    rather than ``argmax(dim=0)``: on CPU the latter reduces over the outer dimension ~10x slower (135 ms at 480p)."""
+    return probs_KHW.max(dim=0).indices
+
+
 @dataclass
 class ImageFeatures:
     """Encoder output of a frame: decoder shortcuts at strides 4, 8, 16, and the projected stride-16 embedding."""
@@ -179,7 +185,7 @@ class AOTModel(VOSModel):
         if masks:
             return self._memorise_references(state, features, probs_KHW, masks, frame_hw)
 
-        pass_one_hots = self._pass_one_hots(state, probs_KHW.argmax(dim=0))
+        pass_one_hots = self._pass_one_hots(state, winning_channel(probs_KHW))
         for pass_, propagation, one_hot_KHW in zip(state.passes, propagations, pass_one_hots):
             pass_.memory = self.write_memory(pass_.memory, propagation, one_hot_KHW.unsqueeze(0))
         return probs_KHW
@@ -233,7 +239,7 @@ class AOTModel(VOSModel):
         claimed_HW = strongest_HW > _MASK_THRESHOLD
         given_channels_G = torch.tensor([1 + state.object_ids.index(obj) for obj in given_ids],
                                         device=merged_KHW.device)
-        labels_HW = torch.where(claimed_HW, given_channels_G[which_HW], merged_KHW.argmax(dim=0))
+        labels_HW = torch.where(claimed_HW, given_channels_G[which_HW], winning_channel(merged_KHW))
         merged_KHW = torch.where(claimed_HW, labels_to_one_hot(labels_HW[None], num_channels)[0], merged_KHW)
 
         for pass_, one_hot_KHW in zip(state.passes, self._pass_one_hots(state, labels_HW)):
