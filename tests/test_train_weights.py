@@ -34,6 +34,7 @@ def mean_iou_on_dev(segmenter, dev_dir, sequence: str = "car-shadow", frames: in
     return float(np.mean(ious))
 
 
+@pytest.mark.slow
 def test_bundled_weights_track_a_real_object_and_random_ones_do_not(dev_dir):
     import longvos
     from longvos.engine.segmenter import Segmenter
