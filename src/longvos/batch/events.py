@@ -1,8 +1,8 @@
 """Progress events that workers send to the batch runner, and the terminal display built from them.
 
 Workers never draw anything themselves (several processes writing bars to one terminal garble it): they send small
-events through their backend's queue, and the runner's :class:`ProgressDisplay` shows one overall bar plus one bar
-per video in progress.
+events back (through a pipe per worker process, or a Ray queue), and the runner's :class:`ProgressDisplay` shows one
+overall bar plus one bar per video in progress.
 """
 from __future__ import annotations
 

@@ -1,29 +1,31 @@
-"""The ``local`` backend: one worker process per device (or several), pulling videos from a shared work queue.
+"""The ``local`` backend: one worker process per device (or several), each handed the next video when it is free.
 
 This is the pattern of aot-benchmark's multi-GPU evaluation: processes are spawned (safe with CUDA), each loads the
-model once and takes the next video when it finishes one, so uneven video lengths balance themselves. A worker
-process that dies (killed, out of memory, a crash in native code) fails only the video it was working on; a
-replacement process takes over the rest of the queue.
+model once and asks for more work when it finishes a video, so uneven video lengths balance themselves. The parent
+is the work queue, and each worker talks to it over its own pipe: a worker process that dies (killed, out of
+memory, a crash in native code) can never leave a shared lock held that would hang the others (as a shared
+``multiprocessing.Queue`` can), fails only the video it was working on, and is replaced for the rest.
 """
 from __future__ import annotations
 
 import multiprocessing as mp
 import os
-import queue
+import pickle
 import signal
-import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
 
 import torch
 
-from longvos.batch.events import Event, VideoFinished, VideoStarted
+from longvos.batch.events import Event, VideoFinished
 from longvos.batch.items import BatchOptions, VideoResult, WorkItem
 from longvos.device import resolve_device
 from longvos.engine.segmenter import usable_device
 from longvos.io.errors import InputError
 
-#: Seconds between checks that every worker process is still alive.
+#: Seconds between checks on the worker processes while no message arrives.
 POLL_SECONDS = 0.5
 
 
@@ -55,94 +57,112 @@ def plan_workers(devices: list[str] | None = None, workers: int | None = None,
     return specs
 
 
+class _Worker:
+    """The parent's handle on one worker process: its pipe and the video it is working on."""
+
+    def __init__(self, context: mp.context.SpawnContext, spec: WorkerSpec, options: BatchOptions, out_root: str,
+                 resume: bool):
+        self.spec = spec
+        self.connection, child_end = context.Pipe()
+        self.process = context.Process(target=_worker_main, args=(spec, options, out_root, resume, child_end),
+                                       name=f"longvos-batch-{spec.label}", daemon=True)
+        self.process.start()
+        child_end.close()  # the child holds its own copy; the parent then sees EOF when the child dies
+        self.item: WorkItem | None = None
+
+    def give(self, item: WorkItem | None) -> None:
+        """Send the next video, or ``None``: no more work, stop."""
+        self.item = item
+        self.connection.send(item)
+
+
 def run_local(items: list[WorkItem], out_root: str, options: BatchOptions, resume: bool,
               on_event: Callable[[Event], None], specs: list[WorkerSpec] | None = None) -> list[VideoResult]:
     """Segment ``items`` with worker processes; returns one result per item, in the order they finished."""
     specs = (specs or plan_workers(threads=options.threads))[: len(items)]  # no idle workers to start
     context = mp.get_context("spawn")
-    tasks, events = context.Queue(), context.Queue()
-    for item in items:
-        tasks.put(item)
-    for _ in specs:
-        tasks.put(None)  # one stop sign per worker
-
-    def start(spec: WorkerSpec) -> mp.process.BaseProcess:
-        process = context.Process(target=_worker_main, args=(spec, options, out_root, resume, tasks, events),
-                                  name=f"longvos-batch-{spec.label}", daemon=True)
-        process.start()
-        return process
-
-    processes = {spec.label: (spec, start(spec)) for spec in specs}
-    in_flight: dict[str, str] = {}  # worker label -> name of the video it works on
+    pending = deque(items)
     results: list[VideoResult] = []
-    restarts_left = len(items)  # bounds a worker that dies before it can take any video
+    restarts_left = len(items)  # bounds a worker that keeps dying before it can finish anything
+    workers: list[_Worker] = []
 
-    def handle(event: Event) -> None:
-        if isinstance(event, VideoStarted):
-            in_flight[event.worker] = event.name
-        elif isinstance(event, VideoFinished):
-            in_flight.pop(event.result.worker, None)
-            results.append(event.result)
-        on_event(event)
+    def finish(result: VideoResult) -> None:
+        results.append(result)
+        on_event(VideoFinished(result))
 
-    def replace_dead_workers() -> None:
+    def start(spec: WorkerSpec) -> None:
+        worker = _Worker(context, spec, options, out_root, resume)
+        workers.append(worker)
+        feed(worker)
+
+    def feed(worker: _Worker) -> None:
+        try:
+            worker.give(pending.popleft() if pending else None)
+        except OSError:  # it died before it could take the video: the video goes back to the queue
+            if worker.item is not None:
+                pending.appendleft(worker.item)
+                worker.item = None
+
+    def bury(worker: _Worker) -> None:
+        """A worker that stopped: fail its video if it died during one, and replace it if work remains."""
         nonlocal restarts_left
-        for label, (spec, process) in list(processes.items()):
-            if process.is_alive() or process.exitcode == 0:
-                continue
-            _drain(events, handle)  # what it said before it died
-            name = in_flight.pop(label, None)
-            if name is not None:
-                handle(VideoFinished(VideoResult(name, "failed", worker=label, reason=(
-                    f"worker process {label} died (exit code {process.exitcode}) while segmenting it"))))
-            del processes[label]
-            if len(results) + len(in_flight) < len(items) and restarts_left > 0:
-                restarts_left -= 1
-                processes[label] = (spec, start(spec))  # it takes over the dead worker's stop sign too
+        workers.remove(worker)
+        worker.process.join(timeout=10)
+        worker.connection.close()
+        if worker.item is not None:
+            finish(VideoResult(worker.item.name, "failed", worker=worker.spec.label, reason=(
+                f"worker process {worker.spec.label} died (exit code {worker.process.exitcode}) while segmenting "
+                f"it")))
+        if pending and restarts_left > 0:
+            restarts_left -= 1
+            start(worker.spec)
 
     completed = False
     try:
-        last_check = time.monotonic()
-        while len(results) < len(items) and processes:
-            try:
-                handle(events.get(timeout=POLL_SECONDS))
-            except queue.Empty:
-                pass
-            if time.monotonic() - last_check >= POLL_SECONDS:
-                last_check = time.monotonic()
-                replace_dead_workers()
-        finished = {result.name for result in results}
-        for item in items:  # only when every worker died and none could be restarted
-            if item.name not in finished:
-                handle(VideoFinished(VideoResult(item.name, "failed", reason="not run: every worker process died")))
+        for spec in specs:
+            start(spec)
+        while workers:
+            by_connection = {worker.connection: worker for worker in workers}
+            by_sentinel = {worker.process.sentinel: worker for worker in workers}
+            for ready in wait([*by_connection, *by_sentinel], timeout=POLL_SECONDS):
+                worker = by_connection.get(ready) or by_sentinel[ready]
+                if worker not in workers:
+                    continue  # both its pipe and its sentinel were ready: already handled
+                if ready is worker.connection:
+                    try:
+                        event = worker.connection.recv()
+                    except (EOFError, OSError, pickle.UnpicklingError):  # died, maybe mid-message
+                        bury(worker)
+                        continue
+                    if isinstance(event, VideoFinished):
+                        worker.item = None
+                        finish(event.result)
+                        feed(worker)
+                    else:
+                        on_event(event)
+                elif not worker.connection.poll():  # exited, and nothing it said is left unread
+                    bury(worker)
+        for item in pending:  # only when workers kept dying and the restarts ran out
+            finish(VideoResult(item.name, "failed", reason="not run: the worker processes kept dying"))
         completed = True
     finally:
-        for _, process in processes.values():
+        for worker in workers:
             if not completed:
-                process.terminate()  # Ctrl+C or an error here: stop mid-video (every written frame is whole)
-            process.join(timeout=10)  # after a complete run, workers stop at their stop sign
-            if process.is_alive():
-                process.kill()
-        tasks.close()
-        events.close()
+                worker.process.terminate()  # Ctrl+C or an error here: stop mid-video (every written frame is whole)
+            worker.process.join(timeout=10)
+            if worker.process.is_alive():
+                worker.process.kill()
+            worker.connection.close()
     return results
 
 
-def _drain(events: mp.Queue, handle: Callable[[Event], None]) -> None:
-    while True:
-        try:
-            handle(events.get(timeout=0.1))
-        except queue.Empty:
-            return
-
-
-def _worker_main(spec: WorkerSpec, options: BatchOptions, out_root: str, resume: bool, tasks: mp.Queue,
-                 events: mp.Queue) -> None:
-    """A worker process: videos from ``tasks`` until its stop sign, results and progress to ``events``."""
+def _worker_main(spec: WorkerSpec, options: BatchOptions, out_root: str, resume: bool, connection: Connection) -> None:
+    """A worker process: videos from ``connection`` until ``None``; progress and results back through it."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C is the parent's to handle: it stops the workers
     from longvos.batch.worker import VideoWorker  # imported here: torch loads in the child, after spawn
 
     worker = VideoWorker(options, spec.device, spec.label, spec.threads)
-    while (item := tasks.get()) is not None:
-        result = worker.process(item, out_root, resume, events.put)
-        events.put(VideoFinished(result))
+    while (item := connection.recv()) is not None:
+        result = worker.process(item, out_root, resume, connection.send)
+        connection.send(VideoFinished(result))
+    connection.close()

@@ -67,6 +67,6 @@ def run(args: argparse.Namespace) -> int:
                             progress=not args.quiet)
     except (InputError, OSError, ValueError) as err:
         raise CommandError(one_line(err)) from None
-    print(summary.table())
+    print(summary.table(), flush=True)
     print(f"summary written to {summary.csv_path}", file=sys.stderr)
     return 0 if summary.ok else 1
