@@ -14,8 +14,7 @@ layout; the weights are then scattered back into the halo row (exact zeros elsew
 Tiles are gathered from the token tables by row index, with one zero row appended: halo positions outside the image
 (the official zero padding) and the query positions that pad the grid up to whole tiles all read that row. The price
 of the halo: ``(T + 2d)²`` multiply-adds per query and value channel instead of 225, and a gathered copy of the value
-halos, ``(T + 2d)² / T²`` times the value map (on CPU gathered a few tiles at a time into one reused buffer, see
-``_CPU_CHUNK_HALO_BYTES``).
+halos, ``(T + 2d)² / T²`` times the value map (on CPU gathered a few tiles at a time, see ``_CPU_CHUNK_HALO_BYTES``).
 
 Layouts: maps are ``(B, C, H, W)``; tokens are batch-first ``(B, N, C)`` with ``n = y * W + x``. Window index
 ``j = (dy + max_dis) * window + (dx + max_dis)`` for the neighbour at ``(y + dy, x + dx)``, as in the official
@@ -47,14 +46,12 @@ _OUTSIDE_PENALTY_HALF = 1e4
 # CPU thread (31x54 and 60x108 grids, value width 1024), 8 was the fastest.
 TILE_SIZE = 8
 
-# On CPU the tiles are processed a chunk at a time, and every chunk gathers its value halos into the same buffer of
-# about this size. New memory is what this avoids: glibc serves large buffers as fresh pages from the kernel (always
-# above 32 MiB, often below that too, depending on its adaptive threshold), and page-faulting them in cost as much as
-# the matrix products. Measured on one thread, short-term propagation with value width 1024: one whole-grid buffer
-# was ~1.4x slower at 960p than a new 16 MiB buffer per chunk, which was 1.1-1.5x slower (480p: 78 vs 53 ms; 960p:
-# 236 vs 208 ms) than this one reused 4 MiB buffer. GPUs have a caching allocator and prefer few large kernels, so
-# they take all tiles at once.
-_CPU_CHUNK_HALO_BYTES = 4 * 2**20
+# On CPU the tiles are processed a chunk at a time, each chunk's gathered value halo under this size. A buffer above
+# glibc's largest mmap threshold (32 MiB) is fresh pages from the kernel on every call, and page-faulting them in
+# cost as much as the matrix products. Measured on one thread: halo gather + value product ~2x faster in chunks than
+# as one whole-grid buffer, and the whole forward at 960p ~1.4x faster. GPUs have a caching allocator and prefer few
+# large kernels, so they take all tiles at once.
+_CPU_CHUNK_HALO_BYTES = 16 * 2**20
 
 
 def outside_window_mask(height: int, width: int, max_dis: int, device: torch.device) -> torch.Tensor:
@@ -139,10 +136,9 @@ def token_table(map_BCHW: torch.Tensor) -> torch.Tensor:
     return F.pad(tokens_NC, (0, 0, 0, 1))
 
 
-def gather_rows(table_RC: torch.Tensor, rows: torch.Tensor, buffer_XC: torch.Tensor | None = None) -> torch.Tensor:
-    """``table_RC[rows]``, shape ``(*rows.shape, C)``; written into the first rows of ``buffer_XC`` if given."""
-    out_RC = None if buffer_XC is None else buffer_XC[: rows.numel()]
-    return torch.index_select(table_RC, 0, rows.flatten(), out=out_RC).view(*rows.shape, -1)
+def gather_rows(table_RC: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """``table_RC[rows]``, shape ``(*rows.shape, C)``."""
+    return table_RC.index_select(0, rows.flatten()).view(*rows.shape, -1)
 
 
 def window_softmax_over_tiles(
@@ -233,12 +229,6 @@ def tiled_window_attention(
     chunk = tiles_per_chunk(value_BCHW, num_tiles, halo_area)
     grid_rows = batch * index.padded_hw[0] * index.padded_hw[1]
     aggregated_GC = weights_GJ = None  # G: the rows of the tile-padded grid
-    # The value halo is the largest temporary: one buffer serves every chunk (see _CPU_CHUNK_HALO_BYTES). Not under
-    # autograd, which cannot differentiate through an ``out=`` argument (nor keep a buffer that the next chunk
-    # overwrites); nor for a single chunk, where it would change nothing.
-    halo_buffer_XC = None
-    if chunk < num_tiles and not (torch.is_grad_enabled() and value_RC.requires_grad):
-        halo_buffer_XC = value_RC.new_empty(chunk * halo_area, value_RC.shape[1])
     for first in range(0, num_tiles, chunk):
         tiles = slice(first, first + chunk)
         weights_LQJ = window_softmax_over_tiles(
@@ -248,8 +238,8 @@ def tiled_window_attention(
             index.outside_LQJ[tiles],
             index.window_QJ,
         )
-        value_LKC = gather_rows(value_RC, index.halo_LK[tiles], halo_buffer_XC)
-        aggregated_LQC = aggregate_over_tiles(weights_LQJ, value_LKC, index.window_QJ)
+        # The value halo is the largest temporary: gathered inside the call, so that it is freed right after.
+        aggregated_LQC = aggregate_over_tiles(weights_LQJ, gather_rows(value_RC, index.halo_LK[tiles]), index.window_QJ)
         aggregated_GC = copy_rows_into(aggregated_GC, index.grid_position_LQ[tiles], aggregated_LQC, grid_rows)
         if need_weights:
             weights_GJ = copy_rows_into(weights_GJ, index.grid_position_LQ[tiles], weights_LQJ, grid_rows)

@@ -1,4 +1,4 @@
-"""Gated global propagation (DeAOT's ``GatedPropagation``) on batch-first tokens, built on PyTorch SDPA.
+"""Gated global propagation (DeAOT's ``GatedPropagation``) on batch-first tokens, over exact single-head attention.
 
 A gated propagation reads values through single-head softmax attention, multiplies the read-out by a gate computed
 from the query frame, mixes it spatially with a 5x5 depthwise convolution over the token grid, and projects it.
@@ -45,12 +45,13 @@ def attend(query_BNC: torch.Tensor, key_BMC: torch.Tensor, value_BMV: torch.Tens
     the official models switch those off).
 
     Off the CPU (and with attention dropout) this is PyTorch SDPA, whose fused kernels never materialise the
-    ``N x M`` matrix. On CPU SDPA is slow for these shapes: DeAOT's values are 8x wider than its keys (1024 vs 128),
-    and the CPU flash kernel spends its time rescaling the wide accumulator (while 3-D inputs, which it does not
-    accept, take the unfused path with extra passes for ``-inf`` rows). Plain matrix products over blocks of query
-    rows run at GEMM speed instead: measured on one thread at 480p (1674 queries, value width 1024), 1.2x faster
-    with one memory frame and 1.3x with five. Each query row's softmax is computed whole, so blocking changes no
-    result; the blocks bound the extra memory to ``_CPU_SCORE_BLOCK_BYTES`` (or 256 rows of scores).
+    ``N x M`` matrix. On CPU, SDPA's fused kernel needs 4-D inputs with values as wide as the keys; DeAOT's are 3-D
+    and 8x wider (1024 vs 128), so SDPA takes its unfused path, which materialises the whole matrix and adds passes
+    over it (scaling, and ``isneginf``/``all``/``where`` checks for fully masked rows). Plain matrix products over
+    blocks of query rows are faster: measured on one thread at 480p (1674 queries, value width 1024), 1.2x with one
+    memory frame and 1.15-1.3x with five to twenty. Each query row's softmax is computed whole, so blocking changes
+    no result; the blocks bound the extra memory to ``_CPU_SCORE_BLOCK_BYTES`` (or 256 rows of scores) where the
+    unfused SDPA would hold all of it (224 MB with twenty 480p memory frames).
     """
     if query_BNC.device.type != "cpu" or dropout_p > 0.0:
         return F.scaled_dot_product_attention(query_BNC, key_BMC, value_BMV, dropout_p=dropout_p)
