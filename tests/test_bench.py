@@ -13,7 +13,7 @@ from PIL import Image
 
 from longvos.cli.bench import _load_clip
 from longvos.cli.main import main
-from longvos.eval.bench import BenchReport, LengthPoint, _point, run_benchmark
+from longvos.eval.bench import BenchReport, Design, LengthPoint, _point, run_benchmark
 from longvos.eval.clip import Clip, ping_pong
 from longvos.eval.plot import plot_curves
 from longvos.io.errors import InputError
@@ -37,20 +37,33 @@ def test_point_statistics_exclude_nothing_but_what_is_given():
 
 
 def _report() -> BenchReport:
-    def point(memory, length, fps, state):
-        return LengthPoint(memory, length, length - 1, 1e3 / fps, 1.2e3 / fps, fps, state, 500, 50, None)
+    def point(design, length, fps, state):
+        return LengthPoint(design, length, length - 1, 1e3 / fps, 1.2e3 / fps, fps, state, 500, 50, None)
 
-    return BenchReport("m", "clip", (427, 240), 10, 5, 0, {"device": "cpu", "dtype": "fp32", "torch_threads": 2},
-                       [point("mca", 100, 10.0, 100), point("mca", 500, 10.0, 100),
-                        point("growing", 100, 8.0, 400), point("growing", 500, 2.0, 2000)])
+    return BenchReport([Design("m", "mca"), Design("m", "growing")], "clip", (427, 240), 5, 0,
+                       {"device": "cpu", "dtype": "fp32", "torch_threads": 2}, {"m:mca": 10, "m:growing": 10},
+                       [point("m:mca", 100, 10.0, 100), point("m:mca", 500, 10.0, 100),
+                        point("m:growing", 100, 8.0, 400), point("m:growing", 500, 2.0, 2000)])
 
 
 def test_ratios_are_the_papers():
     ratios = _report().ratios()
-    assert [r["length"] for r in ratios] == [100, 500]
+    assert [(r["design"], r["baseline"], r["length"]) for r in ratios] == [("m:mca", "m:growing", 100),
+                                                                          ("m:mca", "m:growing", 500)]
     assert ratios[1]["speedup"] == pytest.approx(5.0)
     assert ratios[1]["state_saving"] == pytest.approx(0.95)
-    assert "5.00x the FPS, model state 95% smaller" in _report().format_table()
+    assert "m:mca vs m:growing at 500 frames: 5.00x the FPS, model state 95% smaller" in _report().format_table()
+
+
+def test_designs_parse_from_models_and_memories():
+    assert Design.parse_list("mavos-mnv2", "mca,growing") == [Design("mavos-mnv2", "mca"),
+                                                              Design("mavos-mnv2", "growing")]
+    designs = Design.parse_list("livos-r50, mavos-r50:mca,deaot-r50:growing")
+    assert [d.label for d in designs] == ["livos-r50", "mavos-r50:mca", "deaot-r50:growing"]
+    with pytest.raises(InputError, match="listed twice"):
+        Design.parse_list("mavos-r50:mca,mavos-r50", "mca")
+    with pytest.raises(InputError, match="no model"):
+        Design.parse_list(" , ")
 
 
 def test_plot_writes_a_png(tmp_path):
@@ -88,15 +101,49 @@ def test_default_clip_is_the_bundled_demo_clip():
 def test_growing_memory_grows_and_mca_does_not(clip, one_thread):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # random weights: timing and memory do not depend on them
-        report = run_benchmark("mavos-lite", clip, memories=["mca", "growing"], lengths=[3, 6], mem_gap=1, warmup=1)
-    assert [(p.memory, p.length, p.timed_frames) for p in report.points] == [
-        ("mca", 3, 2), ("mca", 6, 5), ("growing", 3, 2), ("growing", 6, 5)]
+        report = run_benchmark(Design.parse_list("mavos-lite", "mca,growing"), clip, lengths=[3, 6], mem_gap=1,
+                               warmup=1)
+    assert [(p.design, p.length, p.timed_frames) for p in report.points] == [
+        ("mavos-lite:mca", 3, 2), ("mavos-lite:mca", 6, 5), ("mavos-lite:growing", 3, 2), ("mavos-lite:growing", 6, 5)]
     mca3, mca6, grow3, grow6 = report.points
     assert mca3.state_bytes == mca6.state_bytes  # constant memory: reference + one modulated slot
     assert grow6.state_bytes > grow3.state_bytes > mca3.state_bytes  # one more long-term frame per step
     assert all(p.fps > 0 and p.p95_ms >= p.median_ms > 0 and p.peak_rss_bytes > 0 for p in report.points)
     assert report.environment["torch_threads"] >= 1 and report.environment["dtype"] == "fp32"
     assert [r["length"] for r in report.ratios()] == [3, 6]
+
+
+def test_interleaved_designs_share_the_load_and_keep_exact_state(clip, one_thread):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        designs = Design.parse_list("mavos-lite", "mca,growing")
+        sequential = run_benchmark(designs, clip, lengths=[4], mem_gap=1, warmup=0)
+        lockstep = run_benchmark(designs, clip, lengths=[4], mem_gap=1, warmup=0, interleave=True)
+    assert [(p.design, p.state_bytes) for p in lockstep.points] == [(p.design, p.state_bytes)
+                                                                    for p in sequential.points]
+    assert all(p.peak_rss_bytes is None and p.rss_growth_bytes is None for p in lockstep.points)
+    assert any("interleaved" in note for note in lockstep.notes)
+    assert "rss_growth_saving" not in lockstep.ratios()[0] and "n/a" in lockstep.format_table()
+
+
+def test_livos_sits_next_to_the_aot_memory_designs(clip, one_thread):
+    designs = Design.parse_list("livos-r50,mavos-lite:mca,mavos-lite:growing")
+    seen = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        report = run_benchmark(designs, clip, lengths=[3, 5], warmup=0,
+                               on_point=lambda report, point: seen.append((point.design, point.length)))
+    assert seen == [(d.label, n) for d in designs for n in (3, 5)]
+    assert [(p.design, p.length) for p in report.points] == seen
+    livos3, livos5 = report.points[:2]
+    assert livos3.state_bytes == livos5.state_bytes > 0  # a fixed-size recurrent state per object
+    assert report.baseline == "mavos-lite:growing"
+    assert [(r["design"], r["length"]) for r in report.ratios()] == [
+        ("livos-r50", 3), ("livos-r50", 5), ("mavos-lite:mca", 3), ("mavos-lite:mca", 5)]
+    assert report.mem_gaps["mavos-lite:mca"] >= 1 and "livos-r50 vs mavos-lite:growing at 5 frames" in (
+        report.format_table())
+    with pytest.raises(InputError, match="one checkpoint cannot serve several models"):
+        run_benchmark(designs, clip, lengths=[3], checkpoint="x.pt")
 
 
 def test_cli_writes_json_and_plot(tmp_path, capsys):
@@ -112,7 +159,8 @@ def test_cli_writes_json_and_plot(tmp_path, capsys):
     assert "1 threads" in printed and "fp32" in printed and "median ms" in printed
     report = json.loads(out_json.read_text())
     assert report["torch_threads"] == 1 and report["seed"] == 0 and report["warmup_frames"] == 0
-    assert [(p["memory"], p["length"]) for p in report["points"]] == [("mca", 3)]
+    assert [(p["design"], p["length"]) for p in report["points"]] == [("mavos-lite:mca", 3)]
+    assert "reached: mavos-lite:mca  3" in printed
     assert not math.isnan(report["points"][0]["fps"])
     assert out_png.stat().st_size > 0
 

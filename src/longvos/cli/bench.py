@@ -1,10 +1,13 @@
-"""`longvos bench --model NAME`: speed and memory against video length for each memory design.
+"""`longvos bench --model NAME[:MEMORY],...`: speed and memory against video length for each design.
 
 A real clip (by default the demo clip; or a DAVIS-layout sequence, or any video with its first mask) is streamed
-looped forwards and backwards to each length in `--frames`.
-Prints per design and length the median and p95 per-frame latency, FPS (model step + memory update, reference
-frame excluded), the per-video model state and peak memory, then the MAVOS paper's ratios (speed-up and memory
-saving of `mca` over `growing`). `--json` saves everything, `--plot` draws the paper's two curves.
+looped forwards and backwards to each length in `--frames`. A design is a model with a memory design:
+`--model mavos-mnv2 --memory mca,growing`, or several models side by side,
+`--model livos-r50,mavos-r50:mca,deaot-r50:growing`.
+Prints per design and length, as soon as it is reached, the median and p95 per-frame latency, FPS (model step +
+memory update, reference frame excluded), the per-video model state and peak memory; then the table and the
+papers' ratios (speed-up and memory saving of every design over the `growing` one). `--json` saves everything
+(rewritten after every length, so a long run keeps what it measured), `--plot` draws the paper's two curves.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from typing import TYPE_CHECKING
 from longvos.cli.main import CommandError
 
 if TYPE_CHECKING:  # only for annotations: the CLI imports its heavy modules when a command runs
+    from longvos.eval.bench import BenchReport
     from longvos.eval.clip import Clip
 
 
@@ -27,11 +31,13 @@ def _int_list(text: str) -> list[int]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="model name (see `longvos models`)")
+    parser.add_argument("--model", required=True,
+                        help="comma-separated models (see `longvos models`), each optionally with its memory design: "
+                             "mavos-r50:mca,deaot-r50:growing,livos-r50")
     parser.add_argument("--checkpoint", type=Path, help="longvos or official checkpoint (default: bundled weights; "
                                                         "random weights time the same)")
-    parser.add_argument("--memory", help="comma-separated memory designs, e.g. mca,growing,ref+prev "
-                                         "(default: the model's own)")
+    parser.add_argument("--memory", help="comma-separated memory designs, e.g. mca,growing,ref+prev, for every model "
+                                         "that names none (default: the model's own)")
     parser.add_argument("--frames", type=_int_list, default=[100, 500, 2000], help="video lengths (default "
                                                                                    "100,500,2000)")
     parser.add_argument("--size", "--max-size", dest="size", type=int, default=480,
@@ -48,6 +54,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; always reported)")
     parser.add_argument("--warmup", type=int, default=5, help="untimed warm-up frames per design (default 5)")
     parser.add_argument("--seed", type=int, default=0, help="seed set before each model is built (default 0)")
+    parser.add_argument("--interleave", action="store_true",
+                        help="step the designs in lockstep, frame by frame: fair speed ratios on a machine whose "
+                             "load changes (per-design process peak memory is then not measured)")
     parser.add_argument("--time-budget", type=float, help="seconds per design; lengths not reached in time are "
                                                           "left out and noted")
     parser.add_argument("--json", type=Path, help="write the full report as JSON")
@@ -57,8 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import torch
+    from tqdm import tqdm
 
-    from longvos.eval.bench import run_benchmark
+    from longvos.eval.bench import Design, LengthPoint, format_point, run_benchmark
     from longvos.eval.plot import plot_curves
     from longvos.io.errors import InputError
 
@@ -66,13 +76,19 @@ def run(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise CommandError(f"--threads must be at least 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    memories = [m.strip() for m in args.memory.split(",") if m.strip()] if args.memory else [None]
+
+    def save_so_far(report: BenchReport, point: LengthPoint) -> None:
+        tqdm.write("reached: " + "  ".join(format_point(point)))
+        if args.json:
+            _write_json(report, args.json)
+
     try:
+        designs = Design.parse_list(args.model, args.memory)
         clip = _load_clip(args)
         report = run_benchmark(
-            args.model, clip, memories=memories, lengths=args.frames, checkpoint=args.checkpoint,
-            device=args.device, dtype=args.dtype, mem_gap=args.mem_gap, warmup=args.warmup, seed=args.seed,
-            time_budget_s=args.time_budget, progress=not args.quiet,
+            designs, clip, lengths=args.frames, checkpoint=args.checkpoint, device=args.device, dtype=args.dtype,
+            mem_gap=args.mem_gap, warmup=args.warmup, seed=args.seed, interleave=args.interleave,
+            time_budget_s=args.time_budget, progress=not args.quiet, on_point=save_so_far,
         )
         if args.plot:
             plot_curves(report, args.plot)
@@ -83,18 +99,26 @@ def run(args: argparse.Namespace) -> int:
 
     env = report.environment
     width, height = report.frame_size
-    print(f"{report.model} (memory gap {report.mem_gap}) on clip {clip.name} ({len(clip.frames)} frames looped "
+    gaps = ", ".join(f"{label} {gap}" for label, gap in report.mem_gaps.items())
+    print(f"{report.models} (memory gap: {gaps}) on clip {clip.name} ({len(clip.frames)} frames looped "
           f"forwards and backwards, {width}x{height}); {env['device']}, {env['dtype']}, {env['torch_threads']} "
           f"threads, {report.warmup} warm-up frames, seed {report.seed}")
     print(report.format_table())
     for note in report.notes:
         print(f"note: {note}")
     if args.json:
-        args.json.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        _write_json(report, args.json)
         print(f"wrote {args.json}")
     if args.plot:
         print(f"wrote {args.plot}")
     return 0
+
+
+def _write_json(report: BenchReport, path: Path) -> None:
+    """Replace ``path`` whole (write then rename): a reader never sees a half-written report."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    partial.replace(path)
 
 
 def _load_clip(args: argparse.Namespace) -> Clip:

@@ -8,7 +8,7 @@ from longvos.io.errors import InputError
 
 
 def plot_curves(report: BenchReport, path: str | Path) -> None:
-    """FPS and memory against video length, one line per memory design (the MAVOS paper's two panels)."""
+    """FPS and memory against video length, one line per design (the MAVOS paper's two panels)."""
     try:
         import matplotlib
     except ImportError:
@@ -19,12 +19,12 @@ def plot_curves(report: BenchReport, path: str | Path) -> None:
 
     on_device = any(p.peak_device_bytes is not None for p in report.points)
     figure, (speed_axis, memory_axis) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for memory in dict.fromkeys(p.memory for p in report.points):
-        series = [p for p in report.points if p.memory == memory]
+    for design in dict.fromkeys(p.design for p in report.points):
+        series = [p for p in report.points if p.design == design]
         lengths = [p.length for p in series]
-        speed_axis.plot(lengths, [p.fps for p in series], marker="o", label=memory)
+        speed_axis.plot(lengths, [p.fps for p in series], marker="o", label=design)
         used = [(p.peak_device_bytes if on_device else p.state_bytes) / 2**20 for p in series]
-        memory_axis.plot(lengths, used, marker="o", label=memory)
+        memory_axis.plot(lengths, used, marker="o", label=design)
     speed_axis.set(ylabel="FPS", title="Speed")
     memory_axis.set(ylabel="peak device memory (MiB)" if on_device else "per-video model state (MiB)", title="Memory")
     all_lengths = sorted({p.length for p in report.points})
@@ -37,8 +37,8 @@ def plot_curves(report: BenchReport, path: str | Path) -> None:
         axis.legend()
     env = report.environment
     width, height = report.frame_size
-    figure.suptitle(f"{report.model}, {width}x{height} frames, memory gap {report.mem_gap}, {env['device']}, "
-                    f"{env['dtype']}, {env['torch_threads']} threads", fontsize=9)
+    figure.suptitle(f"{report.clip} at {width}x{height}, {env['device']}, {env['dtype']}, "
+                    f"{env['torch_threads']} threads", fontsize=9)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
