@@ -38,14 +38,19 @@ def _deterministic_torch():
     yield
 
 
-@pytest.fixture
-def one_thread():
-    """Run torch on one CPU thread for the test: reproducible timings, and on an oversubscribed machine far faster
-    than several threads (spinning OpenMP workers of competing processes slow each other down by 10x or more)."""
+def _one_torch_thread():
     before = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+#: Run torch on one CPU thread for the test: reproducible timings, and on an oversubscribed machine far faster than
+#: several threads (spinning OpenMP workers of competing processes slow each other down by 10x or more).
+one_thread = pytest.fixture(_one_torch_thread, name="one_thread")
+#: The same for a whole module, its module-scoped fixtures (models, clips) included:
+#: ``pytestmark = pytest.mark.usefixtures("one_thread_module")``.
+one_thread_module = pytest.fixture(_one_torch_thread, scope="module", name="one_thread_module")
 
 
 def optional_import(module: str, install: str):

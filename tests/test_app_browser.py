@@ -19,7 +19,9 @@ from longvos.io.prompts import ObjectPrompt, prompt_mask
 from longvos.io.video import open_video
 
 from conftest import optional_import
-from test_app_api import MAX_SIZE, clip, one_thread, segmenter, server, swan_mask  # noqa: F401 - fixtures
+from test_app_api import MAX_SIZE, clip, segmenter, server, swan_mask  # noqa: F401 - fixtures
+
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 sync_api = optional_import("playwright.sync_api", "pip install playwright (it drives the system's chromium)")
 

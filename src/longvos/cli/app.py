@@ -13,18 +13,14 @@ import warnings
 from pathlib import Path
 
 from longvos.cli.main import CommandError
+from longvos.cli.options import add_compute_options, add_model_options, apply_threads
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     parser.add_argument("--port", type=int, default=7860, help="port to listen on (0: any free port)")
-    parser.add_argument("--model", default=None, help="model name (see `longvos models`; default: mavos-lite)")
-    parser.add_argument("--checkpoint", type=Path, help="longvos or official checkpoint (default: bundled weights)")
-    parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
-    parser.add_argument("--dtype", default=None, help="autocast compute dtype: fp32 (default), bf16 or fp16")
-    parser.add_argument("--max-size", type=int, default=480,
-                        help="short side the network sees, in pixels (0 = native); outputs keep the original size")
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    add_model_options(parser, memory=False)
+    add_compute_options(parser)
     parser.add_argument("--workdir", type=Path, default=None,
                         help="folder for uploads and results (default: a temporary folder, deleted on exit)")
     parser.add_argument("--max-jobs", type=int, default=20, help="finished videos kept before the oldest is deleted")
@@ -32,17 +28,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
 
     from longvos.app.server import AppServer
     from longvos.cli.segment import one_line
     from longvos.engine.pipeline import DEFAULT_MODEL
     from longvos.engine.segmenter import load_model
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise CommandError(f"--threads must be >= 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     with warnings.catch_warnings():
         warnings.showwarning = lambda message, *_args, **_kwargs: print(
             f"longvos app: warning: {message}", file=sys.stderr)

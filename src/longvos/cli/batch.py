@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from longvos.cli.main import CommandError
+from longvos.cli.options import add_compute_options, add_model_options
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,13 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="skip complete videos, continue interrupted ones")
     parser.add_argument("--overlay", choices=("mp4", "webm"), default=None,
                         help="also write DIR/<name>/overlay.<format>")
-    parser.add_argument("--model", default=None, help="model name (see `longvos models`; default: mavos-lite)")
-    parser.add_argument("--checkpoint", type=Path, help="longvos or official checkpoint (default: bundled weights)")
-    parser.add_argument("--dtype", default=None, help="autocast compute dtype: fp32 (default), bf16 or fp16")
-    parser.add_argument("--max-size", type=int, default=480,
-                        help="short side the network sees, in pixels (0 = native); outputs keep the original size")
-    parser.add_argument("--memory", default=None, help="long-term memory design override (mca, ref+prev, growing)")
-    parser.add_argument("--mem-gap", type=int, default=None, help="frames between long-term memory updates")
+    add_model_options(parser)
+    add_compute_options(parser, device=False, threads=False)  # batch has --devices and per-worker --threads
     parser.add_argument("--per-object", action="store_true", help="also write objects/<id>/<frame>.png (0/255)")
     parser.add_argument("--probs", action="store_true", help="also write probs/<frame>.npz (float16 probabilities)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")

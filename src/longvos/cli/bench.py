@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from longvos.cli.main import CommandError
+from longvos.cli.options import add_compute_options, add_model_options, apply_threads
 
 if TYPE_CHECKING:  # only for annotations: the CLI imports its heavy modules when a command runs
     from longvos.eval.bench import BenchReport
@@ -34,24 +35,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True,
                         help="comma-separated models (see `longvos models`), each optionally with its memory design: "
                              "mavos-r50:mca,deaot-r50:growing,livos-r50")
-    parser.add_argument("--checkpoint", type=Path, help="longvos or official checkpoint (default: bundled weights; "
-                                                        "random weights time the same)")
+    add_model_options(parser, model=False, memory=False)
     parser.add_argument("--memory", help="comma-separated memory designs, e.g. mca,growing,ref+prev, for every model "
                                          "that names none (default: the model's own)")
     parser.add_argument("--frames", type=_int_list, default=[100, 500, 2000], help="video lengths (default "
                                                                                    "100,500,2000)")
-    parser.add_argument("--size", "--max-size", dest="size", type=int, default=480,
-                        help="short side of the frames the network sees (default 480; 0 = the clip's own)")
     parser.add_argument("--clip", type=Path,
                         help="a DAVIS-layout dataset (JPEGImages/, Annotations/; pick with --sequence), or a video "
                              "file or frame folder (with --mask). Default: the demo clip (Big Buck Bunny, "
                              "needs longvos[demo]) and its bundled mask")
     parser.add_argument("--sequence", help="with a DAVIS-layout --clip: which sequence (default: the first by name)")
     parser.add_argument("--mask", type=Path, help="with a video --clip: the first frame's index-mask PNG")
-    parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
-    parser.add_argument("--dtype", default=None, help="autocast compute dtype: fp32 (default), bf16 or fp16")
     parser.add_argument("--mem-gap", type=int, help="frames between long-term memory updates (default: model's)")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice; always reported)")
+    add_compute_options(parser)
     parser.add_argument("--warmup", type=int, default=5, help="untimed warm-up frames per design (default 5)")
     parser.add_argument("--seed", type=int, default=0, help="seed set before each model is built (default 0)")
     parser.add_argument("--interleave", action="store_true",
@@ -65,17 +61,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import torch
     from tqdm import tqdm
 
     from longvos.eval.bench import Design, LengthPoint, format_point, run_benchmark
     from longvos.eval.plot import plot_curves
     from longvos.io.errors import InputError
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise CommandError(f"--threads must be at least 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
 
     def save_so_far(report: BenchReport, point: LengthPoint) -> None:
         tqdm.write("reached: " + "  ".join(format_point(point)))
@@ -125,7 +117,7 @@ def _load_clip(args: argparse.Namespace) -> Clip:
     """The clip that --clip, --sequence and --mask name; without --clip, the demo clip and its bundled mask."""
     from longvos.eval.clip import Clip
 
-    size = args.size or None
+    size = args.max_size or None
     if args.clip is None:
         from longvos.cli.demo import FIRST_FRAME_MASK, sample_video
 

@@ -11,6 +11,7 @@ import importlib.util
 from pathlib import Path
 
 from longvos.cli.main import CommandError
+from longvos.cli.options import add_compute_options, add_model_options
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 FIRST_FRAME_MASK = ASSETS / "bigbuckbunny-mask-00000.png"
@@ -26,10 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"prompt with a box around the bunny ({','.join(map(str, BUNNY_BOX))}) and GrabCut "
                              "instead of the bundled mask")
     parser.add_argument("--frames", type=int, default=None, help="segment only the first N frames (default: all 132)")
-    parser.add_argument("--max-size", type=int, default=480, help="short side the network sees (default 480)")
-    parser.add_argument("--model", default=None, help="model name (default: mavos-lite, bundled weights)")
-    parser.add_argument("--checkpoint", type=Path, default=None, help="weights to use instead of the bundled ones")
-    parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, mps")
+    add_model_options(parser, memory=False)
+    add_compute_options(parser, dtype=False, threads=False)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from longvos.cli.main import CommandError
+from longvos.cli.options import add_compute_options, add_model_options, apply_threads
 
 if TYPE_CHECKING:  # only for annotations: the CLI imports its heavy modules when a command runs
     from longvos.eval.dataset import DavisLayout
@@ -25,7 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--pred", type=Path, help="folder of predictions, <seq>/<frame>.png, to score")
     source.add_argument("--model", help="run this model first (see `longvos models`), then score its masks")
-    parser.add_argument("--checkpoint", type=Path, help="with --model: longvos or official checkpoint")
+    add_model_options(parser, prefix="with --model: ", model=False)
     parser.add_argument("--out", type=Path, help="where reports (and --model predictions) go; default: the --pred "
                                                  "folder, or runs/eval/<model> with --model")
     parser.add_argument("--sequences", help="comma-separated sequence names, or a text file with one per line "
@@ -37,13 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="decay bin edges: int64 (correct, default) or official-uint8 (the official code's "
                              "numbers, wrong from 256 scored frames on; for comparison with published tables)")
     parser.add_argument("-j", "--workers", type=int, default=None, help="scoring processes (default: CPU cores)")
-    parser.add_argument("--device", default="auto", help="with --model: auto (cuda > mps > cpu), cpu, cuda, mps")
-    parser.add_argument("--dtype", default=None, help="with --model: autocast dtype fp32 (default), bf16, fp16")
-    parser.add_argument("--max-size", "--size", dest="max_size", type=int, default=480,
-                        help="with --model: short side the network sees (0 = native; default 480)")
-    parser.add_argument("--memory", help="with --model: long-term memory design override (mca, growing, ref+prev)")
-    parser.add_argument("--mem-gap", type=int, help="with --model: frames between long-term memory updates")
-    parser.add_argument("--threads", type=int, help="with --model: torch CPU threads (default: torch's; reported)")
+    add_compute_options(parser, prefix="with --model: ")
     parser.add_argument("--brief", action="store_true", help="print only the global row, not one row per object")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -105,10 +100,7 @@ def _run_model(args: argparse.Namespace, layout: DavisLayout, names: list[str], 
     from longvos.engine.segmenter import load_model
     from longvos.eval.runner import run_model
 
-    if args.threads is not None:
-        if args.threads < 1:
-            raise CommandError(f"--threads must be at least 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     torch.manual_seed(0)  # models without a checkpoint get random weights: make them the same on every run
     try:
         segmenter = load_model(args.model, args.checkpoint, device=args.device, dtype=args.dtype,

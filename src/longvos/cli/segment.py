@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 
 from longvos.cli.main import CommandError
+from longvos.cli.options import add_compute_options, add_model_options
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,14 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="make the first frame's mask with GrabCut, one object per box (repeatable)")
     parser.add_argument("--out", required=True, type=Path, help="output folder for the per-frame PNGs")
     parser.add_argument("--overlay", type=Path, help="also write an overlay video (mp4/mov/mkv/webm)")
-    parser.add_argument("--model", default=None, help="model name (see `longvos models`; default: mavos-lite)")
-    parser.add_argument("--checkpoint", type=Path, help="longvos or official checkpoint (default: bundled weights)")
-    parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
-    parser.add_argument("--dtype", default=None, help="autocast compute dtype: fp32 (default), bf16 or fp16")
-    parser.add_argument("--max-size", type=int, default=480,
-                        help="short side the network sees, in pixels (0 = native); outputs keep the original size")
-    parser.add_argument("--memory", default=None, help="long-term memory design override (mca, ref+prev, growing)")
-    parser.add_argument("--mem-gap", type=int, default=None, help="frames between long-term memory updates")
+    add_model_options(parser)
+    add_compute_options(parser, threads=False)
     parser.add_argument("--start", type=int, default=0, help="first frame index to process (default 0)")
     parser.add_argument("--end", type=int, default=None, help="frame index to stop before (default: the end)")
     parser.add_argument("--reverse", action="store_true", help="process from the last frame back to the first")
