@@ -164,12 +164,17 @@ def test_autocast_runs_without_dtype_mismatch(dtype, bmx):
     assert result.probs.dtype == np.float32 and np.isfinite(result.probs).all()
 
 
-def test_mem_gap_override_shares_weights(segmenter, bmx):
+def test_mem_gap_is_per_session_and_shares_the_model(segmenter, bmx):
     frames, masks = bmx
-    session = segmenter.session(max_size=SMALL, mem_gap=2)
-    assert session.model.config.mem_gap == 2 and segmenter.model.config.mem_gap == 10
-    assert session.model.encoder is segmenter.model.encoder
+    sessions = {gap: segmenter.session(max_size=SMALL, mem_gap=gap) for gap in (2, None)}
     for index, frame in enumerate(frames[:4]):
-        session.step(frame, masks[0] if index == 0 else None)
-    with pytest.raises(ValueError, match="mem_gap"):
+        for session in sessions.values():
+            session.step(frame, masks[0] if index == 0 else None)
+    for gap, session in sessions.items():
+        assert session.model is segmenter.model and segmenter.model.config.mem_gap == 10
+        assert session.state.mem_gap == (gap or 10)
+    # frames 1..3 after the reference: at gap 2 the long-term memory was updated on frame 2, at gap 10 never
+    assert sessions[2].state.passes[0].memory.last_update_step == 2
+    assert sessions[None].state.passes[0].memory.last_update_step == 0
+    with pytest.raises(InputError, match="model mavos-mnv2: mem_gap must be >= 1 frame, got 0"):
         segmenter.session(mem_gap=0)

@@ -1,7 +1,6 @@
 """``load_model`` and :class:`Segmenter`: a loaded model plus its device and precision, which opens sessions."""
 from __future__ import annotations
 
-import copy
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,8 +35,10 @@ class Segmenter:
     def session(self, max_size: int | None = 480, mem_gap: int | None = None) -> Session:
         """A new per-video :class:`Session`; ``max_size`` caps the short side the network sees (None: native) and
         ``mem_gap`` overrides the model's long-term memory interval for this session only."""
-        model = self.model if mem_gap is None else _with_mem_gap(self.model, mem_gap)
-        return Session(model, self.device, self.dtype, max_size=max_size)
+        try:
+            return Session(self.model, self.device, self.dtype, max_size=max_size, mem_gap=mem_gap)
+        except ValueError as err:  # an interval the model cannot use
+            raise InputError(f"model {self.name}: {err}") from None
 
     # -- SAM2-style offline verbs (see longvos.engine.offline) ------------------------------------------------
 
@@ -75,22 +76,6 @@ def usable_device(device: str | torch.device | None) -> torch.device:
     if resolved.type in available and not available[resolved.type]():
         raise InputError(f"device {device!r} is not available on this machine (try --device auto or cpu)")
     return resolved
-
-
-def _with_mem_gap(model: VOSModel, mem_gap: int) -> VOSModel:
-    """The model with another memory interval, sharing every weight.
-
-    Models read the interval from their typed config when they write memory, so a shallow copy with a replaced
-    config is enough: parameters and submodules are shared, never copied.
-    """
-    config = getattr(model, "config", None)
-    if config is None or not hasattr(config, "mem_gap"):
-        raise InputError(f"model {model.name or type(model).__name__} has no memory interval to override")
-    if mem_gap == config.mem_gap:
-        return model
-    sibling = copy.copy(model)
-    sibling.config = config.replace(mem_gap=mem_gap)  # validates the value
-    return sibling
 
 
 def load_model(name: str, checkpoint: str | Path | None = None, device: str | torch.device = "auto",

@@ -46,11 +46,12 @@ class Session:
     """
 
     def __init__(self, model: VOSModel, device: torch.device, dtype: torch.dtype | None = None,
-                 max_size: int | None = 480):
+                 max_size: int | None = 480, mem_gap: int | None = None):
         self.model = model
         self.device = device
         self.dtype = dtype
         self.max_size = max_size
+        self.mem_gap = mem_gap  # None: the model's own interval
         # Models on a corner-aligned grid (AOT with (H - 1) % 16 == 0) upsample with align_corners=True; matching
         # them puts the object boundaries where the official decoder puts them.
         self._align_corners = bool(getattr(getattr(model, "config", None), "align_corners", False))
@@ -60,7 +61,7 @@ class Session:
 
     def reset(self) -> None:
         """Forget everything (objects, memory, staged masks, frame size): as good as a new session."""
-        self.state: TrackerState = self.model.init_state()
+        self.state: TrackerState = self.model.init_state(self.mem_gap)
         self.frames_processed = 0
         self._frame_hw: tuple[int, int] | None = None
         self._network_hw: tuple[int, int] | None = None
@@ -69,7 +70,7 @@ class Session:
 
     def close(self) -> None:
         """Drop the model state now (it is also freed when the session is garbage collected)."""
-        self.state = self.model.init_state()
+        self.state = self.model.init_state(self.mem_gap)
         self._staged_ids = None
 
     def __enter__(self) -> Session:

@@ -45,8 +45,12 @@ class VOSModel(nn.Module, abc.ABC):
         """Network input size for a frame already resized to about ``height x width`` (stride rounding)."""
 
     @abc.abstractmethod
-    def init_state(self) -> TrackerState:
-        """A fresh, empty per-video state (no objects)."""
+    def init_state(self, mem_gap: int | None = None) -> TrackerState:
+        """A fresh, empty per-video state (no objects).
+
+        ``mem_gap`` is this video's long-term memory interval in frames (None: the model's own). It lives in the
+        state, not the model, so one loaded model serves videos with different intervals. A model that writes its
+        memory on every frame accepts only None or 1 (``ValueError`` otherwise)."""
 
     @abc.abstractmethod
     def step(

@@ -171,8 +171,11 @@ class AOTModel(VOSModel):
     def input_size(self, height: int, width: int) -> tuple[int, int]:
         return network_input_size(self.config, height, width)
 
-    def init_state(self) -> AOTState:
-        return AOTState(max_objects=self.config.max_objects)
+    def init_state(self, mem_gap: int | None = None) -> AOTState:
+        mem_gap = self.config.mem_gap if mem_gap is None else int(mem_gap)
+        if mem_gap < 1:
+            raise ValueError(f"mem_gap must be >= 1 frame, got {mem_gap}")
+        return AOTState(max_objects=self.config.max_objects, mem_gap=mem_gap)
 
     def step(self, state: AOTState, image_B3HW: torch.Tensor,
              masks: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
@@ -193,7 +196,7 @@ class AOTModel(VOSModel):
 
         pass_one_hots = self._pass_one_hots(state, winning_channel(probs_KHW))
         for pass_, propagation, one_hot_KHW in zip(state.passes, propagations, pass_one_hots):
-            pass_.memory = self.write_memory(pass_.memory, propagation, one_hot_KHW.unsqueeze(0))
+            pass_.memory = self.write_memory(pass_.memory, propagation, one_hot_KHW.unsqueeze(0), state.mem_gap)
         return probs_KHW
 
     def remove_objects(self, state: AOTState, object_ids: list[int]) -> None:

@@ -42,6 +42,7 @@ class AOTState:
     """Everything an AOT-family model remembers of one video (see :class:`longvos.models.base.TrackerState`)."""
 
     max_objects: int
+    mem_gap: int  # long-term memory interval of this video, in frames
     object_ids: list[int] = field(default_factory=list)
     passes: list[AOTPass] = field(default_factory=list)
     input_hw: tuple[int, int] | None = None  # network input size, fixed for the video once the first frame is seen

@@ -99,7 +99,9 @@ class LiVOS(VOSModel):
         official pipeline does, so the frame is used as given."""
         return height, width
 
-    def init_state(self) -> LiVOSState:
+    def init_state(self, mem_gap: int | None = None) -> LiVOSState:
+        if mem_gap not in (None, 1):
+            raise ValueError(f"LiVOS writes its memory on every frame; mem_gap={mem_gap} does not apply")
         return LiVOSState()
 
     def step(
