@@ -73,3 +73,28 @@ class VOSModel(nn.Module, abc.ABC):
     @abc.abstractmethod
     def remove_objects(self, state: TrackerState, object_ids: list[int]) -> None:
         """Forget objects: they leave ``state.object_ids`` and stop influencing later frames."""
+
+
+def check_frame(image_B3HW: torch.Tensor, model_name: str) -> tuple[int, int]:
+    """``(H, W)`` of a step's input, which must be one float RGB frame ``(1, 3, H, W)``."""
+    if image_B3HW.ndim != 4 or image_B3HW.shape[:2] != (1, 3):
+        raise ValueError(f"{model_name} expects one RGB frame (1, 3, H, W), got shape {tuple(image_B3HW.shape)}")
+    if not image_B3HW.is_floating_point():
+        raise ValueError(f"{model_name} expects a float RGB frame in [0, 1], got dtype {image_B3HW.dtype}")
+    return int(image_B3HW.shape[2]), int(image_B3HW.shape[3])
+
+
+def check_masks(masks: dict[int, torch.Tensor] | None, frame_hw: tuple[int, int],
+                device: torch.device) -> dict[int, torch.Tensor]:
+    """A step's given masks as float32 ``(H, W)`` tensors on ``device``; each must match the frame's size."""
+    checked = {}
+    for object_id, mask in (masks or {}).items():
+        if not isinstance(mask, torch.Tensor):
+            raise TypeError(f"mask of object {object_id} must be a torch.Tensor, got {type(mask).__name__}")
+        if mask.ndim == 3 and mask.shape[0] == 1:
+            mask = mask[0]
+        if tuple(mask.shape) != tuple(frame_hw):
+            raise ValueError(f"mask of object {object_id} has shape {tuple(mask.shape)}; expected {tuple(frame_hw)} "
+                             "(the network input size of the frame)")
+        checked[object_id] = mask.to(device=device, dtype=torch.float32)
+    return checked

@@ -30,7 +30,7 @@ from longvos.models.aot.memory import (AOTMemory, LayerMemory, LongTermMemory, M
                                        make_long_term_memory)
 from longvos.models.aot.propagation import GatedPropagationStack, Propagation
 from longvos.models.aot.state import AOTState, mask_empty_slots, soft_aggregate
-from longvos.models.base import VOSModel
+from longvos.models.base import VOSModel, check_frame, check_masks
 from longvos.models.encoders import build_encoder
 from longvos.models.layers.attention import map_to_tokens, tokens_to_map
 
@@ -180,7 +180,7 @@ class AOTModel(VOSModel):
     def step(self, state: AOTState, image_B3HW: torch.Tensor,
              masks: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
         frame_hw = self._check_frame(state, image_B3HW)
-        masks = self._check_masks(masks or {}, frame_hw)
+        masks = check_masks(masks, frame_hw, image_B3HW.device)
         state.input_hw = frame_hw  # fixed for the rest of the video
         if not state.passes and not masks:
             return image_B3HW.new_ones(1, *frame_hw)
@@ -264,11 +264,7 @@ class AOTModel(VOSModel):
         return merged_KHW
 
     def _check_frame(self, state: AOTState, image_B3HW: torch.Tensor) -> tuple[int, int]:
-        if image_B3HW.ndim != 4 or image_B3HW.shape[:2] != (1, 3):
-            raise ValueError(f"step expects one RGB frame (1, 3, H, W), got shape {tuple(image_B3HW.shape)}")
-        if not image_B3HW.is_floating_point():
-            raise ValueError(f"step expects a float RGB frame in [0, 1], got dtype {image_B3HW.dtype}")
-        frame_hw = (int(image_B3HW.shape[2]), int(image_B3HW.shape[3]))
+        frame_hw = check_frame(image_B3HW, self.name or "this model")
         if self.input_size(*frame_hw) != frame_hw:
             raise ValueError(f"frame size {frame_hw[0]}x{frame_hw[1]} is not a network input size for "
                              f"{self.name or 'this model'}; resize to model.input_size(H, W) = "
@@ -276,17 +272,3 @@ class AOTModel(VOSModel):
         if state.input_hw is not None and state.input_hw != frame_hw:
             raise ValueError(f"frame size changed mid-video: {frame_hw} after {state.input_hw}")
         return frame_hw
-
-    @staticmethod
-    def _check_masks(masks: dict[int, torch.Tensor], frame_hw: tuple[int, int]) -> dict[int, torch.Tensor]:
-        checked = {}
-        for object_id, mask in masks.items():
-            if not isinstance(mask, torch.Tensor):
-                raise TypeError(f"mask of object {object_id} must be a torch.Tensor, got {type(mask).__name__}")
-            if mask.ndim == 3 and mask.shape[0] == 1:
-                mask = mask[0]
-            if tuple(mask.shape) != frame_hw:
-                raise ValueError(f"mask of object {object_id} has shape {tuple(mask.shape)}; expected {frame_hw} "
-                                 "(the network input size of the frame)")
-            checked[object_id] = mask.float()
-        return checked

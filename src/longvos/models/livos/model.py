@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from longvos.models.base import VOSModel
+from longvos.models.base import VOSModel, check_frame, check_masks
 from longvos.models.encoders import build_encoder
 from longvos.models.livos import linear_matching
 from longvos.models.livos.config import LiVOSConfig
@@ -107,8 +107,8 @@ class LiVOS(VOSModel):
     def step(
         self, state: LiVOSState, image_B3HW: torch.Tensor, masks: dict[int, torch.Tensor] | None = None
     ) -> torch.Tensor:
-        height, width = self._check_image(image_B3HW)
-        given = self._check_masks(masks or {}, height, width, image_B3HW.device)
+        height, width = check_frame(image_B3HW, self.name or "LiVOS")
+        given = check_masks(masks, (height, width), image_B3HW.device)
         if not state.object_ids and not given:
             return image_B3HW.new_ones(1, height, width, dtype=torch.float32)
 
@@ -203,23 +203,3 @@ class LiVOS(VOSModel):
                 f"frame size changed mid-video: the state was built for a {state.grid_size} feature grid "
                 f"(stride {self.config.stride}), this frame gives {frame.grid_size}; resize all frames alike"
             )
-
-    @staticmethod
-    def _check_image(image_B3HW: torch.Tensor) -> tuple[int, int]:
-        if image_B3HW.dim() != 4 or image_B3HW.shape[:2] != (1, 3):
-            raise ValueError(f"LiVOS expects one RGB frame shaped (1, 3, H, W), got {tuple(image_B3HW.shape)}")
-        return image_B3HW.shape[-2], image_B3HW.shape[-1]
-
-    @staticmethod
-    def _check_masks(
-        masks: dict[int, torch.Tensor], height: int, width: int, device: torch.device
-    ) -> dict[int, torch.Tensor]:
-        checked = {}
-        for object_id, mask in masks.items():
-            if tuple(mask.shape) != (height, width):
-                raise ValueError(
-                    f"mask of object {object_id} has shape {tuple(mask.shape)}; expected ({height}, {width}), "
-                    "the frame's size"
-                )
-            checked[object_id] = mask.to(device=device, dtype=torch.float32)
-        return checked
