@@ -81,3 +81,8 @@ def test_mca_blocks_learn_with_six_frame_clips(shared_dir, tmp_path, monkeypatch
     after = train(config).state_dict()
     fusion = [k for k in before if k.startswith("memory_fusion.")]
     assert sum(not torch.equal(before[k], after[k]) for k in fusion) > 0.9 * len(fusion)
+
+
+def test_unknown_amp_dtype_is_a_config_error(shared_dir, tmp_path):
+    with pytest.raises(loop.ConfigError, match="optim.amp_dtype must be bf16 or fp16, got 'fp8'"):
+        train(tiny_config(shared_dir, tmp_path, "optim.amp_dtype=fp8"))

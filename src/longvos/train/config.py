@@ -89,6 +89,7 @@ class OptimConfig:
     poly_power: float = 0.9
     grad_clip: float = 5.0
     amp: bool = True                    # mixed precision; only ever used on CUDA
+    amp_dtype: str = "bf16"             # bf16 (no loss scaling needed) or fp16 (with a GradScaler, pre-Ampere GPUs)
     ema_decay: float = 0.0              # 0 = the official rule 1 - 1 / (0.1 * steps)
 
 

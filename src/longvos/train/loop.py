@@ -4,7 +4,7 @@
         schedules -> unrolled clip forward -> backward -> clip gradients -> AdamW step -> EMA -> log -> checkpoint
 
 Runs as one process, or as many under ``torchrun`` (DistributedDataParallel; gloo on CPU, NCCL on GPU). Mixed
-precision (fp16 autocast + GradScaler) is used on CUDA only. Rank 0 logs and writes checkpoints; a run interrupted
+precision (bf16 autocast, or fp16 with a GradScaler) is used on CUDA only. Rank 0 logs and writes checkpoints; a run interrupted
 by SIGTERM/SIGINT saves a checkpoint at the end of the step it is in, and ``resume=True`` continues from the newest
 checkpoint in ``run.out_dir`` (model, EMA, optimiser, scaler, RNG and step all restored; data restart at the same
 sample index since samples are seeded by index).
@@ -24,7 +24,7 @@ from longvos.models.aot.model import AOTModel
 
 from . import distributed
 from .checkpoint import latest_checkpoint, read_checkpoint, restore, save_checkpoint
-from .config import TrainConfig, describe_config
+from .config import ConfigError, TrainConfig, describe_config
 from .data import build_loader
 from .logger import TrainingLogger
 from .losses import reference_loss_weight, top_k_fraction_at
@@ -71,7 +71,11 @@ def _train(config: TrainConfig, resume: bool, dist_state: distributed.Distribute
     ema = EMA(model, optim.ema_decay or default_ema_decay(optim.steps))
     optimizer = build_optimizer(model, config)
     use_amp = optim.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(str(optim.amp_dtype).lower())
+    if amp_dtype is None:
+        raise ConfigError(f"optim.amp_dtype must be bf16 or fp16, got {optim.amp_dtype!r}")
+    # bf16 has fp32's exponent range, so only fp16 needs its loss scaled against gradient underflow.
+    scaler = torch.amp.GradScaler(device.type, enabled=use_amp and amp_dtype == torch.float16)
 
     unroll: nn.Module = ClipUnroll(model)
     if dist_state.enabled:
@@ -111,7 +115,7 @@ def _train(config: TrainConfig, resume: bool, dist_state: distributed.Distribute
             images = batch["images"].to(device, non_blocking=True)
             labels = batch["labels"].to(device, non_blocking=True)
             num_objects = batch["num_objects"].to(device)
-            autocast = (torch.autocast(device.type, dtype=torch.float16) if use_amp else contextlib.nullcontext())
+            autocast = (torch.autocast(device.type, dtype=amp_dtype) if use_amp else contextlib.nullcontext())
             with autocast:
                 loss, stats = unroll(images, labels, num_objects, settings)
             optimizer.zero_grad(set_to_none=True)
