@@ -5,6 +5,7 @@ import argparse
 import json
 import math
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from PIL import Image
 
 from longvos.cli.bench import _load_clip
 from longvos.cli.main import main
+from longvos.engine.resources import current_rss_bytes, release_free_memory
 from longvos.eval.bench import BenchReport, Design, LengthPoint, _point, run_benchmark
 from longvos.eval.clip import Clip, ping_pong
 from longvos.eval.plot import plot_curves
@@ -75,6 +77,17 @@ def test_plot_writes_a_png(tmp_path):
 @pytest.fixture(scope="module")
 def clip():
     return Clip.from_dataset(DEV, "car-shadow", size=48)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc for RSS")
+def test_freed_memory_is_handed_back_before_a_design_is_metered():
+    # Many small blocks freed by an earlier design stay resident (glibc keeps them) unless trimmed; the next design
+    # would then grow into them and report no growth.
+    blocks = [np.ones(1000) for _ in range(50_000)]  # ~400 MB in 8 KB pieces, below the mmap threshold
+    del blocks
+    before = current_rss_bytes()
+    assert release_free_memory()
+    assert before - current_rss_bytes() > 200 * 2**20
 
 
 def test_clip_is_shrunk_once(clip):

@@ -1,6 +1,9 @@
 """Process memory figures for summaries and benchmarks (no psutil: /proc on Linux, getrusage elsewhere)."""
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import gc
 import resource
 import sys
 from pathlib import Path
@@ -33,6 +36,23 @@ def peak_rss_bytes() -> int:
         return kib * 1024
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak if sys.platform == "darwin" else peak * 1024  # macOS reports bytes, Linux KiB
+
+
+def release_free_memory() -> bool:
+    """Collect garbage and hand the C allocator's free pages back to the OS (glibc ``malloc_trim``).
+
+    Without it, memory freed by one benchmarked design stays resident and the next design grows into it unseen, so
+    its RSS growth reads near zero. Returns ``False`` where there is no glibc (macOS, musl): only ``gc`` then ran.
+    """
+    gc.collect()
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+        return True
+    except (OSError, AttributeError):
+        return False
 
 
 def reset_device_peak(device: torch.device) -> None:

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import torch
 
-from longvos.engine.resources import current_rss_bytes, device_peak_bytes, peak_rss_bytes, reset_device_peak
+from longvos.engine.resources import (
+    current_rss_bytes, device_peak_bytes, peak_rss_bytes, release_free_memory, reset_device_peak,
+)
 
 _CLEAR_REFS = Path("/proc/self/clear_refs")
 #: How every FPS figure of longvos is measured (the MAVOS/LiVOS papers' protocol), stated in every report.
@@ -40,6 +42,7 @@ class PeakMemory:
     rss_resettable: bool = False
 
     def start(self) -> PeakMemory:
+        release_free_memory()  # what earlier runs freed must not hide this run's growth
         reset_device_peak(self.device)
         self.rss_resettable = reset_peak_rss()
         self.rss_at_start = current_rss_bytes() or peak_rss_bytes()
