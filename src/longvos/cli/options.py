@@ -27,7 +27,8 @@ def add_model_options(parser: argparse.ArgumentParser, *, prefix: str = "", mode
 
 
 def add_compute_options(parser: argparse.ArgumentParser, *, prefix: str = "", device: bool = True,
-                        dtype: bool = True, threads: bool = True, max_size: bool = True) -> None:
+                        dtype: bool = True, threads: bool = True, max_size: bool = True,
+                        max_size_default: int = 480) -> None:
     """Where and how the network runs: ``--device``, ``--dtype``, ``--max-size``, ``--threads``."""
     if device:
         parser.add_argument("--device", default="auto", help=f"{prefix}auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
@@ -35,9 +36,9 @@ def add_compute_options(parser: argparse.ArgumentParser, *, prefix: str = "", de
         parser.add_argument("--dtype", default=None,
                             help=f"{prefix}autocast compute dtype: fp32 (default), bf16 or fp16")
     if max_size:
-        parser.add_argument("--max-size", "--size", dest="max_size", type=int, default=480,
-                            help=f"{prefix}short side the network sees, in pixels (default 480; 0 = native); "
-                                 "outputs keep the original size")
+        parser.add_argument("--max-size", "--size", dest="max_size", type=int, default=max_size_default,
+                            help=f"{prefix}short side the network sees, in pixels (default {max_size_default}; "
+                                 "0 = native); outputs keep the original size")
     if threads:
         parser.add_argument("--threads", type=int, default=None,
                             help=f"{prefix}torch CPU threads (default: torch's choice; reported)")
