@@ -38,7 +38,9 @@ class RepeatLastMask(VOSModel):
     def input_size(self, height: int, width: int) -> tuple[int, int]:
         return max(8, height // 8 * 8), max(8, width // 8 * 8)
 
-    def init_state(self) -> RepeatState:
+    def init_state(self, mem_gap: int | None = None) -> RepeatState:
+        if mem_gap not in (None, 1):
+            raise ValueError(f"this model has no memory interval; mem_gap={mem_gap} does not apply")
         return RepeatState()
 
     def step(self, state, image_B3HW, masks=None):
