@@ -34,13 +34,16 @@ def test_point_statistics_exclude_nothing_but_what_is_given():
                    {"peak_rss_bytes": 10, "rss_growth_bytes": 2, "peak_device_bytes": None})
     assert point.timed_frames == 4
     assert point.median_ms == pytest.approx(250.0)
+    assert point.recent_median_ms == pytest.approx(400.0)  # the last tenth (at least one frame)
+    growing = _point("growing", 21, [0.1] * 18 + [0.5, 0.7], 1000, {})
+    assert growing.median_ms == pytest.approx(100.0) and growing.recent_median_ms == pytest.approx(600.0)
     assert point.p95_ms == pytest.approx(385.0)  # linear interpolation between 0.3 and 0.4
     assert point.fps == pytest.approx(4 / 1.0)
 
 
 def _report() -> BenchReport:
     def point(design, length, fps, state):
-        return LengthPoint(design, length, length - 1, 1e3 / fps, 1.2e3 / fps, fps, state, 500, 50, None)
+        return LengthPoint(design, length, length - 1, 1e3 / fps, 1.2e3 / fps, 1e3 / fps, fps, state, 500, 50, None)
 
     return BenchReport([Design("m", "mca"), Design("m", "growing")], "clip", (427, 240), 5, 0,
                        {"device": "cpu", "dtype": "fp32", "torch_threads": 2}, {"m:mca": 10, "m:growing": 10},

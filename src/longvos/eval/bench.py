@@ -77,6 +77,7 @@ class LengthPoint:
     timed_frames: int  #: non-reference frames (length - 1)
     median_ms: float
     p95_ms: float
+    recent_median_ms: float  #: median over the last tenth of the timed frames: the latency *at* this length
     fps: float
     state_bytes: int  #: largest per-video model state over the first ``length`` frames
     peak_rss_bytes: int | None  #: process peaks: None when designs were interleaved (not attributable)
@@ -135,7 +136,8 @@ class BenchReport:
 
     def format_table(self) -> str:
         on_device = any(p.peak_device_bytes is not None for p in self.points)
-        headers = ["design", "frames", "median ms", "p95 ms", "FPS", "state", "peak RSS", "RSS growth"]
+        headers = ["design", "frames", "median ms", "p95 ms", "last 10% ms", "FPS", "state", "peak RSS",
+                   "RSS growth"]
         headers += ["device peak"] if on_device else []
         rows = [format_point(p, on_device) for p in self.points]
         widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
@@ -157,8 +159,9 @@ class BenchReport:
 
 def format_point(p: LengthPoint, on_device: bool = False) -> list[str]:
     """One table row; also printed on its own as soon as a long run reaches that length."""
-    row = [p.design, str(p.length), f"{p.median_ms:.1f}", f"{p.p95_ms:.1f}", f"{p.fps:.2f}",
-           format_bytes(p.state_bytes), format_bytes(p.peak_rss_bytes), format_bytes(p.rss_growth_bytes)]
+    row = [p.design, str(p.length), f"{p.median_ms:.1f}", f"{p.p95_ms:.1f}", f"{p.recent_median_ms:.1f}",
+           f"{p.fps:.2f}", format_bytes(p.state_bytes), format_bytes(p.peak_rss_bytes),
+           format_bytes(p.rss_growth_bytes)]
     return row + ([format_bytes(p.peak_device_bytes)] if on_device else [])
 
 
@@ -284,9 +287,11 @@ def _play(streams: list[_Stream], clip: Clip, length: int, time_budget_s: float 
 def _point(label: str, length: int, latencies: list[float], state_bytes: int, memory: dict) -> LengthPoint:
     """Statistics of the timed frames so far; ``memory`` is a :meth:`PeakMemory.read` (empty when not metered)."""
     seconds = np.asarray(latencies, dtype=np.float64)
+    recent = seconds[-max(1, len(seconds) // 10):]  # a memory that grows makes late frames slower than the median
     return LengthPoint(
         design=label, length=length, timed_frames=len(seconds),
         median_ms=float(np.median(seconds) * 1e3), p95_ms=float(np.percentile(seconds, 95) * 1e3),
+        recent_median_ms=float(np.median(recent) * 1e3),
         fps=float(len(seconds) / seconds.sum()), state_bytes=state_bytes,
         peak_rss_bytes=memory.get("peak_rss_bytes"), rss_growth_bytes=memory.get("rss_growth_bytes"),
         peak_device_bytes=memory.get("peak_device_bytes"),
