@@ -245,7 +245,6 @@ class _Stream:
 
     def __init__(self, label: str, segmenter: Segmenter, clip: Clip, lengths: list[int], metered: bool,
                  on_point: Callable[[LengthPoint], None]):
-        gc.collect()
         self.label = label
         self.clip = clip
         self.wanted = set(lengths)
