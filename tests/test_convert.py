@@ -125,3 +125,19 @@ def test_cli_models(capsys):
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert all(name in out for name in ("mavos-mnv2", "deaot-swinb", "mavos-lite"))
+    assert any(line.startswith("mavos-lite") and " 320p " in line for line in out.splitlines())
+
+
+@pytest.mark.parametrize("text, expected", [("auto", "auto"), ("AUTO", "auto"), ("0", None), ("320", 320)])
+def test_max_size_option_accepts_pixels_zero_and_auto(text, expected):
+    from longvos.cli.options import parse_max_size
+
+    assert parse_max_size(text) == expected
+
+
+def test_max_size_option_rejects_other_values(capsys):
+    for bad, why in (("-1", "must be 0 (native) or a positive number of pixels, got -1"),
+                     ("big", "expected a number of pixels, 0 (native) or auto, got 'big'")):
+        with pytest.raises(SystemExit):
+            main(["segment", "video.mp4", "--mask", "mask.png", "--out", "out", "--max-size", bad])
+        assert why in capsys.readouterr().err

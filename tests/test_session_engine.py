@@ -87,6 +87,31 @@ def test_network_sees_short_side_max_size_then_model_rounding(segmenter, swan):
     assert small.state.seen_sizes == [(480, 848)]  # never enlarged
 
 
+def test_auto_max_size_is_the_models_trained_size_and_zero_is_native(swan):
+    image, mask = swan
+    model = RepeatLastMask()
+    model.default_max_size = 240
+    segmenter = Segmenter(model, device="cpu")
+    sizes = {}
+    for max_size in ("auto", 0, None, 120):
+        session = segmenter.session(max_size=max_size)
+        session.step(image, mask)
+        sizes[max_size] = session.state.seen_sizes[0]
+    assert sizes == {"auto": (240, 424), 0: (480, 848), None: (480, 848), 120: (120, 208)}
+    assert segmenter.session().max_size == 240  # "auto" is the default
+    for bad in (-5, "big", 1.5):
+        with pytest.raises(InputError, match=rf"model repeat-last-mask: max_size must be .*{bad!r}"):
+            segmenter.session(max_size=bad)
+
+
+def test_registered_models_declare_their_trained_size():
+    from longvos.models.registry import create_model, model_entry
+
+    assert model_entry("mavos-lite").max_size == 320  # trained on small crops; most accurate at 320 (model card)
+    assert model_entry("mavos-mnv2").max_size == model_entry("livos-r50").max_size == 480  # official: 480p
+    assert create_model("mavos-lite").default_max_size == 320
+
+
 def test_prediction_returns_to_original_size(segmenter, swan):
     image, mask = swan
     session = segmenter.session(max_size=240)

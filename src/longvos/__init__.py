@@ -3,7 +3,7 @@
 Public API (imported on first use, so that ``import longvos`` and ``longvos --help`` stay fast)::
 
     segmenter = longvos.load_model("mavos-lite", device="auto")
-    with segmenter.session(max_size=480) as session:
+    with segmenter.session() as session:  # frames shrunk to the model's size (max_size="auto")
         for frame in longvos.open_video("clip.mp4"):
             result = session.step(frame.image, first_mask if frame.index == 0 else None)
 

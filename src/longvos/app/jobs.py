@@ -20,6 +20,7 @@ from typing import Any, BinaryIO
 import numpy as np
 from PIL import Image
 
+from longvos.engine.frames import MaxSize
 from longvos.engine.segmenter import Segmenter
 from longvos.engine.session import StepResult
 from longvos.io.errors import InputError
@@ -185,7 +186,7 @@ def prompt_preview(job: Job, image: np.ndarray) -> bytes:
 class JobRunner:
     """Segments queued jobs one at a time on a background thread, with the shared ``segmenter``."""
 
-    def __init__(self, segmenter: Segmenter, max_size: int | None):
+    def __init__(self, segmenter: Segmenter, max_size: MaxSize):
         self.segmenter, self.max_size = segmenter, max_size
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._thread = threading.Thread(target=self._work, name="longvos-app-runner", daemon=True)

@@ -36,6 +36,7 @@ from PIL import Image
 from longvos.app.jobs import DONE, Job, JobNotFound, JobRunner, JobStore, first_frame, prompt_preview, \
     read_uploaded_mask, set_prompt_mask
 from longvos.app.prompting import objects_from_json
+from longvos.engine.frames import MaxSize
 from longvos.engine.segmenter import Segmenter
 from longvos.io.errors import InputError
 from longvos.io.prompts import prompt_mask
@@ -54,7 +55,7 @@ class AppServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, segmenter: Segmenter, *, host: str = "127.0.0.1", port: int = 7860,
-                 max_size: int | None = 480, workdir: str | Path | None = None, max_jobs: int = 20,
+                 max_size: MaxSize = "auto", workdir: str | Path | None = None, max_jobs: int = 20,
                  verbose: bool = False):
         self.verbose = verbose
         self._own_workdir = workdir is None

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from longvos.engine.frames import MaxSize
 
 Status = Literal["done", "skipped", "failed"]
 
@@ -32,7 +35,7 @@ class BatchOptions:
     dtype: str | None = None
     memory: str | None = None
     mem_gap: int | None = None
-    max_size: int | None = 480
+    max_size: MaxSize = "auto"  # see longvos.engine.frames.resolve_max_size
     overlay: str | None = None  # "mp4" or "webm": also write <out>/<name>/overlay.<ext>
     per_object: bool = False
     save_probs: bool = False

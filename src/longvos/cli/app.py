@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
         except (ValueError, OSError, RuntimeError) as err:
             raise CommandError(one_line(err)) from None
     try:
-        server = AppServer(segmenter, host=args.host, port=args.port, max_size=args.max_size or None,
+        server = AppServer(segmenter, host=args.host, port=args.port, max_size=args.max_size,
                            workdir=args.workdir, max_jobs=args.max_jobs, verbose=args.verbose)
     except OSError as err:
         raise CommandError(f"cannot listen on {args.host}:{args.port}: {err.strerror or err}") from None

@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
 
     options = BatchOptions(
         model=args.model or DEFAULT_MODEL, checkpoint=None if args.checkpoint is None else str(args.checkpoint),
-        dtype=args.dtype, memory=args.memory, mem_gap=args.mem_gap, max_size=args.max_size or None,
+        dtype=args.dtype, memory=args.memory, mem_gap=args.mem_gap, max_size=args.max_size,
         overlay=args.overlay, per_object=args.per_object, save_probs=args.probs, threads=args.threads,
     )
     devices = [device.strip() for device in args.devices.split(",") if device.strip()] if args.devices else None

@@ -47,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sequence", help="with a DAVIS-layout --clip: which sequence (default: the first by name)")
     parser.add_argument("--mask", type=Path, help="with a video --clip: the first frame's index-mask PNG")
     parser.add_argument("--mem-gap", type=int, help="frames between long-term memory updates (default: model's)")
-    add_compute_options(parser)
+    add_compute_options(parser, max_size_default=480)  # the papers' 480p, one size for every design
     parser.add_argument("--warmup", type=int, default=5, help="untimed warm-up frames per design (default 5)")
     parser.add_argument("--seed", type=int, default=0, help="seed set before each model is built (default 0)")
     parser.add_argument("--interleave", action="store_true",
@@ -117,7 +117,10 @@ def _load_clip(args: argparse.Namespace) -> Clip:
     """The clip that --clip, --sequence and --mask name; without --clip, the demo clip and its bundled mask."""
     from longvos.eval.clip import Clip
 
-    size = args.max_size or None
+    if args.max_size == "auto":
+        raise CommandError("--size auto: bench feeds every design the same frames, so give a number of pixels "
+                           "(or 0 for the clip's own size)")
+    size = args.max_size
     if args.clip is None:
         from longvos.cli.demo import FIRST_FRAME_MASK, sample_video
 

@@ -28,9 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "instead of the bundled mask")
     parser.add_argument("--frames", type=int, default=None, help="segment only the first N frames (default: all 132)")
     add_model_options(parser, memory=False)
-    # 320: where the bundled model is most accurate (dev J&F 0.66, against 0.64 at 240 and 0.60 at 200; it was trained
-    # on 129-pixel crops), and about twice as fast as 480 on a CPU.
-    add_compute_options(parser, dtype=False, threads=False, max_size_default=320)
+    add_compute_options(parser, dtype=False, threads=False)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

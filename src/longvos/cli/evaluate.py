@@ -107,5 +107,5 @@ def _run_model(args: argparse.Namespace, layout: DavisLayout, names: list[str], 
                                memory=args.memory, mem_gap=args.mem_gap)
     except (KeyError, ValueError) as err:
         raise CommandError(str(err).strip("'\"")) from None
-    return run_model(segmenter, layout, names, pred_root, max_size=args.max_size or None,
+    return run_model(segmenter, layout, names, pred_root, max_size=args.max_size,
                      late_objects=args.objects == "all", progress=progress)

@@ -15,5 +15,6 @@ def run(args: argparse.Namespace) -> int:
     width = max(len(name) for name in names)
     for name in names:
         entry = model_entry(name)
-        print(name if args.names else f"{name:<{width}}  {entry.family:<6}  {entry.description}")
+        # the short side frames are shrunk to by default (--max-size auto)
+        print(name if args.names else f"{name:<{width}}  {entry.family:<6}  {entry.max_size:>4}p  {entry.description}")
     return 0

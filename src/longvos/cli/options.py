@@ -28,7 +28,7 @@ def add_model_options(parser: argparse.ArgumentParser, *, prefix: str = "", mode
 
 def add_compute_options(parser: argparse.ArgumentParser, *, prefix: str = "", device: bool = True,
                         dtype: bool = True, threads: bool = True, max_size: bool = True,
-                        max_size_default: int = 480) -> None:
+                        max_size_default: int | str = "auto") -> None:
     """Where and how the network runs: ``--device``, ``--dtype``, ``--max-size``, ``--threads``."""
     if device:
         parser.add_argument("--device", default="auto", help=f"{prefix}auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
@@ -36,12 +36,27 @@ def add_compute_options(parser: argparse.ArgumentParser, *, prefix: str = "", de
         parser.add_argument("--dtype", default=None,
                             help=f"{prefix}autocast compute dtype: fp32 (default), bf16 or fp16")
     if max_size:
-        parser.add_argument("--max-size", "--size", dest="max_size", type=int, default=max_size_default,
-                            help=f"{prefix}short side the network sees, in pixels (default {max_size_default}; "
-                                 "0 = native); outputs keep the original size")
+        parser.add_argument("--max-size", "--size", dest="max_size", type=parse_max_size, default=max_size_default,
+                            help=f"{prefix}short side the network sees, in pixels, 0 for the native size, or auto: "
+                                 "the size the model's weights were trained for (480 for the official weights, 320 "
+                                 f"for mavos-lite; see `longvos models`); default {max_size_default}. Outputs keep "
+                                 "the original size")
     if threads:
         parser.add_argument("--threads", type=int, default=None,
                             help=f"{prefix}torch CPU threads (default: torch's choice; reported)")
+
+
+def parse_max_size(text: str) -> int | str | None:
+    """``--max-size``: ``auto``, 0 (native: ``None``) or a positive number of pixels."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        pixels = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of pixels, 0 (native) or auto, got {text!r}") from None
+    if pixels < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 (native) or a positive number of pixels, got {pixels}")
+    return pixels or None
 
 
 def apply_threads(threads: int | None) -> None:

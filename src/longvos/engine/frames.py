@@ -8,6 +8,8 @@ come back to the original size bilinearly.
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -51,6 +53,23 @@ def to_network_input(image_3HW: torch.Tensor, size_hw: tuple[int, int], device: 
     if tuple(image_13HW.shape[-2:]) != tuple(size_hw):
         image_13HW = F.interpolate(image_13HW, size=size_hw, mode="bicubic", align_corners=False).clamp_(0.0, 1.0)
     return image_13HW
+
+
+#: ``max_size`` everywhere: pixels (short side), ``None`` or 0 for the native size, or ``"auto"`` for the size the
+#: model was trained to see (``VOSModel.default_max_size``: 480 for the official weights, 320 for ``mavos-lite``).
+MaxSize = int | None | Literal["auto"]
+
+
+def resolve_max_size(max_size: MaxSize, model_default: int) -> int | None:
+    """``max_size`` with ``"auto"`` replaced by ``model_default`` and 0 by ``None`` (native); a bad value is an
+    error naming it."""
+    if max_size == "auto":
+        return model_default
+    if max_size is None or max_size == 0:
+        return None
+    if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 0:
+        raise ValueError(f"max_size must be a positive number of pixels, 0/None (native) or 'auto', got {max_size!r}")
+    return max_size
 
 
 def shrunk_size(height: int, width: int, max_size: int | None) -> tuple[int, int]:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from longvos.engine.frames import MaxSize
 from longvos.engine.progress import RunProgress, settings_difference
 from longvos.engine.prompt_masks import MaskInput, PromptMask, load_prompts
 from longvos.engine.resources import device_peak_bytes, format_bytes, peak_rss_bytes, reset_device_peak
@@ -78,7 +79,7 @@ def segment_video(
     dtype: str | torch.dtype | None = None,
     memory: str | None = None,
     mem_gap: int | None = None,
-    max_size: int | None = 480,
+    max_size: MaxSize = "auto",
     start: int = 0,
     end: int | None = None,
     reverse: bool = False,
@@ -123,7 +124,7 @@ def segment_video(
         "video": source.description if isinstance(video, FrameSource) else str(Path(source.description).resolve()),
         "num_frames": source.num_frames, "model": segmenter.name, "memory": memory, "mem_gap": mem_gap,
         "checkpoint": None if checkpoint is None else str(Path(checkpoint).resolve()), "dtype": str(segmenter.dtype),
-        "max_size": max_size, "start": start, "stop": stop, "reverse": reverse, "per_object": per_object,
+        "max_size": session.max_size, "start": start, "stop": stop, "reverse": reverse, "per_object": per_object,
         "save_probs": save_probs, "masks": {str(i): p.origin for i, p in sorted(prompts.items())},
     }  # what must match for --resume to continue a run (the device and overlay may change)
     record = RunProgress.load(out_dir) if resume else None

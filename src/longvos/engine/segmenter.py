@@ -10,6 +10,7 @@ import torch
 
 from longvos.device import resolve_device, resolve_dtype
 from longvos.engine import offline
+from longvos.engine.frames import MaxSize
 from longvos.engine.session import MaskLike, Session
 from longvos.io.errors import InputError
 from longvos.io.video import FrameSource
@@ -32,17 +33,18 @@ class Segmenter:
     def name(self) -> str:
         return self.model.name or type(self.model).__name__
 
-    def session(self, max_size: int | None = 480, mem_gap: int | None = None) -> Session:
-        """A new per-video :class:`Session`; ``max_size`` caps the short side the network sees (None: native) and
-        ``mem_gap`` overrides the model's long-term memory interval for this session only."""
+    def session(self, max_size: MaxSize = "auto", mem_gap: int | None = None) -> Session:
+        """A new per-video :class:`Session`; ``max_size`` caps the short side the network sees (``"auto"``: the
+        size the model's weights were trained for, ``None``: native) and ``mem_gap`` overrides the model's
+        long-term memory interval for this session only."""
         try:
             return Session(self.model, self.device, self.dtype, max_size=max_size, mem_gap=mem_gap)
-        except ValueError as err:  # an interval the model cannot use
+        except ValueError as err:  # an interval the model cannot use, or a bad size
             raise InputError(f"model {self.name}: {err}") from None
 
     # -- SAM2-style offline verbs (see longvos.engine.offline) ------------------------------------------------
 
-    def init_state(self, video: str | Path | FrameSource, max_size: int | None = 480,
+    def init_state(self, video: str | Path | FrameSource, max_size: MaxSize = "auto",
                    mem_gap: int | None = None) -> offline.VideoState:
         """Open ``video`` lazily (nothing is decoded) and return its state for the verbs below."""
         return offline.init_state(self.session(max_size, mem_gap), video)

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from longvos.engine.frames import frame_to_tensor, resize_ids_nearest, shrunk_size, to_network_input, upsample_probs
+from longvos.engine.frames import (MaxSize, frame_to_tensor, resize_ids_nearest, resolve_max_size, shrunk_size,
+                                   to_network_input, upsample_probs)
 from longvos.engine.objects import select_objects, to_index_map
 from longvos.io.errors import InputError, MaskError
 from longvos.io.masks import compact_ids
@@ -46,11 +47,11 @@ class Session:
     """
 
     def __init__(self, model: VOSModel, device: torch.device, dtype: torch.dtype | None = None,
-                 max_size: int | None = 480, mem_gap: int | None = None):
+                 max_size: MaxSize = "auto", mem_gap: int | None = None):
         self.model = model
         self.device = device
         self.dtype = dtype
-        self.max_size = max_size
+        self.max_size = resolve_max_size(max_size, model.default_max_size)  # pixels, or None: native
         self.mem_gap = mem_gap  # None: the model's own interval
         # Models on a corner-aligned grid (AOT with (H - 1) % 16 == 0) upsample with align_corners=True; matching
         # them puts the object boundaries where the official decoder puts them.

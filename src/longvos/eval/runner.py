@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from longvos.engine.frames import MaxSize, resolve_max_size
 from longvos.engine.resources import format_bytes
 from longvos.engine.segmenter import Segmenter
 from longvos.eval.dataset import DavisLayout
@@ -98,8 +99,9 @@ class RunReport:
 
 
 def run_model(segmenter: Segmenter, layout: DavisLayout, sequences: list[str], pred_root: Path, *,
-              max_size: int | None = 480, late_objects: bool = True, progress: bool = False) -> RunReport:
+              max_size: MaxSize = "auto", late_objects: bool = True, progress: bool = False) -> RunReport:
     """Predict every frame of ``sequences`` into ``pred_root/<sequence>/<frame>.png`` and measure the run."""
+    max_size = resolve_max_size(max_size, segmenter.model.default_max_size)
     report = RunReport(segmenter.name, max_size, environment(segmenter.device, segmenter.dtype))
     meter = PeakMemory(segmenter.device).start()
     writer = BackgroundWriter()

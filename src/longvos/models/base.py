@@ -39,6 +39,9 @@ class VOSModel(nn.Module, abc.ABC):
 
     #: Registry name this instance was built under (e.g. ``"mavos-mnv2"``); set by ``longvos.models.create_model``.
     name: str = ""
+    #: Short side (pixels) frames are shrunk to when the caller asks for ``max_size="auto"`` (the default): the size
+    #: the weights were trained for and are most accurate at. Set from the registry by ``create_model``.
+    default_max_size: int = 480
 
     @abc.abstractmethod
     def input_size(self, height: int, width: int) -> tuple[int, int]:

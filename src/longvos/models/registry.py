@@ -32,19 +32,22 @@ class ModelEntry:
     family: str
     builder: ModelBuilder
     description: str = ""
+    max_size: int = 480  # the short side its weights work best at (VOSModel.default_max_size)
 
 
 _MODELS: dict[str, ModelEntry] = {}
 _families_loaded = False
 
 
-def register_model(name: str, *, family: str, description: str = "") -> Callable[[ModelBuilder], ModelBuilder]:
-    """Decorator: register ``builder(**overrides) -> VOSModel`` under ``name``."""
+def register_model(name: str, *, family: str, description: str = "",
+                   max_size: int = 480) -> Callable[[ModelBuilder], ModelBuilder]:
+    """Decorator: register ``builder(**overrides) -> VOSModel`` under ``name``; ``max_size`` is the short side its
+    weights were trained for (the official VOS weights: 480p)."""
 
     def decorator(builder: ModelBuilder) -> ModelBuilder:
         if name in _MODELS and _MODELS[name].builder is not builder:
             raise ValueError(f"model name {name!r} is already registered (family {_MODELS[name].family})")
-        _MODELS[name] = ModelEntry(name, family, builder, description)
+        _MODELS[name] = ModelEntry(name, family, builder, description, max_size)
         return builder
 
     return decorator
@@ -91,4 +94,5 @@ def create_model(name: str, memory: str | None = None, mem_gap: int | None = Non
     except (TypeError, ValueError) as err:
         raise ValueError(f"cannot build {name}: {err}") from err
     model.name = name
+    model.default_max_size = entry.max_size
     return model
