@@ -61,6 +61,18 @@ def test_eval_errors_are_one_line(tmp_path, capsys):
     assert "no ground truth for sequence(s) nope" in capsys.readouterr().err
 
 
+def test_eval_finds_the_one_dataset_inside_a_folder(tmp_path, capsys):
+    # `longvos eval data/dev` with data/dev/davis2016-dev inside: the dataset is found (then its predictions are
+    # missing here); with two datasets inside, the error names them.
+    assert main(["eval", str(DEV.parent), "--pred", str(tmp_path), "--quiet"]) == 1
+    captured = capsys.readouterr()
+    assert f"dataset: {DEV}" in captured.out and "predictions for sequence blackswan are missing" in captured.err
+    for name in ("set-a", "set-b"):
+        (tmp_path / "data" / name / "Annotations").mkdir(parents=True)
+    assert main(["eval", str(tmp_path / "data"), "--pred", str(tmp_path), "--quiet"]) == 1
+    assert "holds 2 DAVIS-layout datasets (set-a, set-b); pass one of them" in capsys.readouterr().err
+
+
 def test_eval_model_end_to_end_on_dev(tmp_path, capsys, one_thread):
     """Run a model over the 3 dev sequences (first 4 frames each, to stay fast), write masks, score, report speed."""
     data = davis_layout(tmp_path / "data", DEV, ["blackswan", "bmx-trees", "car-shadow"], frames=4)

@@ -22,7 +22,8 @@ if TYPE_CHECKING:  # only for annotations: the CLI imports its heavy modules whe
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("data_root", type=Path, help="dataset in the DAVIS layout (Annotations/<seq>/*.png)")
+    parser.add_argument("data_root", type=Path, help="dataset in the DAVIS layout (Annotations/<seq>/*.png), or a "
+                                                     "folder holding one such dataset")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--pred", type=Path, help="folder of predictions, <seq>/<frame>.png, to score")
     source.add_argument("--model", help="run this model first (see `longvos models`), then score its masks")
@@ -65,6 +66,8 @@ def run(args: argparse.Namespace) -> int:
     progress = not args.quiet
     try:
         layout = DavisLayout.at(args.data_root)
+        if layout.root != args.data_root:
+            print(f"dataset: {layout.root}")
         names = resolve_sequence_names(layout.annotations_root, _sequence_names(args.sequences))
         extra = {}
         if args.model is not None:

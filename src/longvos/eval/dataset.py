@@ -103,7 +103,15 @@ class DavisLayout:
 
     @classmethod
     def at(cls, root: str | Path) -> DavisLayout:
+        """The dataset at ``root``, or the one dataset inside it (``data/dev`` holding ``data/dev/davis2016-dev``)."""
         root = Path(root)
+        if not (root / "Annotations").is_dir() and root.is_dir():
+            inside = sorted(child for child in root.iterdir() if (child / "Annotations").is_dir())
+            if len(inside) == 1:
+                root = inside[0]
+            elif inside:
+                raise InputError(f"{root} holds {len(inside)} DAVIS-layout datasets ({', '.join(p.name for p in inside)}); "
+                                 f"pass one of them")
         images, annotations = root / "JPEGImages", root / "Annotations"
         if not annotations.is_dir():
             raise InputError(f"{root}: not a DAVIS-layout dataset (no Annotations/ folder; expected "
