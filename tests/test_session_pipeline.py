@@ -26,6 +26,7 @@ def test_array_masks_for_later_frames_and_the_frame_hook(dev_dir, tmp_path, mask
     assert seen == [("00000", [3]), ("00001", [3]), ("00002", [3, 1000]), ("00003", [3, 1000]),
                     ("00004", [3, 1000]), ("00005", [3, 1000])]
     assert summary.frames == 6 and summary.object_ids == [3, 1000] and summary.fps > 0 and summary.state_bytes > 0
+    assert summary.network_size == (120, 208) and "at network size 208x120" in str(summary)  # 854x480 shrunk, /8
     written = read_index_mask(tmp_path / "00002.png").ids  # ids above 255: 16-bit PNG
     assert written.dtype == np.int32 and np.array_equal(written == 1000, later == 1)
 

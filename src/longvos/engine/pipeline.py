@@ -58,11 +58,13 @@ class SegmentSummary:
     out_dir: Path
     resumed_after: int = 0  # frames already complete when the run started
     notes: list[str] = field(default_factory=list)
+    network_size: tuple[int, int] | None = None  # (height, width) the network saw
 
     def __str__(self) -> str:
         device = f", device peak {format_bytes(self.peak_device_bytes)}" if self.peak_device_bytes is not None else ""
         resumed = f" (resumed after {self.resumed_after})" if self.resumed_after else ""
-        return (f"{self.frames} frames{resumed}, {len(self.object_ids)} object(s) in {self.seconds:.1f} s: "
+        network = f" at network size {self.network_size[1]}x{self.network_size[0]}" if self.network_size else ""
+        return (f"{self.frames} frames{resumed}, {len(self.object_ids)} object(s){network} in {self.seconds:.1f} s: "
                 f"{self.fps:.2f} fps ({self.model_fps:.2f} fps model only); peak memory: RSS "
                 f"{format_bytes(self.peak_rss_bytes)}{device}, model state {format_bytes(self.state_bytes)}; "
                 f"masks in {self.out_dir}")
@@ -156,6 +158,7 @@ def segment_video(
         model_fps=frames / run.model_seconds if run.model_seconds else 0.0, peak_rss_bytes=peak_rss_bytes(),
         peak_device_bytes=device_peak_bytes(segmenter.device), state_bytes=run.state_bytes,
         object_ids=session.object_ids, out_dir=out_dir, resumed_after=resumed_after,
+        network_size=session.network_size,
     )
 
 

@@ -58,6 +58,11 @@ class Session:
         self._align_corners = bool(getattr(getattr(model, "config", None), "align_corners", False))
         self.reset()
 
+    @property
+    def network_size(self) -> tuple[int, int] | None:
+        """``(height, width)`` the network sees for this video's frames (``None`` before the first frame)."""
+        return self._network_hw
+
     # -- lifecycle --------------------------------------------------------------------------------------------
 
     def reset(self) -> None:
