@@ -47,7 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sequence", help="with a DAVIS-layout --clip: which sequence (default: the first by name)")
     parser.add_argument("--mask", type=Path, help="with a video --clip: the first frame's index-mask PNG")
     parser.add_argument("--mem-gap", type=int, help="frames between long-term memory updates (default: model's)")
-    add_compute_options(parser, max_size_default=480)  # the papers' 480p, one size for every design
+    # One size for every design: the papers' 480p (models.base.PAPER_MAX_SIZE, not imported: the CLI loads no torch).
+    add_compute_options(parser, max_size_default=480)
     parser.add_argument("--warmup", type=int, default=5, help="untimed warm-up frames per design (default 5)")
     parser.add_argument("--seed", type=int, default=0, help="seed set before each model is built (default 0)")
     parser.add_argument("--interleave", action="store_true",

@@ -38,9 +38,8 @@ def add_compute_options(parser: argparse.ArgumentParser, *, prefix: str = "", de
     if max_size:
         parser.add_argument("--max-size", "--size", dest="max_size", type=parse_max_size, default=max_size_default,
                             help=f"{prefix}short side the network sees, in pixels, 0 for the native size, or auto: "
-                                 "the size the model's weights were trained for (480 for the official weights, 320 "
-                                 f"for mavos-lite; see `longvos models`); default {max_size_default}. Outputs keep "
-                                 "the original size")
+                                 "the size the model's weights were trained for (`longvos models` lists it); "
+                                 f"default {max_size_default}. Outputs keep the original size")
     if threads:
         parser.add_argument("--threads", type=int, default=None,
                             help=f"{prefix}torch CPU threads (default: torch's choice; reported)")

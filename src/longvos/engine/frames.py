@@ -56,7 +56,7 @@ def to_network_input(image_3HW: torch.Tensor, size_hw: tuple[int, int], device: 
 
 
 #: ``max_size`` everywhere: pixels (short side), ``None`` or 0 for the native size, or ``"auto"`` for the size the
-#: model was trained to see (``VOSModel.default_max_size``: 480 for the official weights, 320 for ``mavos-lite``).
+#: model was trained to see (``VOSModel.default_max_size``, from the model registry).
 MaxSize = int | None | Literal["auto"]
 
 

@@ -110,8 +110,8 @@ class DavisLayout:
             if len(inside) == 1:
                 root = inside[0]
             elif inside:
-                raise InputError(f"{root} holds {len(inside)} DAVIS-layout datasets ({', '.join(p.name for p in inside)}); "
-                                 f"pass one of them")
+                names = ", ".join(path.name for path in inside)
+                raise InputError(f"{root} holds {len(inside)} DAVIS-layout datasets ({names}); pass one of them")
         images, annotations = root / "JPEGImages", root / "Annotations"
         if not annotations.is_dir():
             raise InputError(f"{root}: not a DAVIS-layout dataset (no Annotations/ folder; expected "

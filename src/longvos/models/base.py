@@ -34,6 +34,10 @@ class TrackerState(Protocol):
         ...
 
 
+#: Short side (pixels) the published VOS models are trained and evaluated at (DAVIS 480p).
+PAPER_MAX_SIZE = 480
+
+
 class VOSModel(nn.Module, abc.ABC):
     """A semi-supervised VOS model with stateless verbs; all per-video state is in the state object."""
 
@@ -41,7 +45,7 @@ class VOSModel(nn.Module, abc.ABC):
     name: str = ""
     #: Short side (pixels) frames are shrunk to when the caller asks for ``max_size="auto"`` (the default): the size
     #: the weights were trained for and are most accurate at. Set from the registry by ``create_model``.
-    default_max_size: int = 480
+    default_max_size: int = PAPER_MAX_SIZE
 
     @abc.abstractmethod
     def input_size(self, height: int, width: int) -> tuple[int, int]:

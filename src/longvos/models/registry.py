@@ -18,7 +18,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from longvos.models.base import VOSModel
+from longvos.models.base import PAPER_MAX_SIZE, VOSModel
 
 #: Modules whose import registers a family's models.
 FAMILY_MODULES: list[str] = ["longvos.models.aot.zoo", "longvos.models.livos.zoo"]
@@ -32,7 +32,7 @@ class ModelEntry:
     family: str
     builder: ModelBuilder
     description: str = ""
-    max_size: int = 480  # the short side its weights work best at (VOSModel.default_max_size)
+    max_size: int = PAPER_MAX_SIZE  # the short side its weights work best at (VOSModel.default_max_size)
 
 
 _MODELS: dict[str, ModelEntry] = {}
@@ -40,9 +40,9 @@ _families_loaded = False
 
 
 def register_model(name: str, *, family: str, description: str = "",
-                   max_size: int = 480) -> Callable[[ModelBuilder], ModelBuilder]:
+                   max_size: int = PAPER_MAX_SIZE) -> Callable[[ModelBuilder], ModelBuilder]:
     """Decorator: register ``builder(**overrides) -> VOSModel`` under ``name``; ``max_size`` is the short side its
-    weights were trained for (the official VOS weights: 480p)."""
+    weights were trained for."""
 
     def decorator(builder: ModelBuilder) -> ModelBuilder:
         if name in _MODELS and _MODELS[name].builder is not builder:

@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 
 from longvos.models.aot.config import AOTConfig
 from longvos.models.aot.model import AOTModel
+from longvos.models.base import PAPER_MAX_SIZE
 from longvos.models.registry import register_model
 
 _MAVOS = AOTConfig(memory="mca", mem_gap=10, mca_blocks=True)
@@ -16,7 +17,7 @@ _DEAOT = AOTConfig(memory="growing", mem_gap=5, mca_blocks=False)
 class ZooEntry(NamedTuple):
     config: AOTConfig
     description: str
-    max_size: int = 480  # the short side the weights are most accurate at (official weights: 480p)
+    max_size: int = PAPER_MAX_SIZE  # the short side the weights are most accurate at
 
 
 AOT_MODELS: dict[str, ZooEntry] = {
