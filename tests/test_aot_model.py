@@ -142,6 +142,28 @@ def test_mca_memory_concatenates_first_then_fuses_into_the_dynamic_slot():
     assert torch.allclose(layer.tokens(0, 6).id_value_BNC, expected_id_value)
 
 
+def test_mca_reset_to_identity_segments_exactly_like_ref_plus_prev():
+    """With both residual branches zeroed every fusion returns the newest frame's memory, so the `mca` design then
+    behaves as `ref+prev` frame for frame: the starting point of an MCA fine-tune (``model.mca_identity_init``)."""
+    identity = small_model("mavos-mnv2", mem_gap=2)
+    identity.memory_fusion.reset_to_identity()
+    plain = small_model("mavos-mnv2", mem_gap=2, memory="ref+prev")
+    plain.load_state_dict(identity.state_dict())
+    video = frames(8)
+    with torch.no_grad():
+        states = [model.init_state() for model in (identity, plain)]
+        for model, state in zip((identity, plain), states):
+            model.step(state, video[0], box_masks([1, 2]))
+        for t in range(1, len(video)):  # fusions at frames 4 and 6
+            fused, kept = identity.step(states[0], video[t]), plain.step(states[1], video[t])
+            assert torch.equal(fused, kept), t
+    block = small_model("mavos-mnv2").memory_fusion.layers[0].key  # the random init does change the memory
+    tokens_BNC = torch.randn(1, 6, block.dim)
+    assert not torch.equal(block(tokens_BNC, tokens_BNC.flip(1), (2, 3)), tokens_BNC)
+    block.reset_to_identity()
+    assert torch.equal(block(tokens_BNC, tokens_BNC.flip(1), (2, 3)), tokens_BNC)
+
+
 def _state_nbytes_after(model, checkpoints: tuple[int, ...]) -> list[int]:
     state = model.init_state()
     video = frames(max(checkpoints) + 1)

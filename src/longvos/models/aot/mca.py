@@ -133,6 +133,19 @@ class ModulatedCrossAttention(nn.Module):
         fused_BNC = new_BNC + self.drop_path(self.attn(self.norm_l(new_BNC), self.norm_c(context_BNC), hw))
         return fused_BNC + self.drop_path(self.mlp(self.norm2(fused_BNC)))
 
+    @torch.no_grad()
+    def reset_to_identity(self) -> None:
+        """Zero the output layers of both residual branches, so the block returns the new memory unchanged.
+
+        A fine-tune of the fusion then starts from "the dynamic slot is the newest written frame" (what ``ref+prev``
+        does) and learns only what improves on it; every weight still gets gradients, since the zeroed layers see
+        non-zero inputs (as in ReZero / LayerScale). Used by training (``model.mca_identity_init``), never by
+        checkpoints that already hold fusion weights.
+        """
+        for layer in (self.attn.proj, self.mlp.fc2):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
     def _check_inputs(self, new_BNC: torch.Tensor, context_BNC: torch.Tensor, hw: tuple[int, int]) -> None:
         height, width = hw
         for name, tokens in (("new memory", new_BNC), ("context", context_BNC)):

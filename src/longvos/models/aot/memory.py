@@ -196,6 +196,12 @@ class MemoryFusion(nn.Module):
         self.layers = nn.ModuleList(
             LayerMemoryFusion(qk_dim, value_dim, num_heads, drop_path) for _ in range(num_layers))
 
+    def reset_to_identity(self) -> None:
+        """Every MCA block returns its new memory unchanged (see :meth:`ModulatedCrossAttention.reset_to_identity`)."""
+        for module in self.modules():
+            if isinstance(module, ModulatedCrossAttention):
+                module.reset_to_identity()
+
 
 def make_long_term_memory(design: str, fusion: MemoryFusion | None) -> LongTermMemory:
     """The strategy object for a design name (``growing``, ``ref+prev``, ``mca``)."""
