@@ -6,6 +6,7 @@ import csv
 import pytest
 import torch
 
+from longvos.convert import save_model
 from longvos.train.checkpoint import list_checkpoints, read_checkpoint
 from longvos.train.config import TrainConfig, load_config
 from longvos.train import loop
@@ -85,16 +86,22 @@ def test_mca_blocks_learn_with_six_frame_clips(shared_dir, tmp_path, monkeypatch
 
 def test_train_only_moves_just_the_named_modules(shared_dir, tmp_path, monkeypatch):
     """Fine-tuning the MCA blocks alone: everything outside ``memory_fusion.`` keeps its weights."""
-    config = tiny_config(shared_dir, tmp_path, "data.clip_len=6", "optim.steps=1", "model.train_only=memory_fusion")
+    save_model(loop.build_model(tiny_config(shared_dir, tmp_path)), tmp_path / "stage1.pt")
+    config = tiny_config(shared_dir, tmp_path, "data.clip_len=6", "optim.steps=1", "model.train_only=memory_fusion",
+                         f"model.init={tmp_path / 'stage1.pt'}")
     before = initial_weights(monkeypatch)
     after = train(config).state_dict()
     moved = {k for k in before if not torch.equal(before[k], after[k])}
     assert moved and all(k.startswith("memory_fusion.") for k in moved)
 
 
-def test_train_only_with_an_unknown_prefix_is_a_config_error(shared_dir, tmp_path):
+def test_train_only_errors_name_the_problem(shared_dir, tmp_path):
+    with pytest.raises(loop.ConfigError, match="model.train_only freezes the rest of the model, so it needs model.init"):
+        loop.build_model(tiny_config(shared_dir, tmp_path, "model.train_only=memory_fusion"))
+    save_model(loop.build_model(tiny_config(shared_dir, tmp_path)), tmp_path / "stage1.pt")
     with pytest.raises(loop.ConfigError, match="model.train_only: no parameter name starts with 'memory_fuson'"):
-        loop.build_model(tiny_config(shared_dir, tmp_path, "model.train_only=decoder, memory_fuson"))
+        loop.build_model(tiny_config(shared_dir, tmp_path, "model.train_only=decoder, memory_fuson",
+                                     f"model.init={tmp_path / 'stage1.pt'}"))
 
 
 def test_mca_identity_init_zeroes_the_fusion_branches_and_needs_mca_blocks(shared_dir, tmp_path):

@@ -172,6 +172,9 @@ def build_model(config: TrainConfig) -> AOTModel:
     # on CPU. They stay in the optimiser, so a run may unfreeze later and resume.
     model.encoder.requires_grad_(not model_cfg.freeze_encoder)
     if model_cfg.train_only:
+        if not model_cfg.init:
+            raise ConfigError("model.train_only freezes the rest of the model, so it needs model.init "
+                              "(the checkpoint whose other weights stay fixed)")
         freeze_all_but(model, model_cfg.train_only)
     return model
 
