@@ -96,7 +96,7 @@ def test_train_only_moves_just_the_named_modules(shared_dir, tmp_path, monkeypat
 
 
 def test_train_only_errors_name_the_problem(shared_dir, tmp_path):
-    with pytest.raises(loop.ConfigError, match="model.train_only freezes the rest of the model, so it needs model.init"):
+    with pytest.raises(loop.ConfigError, match="model.train_only freezes the rest of the model, so it needs"):
         loop.build_model(tiny_config(shared_dir, tmp_path, "model.train_only=memory_fusion"))
     save_model(loop.build_model(tiny_config(shared_dir, tmp_path)), tmp_path / "stage1.pt")
     with pytest.raises(loop.ConfigError, match="model.train_only: no parameter name starts with 'memory_fuson'"):
@@ -106,7 +106,8 @@ def test_train_only_errors_name_the_problem(shared_dir, tmp_path):
 
 def test_mca_identity_init_zeroes_the_fusion_branches_and_needs_mca_blocks(shared_dir, tmp_path):
     model = loop.build_model(tiny_config(shared_dir, tmp_path, "model.mca_identity_init=true"))
-    outputs = [p for n, p in model.named_parameters() if n.startswith("memory_fusion.") and (".proj." in n or ".fc2." in n)]
+    outputs = [p for n, p in model.named_parameters()
+               if n.startswith("memory_fusion.") and (".proj." in n or ".fc2." in n)]
     assert len(outputs) == 3 * 3 * 2 * 2 and all(not p.any() for p in outputs)  # layers x K/V/ID_V x branches x w/b
     with pytest.raises(loop.ConfigError, match="model.mca_identity_init: 'deaot-mnv2' has no MCA blocks"):
         loop.build_model(tiny_config(shared_dir, tmp_path, "model.name=deaot-mnv2", "model.mca_identity_init=true"))

@@ -139,8 +139,8 @@ class ModulatedCrossAttention(nn.Module):
 
         A fine-tune of the fusion then starts from "the dynamic slot is the newest written frame" (what ``ref+prev``
         does) and learns only what improves on it; every weight still gets gradients, since the zeroed layers see
-        non-zero inputs (as in ReZero / LayerScale). Used by training (``model.mca_identity_init``), never by
-        checkpoints that already hold fusion weights.
+        non-zero inputs (as in ReZero / LayerScale). Training calls it when ``model.mca_identity_init`` is set;
+        inference never does.
         """
         for layer in (self.attn.proj, self.mlp.fc2):
             nn.init.zeros_(layer.weight)
