@@ -57,6 +57,9 @@ class DataConfig:
     static_fraction: float = 0.5        # probability that a clip is synthesised from a still image
     clip_len: int = 8                   # reference frame + (clip_len - 1) predicted frames
     size: int = 465                     # square crop side; (size - 1) % 16 == 0 suits the align-corners models
+    curriculum_steps: tuple[int, ...] = ()  # resolution curriculum: from each of these steps on ...
+    curriculum_sizes: tuple[int, ...] = ()  # ... the crop side is this one (data.size before the first)
+    holdout: tuple[str, ...] = ()       # "<video set>/<sequence>" never trained on: the validation split
     max_objects: int = 10               # objects per clip (the model's slots per pass)
     max_gap: int = 5                    # frames between consecutive sampled video frames: 1..max_gap
     reverse_prob: float = 0.5           # video clips played backwards
@@ -91,7 +94,7 @@ class OptimConfig:
     warmup_fraction: float = 0.05
     poly_power: float = 0.9
     grad_clip: float = 5.0
-    amp: bool = True                    # mixed precision; only ever used on CUDA
+    amp: bool = True                    # mixed precision: CUDA, or bf16 on a CPU with native bf16
     amp_dtype: str = "bf16"             # bf16 (no loss scaling needed) or fp16 (with a GradScaler, pre-Ampere GPUs)
     ema_decay: float = 0.0              # 0 = the official rule 1 - 1 / (0.1 * steps)
 

@@ -27,11 +27,14 @@ MAX_REDRAWS = 20
 class TrainingClips(Dataset):
     """Map-style view of the endless stream: ``clips[i]`` is sample ``i`` (index only seeds the generator)."""
 
-    def __init__(self, cfg: DataConfig, seed: int = 0, rank: int = 0):
+    def __init__(self, cfg: DataConfig, seed: int = 0, rank: int = 0, batch_size: int = 1):
         root = check_not_held_out(Path(cfg.root))
         if not root.is_dir():
             raise TrainingDataError(f"training data root not found: {cfg.root}")
-        self.cfg, self.seed, self.rank = cfg, seed, rank
+        if len(cfg.curriculum_steps) != len(cfg.curriculum_sizes) or list(cfg.curriculum_steps) != sorted(
+                cfg.curriculum_steps):
+            raise TrainingDataError("data.curriculum_steps (increasing) and data.curriculum_sizes need one size per step")
+        self.cfg, self.seed, self.rank, self.batch_size = cfg, seed, rank, batch_size
         self.static = StaticClipSource([root / s for s in cfg.static_sets], cfg) if cfg.static_sets else None
         self.video = VideoClipSource([root / s for s in cfg.video_sets], cfg) if cfg.video_sets else None
         if self.static is None and self.video is None:
@@ -45,13 +48,22 @@ class TrainingClips(Dataset):
         for _ in range(MAX_REDRAWS):
             use_static = self.video is None or (self.static is not None and rng.random() < self.cfg.static_fraction)
             source = self.static if use_static else self.video
-            clip, num_objects = select_objects(source.sample(rng), rng, self.cfg.max_objects,
+            clip, num_objects = select_objects(source.sample(rng, self.size_at(index)), rng, self.cfg.max_objects,
                                                self.cfg.min_object_pixels)
             if num_objects > 0:
                 clip.frames = [photometric(frame, rng, self.cfg.augment) for frame in clip.frames]
                 return to_tensors(clip, num_objects)
         raise TrainingDataError(f"sample {index}: no clip with a visible object after {MAX_REDRAWS} draws; "
                                 f"check data.min_object_pixels ({self.cfg.min_object_pixels}) against data.size")
+
+
+    def size_at(self, index: int) -> int:
+        """Crop side of sample ``index``: the curriculum's size at its step (all clips of a batch share a step)."""
+        step, size = index // self.batch_size, self.cfg.size
+        for from_step, step_size in zip(self.cfg.curriculum_steps, self.cfg.curriculum_sizes):
+            if step >= from_step:
+                size = step_size
+        return size
 
 
 class EndlessSampler(Sampler[int]):
@@ -69,7 +81,7 @@ class EndlessSampler(Sampler[int]):
 
 def build_loader(cfg: DataConfig, batch_size: int, seed: int, rank: int, start_sample: int) -> DataLoader:
     return DataLoader(
-        TrainingClips(cfg, seed=seed, rank=rank),
+        TrainingClips(cfg, seed=seed, rank=rank, batch_size=batch_size),
         batch_size=batch_size,
         sampler=EndlessSampler(start_sample),
         num_workers=cfg.workers,

@@ -34,18 +34,18 @@ class StaticClipSource:
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def sample(self, rng: np.random.Generator) -> Clip:
-        clip = self.clip_from(int(rng.integers(len(self.pairs))), rng)
+    def sample(self, rng: np.random.Generator, size: int) -> Clip:
+        clip = self.clip_from(int(rng.integers(len(self.pairs))), rng, size)
         if rng.random() < self.cfg.static_merge_prob:
-            clip = paste(clip, self.clip_from(int(rng.integers(len(self.pairs))), rng))
+            clip = paste(clip, self.clip_from(int(rng.integers(len(self.pairs))), rng, size))
         return clip
 
-    def clip_from(self, index: int, rng: np.random.Generator) -> Clip:
+    def clip_from(self, index: int, rng: np.random.Generator, size: int) -> Clip:
         """``clip_len`` frames of one photo moving along a random walk; frame 0 shows the object."""
         image_path, mask_path = self.pairs[index]
         image = read_image(image_path)
         label = read_label(mask_path, expected_hw=image.shape[:2])
-        size, aug = self.cfg.size, self.cfg.augment
+        aug = self.cfg.augment
         matrix = crop_homography(image.shape[:2], size, rng, aug.scale_range,
                                  keep_point_xy=random_object_point(label, rng),
                                  hflip=rng.random() < aug.hflip_prob)

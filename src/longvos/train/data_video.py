@@ -37,23 +37,32 @@ class VideoClipSource:
     def __init__(self, set_dirs: list[Path], cfg: DataConfig):
         self.cfg = cfg
         self.sequences: list[Sequence] = []
+        unused_holdout = set(cfg.holdout)
         for set_dir in set_dirs:
-            self.sequences.extend(find_sequences(check_not_held_out(set_dir)))
+            for sequence in find_sequences(check_not_held_out(set_dir)):
+                key = f"{set_dir.name}/{sequence.name}"
+                if key in unused_holdout:
+                    unused_holdout.discard(key)  # the validation split: never trained on
+                else:
+                    self.sequences.append(sequence)
+        if unused_holdout:  # a typo would silently train on the validation split
+            raise TrainingDataError(f"data.holdout names no sequence of the video sets: {', '.join(sorted(unused_holdout))}"
+                                    " (write <video set>/<sequence>)")
         if not self.sequences:
             raise TrainingDataError(f"no annotated sequences found in {', '.join(map(str, set_dirs))}")
 
     def __len__(self) -> int:
         return len(self.sequences)
 
-    def sample(self, rng: np.random.Generator) -> Clip:
+    def sample(self, rng: np.random.Generator, size: int) -> Clip:
         first = int(rng.integers(len(self.sequences)))
-        clip = self.clip_from(first, rng)
+        clip = self.clip_from(first, rng, size)
         if len(self.sequences) > 1 and rng.random() < self.cfg.video_merge_prob:
             other = (first + 1 + int(rng.integers(len(self.sequences) - 1))) % len(self.sequences)
-            clip = paste(clip, self.clip_from(other, rng))
+            clip = paste(clip, self.clip_from(other, rng, size))
         return clip
 
-    def clip_from(self, index: int, rng: np.random.Generator) -> Clip:
+    def clip_from(self, index: int, rng: np.random.Generator, size: int) -> Clip:
         sequence = self.sequences[index]
         order = list(range(len(sequence.frames)))
         if rng.random() < self.cfg.reverse_prob:
@@ -63,7 +72,7 @@ class VideoClipSource:
         indices = [order[p] for p in positions]
 
         image0 = read_image(sequence.frames[indices[0]])
-        size, aug = self.cfg.size, self.cfg.augment
+        aug = self.cfg.augment
         matrix = crop_homography(image0.shape[:2], size, rng, aug.scale_range,
                                  keep_point_xy=random_object_point(reference_label, rng),
                                  hflip=rng.random() < aug.hflip_prob)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from longvos.models.aot import official
+from longvos.models.layers.depthwise import DepthwiseConv2d
 from longvos.models.layers.drop import DropPath
 
 
@@ -43,7 +44,7 @@ class FocalModulatedCrossAttention(nn.Module):
         # Each level widens the receptive field: kernels 3, 5, 7, ... applied one after the other.
         self.focal_layers = nn.ModuleList(
             nn.Sequential(
-                nn.Conv2d(dim, dim, kernel_size=3 + 2 * level, padding=1 + level, groups=dim, bias=False),
+                DepthwiseConv2d(dim, kernel_size=3 + 2 * level, padding=1 + level),
                 nn.GELU(),
             )
             for level in range(focal_level)

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from longvos.models.layers.depthwise import conv2d
 from longvos.models.layers.drop import DropPath
 from longvos.models.layers.norm import FrozenBatchNorm2d, NormFactory
 
@@ -59,7 +60,7 @@ class SameConv2d(nn.Conv2d):
             pads += [total // 2, total - total // 2]
         if any(pads):
             x_BCHW = F.pad(x_BCHW, pads)
-        return super().forward(x_BCHW)
+        return conv2d(x_BCHW, self.weight, None, self.stride, (0, 0), self.dilation, self.groups)
 
 
 class ConvBNAct(nn.Module):

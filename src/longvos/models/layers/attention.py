@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from longvos.models.layers.depthwise import DepthwiseConv2d
+
 
 def tokens_to_map(tokens_BNC: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
     """``(B, H*W, C)`` tokens -> ``(B, C, H, W)`` map, as a channels-last *view* (no copy).
@@ -75,7 +77,7 @@ class DepthwiseConvDropout(nn.Module):
 
     def __init__(self, channels: int, kernel_size: int = 5, dropout: float = 0.1):
         super().__init__()
-        self.conv = nn.Conv2d(channels, channels, kernel_size, padding=kernel_size // 2, groups=channels, bias=False)
+        self.conv = DepthwiseConv2d(channels, kernel_size, padding=kernel_size // 2)
         self.dropout = nn.Dropout2d(dropout)
 
     def forward(self, map_BCHW: torch.Tensor) -> torch.Tensor:
