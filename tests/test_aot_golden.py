@@ -2,13 +2,15 @@
 
 For each official config the golden rule weights (``golden/mavos/make_weights.py``) are built under the official key
 names, converted by :func:`longvos.convert.convert_checkpoint` with its strict check, and the teacher-forced clip of
-``golden/mavos/README.md`` is run through the model's verbs (gap 2, CPU fp32): frame 0 is the reference; for
+``golden/mavos/README.md`` is run through the model's verbs (gap 2, fp32; on CPU, or on the device named by ``LONGVOS_TEST_DEVICE``, e.g. ``cuda`` in
+``scripts/gpu_check.py``, with TF32 off): frame 0 is the reference; for
 t = 1..7 propagate, decode, then write memory with the *given* label t. Every frame's logits, probabilities and argmax
 and every recorded intermediate must match the official outputs within the README's tolerances.
 """
 from __future__ import annotations
 
 import importlib.util
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,6 +28,8 @@ PROB_ATOL = 1e-5
 ARGMAX_MIN_GAP = 1e-4  # argmax must match wherever the expected top-2 probability gap is at least this
 NUM_OBJECTS = 2
 GOLDEN_GAP = 2
+#: Where the models run: CPU by default; ``LONGVOS_TEST_DEVICE=cuda`` checks the CUDA kernels at the same tolerances.
+DEVICE = torch.device(os.environ.get("LONGVOS_TEST_DEVICE", "cpu"))
 
 #: golden config -> (our model name, crop of the clip: Swin needs multiples of 16)
 CONFIGS = {
@@ -50,7 +54,7 @@ class GoldenRun:
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
 
     def record(self, name: str, tensor: torch.Tensor) -> None:
-        self.arrays[name] = tensor.detach().numpy()
+        self.arrays[name] = tensor.detach().cpu().numpy()
 
 
 def _tokens(tokens_BNC: torch.Tensor) -> torch.Tensor:
@@ -72,10 +76,12 @@ def _run_clip(golden_dir, config: str) -> GoldenRun:
     assert report.ok and report.matched == len(rule_weights)
     model = create_model(model_name, mem_gap=GOLDEN_GAP).eval()
     model.load_state_dict(state_dict, strict=True)
+    model.to(DEVICE)
 
     with np.load(golden_dir / "mavos" / "inputs.npz") as inputs:
         frames_T3HW = torch.from_numpy(inputs["frames"]).permute(0, 3, 1, 2).float() / 255.0
         labels_THW = torch.from_numpy(inputs["labels"]).long()
+    frames_T3HW, labels_THW = frames_T3HW.to(DEVICE), labels_THW.to(DEVICE)
     if crop is not None:
         frames_T3HW, labels_THW = frames_T3HW[:, :, : crop[0], : crop[1]], labels_THW[:, : crop[0], : crop[1]]
     with np.load(golden_dir / "mavos" / f"expected_{config}.npz") as expected:
@@ -83,7 +89,7 @@ def _run_clip(golden_dir, config: str) -> GoldenRun:
     num_classes = model.config.num_classes
     frame_hw = tuple(labels_THW.shape[-2:])
     assert model.input_size(*frame_hw) == frame_hw
-    live_1K = torch.arange(num_classes)[None] <= NUM_OBJECTS
+    live_1K = torch.arange(num_classes, device=DEVICE)[None] <= NUM_OBJECTS
 
     def one_hot(t: int) -> torch.Tensor:
         return labels_to_one_hot(labels_THW[t : t + 1], num_classes)

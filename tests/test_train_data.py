@@ -198,3 +198,21 @@ def test_real_training_data_never_touches_dev(shared_dir, monkeypatch):
         assert 1 <= n <= config.max_objects
         assert sample["labels"].shape == (4, 129, 129)
     assert opened and all("/data/train/" in p for p in opened)
+
+
+def test_holdout_sequences_are_never_drawn(tiny_root):
+    """The validation split: a held-out sequence never appears in a training clip; a name matching nothing fails."""
+    clips = TrainingClips(tiny_config(tiny_root, static_fraction=0.0, holdout=("vids/walk",)))
+    assert [s.name for s in clips.video.sequences] == ["sparse"]
+    with pytest.raises(TrainingDataError, match="vids/typo"):
+        TrainingClips(tiny_config(tiny_root, holdout=("vids/typo",)))
+
+
+def test_resolution_curriculum_sizes_follow_the_step(tiny_root):
+    """Sample i belongs to step i // batch_size; the crop grows at each curriculum step, the same for a whole batch."""
+    config = tiny_config(tiny_root, size=33, curriculum_steps=(2, 4), curriculum_sizes=(49, 65))
+    clips = TrainingClips(config, batch_size=3)
+    assert [clips.size_at(i) for i in (0, 5, 6, 11, 12, 30)] == [33, 33, 49, 49, 65, 65]
+    assert clips[0]["images"].shape[-1] == 33 and clips[13]["images"].shape[-1] == 65
+    with pytest.raises(TrainingDataError, match="curriculum"):
+        TrainingClips(tiny_config(tiny_root, curriculum_steps=(2,), curriculum_sizes=()))

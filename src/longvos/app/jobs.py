@@ -3,19 +3,31 @@
 Everything big lives on disk in the job's folder and is streamed in and out (upload, masks, overlay, zip); a job
 keeps in memory only its status and one small preview image of the latest frame, so a long video costs the server
 no more memory than a short one. One runner thread segments the queued jobs one at a time with the shared model.
+
+Nothing a client sends names a file or a header: uploads are stored under names the server picks (one staging
+file per upload), the uploaded file's name is kept only for display (:func:`display_name`) and, reduced to safe
+ASCII (:func:`safe_ascii_name`), to name the downloads. The work folder has a disk quota across all jobs, and image
+sizes are checked from file headers before anything is decoded.
 """
 from __future__ import annotations
 
 import io
+import os
 import queue
+import re
 import secrets
 import shutil
+import struct
+import tempfile
 import threading
 import time
+import unicodedata
 import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Callable, ContextManager
 
 import numpy as np
 from PIL import Image
@@ -32,6 +44,9 @@ from longvos.io.writer import atomic_write
 CHUNK_BYTES = 1 << 20
 PREVIEW_WIDTH = 640  # live previews are scaled down to this width: small, and sent often
 PREVIEW_INTERVAL = 0.3  # seconds between live preview renders
+MAX_MASK_BYTES = 64 << 20
+MAX_VIDEO_PIXELS = 7680 * 4320  # 8K UHD: larger frames are refused before the first one is decoded
+DISK_MARGIN_BYTES = 256 << 20  # an upload must leave this much of the disk free
 
 # Job states, in the order a job goes through them ("failed" can follow any of the last three).
 READY, QUEUED, RUNNING, DONE, FAILED = "ready", "queued", "running", "done", "failed"
@@ -45,12 +60,38 @@ class JobBusy(InputError):
     """The request does not fit the job's state (e.g. a new prompt while it runs)."""
 
 
+class TooLarge(InputError):
+    """An upload or an image over a limit (size, pixels, the work folder's quota): HTTP 413."""
+
+    status = 413
+
+
+class JobCancelled(Exception):
+    """Raised inside a run to stop it (the server is stopping)."""
+
+
+def display_name(raw: str, default: str) -> str:
+    """An uploaded file's name for display: its last path component, control characters replaced."""
+    name = "".join(char if char.isprintable() else "_" for char in raw)
+    name = name.rsplit("/", 1)[-1].strip()
+    return name[:200] or default
+
+
+def safe_ascii_name(name: str, default: str = "video") -> str:
+    """``name`` reduced to letters, digits, spaces and ``._()+,-`` (accents dropped): safe in a quoted header
+    value, a zip entry and a file name on any system. Never empty."""
+    text = unicodedata.normalize("NFKD", name).encode("ascii", "ignore").decode("ascii")
+    text = re.sub(r"[^A-Za-z0-9 ._()+,-]+", "_", text)
+    text = re.sub(r"_{2,}", "_", text).strip(" ._-")
+    return text[:100].strip(" ._-") or default
+
+
 @dataclass
 class Job:
     id: str
     folder: Path
     video: Path
-    name: str  # the uploaded file's name without extension: names the downloads
+    name: str  # the uploaded file's name without extension, for display (see display_name)
     num_frames: int
     height: int
     width: int
@@ -63,6 +104,11 @@ class Job:
     error: str | None = None
     preview_jpeg: bytes | None = None  # the latest overlay frame while running: the only image kept in memory
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def safe_name(self) -> str:
+        """:attr:`name` as safe ASCII: names the downloads and the folder inside the zip."""
+        return safe_ascii_name(self.name)
 
     @property
     def prompt_path(self) -> Path:
@@ -89,13 +135,19 @@ class Job:
 
 
 class JobStore:
-    """Jobs by id, each in ``workdir/<id>/``; the oldest finished jobs are deleted beyond ``max_jobs``."""
+    """Jobs by id, each in ``workdir/<id>/``; the oldest idle jobs are deleted beyond ``max_jobs``, or when an
+    upload would take the work folder over ``quota_bytes`` (what all jobs hold on disk, uploads in flight
+    included)."""
 
-    def __init__(self, workdir: Path, max_jobs: int = 20, max_upload_bytes: int = 4 << 30):
+    def __init__(self, workdir: Path, max_jobs: int = 20, max_upload_bytes: int = 4 << 30,
+                 quota_bytes: int = 20 << 30, max_video_pixels: int = MAX_VIDEO_PIXELS):
         self.workdir = workdir
         self.max_jobs = max_jobs
         self.max_upload_bytes = max_upload_bytes
+        self.quota_bytes = quota_bytes
+        self.max_video_pixels = max_video_pixels
         self._jobs: dict[str, Job] = {}
+        self._reserved = 0  # bytes of uploads in flight
         self._lock = threading.Lock()
 
     def get(self, job_id: str) -> Job:
@@ -105,38 +157,96 @@ class JobStore:
             except KeyError:
                 raise JobNotFound(job_id) from None
 
-    def create(self, upload: BinaryIO, length: int, filename: str) -> Job:
-        """A job from an uploaded video of ``length`` bytes, read from ``upload`` in chunks."""
+    def jobs(self) -> list[Job]:
+        with self._lock:
+            return list(self._jobs.values())
+
+    def create(self, upload: BinaryIO, length: int, filename: str,
+               decoding: Callable[[], ContextManager[Any]] = nullcontext) -> Job:
+        """A job from an uploaded video of ``length`` bytes, read from ``upload`` in chunks; its first frame is
+        decoded (to check the file) inside ``decoding()``, the server's bound on image work."""
         suffix = Path(filename).suffix.lower()
         if suffix not in VIDEO_EXTENSIONS:
             raise InputError(f"{filename}: not a video file; upload one of {', '.join(sorted(VIDEO_EXTENSIONS))}")
         if length > self.max_upload_bytes:
-            raise InputError(f"{filename}: {length / 2**20:.0f} MiB is over the upload limit of "
-                             f"{self.max_upload_bytes / 2**20:.0f} MiB")
+            raise TooLarge(f"{filename}: {_mib(length)} is over the upload limit of {_mib(self.max_upload_bytes)}")
         job_id = secrets.token_hex(8)
         folder = self.workdir / job_id
-        folder.mkdir(parents=True)
-        video = folder / f"input{suffix}"
-        try:
-            _copy_exactly(upload, video, length)
-            with open_video(video) as source:
-                source.read(0)  # decodes: a file that only looks like a video fails here, not mid-run
-                height, width = source.frame_size
-                job = Job(job_id, folder, video, Path(filename).stem or "video", source.num_frames, height, width,
-                          float(getattr(source, "fps", 24.0)))
-        except BaseException:
-            shutil.rmtree(folder, ignore_errors=True)
-            raise
+        with self.reserve(length, filename, evict=True):
+            folder.mkdir(parents=True)
+            video = folder / f"input{suffix}"
+            try:
+                _copy_exactly(upload, video, length)
+                try:
+                    with open_video(video) as source:
+                        height, width = source.frame_size
+                        if height * width > self.max_video_pixels:  # checked before anything is decoded
+                            raise TooLarge(f"{filename}: frames of {width}x{height} are over the limit of "
+                                           f"{self.max_video_pixels / 1e6:g} megapixels")
+                        with decoding():
+                            source.read(0)  # decodes: a file that only looks like a video fails here, not mid-run
+                        job = Job(job_id, folder, video, display_name(Path(filename).stem, "video"),
+                                  source.num_frames, height, width, float(getattr(source, "fps", 24.0)))
+                except InputError as err:  # name the user's file, not the server's copy of it
+                    raise _renamed(err, video, filename) from None
+            except BaseException:
+                shutil.rmtree(folder, ignore_errors=True)
+                raise
         with self._lock:
             self._jobs[job_id] = job
             self._forget_old_jobs()
         return job
 
+    @contextmanager
+    def reserve(self, length: int, what: str, *, evict: bool = False) -> Iterator[None]:
+        """Hold ``length`` bytes of the quota while an upload is written (refused with :class:`TooLarge` where it
+        does not fit; with ``evict``, the oldest idle jobs are deleted to make room first)."""
+        if length > self.quota_bytes:
+            raise TooLarge(f"{what}: {_mib(length)} is over the work folder's quota of {_mib(self.quota_bytes)}")
+        while True:
+            used = _disk_usage(self.workdir)  # walked outside the lock: other requests go on meanwhile
+            with self._lock:
+                if used + self._reserved + length <= self.quota_bytes:
+                    self._reserved += length
+                    break
+                idle = [job for job in self._jobs.values() if job.state in (READY, DONE, FAILED)] if evict else []
+                if not idle:
+                    raise TooLarge(f"{what}: the work folder is full ({_mib(used + self._reserved)} of its "
+                                   f"{_mib(self.quota_bytes)} quota in use); try again when a video has finished")
+                self._forget(idle[0])  # the oldest (dicts keep creation order); then measure again
+        try:
+            free = shutil.disk_usage(self.workdir).free
+            if length + DISK_MARGIN_BYTES > free:
+                raise TooLarge(f"{what}: {_mib(length)} would leave less than {_mib(DISK_MARGIN_BYTES)} free on "
+                               f"the server's disk")
+            yield
+        finally:
+            with self._lock:
+                self._reserved -= length
+
     def _forget_old_jobs(self) -> None:
         finished = [job for job in self._jobs.values() if job.state in (READY, DONE, FAILED)]
         for job in finished[: max(0, len(self._jobs) - self.max_jobs)]:  # dicts keep creation order
-            del self._jobs[job.id]
-            shutil.rmtree(job.folder, ignore_errors=True)
+            self._forget(job)
+
+    def _forget(self, job: Job) -> None:
+        del self._jobs[job.id]
+        shutil.rmtree(job.folder, ignore_errors=True)
+
+
+def _disk_usage(folder: Path) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(root, name)).st_size
+            except OSError:
+                pass  # deleted meanwhile
+    return total
+
+
+def _mib(size: int) -> str:
+    return f"{size / 2**20:.1f} MiB" if size < 10 << 20 else f"{size / 2**20:.0f} MiB"
 
 
 def first_frame(job: Job) -> np.ndarray:
@@ -158,20 +268,59 @@ def set_prompt_mask(job: Job, ids: np.ndarray, palette: np.ndarray | None = None
         job.state, job.error = READY, None
 
 
-def read_uploaded_mask(job: Job, upload: BinaryIO, length: int,
-                       filename: str = "the mask") -> tuple[np.ndarray, np.ndarray | None]:
-    """A first-frame mask PNG uploaded for ``job``, validated like ``segment --mask`` validates one."""
-    if length > 64 << 20:
-        raise InputError(f"{filename}: over 64 MiB; a mask is a PNG the size of the video")
-    staged = job.folder / "upload-mask.png"
-    _copy_exactly(upload, staged, length)
+def read_uploaded_mask(job: Job, upload: BinaryIO, length: int, filename: str = "the mask",
+                       decoding: Callable[[], ContextManager[Any]] = nullcontext
+                       ) -> tuple[np.ndarray, np.ndarray | None]:
+    """A first-frame mask PNG uploaded for ``job``, validated like ``segment --mask`` validates one. Its size is
+    read from the file's header and must be the video's before a single pixel is decoded (inside ``decoding()``,
+    the server's bound on image work; the upload itself is read outside it)."""
+    if length > MAX_MASK_BYTES:
+        raise TooLarge(f"{filename}: over {_mib(MAX_MASK_BYTES)}; a mask is a PNG the size of the video")
+    handle, name = tempfile.mkstemp(prefix=".upload-", suffix=".png", dir=job.folder)  # one file per upload
+    os.close(handle)
+    staged = Path(name)
     try:
-        mask = read_index_mask(staged, (job.height, job.width), what=f"the video ({job.name})")
+        _copy_exactly(upload, staged, length)
+        width, height = image_size(staged, filename)
+        if (height, width) != (job.height, job.width):
+            raise InputError(f"{filename}: mask is {width}x{height} but the video ({job.name}) is "
+                             f"{job.width}x{job.height}")
+        with decoding():
+            mask = read_index_mask(staged, (job.height, job.width), what=f"the video ({job.name})")
     except InputError as err:  # name the user's file, not the server's copy of it
-        raise InputError(str(err).replace(str(staged), filename)) from None
+        raise _renamed(err, staged, filename) from None
     finally:
         staged.unlink(missing_ok=True)
     return mask.ids, mask.palette
+
+
+def _renamed(err: InputError, path: Path, name: str) -> InputError:
+    """``err`` (of the same class: the HTTP status follows it) with the server's ``path`` replaced by ``name``."""
+    message = str(err).replace(str(path), name)
+    try:
+        return type(err)(message)
+    except TypeError:
+        return InputError(message)
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def image_size(path: Path, what: str) -> tuple[int, int]:
+    """``(width, height)`` of an image file from its header alone (a PNG's IHDR; other formats through PIL's
+    lazy open, which reads no pixels). Raises :class:`InputError` for what cannot be read, including files whose
+    header promises a decompression bomb."""
+    with open(path, "rb") as file:
+        head = file.read(24)
+    if head.startswith(_PNG_SIGNATURE):
+        if len(head) < 24 or head[12:16] != b"IHDR":
+            raise InputError(f"{what}: cannot read mask: a broken PNG header")
+        return struct.unpack(">II", head[16:24])
+    try:
+        with Image.open(path) as image:  # lazy: the header only
+            return image.size
+    except Exception as err:  # noqa: BLE001 - PIL raises many kinds (DecompressionBombError among them)
+        raise InputError(f"{what}: cannot read mask: {err}") from None
 
 
 def prompt_preview(job: Job, image: np.ndarray) -> bytes:
@@ -184,16 +333,20 @@ def prompt_preview(job: Job, image: np.ndarray) -> bytes:
 
 
 class JobRunner:
-    """Segments queued jobs one at a time on a background thread, with the shared ``segmenter``."""
+    """Segments queued jobs one at a time on a background thread, with the shared ``segmenter``.
+    :meth:`stop` cancels the running job at its next frame and the queued ones, and waits for the thread."""
 
     def __init__(self, segmenter: Segmenter, max_size: MaxSize):
         self.segmenter, self.max_size = segmenter, max_size
         self._queue: queue.Queue[Job | None] = queue.Queue()
+        self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._work, name="longvos-app-runner", daemon=True)
         self._thread.start()
 
     def submit(self, job: Job) -> None:
         with job.lock:
+            if self._stopping.is_set():
+                raise JobBusy("the server is stopping")
             if job.state in (QUEUED, RUNNING):
                 raise JobBusy("the video is already being segmented")
             if not job.object_ids or not job.prompt_path.is_file():
@@ -201,12 +354,24 @@ class JobRunner:
             job.state, job.error, job.done_frames, job.run_seconds, job.preview_jpeg = QUEUED, None, 0, 0.0, None
         self._queue.put(job)
 
-    def stop(self) -> None:
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def stop(self, timeout: float = 60.0) -> bool:
+        """Cancel the running job (it stops after the frame it is on) and the queued ones, and wait for the
+        runner to finish; True if it did within ``timeout`` seconds."""
+        self._stopping.set()
         self._queue.put(None)
-        self._thread.join(timeout=30)
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
 
     def _work(self) -> None:
         while (job := self._queue.get()) is not None:
+            if self._stopping.is_set():
+                with job.lock:
+                    job.state, job.error = FAILED, "the server stopped"
+                continue
             self.run(job)
 
     def run(self, job: Job) -> None:
@@ -221,24 +386,47 @@ class JobRunner:
             shutil.rmtree(job.masks_dir, ignore_errors=True)  # outputs of an earlier run with other objects
             job.zip_path.unlink(missing_ok=True)
             job.overlay_path.unlink(missing_ok=True)
+            self._check_stopping()
             segment_video(job.video, job.prompt_path, job.masks_dir, model=self.segmenter, max_size=self.max_size,
-                          overlay=job.overlay_path, progress=False, on_frame=_LivePreview(job, started))
-            _zip_folder(job.masks_dir, job.zip_path, f"{job.name}-masks")
+                          overlay=job.overlay_path, progress=False,
+                          on_frame=_LivePreview(job, started, self._check_stopping))
+            self._check_stopping()
+            _zip_folder(job.masks_dir, job.zip_path, f"{job.safe_name}-masks")
             with job.lock:
                 job.state, job.run_seconds = DONE, time.perf_counter() - started
         except Exception as err:  # noqa: BLE001 - shown to the user; the server keeps serving
+            message = "the server stopped" if self._stopping.is_set() else one_line(err)
             with job.lock:
-                job.state, job.error = FAILED, one_line(err)
+                job.state, job.error = FAILED, public_message(message, job.folder.parent)
+
+    def _check_stopping(self) -> None:
+        if self._stopping.is_set():
+            raise JobCancelled("the server stopped")
+
+
+_ABSOLUTE_PATH = re.compile(r"(?<![\w/.~])/(?:[^\s/:;,'\"()\[\]]+/)+(?P<name>[^\s/:;,'\"()\[\]]*)")
+
+
+def public_message(message: str, workdir: Path | None = None, limit: int = 500) -> str:
+    """An error message fit for a client: one line, at most ``limit`` characters, no absolute server paths
+    (paths inside the work folder lose it, other absolute paths keep only their last component)."""
+    text = "; ".join(line.strip() for line in str(message).splitlines() if line.strip())
+    if workdir is not None:
+        for root in {str(workdir), str(Path(workdir).resolve())}:
+            text = re.sub(re.escape(root) + r"/(?:[0-9a-f]{16}/)?", "", text)
+    text = _ABSOLUTE_PATH.sub(lambda match: match.group("name"), text)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class _LivePreview:
     """``on_frame`` callback: counts frames and keeps a small JPEG of the latest overlay frame."""
 
-    def __init__(self, job: Job, started: float):
-        self.job, self.started = job, started
+    def __init__(self, job: Job, started: float, check_stopping: Callable[[], None] = lambda: None):
+        self.job, self.started, self.check_stopping = job, started, check_stopping
         self._last = 0.0
 
     def __call__(self, frame: Frame, result: StepResult) -> None:
+        self.check_stopping()  # raises JobCancelled: segment_video stops after this frame
         now = time.perf_counter()
         jpeg = None
         if now - self._last >= PREVIEW_INTERVAL or frame.index == self.job.num_frames - 1:

@@ -6,6 +6,7 @@ is not it. The mask then comes from :func:`longvos.io.prompts.prompt_mask`, the 
 """
 from __future__ import annotations
 
+import math
 from numbers import Real
 from typing import Any
 
@@ -13,6 +14,8 @@ from longvos.io.errors import InputError
 from longvos.io.prompts import ObjectPrompt, Point
 
 MAX_OBJECTS = 254  # ids 1..254 keep the palette PNG's 255 free, which DAVIS reads as "void"
+MAX_POINTS = 1000  # clicks per object
+MAX_COORDINATE = 1e6  # pixels: far outside any frame, yet every coordinate stays a small int
 
 
 def objects_from_json(payload: Any) -> list[ObjectPrompt]:
@@ -31,7 +34,8 @@ def _object(entry: Any, number: int) -> ObjectPrompt:
     box = entry.get("box")
     if box is not None:
         if not (isinstance(box, list) and len(box) == 4 and all(_is_number(v) for v in box)):
-            raise InputError(f"object {number}: box must be four numbers [x0, y0, x1, y1]")
+            raise InputError(f"object {number}: box must be four numbers [x0, y0, x1, y1] (finite, "
+                             f"in pixels)")
         x0, y0, x1, y1 = (int(round(v)) for v in box)
         if x1 <= x0 or y1 <= y0:
             raise InputError(f"object {number}: box {box} needs x0 < x1 and y0 < y1")
@@ -39,11 +43,14 @@ def _object(entry: Any, number: int) -> ObjectPrompt:
     points = entry.get("points") or []
     if not isinstance(points, list):
         raise InputError(f"object {number}: points must be a list of [x, y, 1 or 0]")
+    if len(points) > MAX_POINTS:
+        raise InputError(f"object {number}: {len(points)} points: at most {MAX_POINTS}")
     clicks: list[Point] = []
     for point in points:
         if not (isinstance(point, list) and len(point) == 3 and all(_is_number(v) for v in point)
                 and point[2] in (0, 1)):
-            raise InputError(f"object {number}: point {point!r} must be [x, y, 1 or 0]")
+            raise InputError(f"object {number}: point {_short(point)} must be [x, y, 1 or 0] "
+                             f"(finite, in pixels)")
         clicks.append((int(round(point[0])), int(round(point[1])), bool(point[2])))
     try:
         return ObjectPrompt(box, tuple(clicks))
@@ -52,4 +59,14 @@ def _object(entry: Any, number: int) -> ObjectPrompt:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, Real) and not isinstance(value, bool)
+    """A finite coordinate (JSON allows 1e400, which Python reads as infinity, and Python's parser NaN)."""
+    # abs() first: math.isfinite(10**400) would raise; NaN fails the comparison
+    return isinstance(value, Real) and not isinstance(value, bool) and abs(value) <= MAX_COORDINATE \
+        and math.isfinite(value)
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    if isinstance(value, (list, dict)) and (len(value) > 8 or any(isinstance(v, (list, dict)) for v in value)):
+        return f"{type(value).__name__} of {len(value)} values"  # repr of deep nesting could recurse too far
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -308,8 +308,13 @@ function renderObjectList() {
   $("cli-line").hidden = !boxesOnly;
   if (boxesOnly) {
     const boxes = marked.map((o) => `--box ${o.box.join(",")}`).join(" ");
-    $("cli-command").textContent = `longvos segment ${state.job.name} ${boxes} --out masks/`;
+    $("cli-command").textContent = `longvos segment ${shellQuote(state.job.name)} ${boxes} --out masks/`;
   }
+}
+
+// A file name as one shell word: a name like `$(...)` or `a;b` must not run anything when the line is pasted.
+function shellQuote(text) {
+  return /^[\w.,+@%\/-]+$/.test(text) ? text : `'${text.replace(/'/g, "'\\''")}'`;
 }
 
 // -- 3. run ------------------------------------------------------------------------------------------------------

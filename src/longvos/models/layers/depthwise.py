@@ -3,10 +3,13 @@
 PyTorch's CPU backward of a depthwise convolution (``groups == channels``) falls onto a slow generic kernel: in a
 training step of ``mavos-lite`` at 241 px it took about 55 % of the step (1.8 s of 3.4 s), mostly the 5x5 dilated
 convolutions of the encoder's 1152-channel stage and the 5x5 convolution that ends every gated propagation. Both
-gradients of a depthwise convolution are cheap as ``k * k`` shifted multiply-adds over the map (one per kernel
-tap), which is what :class:`_DepthwiseConvFunction` computes. The forward is ``F.conv2d`` itself, so outputs are
-bit-identical to ``nn.Conv2d``; the custom backward is used only when gradients are needed on a CPU tensor
-(inference, and CUDA/MPS, keep PyTorch's own kernels).
+gradients of a depthwise convolution are themselves convolution *forwards*, which run on oneDNN's fast kernels: the
+input gradient is a transposed convolution with the same kernel, the weight gradient a depthwise convolution of
+each input map with its own output gradient as the kernel. :class:`_DepthwiseConvFunction` computes them so. The
+forward is ``F.conv2d`` itself, so outputs are bit-identical to ``nn.Conv2d``. The custom backward is used only
+for bf16 (CPU autocast) with gradients on a CPU tensor: in fp32 PyTorch's own backward was as fast here, and
+inference, CUDA and MPS keep PyTorch's kernels. Measured in one training step of ``mavos-lite`` (2 x 6 frames,
+241 px, bf16 autocast, 2 threads): 2.31 s -> 1.75 s.
 """
 from __future__ import annotations
 
@@ -75,5 +78,6 @@ class _DepthwiseConvFunction(torch.autograd.Function):
             kernels_N1HW = grad_BCHW.transpose(0, 1).reshape(channels * batch, 1, out_h, out_w)
             taps_1NKK = F.conv2d(maps_1NHW, kernels_N1HW, None, dilation, 0, stride, channels * batch)
             taps_CBKK = taps_1NKK[..., :kernel_h, :kernel_w].reshape(channels, batch, kernel_h, kernel_w)
-            grad_weight = taps_CBKK.float().sum(dim=1, keepdim=True).to(weight_C1KK.dtype)
+            sum_dtype = torch.promote_types(taps_CBKK.dtype, torch.float32)  # bf16 taps summed in fp32
+            grad_weight = taps_CBKK.to(sum_dtype).sum(dim=1, keepdim=True).to(weight_C1KK.dtype)
         return grad_x, grad_weight, None, None
