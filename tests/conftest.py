@@ -1,24 +1,60 @@
-"""Shared test fixtures: paths to the real data and golden outputs in ../shared (never copied into the repo)."""
+"""Shared test fixtures: paths to the real data and golden outputs in ../shared (never copied into the repo).
+
+Tests that need that data skip, with one reason, where it is missing: those that take the ``shared_dir``,
+``golden_dir`` or ``dev_dir`` fixture, those marked ``@pytest.mark.shared``, and those that reach a path under it
+through a module-level constant (``from conftest import DEV``, ``FIXTURE = GOLDEN / ...``), directly, through a
+helper function of their module or through a fixture. Where the data must be there (``CI=true`` or
+``LONGVOS_REQUIRE_SHARED=1``) a missing folder fails those tests instead of skipping them.
+"""
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
+import shutil
+import sys
+import tempfile
+import types
 from pathlib import Path
 
 import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("LONGVOS_SHARED", REPO.parent / "shared")).resolve()
+SHARED = Path(os.environ.get("LONGVOS_SHARED") or REPO.parent / "shared").resolve()
 GOLDEN = SHARED / "golden"
 DATA = SHARED / "data"
 DEV = DATA / "dev" / "davis2016-dev"
 
+#: The fixtures that hand out paths into the shared data.
+SHARED_FIXTURES = frozenset({"shared_dir", "golden_dir", "dev_dir"})
+
+
+def shared_data_present() -> bool:
+    return SHARED.is_dir()
+
+
+def shared_data_required() -> bool:
+    """CI (``CI=true``, as CI services set it) or ``LONGVOS_REQUIRE_SHARED=1``: a missing folder is a failure."""
+    return (os.environ.get("LONGVOS_REQUIRE_SHARED") == "1"
+            or os.environ.get("CI", "").strip().lower() in ("true", "1", "yes"))
+
+
+def shared_data_reason() -> str:
+    return (f"needs the shared test data (DAVIS frames and masks, golden outputs of the official code) at {SHARED}, "
+            f"which does not exist: set LONGVOS_SHARED to its folder (README, 'Tests and their data')")
+
+
+def _require_shared_data() -> None:
+    if not shared_data_present():
+        if shared_data_required():
+            pytest.fail(shared_data_reason() + " [required: CI or LONGVOS_REQUIRE_SHARED=1]", pytrace=False)
+        pytest.skip(shared_data_reason())
+
 
 @pytest.fixture(scope="session")
 def shared_dir() -> Path:
-    if not SHARED.is_dir():
-        pytest.fail(f"shared data not found at {SHARED}; set LONGVOS_SHARED")
+    _require_shared_data()
     return SHARED
 
 
@@ -30,6 +66,99 @@ def golden_dir(shared_dir) -> Path:
 @pytest.fixture(scope="session")
 def dev_dir(shared_dir) -> Path:
     return shared_dir / "data" / "dev" / "davis2016-dev"
+
+
+# ------------------------------------------------------------------------------------ which tests need the data
+def _is_shared_path(value: object) -> bool:
+    if isinstance(value, Path):
+        value = str(value)
+    return isinstance(value, str) and (value == str(SHARED) or value.startswith(str(SHARED) + os.sep))
+
+
+def _shared_globals(module: types.ModuleType | None) -> frozenset[str]:
+    """Names of a module's globals that hold a path into the shared data."""
+    if module is None:
+        return frozenset()
+    return frozenset(name for name, value in vars(module).items() if _is_shared_path(value))
+
+
+def _code_objects(code: types.CodeType):
+    yield code
+    for constant in code.co_consts:
+        if isinstance(constant, types.CodeType):
+            yield from _code_objects(constant)
+
+
+def _reaches_shared_path(function: object, seen: set[int]) -> bool:
+    """Whether ``function``, or a function of its own module that it calls, reads a shared-path global."""
+    function = inspect.unwrap(getattr(function, "__func__", function))
+    code = getattr(function, "__code__", None)
+    if code is None or id(function) in seen:
+        return False
+    seen.add(id(function))
+    module = sys.modules.get(getattr(function, "__module__", ""))
+    names = _shared_globals(module)
+    for block in _code_objects(code):
+        for name in block.co_names:
+            if name in names:
+                return True
+            helper = getattr(module, name, None) if module is not None else None
+            helper = inspect.unwrap(helper) if callable(helper) else None  # functools.lru_cache and the like
+            if (inspect.isfunction(helper) and helper.__module__ == function.__module__
+                    and _reaches_shared_path(helper, seen)):
+                return True
+    return False
+
+
+def needs_shared_data(item: pytest.Item) -> bool:
+    if item.get_closest_marker("shared") is not None:
+        return True
+    if SHARED_FIXTURES & set(getattr(item, "fixturenames", ())):
+        return True
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None and any(_is_shared_path(value) for value in callspec.params.values()):
+        return True
+    seen: set[int] = set()
+    if _reaches_shared_path(getattr(item, "function", None), seen):
+        return True
+    fixture_info = getattr(item, "_fixtureinfo", None)
+    for definitions in getattr(fixture_info, "name2fixturedefs", {}).values():
+        if any(_reaches_shared_path(definition.func, seen) for definition in definitions):
+            return True
+    return False
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "shared: needs the shared test data (../shared or $LONGVOS_SHARED)")
+    # A user's downloaded checkpoints (`longvos download`) must not change what the tests load.
+    config._longvos_home = tempfile.mkdtemp(prefix="longvos-test-home-")  # type: ignore[attr-defined]
+    os.environ["LONGVOS_HOME"] = config._longvos_home  # type: ignore[attr-defined]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    home = getattr(config, "_longvos_home", None)
+    if home is not None:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    if shared_data_present():
+        return f"shared test data: {SHARED}"
+    what = "tests that need it FAIL (required)" if shared_data_required() else "tests that need it are skipped"
+    return f"shared test data: {SHARED} is missing; {what}"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if shared_data_present():
+        return
+    for item in items:
+        if needs_shared_data(item):
+            item.add_marker(pytest.mark.shared)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("shared") is not None:
+        _require_shared_data()
 
 
 @pytest.fixture(autouse=True)

@@ -21,7 +21,7 @@ from longvos.io.video import open_video
 
 from test_io_video import write_mp4
 
-FAST = ["--model", "mavos-mnv2", "--max-size", "64", "--device", "cpu", "--quiet"]
+FAST = ["--model", "mavos-mnv2", "--allow-random-weights", "--max-size", "64", "--device", "cpu", "--quiet"]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread_module")

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.usefixtures("one_thread_module")
 @pytest.fixture(scope="module")
 def segmenter():
     with pytest.warns(UserWarning, match="random"):
-        return load_model("mavos-mnv2", device="cpu")
+        return load_model("mavos-mnv2", device="cpu", allow_random_weights=True)
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +157,7 @@ def test_sam2_style_verbs_stream_objects_appearing_later(segmenter, dev_dir, bmx
 def test_autocast_runs_without_dtype_mismatch(dtype, bmx):
     frames, masks = bmx
     with pytest.warns(UserWarning, match="random"):
-        segmenter = load_model("mavos-mnv2", device="cpu", dtype=dtype)
+        segmenter = load_model("mavos-mnv2", device="cpu", dtype=dtype, allow_random_weights=True)
     session = segmenter.session(max_size=SMALL, mem_gap=2)
     for index, frame in enumerate(frames[:5]):  # at gap 2, frames 2 and 4 go through the MCA memory write
         result = session.step(frame, masks[0] if index == 0 else None, return_probs=True)

@@ -34,6 +34,7 @@ _EXPORTS = {
     "InputError": "longvos.io.errors",
     "MaskError": "longvos.io.errors",
     "VideoReadError": "longvos.io.errors",
+    "SessionError": "longvos.io.errors",
     "list_models": "longvos.models.registry",
 }
 

@@ -94,6 +94,17 @@ def read_checkpoint(source: Source) -> Mapping[str, Any]:
         raise CheckpointError(f"cannot read checkpoint {path}: {err}") from err
 
 
+def check_finite(state_dict: Mapping[str, torch.Tensor], what: str = "checkpoint") -> None:
+    """Refuse weights with NaN or infinite values (a diverged training run, a corrupt file) with one line naming
+    the first such tensors: they would load and run, and every mask would come out meaningless."""
+    bad = [key for key, value in state_dict.items()
+           if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all())]
+    if bad:
+        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise CheckpointError(f"{what} holds non-finite weights (NaN or infinity) in {len(bad)} of "
+                              f"{len(state_dict)} tensors ({shown}): it is corrupt or from a diverged training run")
+
+
 def is_longvos_checkpoint(checkpoint: Mapping[str, Any]) -> bool:
     return FORMAT_MARKER in checkpoint
 
@@ -226,6 +237,7 @@ def convert_to_file(source: Source, destination: str | os.PathLike[str], model_n
     official = official_state_dict(read_checkpoint(source))
     state_dict, report = map_official_keys(official, family, model_shapes(meta_model))
     report.raise_if_incomplete(f"{source} as {model_name}")
+    check_finite(state_dict, f"{source}" if not isinstance(source, Mapping) else "checkpoint")
     save_checkpoint(destination, state_dict, model_name, _config_dict(meta_model), half=half)
     return report
 
@@ -250,6 +262,7 @@ def load_checkpoint(model: VOSModel, source: Source) -> KeyReport:
         state_dict, report = map_official_keys(official_state_dict(checkpoint), model_entry(model.name).family,
                                                expected)
     report.raise_if_incomplete(what)
+    check_finite(state_dict, what)
     targets = model.state_dict()
     model.load_state_dict({key: value.to(targets[key].dtype) for key, value in state_dict.items()}, strict=True)
     return report

@@ -1,6 +1,8 @@
 """Device and dtype policy: one place decides where and in what precision longvos computes."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 _DTYPES = {
@@ -8,6 +10,8 @@ _DTYPES = {
     "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
     "fp16": torch.float16, "float16": torch.float16, "half": torch.float16,
 }
+#: ``dtype="auto"``: bf16 autocast where the device computes bf16 natively (:func:`bf16_is_fast`), fp32 elsewhere.
+AUTO = "auto"
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -22,11 +26,34 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     return torch.device(device)
 
 
-def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
-    """The autocast compute dtype (``None`` = full fp32). Weights and model state stay fp32."""
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device | None = None) -> torch.dtype | None:
+    """The autocast compute dtype (``None`` = full fp32). Weights and model state stay fp32. ``"auto"`` is bf16 on
+    a ``device`` that computes it natively and fp32 elsewhere (and without a device)."""
     if isinstance(dtype, torch.dtype) or dtype is None:
         return dtype
+    if str(dtype).lower() == AUTO:
+        return torch.bfloat16 if device is not None and bf16_is_fast(device) else None
     try:
         return _DTYPES[str(dtype).lower()]
     except KeyError:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of fp32, bf16, fp16") from None
+        raise ValueError(f"unknown dtype {dtype!r}; use one of auto, fp32, bf16, fp16") from None
+
+
+#: CPU feature flags (``/proc/cpuinfo``) of native bf16 matrix arithmetic: AVX-512 BF16 (AMD Zen 4+, Intel Cooper
+#: Lake+) or AMX (Intel Sapphire Rapids+). Without them bf16 on a CPU is emulated and slower than fp32.
+_FAST_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def bf16_is_fast(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 natively: a CUDA GPU that supports it, or a CPU with the flags above
+    (detected from ``/proc/cpuinfo``, not assumed; ``False`` where it cannot be read). MPS: ``False``."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type != "cpu":
+        return False
+    try:
+        flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return any(flag in flags for flag in _FAST_BF16_CPU_FLAGS)

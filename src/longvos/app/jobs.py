@@ -376,7 +376,7 @@ class JobRunner:
 
     def run(self, job: Job) -> None:
         """Segment ``job`` (synchronously; the runner thread calls this for each queued job)."""
-        from longvos.cli.segment import one_line
+        from longvos.io.errors import one_line
         from longvos.engine.pipeline import segment_video
 
         with job.lock:

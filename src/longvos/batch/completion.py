@@ -3,16 +3,20 @@
 ``<out>/<name>/.longvos-batch.json`` holds the settings a video was run with. It is written (atomically) with
 ``done: false`` before the video starts and rewritten with ``done: true`` only after ``segment_video`` has returned,
 so it is the last file a video's run writes: a run killed at any point leaves either no record or an unfinished one.
+The settings include a sha256 of the mask file's content and a fingerprint of the video, so a resume never counts
+results made from other inputs at the same paths as its own. An unfinished video continues through
+``segment_video``'s own record and state snapshot, so a resumed video has the same bytes as an uninterrupted one.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from longvos.batch.items import BatchOptions, WorkItem
-from longvos.engine.progress import settings_difference
+from longvos.engine.progress import settings_difference, video_fingerprint
 from longvos.io.writer import atomic_write
 
 RECORD_FILE = ".longvos-batch.json"
@@ -21,7 +25,19 @@ FORMAT_VERSION = 1
 
 def item_settings(item: WorkItem, options: BatchOptions) -> dict[str, Any]:
     """Everything that decides a video's outputs (the device and worker count do not)."""
-    return {"video": item.video, "mask": item.mask, "frame": item.frame, **options.settings()}
+    return {"video": item.video, "mask": item.mask, "frame": item.frame,
+            "mask_sha256": {str(item.frame): file_sha256(item.mask)},
+            "video_fingerprint": video_fingerprint(item.video), **options.settings()}
+
+
+def file_sha256(path: str | Path | None) -> str | None:
+    """sha256 of a file's content (``None``: no file, or one that cannot be read)."""
+    if path is None:
+        return None
+    try:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return None
 
 
 @dataclass
@@ -56,8 +72,8 @@ def resume_conflict(folder: Path, settings: dict[str, Any]) -> str | None:
     difference = settings_difference(record.settings, settings)
     if difference is None:
         return None
-    return (f"{folder} holds results made with other settings ({difference}); use another --out, or run without "
-            f"--resume to redo it")
+    return (f"{folder} holds results made with other settings ({difference}); use another --out, or --overwrite "
+            f"(without --resume) to redo the batch")
 
 
 def is_complete(folder: Path, settings: dict[str, Any]) -> bool:

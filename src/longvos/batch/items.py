@@ -39,12 +39,14 @@ class BatchOptions:
     overlay: str | None = None  # "mp4" or "webm": also write <out>/<name>/overlay.<ext>
     per_object: bool = False
     save_probs: bool = False
-    threads: int | None = None  # torch CPU threads per worker (None: torch's default)
+    threads: int | None = None  # torch CPU threads per worker (None: run_batch picks the free cores / workers)
+    allow_random_weights: bool = False  # run a model that ships no weights without a checkpoint
 
     def settings(self) -> dict[str, Any]:
         """What must match for a resumed batch to count an earlier result as its own (threads only set speed)."""
         record = asdict(self)
         record.pop("threads")
+        record.pop("allow_random_weights")  # the checkpoint (None: random weights) is in the record already
         return record
 
 
@@ -58,6 +60,7 @@ class VideoResult:
     seconds: float = 0.0
     reason: str = ""  # why it failed or was skipped
     worker: str = ""  # which worker ran it ("cpu:0#1", "ray#0", ...)
+    threads: int = 0  # torch intra-op CPU threads of the worker that ran it (0: no worker ran it)
 
     @property
     def fps(self) -> float:

@@ -49,7 +49,9 @@ def plan_actors(resources: dict[str, float], items: int, workers: int | None, th
         return ActorPlan(min(workers or gpus, items), "cuda", 1, 1, threads or 1)
     threads = threads or 1
     cpus = int(resources.get("CPU", 1))
-    return ActorPlan(min(workers or max(1, cpus // threads), items), "cpu", threads, 0, threads)
+    # An actor never asks for more CPUs than the cluster has (it would wait forever); its torch threads stay
+    # ``threads``, the count every backend runs workers with.
+    return ActorPlan(min(workers or max(1, cpus // threads), items), "cpu", min(threads, max(cpus, 1)), 0, threads)
 
 
 class RayVideoWorker:

@@ -6,12 +6,15 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from longvos.batch.completion import is_complete, item_settings, resume_conflict
+from longvos.batch.completion import RECORD_FILE, is_complete, item_settings, resume_conflict
 from longvos.batch.events import Event, ProgressDisplay, VideoFinished
 from longvos.batch.items import BatchOptions, VideoResult, WorkItem, output_folder
 from longvos.batch.manifest import read_manifest, with_unique_names
-from longvos.batch.summary import BatchSummary
+from longvos.batch.summary import SUMMARY_FILE, BatchSummary
+from longvos.engine.outputs import OUTPUTS_FILE, RECORD_PREFIX, clear_outputs
+from longvos.engine.progress import PROGRESS_FILE
 from longvos.io.errors import InputError
+from longvos.io.writer import PARTIAL_MARK
 
 BACKENDS = ("local", "ray")
 OVERLAY_FORMATS = ("mp4", "webm")
@@ -27,6 +30,7 @@ def run_batch(
     workers: int | None = None,
     ray_address: str | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     progress: bool = True,
     on_event: Callable[[Event], None] | None = None,
 ) -> BatchSummary:
@@ -36,12 +40,16 @@ def run_batch(
     all); ``"ray"`` runs ``workers`` Ray actors (default: one per cluster GPU, else per ``options.threads`` CPUs).
     A video that fails is reported with its reason and never stops the others. With ``resume``, videos whose
     completion record matches are skipped and interrupted ones continue from their last complete frame.
-    Writes ``out_dir/batch-summary.csv`` and returns the summary; raises :class:`InputError` only for problems
+    Without ``resume``, a non-empty ``out_dir`` is refused unless ``overwrite``, which first deletes the files an
+    earlier longvos run wrote there (and nothing else). Writes ``out_dir/batch-summary.csv`` when the batch ends
+    (an earlier summary is removed when it starts) and returns the summary; raises :class:`InputError` only for problems
     that concern every video (an unknown model or backend, a missing checkpoint, an unusable manifest).
     """
     if backend not in BACKENDS:
         raise InputError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
-    options = _checked(options or BatchOptions())
+    if resume and overwrite:
+        raise InputError("--resume and --overwrite exclude each other: continue the batch, or replace its files")
+    options = worker_options(_checked(options or BatchOptions()), devices, workers)
     if isinstance(items, (str, Path)):
         items = read_manifest(items)
     else:  # workers may run elsewhere (another process, a Ray node): give them absolute paths
@@ -49,6 +57,10 @@ def run_batch(
                                            mask=item.mask and str(Path(item.mask).resolve())) for item in items])
     out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    if not resume:
+        _prepare_folder(out, overwrite)
+    # A summary of an earlier run would contradict the folders as soon as this run changes them.
+    (out / SUMMARY_FILE).unlink(missing_ok=True)
     started = time.perf_counter()
 
     results: list[VideoResult | None] = [_known_result(item, out, options, resume) for item in items]
@@ -82,6 +94,37 @@ def run_batch(
     return summary
 
 
+def _prepare_folder(out: Path, overwrite: bool) -> None:
+    """Refuse a batch folder that holds files (unless ``overwrite``); with ``overwrite`` delete what longvos wrote."""
+    foreign = sorted(entry.name for entry in out.iterdir()
+                     if not entry.name.startswith(RECORD_PREFIX) and PARTIAL_MARK not in entry.name)
+    if foreign and not overwrite:
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise InputError(f"{out} is not empty ({shown}): use --resume to continue the batch there, --overwrite to "
+                         f"replace the files longvos wrote there, or another --out")
+    for folder in sorted(entry for entry in out.iterdir() if entry.is_dir()):
+        if not any((folder / name).is_file() for name in (RECORD_FILE, PROGRESS_FILE, OUTPUTS_FILE)):
+            continue  # not a video folder of a longvos batch: left alone
+        clear_outputs(folder)
+        for name in (RECORD_FILE, "overlay.mp4", "overlay.webm"):
+            (folder / name).unlink(missing_ok=True)
+        if not any(folder.iterdir()):
+            folder.rmdir()
+
+
+def worker_options(options: BatchOptions, devices: list[str] | None, workers: int | None) -> BatchOptions:
+    """``options`` with the torch threads per worker decided once, here in the driver, for every backend alike:
+    ``options.threads`` if given, else the free cores (:func:`longvos.engine.threads.default_threads`) shared
+    among the workers (``workers``, else one per listed device, else one). Local processes and Ray actors then
+    run with the same thread settings, and the same input gives the same bits whichever backend ran it."""
+    if options.threads is not None:
+        return options
+    from longvos.engine import threads
+
+    count = workers or (len(devices) if devices else 1)
+    return replace(options, threads=max(1, threads.default_threads() // count))
+
+
 def _known_result(item: WorkItem, out: Path, options: BatchOptions, resume: bool) -> VideoResult | None:
     """The result of an item that needs no worker: a manifest fault, a finished video, a conflicting folder."""
     if item.problem is not None:
@@ -110,6 +153,9 @@ def _checked(options: BatchOptions) -> BatchOptions:
     if options.threads is not None and options.threads < 1:
         raise InputError(f"threads must be >= 1, got {options.threads}")
     if options.checkpoint is None:
+        from longvos.engine.segmenter import weights_for
+
+        weights_for(options.model, None, options.allow_random_weights)  # no weights: refused once, not per video
         return options
     checkpoint = Path(options.checkpoint).expanduser().resolve()
     if not checkpoint.is_file():

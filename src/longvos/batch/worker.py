@@ -18,13 +18,18 @@ import torch
 from longvos.batch.completion import CompletionRecord, item_settings
 from longvos.batch.events import Event, FramesDone, VideoStarted, WorkerNote
 from longvos.batch.items import BatchOptions, VideoResult, WorkItem, output_folder
-from longvos.cli.segment import one_line
+from longvos.io.errors import one_line
 from longvos.engine.progress import RunProgress
 from longvos.engine.segmenter import Segmenter, load_model
+from longvos.engine.threads import set_threads
 from longvos.io.errors import InputError
 from longvos.io.video import open_video
+from longvos.io.video_file import VideoTruncatedWarning
 
 Emit = Callable[[Event], None]
+
+#: torch inter-op threads of every worker, whichever backend runs it.
+WORKER_INTEROP_THREADS = 1
 
 #: Seconds between frame-progress events (each one is a message between processes).
 PROGRESS_INTERVAL = 0.25
@@ -35,9 +40,9 @@ class VideoWorker:
 
     def __init__(self, options: BatchOptions, device: str, label: str, threads: int | None = None):
         self.options, self.device, self.label = options, device, label
-        threads = threads or options.threads
-        if threads:
-            torch.set_num_threads(threads)  # fixed threads: the same masks from every backend
+        # Fixed thread settings, the same in every backend (run_batch resolves the count once, in the driver):
+        # the same input then gives the same bits whichever backend runs it.
+        self.threads = set_threads(threads or options.threads, interop=WORKER_INTEROP_THREADS)
         self._segmenter: Segmenter | None = None
         self._load_error: str | None = None
 
@@ -50,7 +55,8 @@ class VideoWorker:
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
                     self._segmenter = load_model(options.model, options.checkpoint, self.device, options.dtype,
-                                                 memory=options.memory, mem_gap=options.mem_gap)
+                                                 memory=options.memory, mem_gap=options.mem_gap,
+                                                 allow_random_weights=options.allow_random_weights)
             except Exception as err:  # noqa: BLE001 - every video of this worker fails with this reason
                 self._load_error = f"cannot load model {options.model!r}: {one_line(err)}"
                 raise InputError(self._load_error) from None
@@ -64,17 +70,21 @@ class VideoWorker:
         try:
             segmenter = self._load(emit)
             started = time.perf_counter()  # the model loads once per worker: not part of any video's time
-            frames = self._segment(item, segmenter, out_root, resume, emit)
-            return VideoResult(item.name, "done", frames, time.perf_counter() - started, worker=self.label)
+            frames, note = self._segment(item, segmenter, out_root, resume, emit)
+            return VideoResult(item.name, "done", frames, time.perf_counter() - started, note, self.label,
+                               torch.get_num_threads())
         except Exception as err:  # noqa: BLE001 - isolation: one video's failure is reported, never propagated
             reason = one_line(err) if isinstance(err, InputError) else f"{type(err).__name__}: {one_line(err)}"
-            return VideoResult(item.name, "failed", 0, time.perf_counter() - started, reason, self.label)
+            return VideoResult(item.name, "failed", 0, time.perf_counter() - started, reason, self.label,
+                               torch.get_num_threads())
         finally:
             gc.collect()
             if self.device.startswith("cuda") and torch.cuda.is_available():
                 torch.cuda.empty_cache()
 
-    def _segment(self, item: WorkItem, segmenter: Segmenter, out_root: str, resume: bool, emit: Emit) -> int:
+    def _segment(self, item: WorkItem, segmenter: Segmenter, out_root: str, resume: bool,
+                 emit: Emit) -> tuple[int, str]:
+        """Segment one item; returns the frames segmented and a note for the summary ("" or why fewer frames)."""
         from longvos.engine.pipeline import SegmentationError, segment_video
 
         if item.mask is None:
@@ -92,18 +102,25 @@ class VideoWorker:
         counter = _FrameCounter(item.name, emit)
         options = self.options
         try:
-            summary = segment_video(
-                item.video, {item.frame: item.mask}, folder, model=segmenter, mem_gap=options.mem_gap,
-                max_size=options.max_size, start=item.frame, resume=resume, progress=False,
-                overlay=folder / f"overlay.{options.overlay}" if options.overlay else None,
-                per_object=options.per_object, save_probs=options.save_probs, on_frame=counter,
-            )
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", VideoTruncatedWarning)
+                # A new run may write into the folder: run_batch has refused (or, with --overwrite, cleared) a
+                # batch folder that held earlier results, so what is left in it is not longvos's.
+                summary = segment_video(
+                    item.video, {item.frame: item.mask}, folder, model=segmenter, mem_gap=options.mem_gap,
+                    max_size=options.max_size, start=item.frame, resume=resume, overwrite=not resume,
+                    progress=False, overlay=folder / f"overlay.{options.overlay}" if options.overlay else None,
+                    per_object=options.per_object, save_probs=options.save_probs, on_frame=counter,
+                )
         except SegmentationError as err:
             raise InputError(str(err)) from None  # its message already says where it stopped and how to resume
+        notes = [str(warning.message) for warning in caught if issubclass(warning.category, VideoTruncatedWarning)]
+        for warning in caught:  # one line each in the runner's display, not a traceback-style line per process
+            emit(WorkerNote(self.label, str(warning.message)))
         counter.flush()
         record.done, record.frames, record.seconds = True, summary.frames, summary.seconds
         record.save(folder)  # the completion marker: always the last write of a video
-        return summary.frames
+        return summary.frames, "; ".join(notes)
 
 
 class _FrameCounter:

@@ -3,6 +3,8 @@ file), segment it with a progress bar and a live preview, watch the overlay and 
 
 The server binds to 127.0.0.1 (this machine only) unless --host says otherwise; it needs no extra packages and
 never contacts the network. Uploads and results live in a temporary folder (or --workdir) while it runs.
+The app has no login: anyone who can reach its port can upload videos, run them and download every result, so a
+--host other than a loopback address is refused unless --allow-remote says so.
 """
 from __future__ import annotations
 
@@ -16,46 +18,78 @@ from longvos.cli.main import CommandError
 from longvos.cli.options import add_compute_options, add_model_options, apply_threads
 
 
+REMOTE_WARNING = ("The app has no login: anyone who can reach the port can upload videos, run them on this "
+                  "machine and download every result. It listens on 127.0.0.1 (this machine only) by default; "
+                  "any other --host needs --allow-remote.")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    parser.epilog = REMOTE_WARNING
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: every interface, "
+                             "which needs --allow-remote)")
     parser.add_argument("--port", type=int, default=7860, help="port to listen on (0: any free port)")
     add_model_options(parser, memory=False)
     add_compute_options(parser)
     parser.add_argument("--workdir", type=Path, default=None,
                         help="folder for uploads and results (default: a temporary folder, deleted on exit)")
     parser.add_argument("--max-jobs", type=int, default=20, help="finished videos kept before the oldest is deleted")
+    parser.add_argument("--max-disk", type=float, default=20.0, metavar="GIB",
+                        help="disk quota of the work folder, all uploads and results together, in GiB (default 20); "
+                             "the oldest idle videos are deleted to make room")
+    parser.add_argument("--allow-remote", action="store_true",
+                        help="allow a --host that other machines can reach: ANYONE who can reach the port can use "
+                             "the app (upload, run, download every result); there is no login")
     parser.add_argument("--verbose", action="store_true", help="log every request")
 
 
 def run(args: argparse.Namespace) -> int:
 
     from longvos.app.server import AppServer
-    from longvos.cli.segment import one_line
+    from longvos.io.errors import one_line
     from longvos.engine.pipeline import DEFAULT_MODEL
     from longvos.engine.segmenter import load_model
 
-    apply_threads(args.threads)
+    from longvos.app.server import is_loopback
+
+    if not args.allow_remote and not is_loopback(args.host):  # before the (slow) model load
+        raise CommandError(f"--host {args.host or '(every interface)'} is reachable from other machines and the app "
+                           f"has no login: anyone reaching the port could use it; add --allow-remote to allow that")
+    if args.max_disk <= 0:
+        raise CommandError("--max-disk must be a positive number of GiB")
+    threads = apply_threads(args.threads)
     with warnings.catch_warnings():
         warnings.showwarning = lambda message, *_args, **_kwargs: print(
             f"longvos app: warning: {message}", file=sys.stderr)
         try:
-            segmenter = load_model(args.model or DEFAULT_MODEL, args.checkpoint, args.device, args.dtype)
+            segmenter = load_model(args.model or DEFAULT_MODEL, args.checkpoint, args.device, args.dtype,
+                                   allow_random_weights=args.allow_random_weights)
         except (ValueError, OSError, RuntimeError) as err:
             raise CommandError(one_line(err)) from None
     try:
         server = AppServer(segmenter, host=args.host, port=args.port, max_size=args.max_size,
-                           workdir=args.workdir, max_jobs=args.max_jobs, verbose=args.verbose)
+                           workdir=args.workdir, max_jobs=args.max_jobs, verbose=args.verbose,
+                           allow_remote=args.allow_remote, quota_bytes=int(args.max_disk * 2**30))
     except OSError as err:
         raise CommandError(f"cannot listen on {args.host}:{args.port}: {err.strerror or err}") from None
-    print(f"longvos app: serving {server.url} with {segmenter.name} on {segmenter.device} (Ctrl+C to stop)",
+    print(f"longvos app: serving {server.url} with {segmenter.name} on {segmenter.device}, {threads} CPU "
+          f"thread{'s' if threads != 1 else ''} (Ctrl+C to stop)",
           flush=True)
+    if args.allow_remote and not is_loopback(args.host):
+        print(f"longvos app: warning: listening on {args.host}: anyone who can reach port {server.server_address[1]} "
+              f"can use the app", file=sys.stderr, flush=True)
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops it as cleanly as Ctrl+C (the work folder goes)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
-        print("longvos app: stopped", file=sys.stderr)
+        pass
     finally:
+        # A second Ctrl+C or SIGTERM must not cut the clean-up short (a running job is cancelled and waited for,
+        # then the work folder is deleted): from here on they are ignored.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         server.close()
+    print("longvos app: stopped", file=sys.stderr)
     return 0
 
 

@@ -28,10 +28,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="worker processes/actors in all (default: one per device; ray: one per GPU, else per "
                              "--threads CPUs)")
     parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads per worker (default: the CPU cores shared among CPU workers)")
+                        help="torch CPU threads per worker, the same for every backend (default: the free cores "
+                             "-- the cores less the load average -- shared among the workers)")
     parser.add_argument("--ray-address", default=None,
                         help="ray backend: cluster to join (auto, ray://host:10001); default: a local Ray instance")
     parser.add_argument("--resume", action="store_true", help="skip complete videos, continue interrupted ones")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="reuse a non-empty --out: first delete the files an earlier longvos batch wrote there "
+                             "(video folders' masks, overlays and records, the summary), leaving anything else")
     parser.add_argument("--overlay", choices=("mp4", "webm"), default=None,
                         help="also write DIR/<name>/overlay.<format>")
     add_model_options(parser)
@@ -43,7 +47,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from longvos.batch import BatchOptions, run_batch
-    from longvos.cli.segment import one_line
+    from longvos.io.errors import one_line
     from longvos.engine.pipeline import DEFAULT_MODEL
     from longvos.io.errors import InputError
 
@@ -51,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
         model=args.model or DEFAULT_MODEL, checkpoint=None if args.checkpoint is None else str(args.checkpoint),
         dtype=args.dtype, memory=args.memory, mem_gap=args.mem_gap, max_size=args.max_size,
         overlay=args.overlay, per_object=args.per_object, save_probs=args.probs, threads=args.threads,
+        allow_random_weights=args.allow_random_weights,
     )
     devices = [device.strip() for device in args.devices.split(",") if device.strip()] if args.devices else None
     if devices and args.backend == "ray":
@@ -60,9 +65,13 @@ def run(args: argparse.Namespace) -> int:
     try:
         summary = run_batch(args.manifest, args.out, options, backend=args.backend, devices=devices,
                             workers=args.workers, ray_address=args.ray_address, resume=args.resume,
-                            progress=not args.quiet)
+                            overwrite=args.overwrite, progress=not args.quiet)
     except (InputError, OSError, ValueError) as err:
         raise CommandError(one_line(err)) from None
     print(summary.table(), flush=True)
+    threads = sorted({result.threads for result in summary.results if result.threads})
+    if threads:
+        print(f"workers ran with {'/'.join(map(str, threads))} CPU thread{'s' if threads != [1] else ''} each",
+              file=sys.stderr)
     print(f"summary written to {summary.csv_path}", file=sys.stderr)
     return 0 if summary.ok else 1

@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True,
                         help="comma-separated models (see `longvos models`), each optionally with its memory design: "
                              "mavos-r50:mca,deaot-r50:growing,livos-r50")
-    add_model_options(parser, model=False, memory=False)
+    add_model_options(parser, model=False, memory=False, random_weights=False)  # benchmarks allow random weights
     parser.add_argument("--memory", help="comma-separated memory designs, e.g. mca,growing,ref+prev, for every model "
                                          "that names none (default: the model's own)")
     parser.add_argument("--frames", type=_int_list, default=[100, 500, 2000], help="video lengths (default "

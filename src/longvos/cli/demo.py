@@ -11,7 +11,7 @@ import importlib.util
 from pathlib import Path
 
 from longvos.cli.main import CommandError
-from longvos.cli.options import add_compute_options, add_model_options
+from longvos.cli.options import add_compute_options, add_model_options, apply_threads
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 FIRST_FRAME_MASK = ASSETS / "bigbuckbunny-mask-00000.png"
@@ -27,8 +27,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"prompt with a box around the bunny ({','.join(map(str, BUNNY_BOX))}) and GrabCut "
                              "instead of the bundled mask")
     parser.add_argument("--frames", type=int, default=None, help="segment only the first N frames (default: all 132)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="reuse a non-empty --out: first delete the masks and overlay an earlier demo wrote there")
     add_model_options(parser, memory=False)
-    add_compute_options(parser, dtype=False, threads=False)
+    add_compute_options(parser, dtype=False)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -50,14 +52,19 @@ def run(args: argparse.Namespace) -> int:
     if args.frames is not None and args.frames < 1:
         raise CommandError(f"--frames must be at least 1, got {args.frames}")
     video = sample_video()
+    apply_threads(args.threads)
     if not args.box and not FIRST_FRAME_MASK.is_file():
         raise CommandError(f"the bundled first-frame mask is missing ({FIRST_FRAME_MASK}); reinstall longvos")
+    if not args.overwrite and args.out.is_dir() and any(args.out.iterdir()):
+        raise CommandError(f"{args.out} is not empty: use --overwrite to replace the files an earlier demo wrote "
+                           f"there, or another --out")
     try:
         summary = segment_video(
             video, None if args.box else FIRST_FRAME_MASK, args.out / "masks",
             model=args.model or DEFAULT_MODEL, checkpoint=args.checkpoint, device=args.device,
+            allow_random_weights=args.allow_random_weights,
             max_size=args.max_size, end=args.frames, boxes=[BUNNY_BOX] if args.box else None,
-            overlay=args.out / "overlay.mp4", progress=not args.quiet,
+            overlay=args.out / "overlay.mp4", overwrite=args.overwrite, progress=not args.quiet,
         )
     except SegmentationError as err:
         raise CommandError(str(err), code=130 if err.interrupted else 1) from None

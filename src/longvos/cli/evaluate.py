@@ -63,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
         for option in ("checkpoint", "memory", "mem_gap", "dtype", "threads"):
             if getattr(args, option) is not None:
                 raise CommandError(f"--{option.replace('_', '-')} only applies with --model")
+        if args.allow_random_weights:
+            raise CommandError("--allow-random-weights only applies with --model")
     progress = not args.quiet
     try:
         layout = DavisLayout.at(args.data_root)
@@ -107,7 +109,8 @@ def _run_model(args: argparse.Namespace, layout: DavisLayout, names: list[str], 
     torch.manual_seed(0)  # models without a checkpoint get random weights: make them the same on every run
     try:
         segmenter = load_model(args.model, args.checkpoint, device=args.device, dtype=args.dtype,
-                               memory=args.memory, mem_gap=args.mem_gap)
+                               memory=args.memory, mem_gap=args.mem_gap,
+                               allow_random_weights=args.allow_random_weights)
     except (KeyError, ValueError) as err:
         raise CommandError(str(err).strip("'\"")) from None
     return run_model(segmenter, layout, names, pred_root, max_size=args.max_size,

@@ -12,6 +12,7 @@ COMMANDS = {
     "batch": ("batch", "segment many videos from a manifest, resumable, on local workers or Ray"),
     "app": ("app", "serve a web page: upload a video, mark objects, watch and download the result"),
     "convert": ("convert", "convert an official MAVOS/DeAOT/LiVOS checkpoint to longvos"),
+    "download": ("download", "fetch, verify, convert and cache an official checkpoint (then --model NAME just works)"),
     "eval": ("evaluate", "DAVIS-exact J&F of predictions, or of a model run over a dataset"),
     "bench": ("bench", "speed and memory against video length"),
     "train": ("train", "train a model from a config"),

@@ -9,8 +9,9 @@ from longvos.cli.main import CommandError
 
 
 def add_model_options(parser: argparse.ArgumentParser, *, prefix: str = "", model: bool = True,
-                      memory: bool = True) -> None:
-    """``--model`` (unless the command defines its own), ``--checkpoint``, and the memory overrides.
+                      memory: bool = True, random_weights: bool = True) -> None:
+    """``--model`` (unless the command defines its own), ``--checkpoint``, ``--allow-random-weights`` (unless the
+    command always allows them), and the memory overrides.
 
     ``prefix`` starts every help text, for options that only apply in one mode (``"with --model: "``).
     """
@@ -19,6 +20,10 @@ def add_model_options(parser: argparse.ArgumentParser, *, prefix: str = "", mode
                             help=f"{prefix}model name (see `longvos models`; default: mavos-lite)")
     parser.add_argument("--checkpoint", type=Path,
                         help=f"{prefix}longvos or official checkpoint (default: bundled weights)")
+    if random_weights:
+        parser.add_argument("--allow-random-weights", action="store_true",
+                            help=f"{prefix}run a model that ships no weights without --checkpoint, with random "
+                                 "weights (meaningless masks; for tests and speed measurements)")
     if memory:
         parser.add_argument("--memory", default=None,
                             help=f"{prefix}long-term memory design override (mca, ref+prev, growing)")
@@ -34,7 +39,8 @@ def add_compute_options(parser: argparse.ArgumentParser, *, prefix: str = "", de
         parser.add_argument("--device", default="auto", help=f"{prefix}auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
     if dtype:
         parser.add_argument("--dtype", default=None,
-                            help=f"{prefix}autocast compute dtype: fp32 (default), bf16 or fp16")
+                            help=f"{prefix}autocast compute dtype: fp32 (default), bf16, fp16, or auto (bf16 where the "
+                                 "device computes it natively: CUDA with bf16, a CPU with AVX-512 BF16 or AMX; else fp32)")
     if max_size:
         parser.add_argument("--max-size", "--size", dest="max_size", type=parse_max_size, default=max_size_default,
                             help=f"{prefix}short side the network sees, in pixels, 0 for the native size, or auto: "
@@ -42,7 +48,8 @@ def add_compute_options(parser: argparse.ArgumentParser, *, prefix: str = "", de
                                  f"default {max_size_default}. Outputs keep the original size")
     if threads:
         parser.add_argument("--threads", type=int, default=None,
-                            help=f"{prefix}torch CPU threads (default: torch's choice; reported)")
+                            help=f"{prefix}torch CPU threads (default: the free cores: the cores this process may "
+                                 "use less the load average, at least 1; reported)")
 
 
 def parse_max_size(text: str) -> int | str | None:
@@ -58,12 +65,11 @@ def parse_max_size(text: str) -> int | str | None:
     return pixels or None
 
 
-def apply_threads(threads: int | None) -> None:
-    """Set torch's intra-op thread count from ``--threads`` (None: leave torch's choice)."""
-    if threads is None:
-        return
-    if threads < 1:
+def apply_threads(threads: int | None) -> int:
+    """Set torch's intra-op thread count from ``--threads`` (None: the free cores, which do not oversubscribe a
+    loaded machine: :func:`longvos.engine.threads.default_threads`); returns the count."""
+    if threads is not None and threads < 1:
         raise CommandError(f"--threads must be at least 1, got {threads}")
-    import torch
+    from longvos.engine import threads as thread_policy
 
-    torch.set_num_threads(threads)
+    return thread_policy.set_threads(threads)

@@ -14,7 +14,8 @@ import warnings
 from pathlib import Path
 
 from longvos.cli.main import CommandError
-from longvos.cli.options import add_compute_options, add_model_options
+from longvos.cli.options import add_compute_options, add_model_options, apply_threads
+from longvos.io.errors import one_line
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,13 +27,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="output folder for the per-frame PNGs")
     parser.add_argument("--overlay", type=Path, help="also write an overlay video (mp4/mov/mkv/webm)")
     add_model_options(parser)
-    add_compute_options(parser, threads=False)
+    add_compute_options(parser)
     parser.add_argument("--start", type=int, default=0, help="first frame index to process (default 0)")
     parser.add_argument("--end", type=int, default=None, help="frame index to stop before (default: the end)")
     parser.add_argument("--reverse", action="store_true", help="process from the last frame back to the first")
     parser.add_argument("--per-object", action="store_true", help="also write objects/<id>/<frame>.png (0/255)")
     parser.add_argument("--probs", action="store_true", help="also write probs/<frame>.npz (float16 probabilities)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run into the same --out")
+    parser.add_argument("--snapshot-every", type=int, default=None, metavar="N",
+                        help="save the model state every N frames, which --resume restores so that a resumed run "
+                             "writes the same bytes as an uninterrupted one (default 25; 0: never)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="reuse a non-empty --out: first delete the files an earlier longvos run wrote there "
+                             "(masks, per-object masks, probs, overlay, records), leaving anything else")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -42,12 +49,6 @@ def parse_mask_argument(text: str) -> tuple[int | None, Path]:
     if at and frame.isdigit():
         return int(frame), Path(path)
     return None, Path(text)
-
-
-def one_line(err: BaseException, limit: int = 2000) -> str:
-    """An error message as one line (checkpoint key reports, for one, span many lines)."""
-    text = "; ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def run(args: argparse.Namespace) -> int:
@@ -62,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
         if frame in masks:
             raise CommandError(f"two masks for {'the first frame' if frame is None else f'frame {frame}'}")
         masks[frame] = path
+    apply_threads(args.threads)
+    snapshot = {} if args.snapshot_every is None else {"snapshot_every": args.snapshot_every}
     with warnings.catch_warnings():
         # Warnings (e.g. random weights) as one readable line instead of a source location.
         warnings.showwarning = lambda message, *_args, **_kwargs: print(
@@ -70,9 +73,11 @@ def run(args: argparse.Namespace) -> int:
             summary = segment_video(
                 str(args.video), masks, args.out, model=args.model or DEFAULT_MODEL, checkpoint=args.checkpoint,
                 device=args.device, dtype=args.dtype, memory=args.memory, mem_gap=args.mem_gap,
-                max_size=args.max_size, start=args.start, end=args.end, reverse=args.reverse,
+                allow_random_weights=args.allow_random_weights, max_size=args.max_size, start=args.start,
+                end=args.end, reverse=args.reverse,
                 boxes=[parse_box(text) for text in args.box] or None, overlay=args.overlay,
-                per_object=args.per_object, save_probs=args.probs, resume=args.resume, progress=not args.quiet,
+                per_object=args.per_object, save_probs=args.probs, resume=args.resume, overwrite=args.overwrite,
+                progress=not args.quiet, **snapshot,
             )
         except SegmentationError as err:
             raise CommandError(one_line(err), code=130 if err.interrupted else 1) from None

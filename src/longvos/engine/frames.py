@@ -43,7 +43,21 @@ def frame_to_tensor(frame: np.ndarray | Image.Image | torch.Tensor, what: str = 
                          f"or tensor")
     if tensor.dtype != torch.uint8 and not tensor.is_floating_point():
         raise InputError(f"{what}: frames must be uint8 (0..255) or float (0..1), got {tensor.dtype}")
+    if tensor.is_floating_point():
+        _check_unit_range(tensor, what)
     return tensor
+
+
+def _check_unit_range(tensor: torch.Tensor, what: str) -> None:
+    """Float frames are RGB in [0, 1]: a [0, 255] frame would be clipped to white and lose every object."""
+    if tensor.numel() == 0:
+        return
+    if not bool(torch.isfinite(tensor).all()):
+        raise InputError(f"{what}: float frame holds NaN or infinite values; pass RGB in [0, 1] or uint8 (0..255)")
+    low, high = float(tensor.min()), float(tensor.max())
+    if low < 0.0 or high > 1.0:
+        raise InputError(f"{what}: float frames must lie in [0, 1], found {low:.4g}..{high:.4g}; pass uint8 "
+                         f"(0..255) or divide by 255 (frame / 255)")
 
 
 def to_network_input(image_3HW: torch.Tensor, size_hw: tuple[int, int], device: torch.device) -> torch.Tensor:

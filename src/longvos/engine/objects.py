@@ -35,6 +35,8 @@ def to_index_map(mask: np.ndarray | Image.Image | torch.Tensor, size_hw: tuple[i
                             f"k), not probabilities or an anti-aliased image")
     elif not np.issubdtype(mask.dtype, np.integer):
         raise MaskError(f"{what}: unsupported mask dtype {mask.dtype}")
+    if mask.dtype.kind in "uf" and mask.size and mask.max() >= 2 ** 63:  # would wrap to a negative int64
+        raise MaskError(f"{what}: object ids must lie in 0..2^63-1, found {mask.max()}")
     ids = mask.astype(np.int64)
     if ids.min() < 0:
         raise MaskError(f"{what}: object ids must be positive, found {int(ids.min())}")

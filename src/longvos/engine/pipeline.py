@@ -8,6 +8,7 @@ and form a prefix of the frames in processing order, which ``resume=True`` conti
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,12 +18,14 @@ import torch
 from tqdm import tqdm
 
 from longvos.engine.frames import MaxSize
-from longvos.engine.progress import RunProgress, settings_difference
+from longvos.engine.outputs import log_outputs, prepare_output_folder
+from longvos.engine.progress import (STATE_FILE, RunProgress, encode_state, load_state, mask_digest,
+                                     settings_difference, settings_digest, video_fingerprint)
 from longvos.engine.prompt_masks import MaskInput, PromptMask, load_prompts
 from longvos.engine.resources import device_peak_bytes, format_bytes, peak_rss_bytes, reset_device_peak
 from longvos.engine.segmenter import Segmenter, load_model
 from longvos.engine.session import Session, StepResult
-from longvos.io.errors import InputError
+from longvos.io.errors import InputError, VideoReadError
 from longvos.io.masks import read_index_mask, write_index_png, write_object_png, write_probs_npz
 from longvos.io.overlay import OverlayWriter
 from longvos.io.palette import DAVIS_PALETTE
@@ -31,6 +34,10 @@ from longvos.io.video import Frame, FrameSource, open_video
 from longvos.io.writer import BackgroundWriter, atomic_write
 
 DEFAULT_MODEL = "mavos-lite"
+#: Frames between model-state snapshots (what ``resume`` restores; a resume recomputes at most this many frames plus
+#: the writer's queue). mavos-lite at 320 px on 854x480 video: a 15 MiB file, ~15 ms of the model thread to encode
+#: (the writer thread writes it), so about 0.6 ms per frame; mavos-r50 at 480 px: 66 MiB, ~150 ms.
+DEFAULT_SNAPSHOT_EVERY = 25
 DEFAULT_FPS = 24.0  # overlay frame rate for frame folders, which carry none (DAVIS is 24 fps)
 
 
@@ -59,15 +66,18 @@ class SegmentSummary:
     resumed_after: int = 0  # frames already complete when the run started
     notes: list[str] = field(default_factory=list)
     network_size: tuple[int, int] | None = None  # (height, width) the network saw
+    threads: int | None = None  # torch intra-op CPU threads the run used
+    restored_from: int = 0  # frames described by the model-state snapshot a resume restored (0: recomputed all)
 
     def __str__(self) -> str:
         device = f", device peak {format_bytes(self.peak_device_bytes)}" if self.peak_device_bytes is not None else ""
         resumed = f" (resumed after {self.resumed_after})" if self.resumed_after else ""
         network = f" at network size {self.network_size[1]}x{self.network_size[0]}" if self.network_size else ""
+        threads = f"; {self.threads} CPU thread{'s' if self.threads != 1 else ''}" if self.threads else ""
         return (f"{self.frames} frames{resumed}, {len(self.object_ids)} object(s){network} in {self.seconds:.1f} s: "
                 f"{self.fps:.2f} fps ({self.model_fps:.2f} fps model only); peak memory: RSS "
-                f"{format_bytes(self.peak_rss_bytes)}{device}, model state {format_bytes(self.state_bytes)}; "
-                f"masks in {self.out_dir}")
+                f"{format_bytes(self.peak_rss_bytes)}{device}, model state {format_bytes(self.state_bytes)}"
+                f"{threads}; masks in {self.out_dir}")
 
 
 def segment_video(
@@ -81,6 +91,7 @@ def segment_video(
     dtype: str | torch.dtype | None = None,
     memory: str | None = None,
     mem_gap: int | None = None,
+    allow_random_weights: bool = False,
     max_size: MaxSize = "auto",
     start: int = 0,
     end: int | None = None,
@@ -90,8 +101,10 @@ def segment_video(
     per_object: bool = False,
     save_probs: bool = False,
     resume: bool = False,
+    overwrite: bool = False,
     progress: bool = True,
     max_pending_writes: int = 8,
+    snapshot_every: int | None = DEFAULT_SNAPSHOT_EVERY,
     on_frame: Callable[[Frame, StepResult], None] | None = None,
 ) -> SegmentSummary:
     """Segment frames ``start <= index < end`` of ``video`` (backwards if ``reverse``) into ``out_dir``.
@@ -102,9 +115,19 @@ def segment_video(
     Writes ``out_dir/<frame name>.png`` (palette PNG with the first mask's palette, else DAVIS), plus
     ``objects/<id>/<frame>.png`` with ``per_object`` and ``probs/<frame>.npz`` with ``save_probs``, and an
     overlay video if ``overlay`` is a path. ``on_frame(frame, result)`` is called after each frame.
+    A model name without bundled weights or ``checkpoint`` is refused unless ``allow_random_weights``.
+    A new run (not ``resume``) refuses an ``out_dir`` that holds files; ``overwrite`` first deletes the files an
+    earlier longvos run wrote there (and nothing else). A video whose stream ends before its listed frame count is
+    segmented up to its last decodable frame, with one warning; the summary counts the frames actually written.
+    Every ``snapshot_every`` frames the model state is saved with the progress record (one file, overwritten), and
+    ``resume`` restores it and recomputes the frames after it: a resumed run writes the same bytes as an
+    uninterrupted one (on the same device, dtype and thread count). A resume whose inputs changed (other video,
+    other mask content, other options) is refused.
     Raises :class:`~longvos.io.errors.InputError` for bad input (before anything runs) and
     :class:`SegmentationError` if the run stops part-way.
     """
+    if snapshot_every is not None and snapshot_every < 0:
+        raise InputError(f"snapshot_every must be >= 0 frames (0: no snapshots), got {snapshot_every}")
     source = open_video(video)
     start, stop = source.clamp_range(start, end)
     order = range(stop - 1, start - 1, -1) if reverse else range(start, stop)
@@ -117,9 +140,12 @@ def segment_video(
             raise InputError("memory and checkpoint apply when loading a model by name, not to a loaded Segmenter")
         segmenter, session = model, model.session(max_size, mem_gap)
     else:
-        segmenter = load_model(model, checkpoint, device, dtype, memory=memory, mem_gap=mem_gap)
+        segmenter = load_model(model, checkpoint, device, dtype, memory=memory, mem_gap=mem_gap,
+                               allow_random_weights=allow_random_weights)
         session = segmenter.session(max_size)
 
+    if resume and overwrite:
+        raise InputError("--resume and --overwrite exclude each other: continue the run, or replace its files")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     settings = {
@@ -128,74 +154,98 @@ def segment_video(
         "checkpoint": None if checkpoint is None else str(Path(checkpoint).resolve()), "dtype": str(segmenter.dtype),
         "max_size": session.max_size, "start": start, "stop": stop, "reverse": reverse, "per_object": per_object,
         "save_probs": save_probs, "masks": {str(i): p.origin for i, p in sorted(prompts.items())},
+        "mask_sha256": {str(i): mask_digest(p.ids, p.palette) for i, p in sorted(prompts.items())},
+        "frame_size": list(source.frame_size),
+        "video_fingerprint": None if isinstance(video, FrameSource) else video_fingerprint(video),
     }  # what must match for --resume to continue a run (the device and overlay may change)
     record = RunProgress.load(out_dir) if resume else None
     if record is not None:
         difference = settings_difference(record.settings, settings)
         if difference:
             raise InputError(f"{out_dir} holds a run with other settings ({difference}); use another output folder "
-                             f"or run without resume")
+                             f"or --overwrite to replace it")
         if record.done:
             return SegmentSummary(0, 0.0, 0.0, 0.0, peak_rss_bytes(), None, 0, [], out_dir, record.completed,
                                   ["already complete"])
     else:
+        prepare_output_folder(out_dir, overwrite)  # never mix this run's files with another run's
+        (out_dir / STATE_FILE).unlink(missing_ok=True)  # another run's state snapshot
         record = RunProgress(settings)
         record.save(out_dir)
+    if overlay is not None and out_dir.resolve() in Path(overlay).resolve().parents:
+        log_outputs(out_dir, Path(overlay).resolve().relative_to(out_dir.resolve()).as_posix())
 
-    run = _Run(source, session, prompts, out_dir, palette, record, per_object, save_probs)
+    run = _Run(source, session, prompts, out_dir, palette, record, per_object, save_probs,
+               snapshot_every or 0, settings_digest(settings))
     reset_device_peak(segmenter.device)
     resumed_after = record.completed
     started = time.perf_counter()
-    with tqdm(total=len(order) - resumed_after, unit="frame", disable=not progress, desc=source.description,
+    with tqdm(total=len(order) - resumed_after, unit="frame", disable=not progress, desc=source.display_name,
               dynamic_ncols=True, leave=False) as bar:
         run.execute(order, overlay_writer, max_pending_writes, on_frame, bar.update)
     seconds = time.perf_counter() - started
     record.done = True
     record.save(out_dir)
-    frames = len(order) - resumed_after
+    (out_dir / STATE_FILE).unlink(missing_ok=True)  # a finished run is never resumed
+    frames = run.frames_done - resumed_after  # fewer than asked when the video stream ends early
     return SegmentSummary(
         frames=frames, seconds=seconds, fps=frames / seconds if seconds else 0.0,
         model_fps=frames / run.model_seconds if run.model_seconds else 0.0, peak_rss_bytes=peak_rss_bytes(),
         peak_device_bytes=device_peak_bytes(segmenter.device), state_bytes=run.state_bytes,
         object_ids=session.object_ids, out_dir=out_dir, resumed_after=resumed_after,
-        network_size=session.network_size,
+        network_size=session.network_size, restored_from=run.restored, threads=torch.get_num_threads(),
     )
 
 
 class _Run:
-    """The frame loop of one ``segment_video`` call, with its writer jobs and resume replay."""
+    """The frame loop of one ``segment_video`` call, with its writer jobs, state snapshots and exact resume."""
 
     def __init__(self, source: FrameSource, session: Session, prompts: dict[int, PromptMask], out_dir: Path,
-                 palette: np.ndarray, record: RunProgress, per_object: bool, save_probs: bool):
+                 palette: np.ndarray, record: RunProgress, per_object: bool, save_probs: bool,
+                 snapshot_every: int = 0, digest: str = ""):
         self.source, self.session, self.prompts, self.out_dir = source, session, prompts, out_dir
         self.palette, self.record, self.per_object, self.save_probs = palette, record, per_object, save_probs
+        self.snapshot_every, self.digest = snapshot_every, digest
         self.model_seconds = 0.0
+        self.snapshot_seconds = 0.0  # main-thread time spent taking snapshots (the writer writes them)
         self.state_bytes = 0
+        self.restored = 0  # frames described by the restored state snapshot
+        self.differed = False  # a recomputed frame differed from the one on disk (warned once)
+        self.total = 0
+        self.frames_done = 0  # frames complete in processing order, once execute returns
 
     def execute(self, order: range, overlay: OverlayWriter | None, max_pending: int,
                 on_frame: Callable[[Frame, StepResult], None] | None, advance: Callable[[int], None]) -> None:
-        completed = self.record.completed
-        position = completed  # the frame being worked on, counted in processing order
+        completed, self.total = self.record.completed, len(order)
+        self.restored = self._restore() if completed else 0
+        position = self.restored  # the frame being worked on, counted in processing order
         try:
             with BackgroundWriter(max_pending) as writer:
-                if completed:
-                    self._replay(order[:completed])
-                # Frames already complete are decoded again only to redraw them into a new overlay video.
-                todo = order if overlay is not None else order[completed:]
+                # Frames before the restored state are decoded again only to redraw them into a new overlay video;
+                # complete frames after it are recomputed (to bring the state up to date), never rewritten.
+                todo = order if overlay is not None else order[self.restored:]
                 position = len(order) - len(todo)
                 frames = self.source.frames(min(todo), max(todo) + 1, order.step < 0) if todo else iter(())
                 for frame in frames:
-                    if position < completed:
+                    if frame.index != order[position]:  # frames missing from the decoded stream
+                        raise VideoReadError(f"{self.source.description}: frame {order[position]} is missing from "
+                                             f"the decoded video (the stream has {self.source.num_frames} frames)")
+                    if position < self.restored:
                         saved = self._saved_mask(frame.name)
                         writer.submit(lambda image=frame.image, ids=saved: overlay.write(image, ids))
+                    elif position < completed:
+                        self._recompute(frame, writer, overlay)
                     else:
                         self._segment(position, frame, writer, overlay, on_frame)
                         advance(1)
                     position += 1
                 if overlay is not None:
                     writer.submit(overlay.close)
+            self.frames_done = position
         except (Exception, KeyboardInterrupt) as err:
-            where = f"at frame {order[position]} ({self.source.frame_name(order[position])})" \
+            if overlay is not None:
+                overlay.discard()  # never leave a half-written overlay video behind
+            where = f"at frame {order[position]} ({_name_or_index(self.source, order[position])})" \
                 if position < len(order) else "after the last frame"
             interrupted = isinstance(err, KeyboardInterrupt)
             reason = ("interrupted" if interrupted else str(err) if isinstance(err, InputError)
@@ -211,20 +261,55 @@ class _Run:
         self.model_seconds += result.model_seconds
         self.state_bytes = max(self.state_bytes, self.session.memory_bytes())
         writer.submit(self._write_job(position, frame, result, overlay))
+        if self.snapshot_every and (position + 1) % self.snapshot_every == 0 and position + 1 < self.total:
+            self._snapshot(position + 1, writer)
         if on_frame is not None:
             on_frame(frame, result)
 
-    def _replay(self, completed_order: range) -> None:
-        """Rebuild the memory of an interrupted run: its starting masks in order, then the last complete frame
-        re-anchored with the mask that was written for it. (The memory is rebuilt, not restored, so frames after
-        a resume can differ slightly from an uninterrupted run.)"""
-        last = completed_order[-1]
-        for index in completed_order[:-1]:
-            if index in self.prompts:
-                self.session.step(self.source.read(index).image, self.prompts[index].ids)
-        frame = self.source.read(last)
-        saved = self._saved_mask(frame.name)
-        self.session.step(frame.image, saved if saved.any() else None)
+    def _snapshot(self, frames: int, writer: BackgroundWriter) -> None:
+        """Queue the model state after ``frames`` frames: written (atomically, over the last one) after those
+        frames' files and before the next frame's, then noted in the record."""
+        started = time.perf_counter()
+        snapshot = self.session.snapshot()
+        if snapshot is None:  # a model state without snapshot support: a resume recomputes from the start
+            self.snapshot_every = 0
+            return
+        data = encode_state(snapshot, frames, self.digest)  # taken now: later steps change the state
+        self.snapshot_seconds += time.perf_counter() - started
+        out_dir, record = self.out_dir, self.record
+
+        def job() -> None:
+            atomic_write(out_dir / STATE_FILE, lambda path: path.write_bytes(data))
+            record.snapshot = frames
+            record.save(out_dir)
+
+        writer.submit(job)
+
+    def _restore(self) -> int:
+        """Restore the interrupted run's state snapshot; returns the frames it describes (0: there is no usable
+        one, and the run is recomputed from its first frame, which gives the same bytes, only slower)."""
+        data = load_state(self.out_dir, self.session.device, self.digest, self.record)
+        if data is None:
+            return 0
+        try:
+            if int(data["session"]["frames_processed"]) != int(data["completed"]):
+                return 0
+            self.session.restore(data["session"])
+        except (KeyError, TypeError, ValueError):  # a snapshot this model cannot use
+            self.session.reset()
+            return 0
+        return int(data["completed"])
+
+    def _recompute(self, frame: Frame, writer: BackgroundWriter, overlay: OverlayWriter | None) -> None:
+        """Step a frame that is already complete on disk (after a resume), to bring the state up to date."""
+        prompt = self.prompts.get(frame.index)
+        result = self.session.step(frame.image, None if prompt is None else prompt.ids)
+        if not self.differed and not np.array_equal(result.mask, self._saved_mask(frame.name)):
+            self.differed = True
+            warnings.warn(f"frame {frame.name} recomputed after the resume differs from the one written before: "
+                          f"the interrupted run used another device, dtype or thread count", UserWarning, stacklevel=2)
+        if overlay is not None:
+            writer.submit(lambda image=frame.image, ids=result.mask: overlay.write(image, ids))
 
     def _saved_mask(self, name: str) -> np.ndarray:
         return read_index_mask(self.out_dir / f"{name}.png", self.source.frame_size, allow_empty=True).ids
@@ -237,6 +322,8 @@ class _Run:
         image = frame.image if overlay is not None else None
 
         def job() -> None:
+            log_outputs(out_dir, f"{name}.png", *(f"objects/{o}/{name}.png" for o in per_object_ids),
+                        *([f"probs/{name}.npz"] if result.probs is not None else []))
             atomic_write(out_dir / f"{name}.png", lambda path: write_index_png(path, ids, palette))
             for object_id in per_object_ids:
                 folder = out_dir / "objects" / str(object_id)
@@ -252,3 +339,11 @@ class _Run:
             record.save(out_dir)
 
         return job
+
+
+def _name_or_index(source: FrameSource, index: int) -> str:
+    """The frame's output name for messages, or its index where the source has fewer frames than it listed."""
+    try:
+        return source.frame_name(index)
+    except InputError:
+        return str(index)

@@ -1,20 +1,35 @@
-"""The run record that makes ``segment --resume`` safe.
+"""The run record and state snapshot that make ``segment --resume`` exact.
 
-``<out>/.longvos-progress.json`` holds the run's settings and how many frames (in processing order) are complete.
-The background writer advances it only after a frame's files have been renamed into place, and it is itself
-replaced atomically, so a frame it counts is never a half-written PNG. A resumed run must have the same settings.
+``<out>/.longvos-progress.json`` holds the run's settings (with a sha256 of every prompt mask's content and a
+fingerprint of the video) and how many frames (in processing order) are complete. The background writer advances
+it only after a frame's files have been renamed into place, and it is itself replaced atomically, so a frame it
+counts is never a half-written PNG. A resumed run must have the same settings.
+
+``<out>/.longvos-state.pt`` is one snapshot of the model state (the session's, see
+:meth:`~longvos.engine.session.Session.snapshot`), overwritten every N frames: ``torch.save`` of plain tensors,
+ints, strings and lists, read back with ``torch.load(..., weights_only=True)``. It names the frame count it
+describes and the settings digest of its run. The writer writes it (atomically) after that frame's files and
+before the next frame's, then records it in the progress record, so the snapshot never describes a frame that the
+record does not count; a resume restores it and recomputes the frames from there on (rewriting none that are
+complete), which gives the same bytes as an uninterrupted run.
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from longvos.io.writer import atomic_write
 
 PROGRESS_FILE = ".longvos-progress.json"
-FORMAT_VERSION = 1
+STATE_FILE = ".longvos-state.pt"
+FORMAT_VERSION = 1  # records without the content hashes (older longvos) differ in settings: no resume
+STATE_VERSION = 1
 
 
 @dataclass
@@ -23,6 +38,7 @@ class RunProgress:
     completed: int = 0  # frames complete, counted in processing order
     last_frame: str | None = None  # name of the last complete frame
     done: bool = False
+    snapshot: int = 0  # frames (processing order) described by the state snapshot, 0: none
 
     def save(self, out_dir: Path) -> None:
         record = {"version": FORMAT_VERSION, **asdict(self)}
@@ -37,11 +53,92 @@ class RunProgress:
             return None
         if record.get("version") != FORMAT_VERSION:
             return None
-        return cls(record["settings"], int(record["completed"]), record.get("last_frame"), bool(record["done"]))
+        return cls(record["settings"], int(record["completed"]), record.get("last_frame"), bool(record["done"]),
+                   int(record.get("snapshot", 0)))
+
+
+def settings_digest(settings: dict[str, Any]) -> str:
+    """sha256 of a run's settings: ties a state snapshot to the run that wrote it."""
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
+def mask_digest(ids: np.ndarray, palette: np.ndarray | None) -> str:
+    """sha256 of a prompt mask's content (its index map, and the palette its outputs are written with)."""
+    digest = hashlib.sha256(f"{ids.shape}".encode())
+    digest.update(np.ascontiguousarray(ids, dtype=np.int64).tobytes())
+    if palette is not None:
+        digest.update(np.ascontiguousarray(palette, dtype=np.uint8).tobytes())
+    return digest.hexdigest()
+
+
+def video_fingerprint(path: str | Path) -> str | None:
+    """A cheap fingerprint of a video: for a file its size and the sha256 of its first and last MiB; for a frame
+    folder the names of its files (a frame repaired after a failure may change; frames are not re-read). ``None``
+    for anything else (a glob, an in-memory source)."""
+    path = Path(path)
+    try:
+        if path.is_file():
+            size = path.stat().st_size
+            digest = hashlib.sha256()
+            with path.open("rb") as file:
+                digest.update(file.read(1 << 20))
+                if size > 1 << 20:
+                    file.seek(max(1 << 20, size - (1 << 20)))
+                    digest.update(file.read())
+            return f"{size}:{digest.hexdigest()}"
+        if path.is_dir():
+            digest = hashlib.sha256()
+            for entry in sorted(path.iterdir()):
+                if entry.is_file():
+                    digest.update(f"{entry.name}\n".encode())
+            return digest.hexdigest()
+    except OSError:
+        return None
+    return None
+
+
+def encode_state(snapshot: dict[str, Any], completed: int, digest: str) -> bytes:
+    """A session snapshot describing ``completed`` frames of the run with settings ``digest``, as file bytes."""
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save({"version": STATE_VERSION, "completed": completed, "settings_sha256": digest, "session": snapshot},
+               buffer)
+    return buffer.getvalue()
+
+
+def load_state(out_dir: Path, device: Any, digest: str, record: RunProgress) -> dict[str, Any] | None:
+    """The state snapshot in ``out_dir`` if it belongs to the run with settings ``digest`` and agrees with its
+    ``record``: it describes no more frames than the record counts complete, and no fewer than the snapshot the
+    record names (newer is possible: a kill between writing it and noting it). Else ``None`` (the run is then
+    recomputed from its start, which gives the same bytes, only slower)."""
+    import torch
+
+    try:
+        data = torch.load(out_dir / STATE_FILE, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        return None
+    except Exception:  # noqa: BLE001 - an unreadable snapshot is not used: the resume recomputes instead
+        return None
+    if (not isinstance(data, dict) or data.get("version") != STATE_VERSION or data.get("settings_sha256") != digest
+            or not max(record.snapshot, 1) <= int(data.get("completed", 0)) <= record.completed):
+        return None
+    return data
 
 
 def settings_difference(saved: dict[str, Any], current: dict[str, Any]) -> str | None:
-    """The first setting that differs between two runs, as ``"name: old -> new"``, or ``None``."""
+    """The first setting that differs between two runs, as ``"name: old -> new"``, or ``None``. A prompt mask
+    whose content changed reads ``"the mask of frame N changed content since that run: PATH, sha256 ..."``."""
+    old_masks, new_masks = saved.get("mask_sha256"), current.get("mask_sha256")
+    if isinstance(old_masks, dict) and isinstance(new_masks, dict) and saved.get("masks") == current.get("masks"):
+        for frame in sorted(set(old_masks) | set(new_masks), key=str):
+            if old_masks.get(frame) != new_masks.get(frame):
+                origin = (current.get("masks") or {}).get(frame) or current.get("mask") or "?"
+                return (f"the mask of frame {frame} changed content since that run: {origin}, sha256 "
+                        f"{str(old_masks.get(frame))[:12]} -> {str(new_masks.get(frame))[:12]}")
+    if ("video_fingerprint" in saved and saved.get("video") == current.get("video")
+            and saved["video_fingerprint"] != current.get("video_fingerprint")):
+        return f"the video {current.get('video')} changed content since that run"
     for key in sorted(set(saved) | set(current)):
         if saved.get(key) != current.get(key):
             return f"{key}: {saved.get(key)!r} -> {current.get(key)!r}"

@@ -74,22 +74,3 @@ def format_bytes(count: int | None) -> str:
         count /= 1024
     return f"{count:.1f} GiB"
 
-
-#: CPU feature flags (``/proc/cpuinfo``) of native bf16 matrix arithmetic: AVX-512 BF16 (AMD Zen 4+, Intel Cooper
-#: Lake+) or AMX (Intel Sapphire Rapids+). Without them bf16 on a CPU is emulated and slower than fp32.
-_FAST_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
-
-
-def bf16_is_fast(device: torch.device) -> bool:
-    """Whether ``device`` computes bf16 natively: a CUDA GPU that supports it, or a CPU with the flags above
-    (detected from ``/proc/cpuinfo``, not assumed; ``False`` where it cannot be read). MPS: ``False``."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type != "cpu":
-        return False
-    try:
-        flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                      if line.startswith("flags")), [])
-    except OSError:
-        return False
-    return any(flag in flags for flag in _FAST_BF16_CPU_FLAGS)

@@ -26,7 +26,10 @@ class Segmenter:
 
     def __init__(self, model: VOSModel, device: str | torch.device = "auto", dtype: str | torch.dtype | None = None):
         self.device = usable_device(device)
-        self.dtype = resolve_dtype(dtype)
+        self.dtype = resolve_dtype(dtype, self.device)
+        if self.device.type == "cpu" and self.dtype == torch.float16:
+            warnings.warn("fp16 on the CPU is very slow (about 35x slower than bf16 on a 2-core x86 machine): use "
+                          "bf16 (--dtype bf16) or fp32 there; fp16 is for GPUs", UserWarning, stacklevel=2)
         self.model = model.to(self.device).eval()
 
     @property
@@ -82,22 +85,23 @@ def usable_device(device: str | torch.device | None) -> torch.device:
 
 def load_model(name: str, checkpoint: str | Path | None = None, device: str | torch.device = "auto",
                dtype: str | torch.dtype | None = None, *, memory: str | None = None,
-               mem_gap: int | None = None) -> Segmenter:
+               mem_gap: int | None = None, allow_random_weights: bool = False) -> Segmenter:
     """Build a registered model (``longvos models`` lists them) and load its weights.
 
     ``checkpoint`` is a longvos or an official checkpoint (auto-detected). Without one, the weights the package
-    ships for that model are used; a model with none runs with random weights and a ``UserWarning``.
+    ships for that model are used; a model with none is refused (:class:`InputError`) unless
+    ``allow_random_weights`` (benchmarks, tests), when it runs with random weights and a ``UserWarning``.
     ``memory`` and ``mem_gap`` override the model's long-term memory design and update interval.
     """
     from longvos.models.registry import create_model
 
     device = usable_device(device)  # fail before the (slow) model build
-    dtype = resolve_dtype(dtype)
+    dtype = resolve_dtype(dtype, device)
+    checkpoint = weights_for(name, checkpoint, allow_random_weights)
     model = create_model(name, memory=memory, mem_gap=mem_gap)
-    checkpoint = checkpoint if checkpoint is not None else bundled_checkpoint(name)
     if checkpoint is None:
-        warnings.warn(f"model {name!r} ships no weights and no checkpoint was given: its weights are random, so its "
-                      f"masks are meaningless (pass checkpoint=...)", UserWarning, stacklevel=2)
+        warnings.warn(f"model {name!r} runs with random weights, as allowed: its masks are meaningless",
+                      UserWarning, stacklevel=2)
     else:
         from longvos.convert import load_checkpoint
 
@@ -107,7 +111,38 @@ def load_model(name: str, checkpoint: str | Path | None = None, device: str | to
     return Segmenter(model, device=device, dtype=dtype)
 
 
+def weights_for(name: str, checkpoint: str | Path | None, allow_random_weights: bool = False) -> str | Path | None:
+    """The checkpoint ``name`` loads: ``checkpoint``, else the bundled weights, else those ``longvos download``
+    cached, else ``None`` (random weights),
+    which is refused with one line unless ``allow_random_weights``. Unknown names are a ``ValueError``."""
+    from longvos.models.registry import model_entry
+
+    model_entry(name)  # an unknown model is reported as such, not as missing weights
+    if checkpoint is not None:
+        return checkpoint
+    bundled = bundled_checkpoint(name) or downloaded_checkpoint(name)
+    if bundled is None and not allow_random_weights:
+        raise InputError(f"model {name!r} ships no weights and no checkpoint was given, so its masks would be "
+                         f"meaningless: pass --checkpoint PATH (Python: checkpoint=...), or --allow-random-weights "
+                         f"(Python: allow_random_weights=True) to run it with random weights on purpose"
+                         + download_hint(name))
+    return bundled
+
+
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
+
+
+def downloaded_checkpoint(name: str) -> Path | None:
+    """The checkpoint ``longvos download <name>`` converted and cached (``$LONGVOS_HOME``), if any."""
+    from longvos.download import cached_checkpoint
+
+    return cached_checkpoint(name)
+
+
+def download_hint(name: str) -> str:
+    from longvos.download import OFFICIAL_CHECKPOINTS
+
+    return f"; `longvos download {name}` fetches its official weights" if name in OFFICIAL_CHECKPOINTS else ""
 
 
 def bundled_checkpoint(name: str) -> Path | None:

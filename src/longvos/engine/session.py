@@ -19,7 +19,7 @@ from PIL import Image
 from longvos.engine.frames import (MaxSize, frame_to_tensor, resize_ids_nearest, resolve_max_size, shrunk_size,
                                    to_network_input, upsample_probs)
 from longvos.engine.objects import select_objects, to_index_map
-from longvos.io.errors import InputError, MaskError
+from longvos.io.errors import InputError, MaskError, SessionError
 from longvos.io.masks import compact_ids
 from longvos.models.base import TrackerState, VOSModel
 
@@ -31,7 +31,7 @@ MaskLike = np.ndarray | Image.Image | torch.Tensor  # (H, W) index map
 class StepResult:
     """What one :meth:`Session.step` returns, at the frame's original resolution."""
 
-    mask: np.ndarray  # (H, W) user ids; uint8 when every id < 256, else int32
+    mask: np.ndarray  # (H, W) user ids; uint8 when every id < 256, int32 below 2^31, else int64
     object_ids: list[int]  # the objects tracked after this frame, in the order of ``probs``
     frame_index: int  # 0-based count of frames this session has processed
     model_seconds: float  # wall time of model.step (incl. memory update), device-synchronised
@@ -56,6 +56,7 @@ class Session:
         # Models on a corner-aligned grid (AOT with (H - 1) % 16 == 0) upsample with align_corners=True; matching
         # them puts the object boundaries where the official decoder puts them.
         self._align_corners = bool(getattr(getattr(model, "config", None), "align_corners", False))
+        self._closed = False
         self.reset()
 
     @property
@@ -67,6 +68,7 @@ class Session:
 
     def reset(self) -> None:
         """Forget everything (objects, memory, staged masks, frame size): as good as a new session."""
+        self._check_open("reset")
         self.state: TrackerState = self.model.init_state(self.mem_gap)
         self.frames_processed = 0
         self._frame_hw: tuple[int, int] | None = None
@@ -75,11 +77,23 @@ class Session:
         self._staged_objects: list[int] = []
 
     def close(self) -> None:
-        """Drop the model state now (it is also freed when the session is garbage collected)."""
+        """Drop the model state now (it is also freed when the session is garbage collected). A closed session
+        cannot be used again (:class:`~longvos.io.errors.SessionError`); open a new one."""
         self.state = self.model.init_state(self.mem_gap)
-        self._staged_ids = None
+        self._staged_ids, self._staged_objects = None, []
+        self._closed = True
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _check_open(self, verb: str) -> None:
+        if self._closed:
+            raise SessionError(f"cannot {verb}: this session is closed (after {self.frames_processed} frame(s)); "
+                               f"open a new one with segmenter.session()")
 
     def __enter__(self) -> Session:
+        self._check_open("enter")
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -97,6 +111,7 @@ class Session:
 
         Returns the staged ids. Equivalent to passing the mask to the next ``step`` (which may add its own).
         """
+        self._check_open("add_objects")
         if self._frame_hw is None:
             raise InputError("add_objects needs the frame size: pass the first mask to step() with its frame")
         what = f"objects staged for frame {self.frames_processed}"
@@ -115,6 +130,7 @@ class Session:
 
     def remove_objects(self, ids: Iterable[int]) -> None:
         """Stop tracking objects (and drop their staged masks). Unknown ids are an error."""
+        self._check_open("remove_objects")
         ids = [int(i) for i in ids]
         tracked = set(self.state.object_ids)
         unknown = [i for i in ids if i not in tracked and i not in self._staged_objects]
@@ -137,6 +153,7 @@ class Session:
              return_probs: bool = False) -> StepResult:
         """Segment one frame. ``mask`` (an index map at the frame's size) starts or corrects the objects it holds,
         or only those in ``objects``; every other tracked object is predicted from memory."""
+        self._check_open("step")
         what = f"frame {self.frames_processed}"
         image_3HW = frame_to_tensor(frame, what)
         frame_hw = (int(image_3HW.shape[-2]), int(image_3HW.shape[-1]))
@@ -169,6 +186,39 @@ class Session:
             mask=ids, object_ids=object_ids, frame_index=self.frames_processed - 1, model_seconds=seconds,
             probs=probs_KHW[1:].cpu().numpy() if return_probs else None,
         )
+
+    # -- snapshots (exact resume) ---------------------------------------------------------------------------
+
+    def snapshot(self) -> dict | None:
+        """Everything this session remembers between frames, as plain data (tensors, ints, strings, lists, dicts)
+        that ``torch.save`` writes and ``torch.load(..., weights_only=True)`` reads back; :meth:`restore` continues
+        from it bit for bit. ``None`` when the model's state type has no snapshot support."""
+        self._check_open("snapshot")
+        if self._staged_ids is not None:
+            raise SessionError("cannot snapshot a session with masks staged for its next frame; step() first")
+        to_snapshot = getattr(self.state, "to_snapshot", None)
+        if to_snapshot is None:
+            return None
+        return {"model": self.model.name or type(self.model).__name__, "frames_processed": self.frames_processed,
+                "frame_hw": None if self._frame_hw is None else list(self._frame_hw),
+                "network_hw": None if self._network_hw is None else list(self._network_hw),
+                "state": to_snapshot()}
+
+    def restore(self, snapshot: dict) -> None:
+        """Replace everything this session remembers with a :meth:`snapshot` of a session of the same model."""
+        self._check_open("restore")
+        name = self.model.name or type(self.model).__name__
+        from_snapshot = getattr(type(self.state), "from_snapshot", None)
+        if from_snapshot is None:
+            raise SessionError(f"model {name} cannot restore a state snapshot")
+        if snapshot.get("model") != name:
+            raise SessionError(f"a state snapshot of model {snapshot.get('model')!r} cannot be restored into {name!r}")
+        state = from_snapshot(snapshot["state"], self.device)
+        self.reset()
+        self.state = state
+        self.frames_processed = int(snapshot["frames_processed"])
+        self._frame_hw = None if snapshot["frame_hw"] is None else tuple(snapshot["frame_hw"])
+        self._network_hw = None if snapshot["network_hw"] is None else tuple(snapshot["network_hw"])
 
     def _run_model(self, image_3HW: torch.Tensor, given_ids: np.ndarray | None) -> tuple[torch.Tensor, float]:
         """``model.step`` under inference mode and the session's autocast policy; returns (probs, seconds)."""

@@ -190,13 +190,14 @@ def run_benchmark(designs: Sequence[Design], clip: Clip, *, lengths: Sequence[in
         raise InputError("one checkpoint cannot serve several models: benchmark them separately")
     height, width = clip.first_mask.shape
     report = BenchReport(designs, clip.name, (width, height), warmup, seed,
-                         environment(resolve_device(device), resolve_dtype(dtype)))
+                         environment(resolve_device(device), resolve_dtype(dtype, resolve_device(device))))
 
     def load(design: Design) -> Segmenter:
         torch.manual_seed(seed)
         np.random.seed(seed)
+        # Speed and memory do not depend on the weights: a model without any runs with random ones.
         segmenter = load_model(design.model, checkpoint, device=device, dtype=dtype, memory=design.memory,
-                               mem_gap=mem_gap)
+                               mem_gap=mem_gap, allow_random_weights=True)
         # Record the interval the model actually uses (it decides how fast "growing" grows).
         report.mem_gaps[design.label] = getattr(getattr(segmenter.model, "config", None), "mem_gap", mem_gap)
         _warm_up(segmenter, clip, warmup)

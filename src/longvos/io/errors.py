@@ -16,3 +16,15 @@ class VideoReadError(InputError):
 
 class MaskError(InputError):
     """A mask is unreadable, has the wrong size, is not an index mask, or names objects that do not exist."""
+
+
+class SessionError(InputError):
+    """A session or offline video state used in a way its life cycle does not allow (after ``close()``, or a mask
+    for a frame that the running propagation has already passed)."""
+
+
+def one_line(err: BaseException, limit: int = 2000) -> str:
+    """An error message as one line (checkpoint key reports, for one, span many lines): how the CLI, the batch
+    workers and the app report any error."""
+    text = "; ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."

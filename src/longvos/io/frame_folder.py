@@ -37,7 +37,9 @@ class ImageSequenceSource(FrameSource):
 
     @classmethod
     def from_glob(cls, pattern: str) -> ImageSequenceSource:
-        paths = [Path(p) for p in glob.glob(pattern) if Path(p).is_file()]
+        """Image files matching ``pattern``; the longest leading part of it that exists as a folder is taken
+        literally (``take [1]/*.png`` globs inside the folder ``take [1]``)."""
+        paths = [Path(p) for p in glob.glob(_literal_existing_prefix(pattern)) if Path(p).is_file()]
         return cls(paths, pattern)
 
     @property
@@ -76,3 +78,15 @@ class ImageSequenceSource(FrameSource):
             raise VideoReadError(f"{path}: frame {index} is {rgb.shape[1]}x{rgb.shape[0]} but the first frame is "
                                  f"{width}x{height}")
         return Frame(index, path.stem, rgb)
+
+
+def _literal_existing_prefix(pattern: str) -> str:
+    """``pattern`` with its longest leading folder that exists on disk escaped, so that glob characters in an
+    existing folder's name (``take [1]``) match that folder rather than act as wildcards."""
+    parts = Path(pattern).parts
+    for split in range(len(parts) - 1, 0, -1):
+        folder = Path(*parts[:split])
+        if folder.is_dir():
+            rest = parts[split:]
+            return str(Path(glob.escape(str(folder)), *rest))
+    return pattern

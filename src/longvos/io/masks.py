@@ -118,8 +118,10 @@ def _rgb_ids(image: Image.Image, path: Path | str) -> np.ndarray:
 
 
 def compact_ids(ids: np.ndarray) -> np.ndarray:
-    """The narrowest integer type for an index mask: uint8 when every id < 256, else int32."""
-    return ids.astype(np.uint8 if ids.size == 0 or int(ids.max()) < 256 else np.int32, copy=False)
+    """The narrowest integer type for an index mask: uint8 when every id < 256, int32 below 2^31, else int64
+    (never a type that would wrap an id: 2^32 as int32 would be 0, the object lost)."""
+    top = int(ids.max()) if ids.size else 0
+    return ids.astype(np.uint8 if top < 256 else np.int32 if top <= np.iinfo(np.int32).max else np.int64, copy=False)
 
 
 def read_object_masks(paths: dict[int, str | Path], size: tuple[int, int] | None = None) -> np.ndarray:

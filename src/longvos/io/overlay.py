@@ -1,6 +1,11 @@
-"""Overlay video: each frame with its objects tinted in their palette colours and outlined, encoded as it comes."""
+"""Overlay video: each frame with its objects tinted in their palette colours and outlined, encoded as it comes.
+
+The video is encoded into a temporary file beside the target (``.<name>.partial.<ext>``) and renamed onto it only when
+complete, so an interrupted run never leaves a truncated, unplayable overlay under the real name.
+"""
 from __future__ import annotations
 
+import os
 from fractions import Fraction
 from pathlib import Path
 
@@ -9,6 +14,7 @@ import numpy as np
 
 from longvos.io.errors import InputError
 from longvos.io.palette import DAVIS_PALETTE
+from longvos.io.writer import PARTIAL_MARK
 
 # Preferred encoders per container; the first one this FFmpeg build has is used.
 _CODECS = {".webm": ("libvpx-vp9", "libvpx"), ".mp4": ("libx264", "h264", "mpeg4"),
@@ -47,9 +53,10 @@ class OverlayWriter:
             raise InputError(f"{self.path}: this FFmpeg build has no encoder for {suffix}")
         self._container = None
         self._stream = None
+        self._temporary = self.path.with_name(f".{self.path.stem}{PARTIAL_MARK}{self.path.suffix}")
 
     def _start(self, height: int, width: int) -> None:
-        self._container = av.open(str(self.path), mode="w")
+        self._container = av.open(str(self._temporary), mode="w")
         self._stream = self._container.add_stream(self._codec, rate=self._rate)
         # 4:2:0 chroma needs even sizes; odd frames get their last row/column repeated.
         self._stream.height, self._stream.width = height + height % 2, width + width % 2
@@ -68,13 +75,24 @@ class OverlayWriter:
             self._container.mux(packet)
 
     def close(self) -> None:
-        """Flush the encoder and finish the file."""
+        """Flush the encoder, finish the file and rename it into place."""
         if self._container is None:
             return
         for packet in self._stream.encode():
             self._container.mux(packet)
         self._container.close()
         self._container = None
+        os.replace(self._temporary, self.path)
+
+    def discard(self) -> None:
+        """Abandon an unfinished video: delete the temporary file (a finished overlay is left as it is)."""
+        if self._container is not None:
+            try:
+                self._container.close()
+            except (av.FFmpegError, OSError, ValueError):
+                pass
+            self._container = None
+        self._temporary.unlink(missing_ok=True)
 
 
 def _has_encoder(name: str) -> bool:

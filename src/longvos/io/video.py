@@ -35,6 +35,16 @@ class FrameSource(abc.ABC):
     description: str
 
     @property
+    def display_name(self) -> str:
+        """A short name for progress bars: the video file's or frame folder's name (a glob keeps its folder), not
+        the whole path (the demo's clip lies deep in site-packages)."""
+        path = Path(self.description)
+        if not path.name:
+            return self.description
+        is_glob = any(char in path.name for char in "*?[") and not path.exists()
+        return f"{path.parent.name}/{path.name}" if is_glob and path.parent.name else path.name
+
+    @property
     @abc.abstractmethod
     def num_frames(self) -> int:
         """Number of frames (video files may need a quick pass over their packets to know it)."""
@@ -99,9 +109,10 @@ def open_video(source: str | Path | FrameSource) -> FrameSource:
     from longvos.io.video_file import VideoFileSource
 
     text = str(source)
-    if any(char in text for char in "*?["):
-        return ImageSequenceSource.from_glob(text)
     path = Path(text)
+    # An existing file or folder wins over a glob: `clip [1080p].mp4` and `take [1]/` are paths, not patterns.
+    if any(char in text for char in "*?[") and not path.exists():
+        return ImageSequenceSource.from_glob(text)
     if path.is_dir():
         return ImageSequenceSource.from_folder(path)
     if not path.exists():

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from longvos.engine.resources import bf16_is_fast
+from longvos.device import bf16_is_fast
 from longvos.models.aot.model import AOTModel
 
 from . import distributed

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from longvos.models.aot.memory import AOTMemory, storage_nbytes
+from longvos.models.aot.memory import AOTMemory, LayerMemory, storage_nbytes
 
 _PROBABILITY_CLAMP = 1e-5  # official soft aggregation clamps to [eps, 1 - eps] before taking logits
 #: Logit of decoder channels that hold no object (official values; it must stay finite in half precision).
@@ -77,6 +77,52 @@ class AOTState:
             self.passes[pass_index].retired.add(slot)
             self.object_ids.remove(object_id)
         self.passes = [p for p in self.passes if p.has_objects()]
+
+    # -- snapshots (``segment --resume``): plain tensors, ints, strings and lists, for torch.load(weights_only) --
+
+    SNAPSHOT_KIND = "aot"
+
+    def to_snapshot(self) -> dict:
+        """The whole state as plain data. Tensors are stored as they are (strides and shared storages included, so
+        the restored state computes bit for bit what this one would)."""
+        def layers(memory_layers: list[LayerMemory]) -> list[list[torch.Tensor]]:
+            return [[layer.key_BNC, layer.value_BNC] for layer in memory_layers]
+
+        passes = []
+        for pass_ in self.passes:
+            memory = pass_.memory
+            passes.append({
+                "slots": list(pass_.slots), "retired": sorted(pass_.retired),
+                "memory": None if memory is None else {
+                    "long_term": layers(memory.long_term), "short_term": layers(memory.short_term),
+                    "grid_hw": list(memory.grid_hw), "frame_step": memory.frame_step,
+                    "last_update_step": memory.last_update_step},
+            })
+        return {"kind": self.SNAPSHOT_KIND, "max_objects": self.max_objects, "mem_gap": self.mem_gap,
+                "object_ids": list(self.object_ids), "passes": passes,
+                "input_hw": None if self.input_hw is None else list(self.input_hw)}
+
+    @classmethod
+    def from_snapshot(cls, data: dict, device: torch.device | None = None) -> AOTState:
+        """The state :meth:`to_snapshot` described, its tensors on ``device``."""
+        if data.get("kind") != cls.SNAPSHOT_KIND:
+            raise ValueError(f"not an AOT-family state snapshot (kind {data.get('kind')!r})")
+
+        def layers(stored: list[list[torch.Tensor]]) -> list[LayerMemory]:
+            return [LayerMemory(key.to(device), value.to(device)) for key, value in stored]
+
+        passes = []
+        for stored in data["passes"]:
+            memory = stored["memory"]
+            passes.append(AOTPass(
+                slots=[None if s is None else int(s) for s in stored["slots"]], retired=set(stored["retired"]),
+                memory=None if memory is None else AOTMemory(
+                    long_term=layers(memory["long_term"]), short_term=layers(memory["short_term"]),
+                    grid_hw=tuple(memory["grid_hw"]), frame_step=int(memory["frame_step"]),
+                    last_update_step=int(memory["last_update_step"]))))
+        return cls(max_objects=int(data["max_objects"]), mem_gap=int(data["mem_gap"]),
+                   object_ids=[int(i) for i in data["object_ids"]], passes=passes,
+                   input_hw=None if data["input_hw"] is None else tuple(data["input_hw"]))
 
     def live_slots(self, device: torch.device | None = None) -> torch.Tensor:
         """``(P, 1 + max_objects)`` bool: which decoder channels of each pass belong to a tracked object (or bg)."""

@@ -34,6 +34,30 @@ class LiVOSState:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.tensors().values())
 
+    # -- snapshots (``segment --resume``): plain tensors, ints, strings and lists, for torch.load(weights_only) --
+
+    SNAPSHOT_KIND = "livos"
+
+    def to_snapshot(self) -> dict:
+        """The whole state as plain data (tensors stored as they are: the restored state computes the same bits)."""
+        return {"kind": self.SNAPSHOT_KIND, "object_ids": list(self.object_ids), "tensors": self.tensors(),
+                "grid_size": None if self.grid_size is None else list(self.grid_size)}
+
+    @classmethod
+    def from_snapshot(cls, data: dict, device: torch.device | None = None) -> LiVOSState:
+        """The state :meth:`to_snapshot` described, its tensors on ``device``."""
+        if data.get("kind") != cls.SNAPSHOT_KIND:
+            raise ValueError(f"not a LiVOS state snapshot (kind {data.get('kind')!r})")
+        names = {f.name for f in fields(cls)}
+        unknown = set(data["tensors"]) - names
+        if unknown:
+            raise ValueError(f"LiVOS state snapshot has unknown tensors {sorted(unknown)}")
+        state = cls(object_ids=[int(i) for i in data["object_ids"]],
+                    grid_size=None if data["grid_size"] is None else tuple(data["grid_size"]))
+        for name, tensor in data["tensors"].items():
+            setattr(state, name, tensor.to(device))
+        return state
+
     @property
     def num_objects(self) -> int:
         return len(self.object_ids)

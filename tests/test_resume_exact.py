@@ -1,0 +1,231 @@
+"""``segment --resume`` is exact: a run killed with SIGKILL at a random frame and resumed writes the same bytes, PNG
+for PNG, as an uninterrupted run, because the model state is snapshotted with the progress record and restored (the
+``mca`` memory of the bundled mavos-lite, with its fused dynamic frame, included). A resume whose inputs changed
+(the mask file's content at the same path) is refused with one line.
+
+Runs the real CLI and batch tool in subprocesses on a generated clip (no ../shared data needed), one torch thread,
+about 30 s on a loaded 2-core CPU.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from longvos.engine.progress import PROGRESS_FILE, STATE_FILE
+
+FRAMES = 44  # mavos-lite's MCA interval is 10: long-term updates at frames 10 (concatenation), 20, 30, 40 (fusions)
+EVERY = 3  # snapshot interval of these runs (frames)
+FAST = ["--max-size", "96", "--device", "cpu", "--quiet", "--snapshot-every", str(EVERY)]
+
+
+def make_clip(folder: Path, frames: int = FRAMES, seed: int = 0) -> Path:
+    """A textured background with a red disk and a green square moving across: two objects; returns the mask."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    height, width = 120, 160
+    background = (rng.random((height, width, 3)) * 80 + 60).astype(np.uint8)
+    yy, xx = np.mgrid[:height, :width]
+    for index in range(frames):
+        image = background.copy()
+        disk = (xx - (40 + 2.0 * index)) ** 2 + (yy - (60 + 15 * np.sin(index / 6))) ** 2 < 18 ** 2
+        square = (abs(xx - (120 - index)) < 12) & (abs(yy - 30) < 12)
+        image[disk], image[square] = (220, 60, 40), (40, 200, 90)
+        Image.fromarray(image).save(folder / f"{index:05d}.png")
+        if index == 0:
+            mask = np.zeros((height, width), np.uint8)
+            mask[disk], mask[square] = 1, 2
+            Image.fromarray(mask).save(folder.parent / "mask.png")
+    return folder.parent / "mask.png"
+
+
+def command(clip: Path, mask: Path, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "longvos", "segment", str(clip), "--mask", str(mask), "--out", str(out), *FAST,
+            *extra]
+
+
+def environment() -> dict[str, str]:
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}  # the same threads in every run
+
+
+def run(args: list[str]) -> subprocess.CompletedProcess:
+    return subprocess.run(args, capture_output=True, text=True, env=environment(), timeout=120)
+
+
+def pngs(out: Path) -> list[Path]:
+    return sorted(out.glob("[0-9]*.png"))
+
+
+def md5s(out: Path) -> dict[str, str]:
+    return {path.name: hashlib.md5(path.read_bytes()).hexdigest() for path in pngs(out)}
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("resume") / "clip"
+    return folder, make_clip(folder)
+
+
+@pytest.fixture(scope="module")
+def clean(clip, tmp_path_factory) -> dict[str, str]:
+    """md5 of every PNG of an uninterrupted run."""
+    out = tmp_path_factory.mktemp("clean") / "out"
+    result = run(command(*clip, out))
+    assert result.returncode == 0, result.stderr
+    assert not (out / STATE_FILE).exists()  # a finished run leaves no snapshot behind
+    sums = md5s(out)
+    assert len(sums) == FRAMES
+    return sums
+
+
+def kill_after(args: list[str], out: Path, frames: int) -> int:
+    """Start ``args``, SIGKILL it as soon as ``frames`` PNGs exist; returns how many PNGs it left."""
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=environment())
+    deadline = time.monotonic() + 120
+    try:
+        while len(pngs(out)) < frames:
+            assert process.poll() is None, f"the run ended before it was killed: {process.stderr.read()}"
+            assert time.monotonic() < deadline, "no progress"
+            time.sleep(0.002)
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.kill()
+        process.wait()
+        process.stderr.close()
+    return len(pngs(out))
+
+
+def test_sigkill_at_a_random_frame_then_resume_is_byte_identical(clip, clean, tmp_path):
+    seed = random.randrange(1 << 30)
+    target = random.Random(seed).randint(27, 36)  # after the fusion at frame 20: the snapshot holds a fused memory
+    out = tmp_path / "out"
+    left = kill_after(command(*clip, out), out, target)
+    assert left < FRAMES, f"seed {seed}: the run finished before the kill"
+    record = json.loads((out / PROGRESS_FILE).read_text())
+    assert not record["done"] and record["completed"] <= left  # the record never counts more than was written
+    snapshot = torch.load(out / STATE_FILE, weights_only=True)  # plain tensors, ints and strings: no pickled class
+    restored_at = snapshot["completed"]
+    assert 24 <= restored_at <= record["completed"] and restored_at % EVERY == 0, (seed, restored_at, record)
+    passes = snapshot["session"]["state"]["passes"]
+    assert passes[0]["memory"]["frame_step"] >= 21  # two long-term updates: the dynamic frame is an MCA fusion
+
+    result = run(command(*clip, out, "--resume"))
+    assert result.returncode == 0, result.stderr
+    assert f"resumed after {record['completed']}" in result.stdout
+    resumed = md5s(out)
+    differing = sorted(name for name in clean if resumed.get(name) != clean[name])
+    assert not differing and resumed.keys() == clean.keys(), f"seed {seed}, killed at {left}: {differing}"
+    assert not (out / STATE_FILE).exists()
+
+
+def test_resume_with_changed_mask_content_is_refused(clip, tmp_path):
+    folder, mask = clip
+    changed = tmp_path / "mask.png"
+    changed.write_bytes(mask.read_bytes())
+    out = tmp_path / "out"
+    left = kill_after(command(folder, changed, out), out, 5)
+    original = changed.read_bytes()
+    ids = np.array(Image.open(changed))
+    ids[ids == 2] = 0  # the same path, another content: only the disk
+    Image.fromarray(ids).save(changed)
+    before = {path.name: path.stat().st_mtime_ns for path in out.iterdir()}
+    result = run(command(folder, changed, out, "--resume"))
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "mask of frame 0 changed content" in lines[0] and str(changed) in lines[0], lines
+    assert {path.name: path.stat().st_mtime_ns for path in out.iterdir()} == before  # nothing was touched
+    assert len(pngs(out)) == left
+    # Other options are refused the same way; the original inputs resume.
+    changed.write_bytes(original)
+    result = run(command(folder, changed, out, "--resume", "--mem-gap", "5"))
+    assert result.returncode == 1 and "mem_gap: None -> 5" in result.stderr
+    result = run(command(folder, changed, out, "--resume"))
+    assert result.returncode == 0 and len(pngs(out)) == FRAMES, result.stderr
+
+
+def test_batch_worker_killed_mid_video_then_resume_is_byte_identical(clip, clean, tmp_path):
+    """Batch workers run ``segment_video``: a worker SIGKILLed mid-video and ``--resume`` give the same bytes as an
+    uninterrupted ``segment`` (the default snapshot interval, 25, falls before the kill); a mask whose content
+    changed is then refused for that video."""
+    from longvos.batch import BatchOptions, run_batch
+    from longvos.batch.events import FramesDone, VideoStarted
+    from longvos.engine.progress import RunProgress
+
+    folder, original = clip
+    mask = tmp_path / "mask.png"
+    mask.write_bytes(original.read_bytes())
+    manifest = tmp_path / "videos.jsonl"
+    manifest.write_text(json.dumps({"video": str(folder), "mask": str(mask)}) + "\n")
+    options = BatchOptions(model="mavos-lite", max_size=96, threads=1)
+    pids: list[int] = []
+    killed: list[int] = []
+
+    def kill_mid_video(event) -> None:
+        if isinstance(event, VideoStarted):
+            pids.append(event.pid)
+        # 27 PNGs on disk: the writer has written the snapshot after 25 frames (it writes in order).
+        if isinstance(event, FramesDone) and len(pngs(out / "clip")) >= 27 and not killed:
+            os.kill(pids[0], signal.SIGKILL)
+            killed.append(event.frames)
+
+    out = tmp_path / "out"
+    (result,) = run_batch(manifest, out, options, devices=["cpu"], workers=1, progress=False,
+                          on_event=kill_mid_video).results
+    assert killed and result.status == "failed", result
+    record = RunProgress.load(out / "clip")
+    assert record is not None and record.snapshot == 25 and 25 <= record.completed < FRAMES, record
+
+    (result,) = run_batch(manifest, out, options, devices=["cpu"], workers=1, progress=False, resume=True).results
+    assert result.status == "done" and result.frames == FRAMES - record.completed, result
+    assert md5s(out / "clip") == clean
+
+    ids = np.array(Image.open(mask))
+    ids[ids == 2] = 0  # the same path, another content
+    Image.fromarray(ids).save(mask)
+    (result,) = run_batch(manifest, out, options, devices=["cpu"], workers=1, progress=False, resume=True).results
+    assert result.status == "failed" and "mask of frame 0 changed content" in result.reason, result
+
+
+@pytest.mark.parametrize("name, overrides", [("livos-r50", {}), ("mavos-lite", {"memory": "ref+prev", "mem_gap": 2}),
+                                             ("deaot-mnv2", {"mem_gap": 2}), ("mavos-lite", {"mem_gap": 2})])
+def test_session_snapshot_round_trip_continues_bit_for_bit(name, overrides):
+    """Every model family's state goes through torch.save / torch.load(weights_only=True) and continues exactly:
+    objects added before and after the snapshot, long-term updates (and MCA fusions) on both sides of it."""
+    import io
+
+    from longvos.engine.segmenter import Segmenter
+    from longvos.models.registry import create_model
+
+    torch.manual_seed(0)
+    segmenter = Segmenter(create_model(name, **overrides), "cpu")
+    rng = np.random.default_rng(0)
+    frames = [(rng.random((64, 96, 3)) * 255).astype(np.uint8) for _ in range(10)]
+    first, later = np.zeros((64, 96), np.uint8), np.zeros((64, 96), np.uint8)
+    first[10:30, 10:40] = 1
+    later[35:60, 50:90] = 5
+    masks = {0: first, 2: later, 7: later * 2}  # object 10 enters after the snapshot
+    session, probs, stored = segmenter.session(64), [], None
+    for index, frame in enumerate(frames):
+        probs.append(session.step(frame, masks.get(index), return_probs=True).probs)
+        if index == 4:
+            buffer = io.BytesIO()
+            torch.save(session.snapshot(), buffer)
+            stored = buffer.getvalue()
+    restored = segmenter.session(64)
+    restored.restore(torch.load(io.BytesIO(stored), weights_only=True))
+    assert restored.frames_processed == 5 and restored.object_ids == [1, 5]
+    for index in range(5, len(frames)):
+        result = restored.step(frames[index], masks.get(index), return_probs=True)
+        assert np.array_equal(result.probs, probs[index]), index
+    assert restored.object_ids == session.object_ids == [1, 5, 10]
