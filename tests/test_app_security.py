@@ -362,6 +362,44 @@ def test_sigterm_mid_job_exits_promptly_and_leaves_no_temp_folder(long_clip, tmp
         process.wait()
 
 
+HANGING_CLOSE = """
+import signal, sys, time
+from longvos.app.server import AppServer
+from longvos.cli.main import main
+
+def hanging_close(self, timeout=None):  # a job that does not stop: the clean-up waits (for good, here)
+    print("closing", flush=True)
+    time.sleep(300)
+
+AppServer.close = hanging_close
+signal.signal(signal.SIGINT, signal.default_int_handler)  # even where the test runner ignores SIGINT
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_second_ctrl_c_during_a_hung_shutdown_exits_at_once_and_removes_the_work_folder(tmp_path):
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    command = [sys.executable, "-c", HANGING_CLOSE, "app", "--port", "0", "--model", "mavos-lite", "--device", "cpu",
+               "--threads", "1", "--max-size", str(MAX_SIZE)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "TMPDIR": str(temp), "OMP_NUM_THREADS": "1"})
+    try:
+        line = process.stdout.readline()
+        assert line.startswith("longvos app: serving http://127.0.0.1:"), (line, process.stderr.read())
+        assert len(list(temp.iterdir())) == 1  # the work folder
+        process.send_signal(signal.SIGINT)  # the first: the graceful stop begins, and hangs
+        assert process.stdout.readline() == "closing\n"
+        process.send_signal(signal.SIGINT)  # the second: out now
+        assert process.wait(timeout=10) == 128 + signal.SIGINT
+        errors = process.stderr.read()
+        assert "stopping now" in errors and "Traceback" not in errors, errors
+        assert list(temp.iterdir()) == []
+    finally:
+        process.kill()
+        process.wait()
+
+
 # -- 8. bad input: 400 with one line, no server paths; one staging file per upload --------------------------------
 
 @pytest.mark.parametrize("body", [

@@ -227,3 +227,93 @@ def test_every_registered_model_with_official_weights_has_an_entry(cache, capsys
     assert main(["download", "--list"]) == 0
     out = capsys.readouterr().out
     assert all(name in out for name in OFFICIAL_CHECKPOINTS) and str(cache) in out
+
+
+# -------------------------------------------------- a cache that cannot be written, malformed files: one line each
+def test_an_unwritable_cache_is_refused_in_one_line(served, tmp_path, monkeypatch, capsys):
+    _, folder, _ = served
+    blocker = tmp_path / "a-file"  # a path under a regular file: no folder can be made there, even as root
+    blocker.write_text("")
+    monkeypatch.setenv("LONGVOS_HOME", str(blocker / "sub"))
+    assert main(["download", MODEL, "--url", str(folder / "R50_DeAOTL_PRE_YTB_DAV.pth"), "--quiet"]) == 1
+    line = one_line_error(capsys.readouterr().err)
+    assert str(blocker) in line and "checkpoint cache" in line, line
+
+
+def test_a_cache_folder_where_no_file_can_be_created_is_refused_in_one_line(served, cache, monkeypatch, capsys):
+    import errno
+    import tempfile
+
+    _, folder, _ = served
+    real_mkstemp = tempfile.mkstemp
+
+    def refusing_mkstemp(*args, dir=None, **kwargs):
+        if dir is not None and Path(dir) == cache:
+            raise PermissionError(errno.EACCES, "Permission denied", str(dir))
+        return real_mkstemp(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(tempfile, "mkstemp", refusing_mkstemp)
+    assert main(["download", MODEL, "--url", str(folder / "R50_DeAOTL_PRE_YTB_DAV.pth"), "--quiet"]) == 1
+    line = one_line_error(capsys.readouterr().err)
+    assert str(cache) in line and "Permission denied" in line, line
+    assert_nothing_stored(cache)
+
+
+def test_a_full_disk_while_writing_is_refused_in_one_line_and_stores_nothing(served, cache, monkeypatch, capsys):
+    import builtins
+    import errno
+
+    import longvos.download
+
+    base, _, _ = served
+
+    class FullDisk:
+        def __init__(self, path, mode):
+            self.file = builtins.open(path, mode)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.file.close()
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(longvos.download, "open", FullDisk, raising=False)  # the module's `open`, not builtins'
+    assert main(["download", MODEL, "--url", f"{base}/R50_DeAOTL_PRE_YTB_DAV.pth", "--quiet"]) == 1
+    line = one_line_error(capsys.readouterr().err)
+    assert "No space left on device" in line and str(cache) in line and "nothing stored" in line, line
+    assert_nothing_stored(cache)
+
+
+def test_a_folder_in_the_way_of_the_cached_checkpoint_is_refused_in_one_line(served, cache, capsys):
+    _, folder, _ = served
+    (cache / f"{MODEL}.pt").mkdir(parents=True)  # os.replace cannot put a file there
+    assert main(["download", MODEL, "--url", str(folder / "R50_DeAOTL_PRE_YTB_DAV.pth"), "--quiet"]) == 1
+    line = one_line_error(capsys.readouterr().err)
+    assert str(cache / f"{MODEL}.pt") in line and "nothing stored" in line, line
+    assert [p.name for p in cache.iterdir()] == [f"{MODEL}.pt"]  # no temporary files left
+    assert (cache / f"{MODEL}.pt").is_dir()
+
+
+@pytest.mark.parametrize("content", ["list", "longvos-without-state-dict", "longvos-state-dict-not-a-dict"])
+def test_a_malformed_checkpoint_is_refused_in_one_line_and_stores_nothing(content, cache, tmp_path, capsys):
+    from longvos.convert import FORMAT_MARKER, FORMAT_VERSION
+
+    header = {FORMAT_MARKER: FORMAT_VERSION, "model": MODEL}
+    obj = {"list": [1, 2, 3], "longvos-without-state-dict": header,  # KeyError, ValueError inside the loaders
+           "longvos-state-dict-not-a-dict": {**header, "state_dict": "x"}}[content]
+    path = tmp_path / "odd.pth"
+    torch.save(obj, path)
+    assert main(["download", MODEL, "--url", str(path), "--quiet"]) == 1
+    line = one_line_error(capsys.readouterr().err)
+    assert "nothing stored" in line, line
+    assert_nothing_stored(cache)
+
+
+def test_download_errors_are_input_errors():
+    from longvos.download import DownloadError
+    from longvos.io.errors import InputError
+
+    assert issubclass(DownloadError, InputError)

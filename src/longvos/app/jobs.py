@@ -388,7 +388,7 @@ class JobRunner:
             job.overlay_path.unlink(missing_ok=True)
             self._check_stopping()
             segment_video(job.video, job.prompt_path, job.masks_dir, model=self.segmenter, max_size=self.max_size,
-                          overlay=job.overlay_path, progress=False,
+                          overlay=job.overlay_path, progress=False, snapshot_every=0,  # never resumed
                           on_frame=_LivePreview(job, started, self._check_stopping))
             self._check_stopping()
             _zip_folder(job.masks_dir, job.zip_path, f"{job.safe_name}-masks")
@@ -410,7 +410,11 @@ _ABSOLUTE_PATH = re.compile(r"(?<![\w/.~])/(?:[^\s/:;,'\"()\[\]]+/)+(?P<name>[^\
 def public_message(message: str, workdir: Path | None = None, limit: int = 500) -> str:
     """An error message fit for a client: one line, at most ``limit`` characters, no absolute server paths
     (paths inside the work folder lose it, other absolute paths keep only their last component)."""
-    text = "; ".join(line.strip() for line in str(message).splitlines() if line.strip())
+    import sys
+
+    from longvos.io.errors import one_line
+
+    text = one_line(str(message), limit=sys.maxsize)  # paths are scrubbed before the text is cut to ``limit``
     if workdir is not None:
         for root in {str(workdir), str(Path(workdir).resolve())}:
             text = re.sub(re.escape(root) + r"/(?:[0-9a-f]{16}/)?", "", text)

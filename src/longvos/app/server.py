@@ -209,17 +209,18 @@ class AppServer(ThreadingHTTPServer):
 
     # -- stopping -------------------------------------------------------------------------------------------------
 
-    def close(self) -> None:
-        """Stop: cancel the running job and wait for it, stop serving, drop open connections (an upload in
-        flight is abandoned and its folder removed), and delete the work folder if the server made it."""
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop: cancel the running job and wait for it (at most ``timeout`` seconds: a cancelled job stops after
+        the frame it is on), stop serving, drop open connections (an upload in flight is abandoned and its folder
+        removed), and delete the work folder if the server made it (and no job still writes into it)."""
         if self._closed:
             return
         self._closed = True
         with self._serve_lock:
             self._closing.set()
             serving = self._serving
-        if not self.runner.stop(timeout=120):
-            print("longvos app: warning: the running job did not stop within 120 s", file=sys.stderr)
+        if not self.runner.stop(timeout=timeout):
+            print(f"longvos app: warning: the running job did not stop within {timeout:g} s", file=sys.stderr)
         if serving:
             self.shutdown()
         with self._connections_lock:

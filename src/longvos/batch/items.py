@@ -41,11 +41,15 @@ class BatchOptions:
     save_probs: bool = False
     threads: int | None = None  # torch CPU threads per worker (None: run_batch picks the free cores / workers)
     allow_random_weights: bool = False  # run a model that ships no weights without a checkpoint
+    #: Whether ``run_batch`` chose ``threads`` (none was given): an interrupted video then resumes with the count its
+    #: run recorded (another count may change the bytes); a given count is used, with a warning if it differs.
+    threads_chosen: bool = False
 
     def settings(self) -> dict[str, Any]:
         """What must match for a resumed batch to count an earlier result as its own (threads only set speed)."""
         record = asdict(self)
         record.pop("threads")
+        record.pop("threads_chosen")
         record.pop("allow_random_weights")  # the checkpoint (None: random weights) is in the record already
         return record
 

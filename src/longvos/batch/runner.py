@@ -11,10 +11,9 @@ from longvos.batch.events import Event, ProgressDisplay, VideoFinished
 from longvos.batch.items import BatchOptions, VideoResult, WorkItem, output_folder
 from longvos.batch.manifest import read_manifest, with_unique_names
 from longvos.batch.summary import SUMMARY_FILE, BatchSummary
-from longvos.engine.outputs import OUTPUTS_FILE, RECORD_PREFIX, clear_outputs
+from longvos.engine.outputs import OUTPUTS_FILE, clear_outputs, refuse_used_folder
 from longvos.engine.progress import PROGRESS_FILE
 from longvos.io.errors import InputError
-from longvos.io.writer import PARTIAL_MARK
 
 BACKENDS = ("local", "ray")
 OVERLAY_FORMATS = ("mp4", "webm")
@@ -95,19 +94,16 @@ def run_batch(
 
 
 def _prepare_folder(out: Path, overwrite: bool) -> None:
-    """Refuse a batch folder that holds files (unless ``overwrite``); with ``overwrite`` delete what longvos wrote."""
-    foreign = sorted(entry.name for entry in out.iterdir()
-                     if not entry.name.startswith(RECORD_PREFIX) and PARTIAL_MARK not in entry.name)
-    if foreign and not overwrite:
-        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
-        raise InputError(f"{out} is not empty ({shown}): use --resume to continue the batch there, --overwrite to "
-                         f"replace the files longvos wrote there, or another --out")
+    """Refuse a batch folder that holds files (unless ``overwrite``); with ``overwrite`` delete what longvos wrote
+    in its video folders. Files longvos did not write stay, and each worker refuses a video whose folder holds any."""
+    if not overwrite:
+        refuse_used_folder(out, "use --resume to continue the batch there, --overwrite to replace the files longvos "
+                                "wrote there, or another --out")
     for folder in sorted(entry for entry in out.iterdir() if entry.is_dir()):
         if not any((folder / name).is_file() for name in (RECORD_FILE, PROGRESS_FILE, OUTPUTS_FILE)):
-            continue  # not a video folder of a longvos batch: left alone
-        clear_outputs(folder)
-        for name in (RECORD_FILE, "overlay.mp4", "overlay.webm"):
-            (folder / name).unlink(missing_ok=True)
+            continue  # not a video folder of a longvos batch: left alone (its video is refused if it has files)
+        clear_outputs(folder)  # an overlay longvos wrote is in its output list; any other file stays
+        (folder / RECORD_FILE).unlink(missing_ok=True)
         if not any(folder.iterdir()):
             folder.rmdir()
 
@@ -122,7 +118,7 @@ def worker_options(options: BatchOptions, devices: list[str] | None, workers: in
     from longvos.engine import threads
 
     count = workers or (len(devices) if devices else 1)
-    return replace(options, threads=max(1, threads.default_threads() // count))
+    return replace(options, threads=max(1, threads.default_threads() // count), threads_chosen=True)
 
 
 def _known_result(item: WorkItem, out: Path, options: BatchOptions, resume: bool) -> VideoResult | None:

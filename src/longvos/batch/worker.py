@@ -19,6 +19,7 @@ from longvos.batch.completion import CompletionRecord, item_settings
 from longvos.batch.events import Event, FramesDone, VideoStarted, WorkerNote
 from longvos.batch.items import BatchOptions, VideoResult, WorkItem, output_folder
 from longvos.io.errors import one_line
+from longvos.engine.outputs import refuse_used_folder
 from longvos.engine.progress import RunProgress
 from longvos.engine.segmenter import Segmenter, load_model
 from longvos.engine.threads import set_threads
@@ -70,9 +71,8 @@ class VideoWorker:
         try:
             segmenter = self._load(emit)
             started = time.perf_counter()  # the model loads once per worker: not part of any video's time
-            frames, note = self._segment(item, segmenter, out_root, resume, emit)
-            return VideoResult(item.name, "done", frames, time.perf_counter() - started, note, self.label,
-                               torch.get_num_threads())
+            frames, note, threads = self._segment(item, segmenter, out_root, resume, emit)
+            return VideoResult(item.name, "done", frames, time.perf_counter() - started, note, self.label, threads)
         except Exception as err:  # noqa: BLE001 - isolation: one video's failure is reported, never propagated
             reason = one_line(err) if isinstance(err, InputError) else f"{type(err).__name__}: {one_line(err)}"
             return VideoResult(item.name, "failed", 0, time.perf_counter() - started, reason, self.label,
@@ -83,8 +83,9 @@ class VideoWorker:
                 torch.cuda.empty_cache()
 
     def _segment(self, item: WorkItem, segmenter: Segmenter, out_root: str, resume: bool,
-                 emit: Emit) -> tuple[int, str]:
-        """Segment one item; returns the frames segmented and a note for the summary ("" or why fewer frames)."""
+                 emit: Emit) -> tuple[int, str, int]:
+        """Segment one item; returns the frames segmented, a note for the summary ("" or why fewer frames) and the
+        CPU threads it ran with (a resumed video keeps the count its interrupted run recorded)."""
         from longvos.engine.pipeline import SegmentationError, segment_video
 
         if item.mask is None:
@@ -92,6 +93,9 @@ class VideoWorker:
         with open_video(item.video) as source:  # a missing or unreadable video fails before any folder exists
             total = source.num_frames - item.frame
         folder = output_folder(out_root, item)
+        if not resume:  # run_batch has cleared longvos's files (--overwrite): what is left there is someone else's
+            refuse_used_folder(folder, "longvos never writes beside files it did not write: move them, or use "
+                                       "another --out")
         folder.mkdir(parents=True, exist_ok=True)
         earlier = RunProgress.load(folder) if resume else None  # frames an interrupted run already finished
         already = earlier.completed if earlier is not None else 0
@@ -104,13 +108,14 @@ class VideoWorker:
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", VideoTruncatedWarning)
-                # A new run may write into the folder: run_batch has refused (or, with --overwrite, cleared) a
-                # batch folder that held earlier results, so what is left in it is not longvos's.
+                # Never overwrite=True: run_batch has refused (or, with --overwrite, cleared) earlier results, so
+                # the folder is empty but for the batch record; anything else in it is not longvos's and is refused.
                 summary = segment_video(
                     item.video, {item.frame: item.mask}, folder, model=segmenter, mem_gap=options.mem_gap,
-                    max_size=options.max_size, start=item.frame, resume=resume, overwrite=not resume,
+                    max_size=options.max_size, start=item.frame, resume=resume, overwrite=False,
                     progress=False, overlay=folder / f"overlay.{options.overlay}" if options.overlay else None,
                     per_object=options.per_object, save_probs=options.save_probs, on_frame=counter,
+                    threads=None if options.threads_chosen else self.threads,  # None: a resume reuses its count
                 )
         except SegmentationError as err:
             raise InputError(str(err)) from None  # its message already says where it stopped and how to resume
@@ -120,7 +125,7 @@ class VideoWorker:
         counter.flush()
         record.done, record.frames, record.seconds = True, summary.frames, summary.seconds
         record.save(folder)  # the completion marker: always the last write of a video
-        return summary.frames, "; ".join(notes)
+        return summary.frames, "; ".join(notes), summary.threads or torch.get_num_threads()
 
 
 class _FrameCounter:

@@ -9,6 +9,8 @@ The app has no login: anyone who can reach its port can upload videos, run them 
 from __future__ import annotations
 
 import argparse
+import os
+import shutil
 import signal
 import sys
 import warnings
@@ -17,6 +19,10 @@ from pathlib import Path
 from longvos.cli.main import CommandError
 from longvos.cli.options import add_compute_options, add_model_options, apply_threads
 
+
+#: How long Ctrl+C or SIGTERM waits for the running job to stop (it is cancelled after the frame it is on); a second
+#: Ctrl+C or SIGTERM exits at once.
+STOP_TIMEOUT = 30.0
 
 REMOTE_WARNING = ("The app has no login: anyone who can reach the port can upload videos, run them on this "
                   "machine and download every result. It listens on 127.0.0.1 (this machine only) by default; "
@@ -72,26 +78,41 @@ def run(args: argparse.Namespace) -> int:
                            allow_remote=args.allow_remote, quota_bytes=int(args.max_disk * 2**30))
     except OSError as err:
         raise CommandError(f"cannot listen on {args.host}:{args.port}: {err.strerror or err}") from None
-    print(f"longvos app: serving {server.url} with {segmenter.name} on {segmenter.device}, {threads} CPU "
-          f"thread{'s' if threads != 1 else ''} (Ctrl+C to stop)",
-          flush=True)
-    if args.allow_remote and not is_loopback(args.host):
-        print(f"longvos app: warning: listening on {args.host}: anyone who can reach port {server.server_address[1]} "
-              f"can use the app", file=sys.stderr, flush=True)
-    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops it as cleanly as Ctrl+C (the work folder goes)
-    try:
+    try:  # from here on, a Ctrl+C or SIGTERM always ends in the clean-up below
+        signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops it as cleanly as Ctrl+C (the work folder goes)
+        print(f"longvos app: serving {server.url} with {segmenter.name} on {segmenter.device}, {threads} CPU "
+              f"thread{'s' if threads != 1 else ''} (Ctrl+C to stop)",
+              flush=True)
+        if args.allow_remote and not is_loopback(args.host):
+            print(f"longvos app: warning: listening on {args.host}: anyone who can reach port "
+                  f"{server.server_address[1]} can use the app", file=sys.stderr, flush=True)
         server.serve_forever()
     except KeyboardInterrupt:
         pass
     finally:
-        # A second Ctrl+C or SIGTERM must not cut the clean-up short (a running job is cancelled and waited for,
-        # then the work folder is deleted): from here on they are ignored.
-        signal.signal(signal.SIGINT, signal.SIG_IGN)
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        server.close()
+        # The first Ctrl+C or SIGTERM started this graceful stop: the running job is cancelled after the frame it is
+        # on (waited for at most STOP_TIMEOUT), then the work folder is deleted. A second one exits at once.
+        exit_now = _exit_now_handler(server)
+        signal.signal(signal.SIGINT, exit_now)
+        signal.signal(signal.SIGTERM, exit_now)
+        server.close(timeout=STOP_TIMEOUT)
     print("longvos app: stopped", file=sys.stderr)
     return 0
 
 
 def _interrupt(*_args: object) -> None:
     raise KeyboardInterrupt
+
+
+def _exit_now_handler(server, exit=os._exit):
+    """The handler of a second Ctrl+C or SIGTERM while the app stops: remove the work folder the server made (best
+    effort: a job that has not stopped may still write into it), then exit at once with 128 + the signal number
+    (``os._exit``: no waiting for the job's thread)."""
+
+    def exit_now(signum: int, _frame: object) -> None:
+        print("longvos app: stopping now, without waiting for the running job", file=sys.stderr, flush=True)
+        if getattr(server, "_own_workdir", False):
+            shutil.rmtree(server.workdir, ignore_errors=True)
+        exit(128 + signum)
+
+    return exit_now

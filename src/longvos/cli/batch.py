@@ -35,7 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="skip complete videos, continue interrupted ones")
     parser.add_argument("--overwrite", action="store_true",
                         help="reuse a non-empty --out: first delete the files an earlier longvos batch wrote there "
-                             "(video folders' masks, overlays and records, the summary), leaving anything else")
+                             "(video folders' masks, overlays and records, the summary), leaving anything else; a video "
+                             "whose folder still holds other files is refused")
     parser.add_argument("--overlay", choices=("mp4", "webm"), default=None,
                         help="also write DIR/<name>/overlay.<format>")
     add_model_options(parser)

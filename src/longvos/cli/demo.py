@@ -46,6 +46,7 @@ def sample_video() -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
+    from longvos.engine.outputs import FOREIGN_FILES_ADVICE, refuse_used_folder
     from longvos.engine.pipeline import DEFAULT_MODEL, SegmentationError, segment_video
     from longvos.io.errors import InputError
 
@@ -55,10 +56,13 @@ def run(args: argparse.Namespace) -> int:
     apply_threads(args.threads)
     if not args.box and not FIRST_FRAME_MASK.is_file():
         raise CommandError(f"the bundled first-frame mask is missing ({FIRST_FRAME_MASK}); reinstall longvos")
-    if not args.overwrite and args.out.is_dir() and any(args.out.iterdir()):
-        raise CommandError(f"{args.out} is not empty: use --overwrite to replace the files an earlier demo wrote "
-                           f"there, or another --out")
     try:
+        # The demo writes masks/ and overlay.mp4 into --out: --overwrite reuses a folder that holds only those.
+        if args.overwrite:
+            refuse_used_folder(args.out, FOREIGN_FILES_ADVICE, keep=("masks", "overlay.mp4"))
+        else:
+            refuse_used_folder(args.out, "use --overwrite to replace the files an earlier demo wrote there, or "
+                                         "another --out")
         summary = segment_video(
             video, None if args.box else FIRST_FRAME_MASK, args.out / "masks",
             model=args.model or DEFAULT_MODEL, checkpoint=args.checkpoint, device=args.device,

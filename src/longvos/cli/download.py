@@ -38,8 +38,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         result = download_checkpoint(args.name, args.url, args.sha256, max_bytes=args.max_mb * 1024 * 1024,
                                      progress=not args.quiet)
-    except DownloadError as err:
+    except DownloadError as err:  # one line, or the converter's key report (one line per problem key)
         raise CommandError(str(err)) from None
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:  # never a traceback
+        from longvos.io.errors import one_line
+
+        raise CommandError(f"{args.name}: download failed: {one_line(err)}") from None
     check = "SHA-256 verified" if result.verified else f"SHA-256 {result.sha256} (none published to check against)"
     print(f"{args.name}: {result.size} bytes, {check}; {result.report} -> {result.path}")
     print(f"`longvos segment ... --model {args.name}` now uses it without --checkpoint")

@@ -33,13 +33,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reverse", action="store_true", help="process from the last frame back to the first")
     parser.add_argument("--per-object", action="store_true", help="also write objects/<id>/<frame>.png (0/255)")
     parser.add_argument("--probs", action="store_true", help="also write probs/<frame>.npz (float16 probabilities)")
-    parser.add_argument("--resume", action="store_true", help="continue an interrupted run into the same --out")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted run into the same --out (with the CPU thread count it "
+                             "recorded, unless --threads is given)")
     parser.add_argument("--snapshot-every", type=int, default=None, metavar="N",
                         help="save the model state every N frames, which --resume restores so that a resumed run "
-                             "writes the same bytes as an uninterrupted one (default 25; 0: never)")
+                             "writes the same bytes as an uninterrupted one (default 25; 0: never; never for a memory "
+                             "that grows with the video, such as DeAOT's growing: resume then recomputes)")
     parser.add_argument("--overwrite", action="store_true",
                         help="reuse a non-empty --out: first delete the files an earlier longvos run wrote there "
-                             "(masks, per-object masks, probs, overlay, records), leaving anything else")
+                             "(masks, per-object masks, probs, overlay, records), leaving anything else; refused if "
+                             "other files remain there")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -77,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
                 end=args.end, reverse=args.reverse,
                 boxes=[parse_box(text) for text in args.box] or None, overlay=args.overlay,
                 per_object=args.per_object, save_probs=args.probs, resume=args.resume, overwrite=args.overwrite,
-                progress=not args.quiet, **snapshot,
+                progress=not args.quiet, threads=args.threads, **snapshot,  # resume: the recorded count
             )
         except SegmentationError as err:
             raise CommandError(one_line(err), code=130 if err.interrupted else 1) from None

@@ -25,6 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--show-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("--export", metavar="PATH", default=None,
                         help="do not train: write the newest checkpoint's EMA weights (fp16) to PATH")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="torch CPU threads per process: the same as the override run.threads=N (default: the "
+                             "config's run.threads; 0 there leaves PyTorch's default)")
     # `longvos train CONFIG --resume key=value` puts overrides after an option; plain parse_args stops collecting
     # positionals at the first option, the intermixed parser does not.
     parser.parse_args = parser.parse_intermixed_args  # type: ignore[method-assign]
@@ -35,8 +38,13 @@ def run(args: argparse.Namespace) -> int:
     from longvos.train.config import ConfigError, describe_config, load_config
     from longvos.train.files import TrainingDataError
 
+    overrides = list(args.overrides)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise CommandError(f"--threads must be at least 1, got {args.threads}")
+        overrides.append(f"run.threads={args.threads}")  # after the key=value overrides: --threads wins
     try:
-        config = load_config(args.config, args.overrides)
+        config = load_config(args.config, overrides)
     except ConfigError as err:
         raise CommandError(str(err)) from None
     if args.show_config:

@@ -9,8 +9,9 @@ until propagation), so it returns no logits.
 
 While a propagation runs, masks may be added for frames ahead of it (they are used when it gets there); a mask for a
 frame it has already passed would be ignored, so it is refused (:class:`~longvos.io.errors.SessionError`); add it
-between propagations instead. A newer ``propagate_in_video`` (or ``reset_state``) supersedes a running one, which
-then stops with an error when iterated.
+between propagations instead. A propagation runs until its generator is exhausted, closed (``.close()``) or
+garbage-collected: one paused and kept in a variable still runs. A newer ``propagate_in_video`` (or
+``reset_state``) supersedes a running one, which then stops with an error when iterated.
 """
 from __future__ import annotations
 
@@ -77,8 +78,9 @@ def add_new_mask(state: VideoState, frame_idx: int, obj_id: int, mask: MaskLike)
     what = f"mask of object {obj_id} on frame {frame_idx}"
     if state.running is not None and state.running.passed(frame_idx):
         raise SessionError(f"{what}: frame {frame_idx} was already propagated (the running propagate_in_video is "
-                           f"now at frame {state.running.frame_idx}); give masks for frames ahead of it, or add this "
-                           f"one after it ends and propagate again")
+                           f"now at frame {state.running.frame_idx}); give masks for frames ahead of it, or finish "
+                           f"iterating that generator or close it (generator.close(); a paused one kept in a "
+                           f"variable still runs), then add this one and propagate again")
     if int(obj_id) <= 0:
         raise MaskError(f"{what}: object ids must be positive integers")
     binary = to_index_map(mask, state.source.frame_size, what) != 0

@@ -3,7 +3,8 @@
 Before a frame's files are written, the writer appends their paths (relative to the folder, one per line) to
 ``<out>/.longvos-outputs``; the list therefore always covers what a run left on disk, even after a crash. A new run
 (not ``resume``) refuses a folder that holds anything but longvos's own records; with ``overwrite`` it first deletes
-exactly the files that list names, plus longvos's records and temporary files, and leaves everything else alone.
+exactly the files that list names, plus longvos's records and temporary files, leaves everything else alone, and
+refuses the folder if anything else remains (an output never replaces a file longvos did not write).
 """
 from __future__ import annotations
 
@@ -25,16 +26,33 @@ def log_outputs(out_dir: Path, *relative: str) -> None:
             log.write("".join(f"{name}\n" for name in relative))
 
 
-def prepare_output_folder(out_dir: Path, overwrite: bool) -> None:
-    """Make ``out_dir`` ready for a new run: refuse it if it holds files (unless ``overwrite``), else clear what
-    longvos wrote there. Raises :class:`InputError` with one line naming ``--resume`` and ``--overwrite``."""
-    foreign = sorted(entry.name for entry in out_dir.iterdir()
-                     if not entry.name.startswith(RECORD_PREFIX) and PARTIAL_MARK not in entry.name)
-    if foreign and not overwrite:
+#: What a refused folder's message advises when ``--overwrite`` has already deleted longvos's files there.
+FOREIGN_FILES_ADVICE = ("--overwrite deletes only the files longvos wrote and never writes beside others: move "
+                        "them, or use another output folder")
+
+
+def refuse_used_folder(folder: Path, advice: str, keep: tuple[str, ...] = ()) -> None:
+    """Raise :class:`InputError` (one line: the folder, up to three of its entries, then ``advice``) if ``folder``
+    holds anything but longvos's own records and temporary files (and the entries named in ``keep``)."""
+    if not folder.is_dir():
+        return
+    foreign = sorted(entry.name for entry in folder.iterdir() if entry.name not in keep
+                     and not entry.name.startswith(RECORD_PREFIX) and PARTIAL_MARK not in entry.name)
+    if foreign:
         shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
-        raise InputError(f"{out_dir} is not empty ({shown}): use --resume to continue the run there, --overwrite "
-                         f"to replace the files longvos wrote there, or another output folder")
+        raise InputError(f"{folder} is not empty ({shown}): {advice}")
+
+
+def prepare_output_folder(out_dir: Path, overwrite: bool) -> None:
+    """Make ``out_dir`` ready for a new run: refuse it if it holds files (unless ``overwrite``), clear what longvos
+    wrote there, and (with ``overwrite``) refuse it if files longvos did not write remain, so that no output ever
+    replaces them. Raises :class:`InputError` with one line."""
+    if not overwrite:
+        refuse_used_folder(out_dir, "use --resume to continue the run there, --overwrite to replace the files "
+                                    "longvos wrote there, or another output folder")
     clear_outputs(out_dir)
+    if overwrite:
+        refuse_used_folder(out_dir, FOREIGN_FILES_ADVICE)
 
 
 def clear_outputs(out_dir: Path) -> list[Path]:
@@ -52,19 +70,20 @@ def clear_outputs(out_dir: Path) -> list[Path]:
             continue
         path.unlink()
         removed.append(path)
-    for folder in [out_dir, *(out_dir / sub for sub in SUBFOLDERS if (out_dir / sub).is_dir())]:
-        for temporary in folder.glob(f".*{PARTIAL_MARK}*"):
-            if temporary.is_file():
-                temporary.unlink()
-                removed.append(temporary)
-    for sub in SUBFOLDERS:  # folders longvos made, once they are empty
-        folder = out_dir / sub
-        if folder.is_dir():
-            for child in folder.iterdir():
-                if child.is_dir() and not any(child.iterdir()):
-                    child.rmdir()
-            if not any(folder.iterdir()):
-                folder.rmdir()
+    subfolders = [out_dir / sub for sub in SUBFOLDERS if (out_dir / sub).is_dir()]
+    temporaries = [*out_dir.glob(f".*{PARTIAL_MARK}*"),
+                   *(path for folder in subfolders for path in folder.rglob(f".*{PARTIAL_MARK}*"))]
+    for temporary in temporaries:  # also in objects/<id>/, where per-object masks are written
+        if temporary.is_file():
+            temporary.unlink()
+            removed.append(temporary)
+    for folder in subfolders:  # folders longvos made, once they are empty, deepest first
+        children = [path for path in folder.rglob("*") if path.is_dir() and not path.is_symlink()]
+        for child in sorted(children, key=lambda path: len(path.parts), reverse=True):
+            if not any(child.iterdir()):
+                child.rmdir()
+        if not any(folder.iterdir()):
+            folder.rmdir()
     return removed
 
 

@@ -105,6 +105,7 @@ def segment_video(
     progress: bool = True,
     max_pending_writes: int = 8,
     snapshot_every: int | None = DEFAULT_SNAPSHOT_EVERY,
+    threads: int | None = None,
     on_frame: Callable[[Frame, StepResult], None] | None = None,
 ) -> SegmentSummary:
     """Segment frames ``start <= index < end`` of ``video`` (backwards if ``reverse``) into ``out_dir``.
@@ -121,8 +122,13 @@ def segment_video(
     segmented up to its last decodable frame, with one warning; the summary counts the frames actually written.
     Every ``snapshot_every`` frames the model state is saved with the progress record (one file, overwritten), and
     ``resume`` restores it and recomputes the frames after it: a resumed run writes the same bytes as an
-    uninterrupted one (on the same device, dtype and thread count). A resume whose inputs changed (other video,
-    other mask content, other options) is refused.
+    uninterrupted one (on the same device, dtype and thread count). A model whose state grows with the video (DeAOT's
+    ``growing`` memory, see :attr:`~longvos.models.base.VOSModel.state_is_fixed_size`) takes no snapshots (they
+    would grow too, and be rewritten every time): its resume recomputes from the first frame, as exactly. A resume
+    whose inputs changed (other video, other mask content, other weights file content, other options) is refused.
+    ``threads`` sets torch's intra-op CPU threads for the run (restored afterwards); ``None`` keeps the current
+    count, except that a resume uses the count the interrupted run recorded (another count may change the bytes;
+    an explicit ``threads`` that differs from it is used, with a warning).
     Raises :class:`~longvos.io.errors.InputError` for bad input (before anything runs) and
     :class:`SegmentationError` if the run stops part-way.
     """
@@ -130,6 +136,12 @@ def segment_video(
         raise InputError(f"snapshot_every must be >= 0 frames (0: no snapshots), got {snapshot_every}")
     source = open_video(video)
     start, stop = source.clamp_range(start, end)
+    if reverse:
+        # A truncated stream decodes fewer frames than its container lists: reading the range's last frame finds
+        # out (with the one warning), so that a reverse run starts from the last frame that decodes.
+        for _ in source.frames(stop - 1, stop):
+            pass
+        start, stop = source.clamp_range(start, min(stop, source.num_frames))
     order = range(stop - 1, start - 1, -1) if reverse else range(start, stop)
     prompts = load_prompts(source, masks, boxes, (start, stop), order[0])
     palette = next((prompts[i].palette for i in order if i in prompts and prompts[i].palette is not None),
@@ -143,6 +155,10 @@ def segment_video(
         segmenter = load_model(model, checkpoint, device, dtype, memory=memory, mem_gap=mem_gap,
                                allow_random_weights=allow_random_weights)
         session = segmenter.session(max_size)
+    if not getattr(segmenter.model, "state_is_fixed_size", True):
+        snapshot_every = 0  # a growing state: snapshots too would grow, each rewritten whole (quadratic writes)
+    if threads is not None and threads < 1:
+        raise InputError(f"threads must be at least 1, got {threads}")
 
     if resume and overwrite:
         raise InputError("--resume and --overwrite exclude each other: continue the run, or replace its files")
@@ -151,7 +167,8 @@ def segment_video(
     settings = {
         "video": source.description if isinstance(video, FrameSource) else str(Path(source.description).resolve()),
         "num_frames": source.num_frames, "model": segmenter.name, "memory": memory, "mem_gap": mem_gap,
-        "checkpoint": None if checkpoint is None else str(Path(checkpoint).resolve()), "dtype": str(segmenter.dtype),
+        "checkpoint": None if checkpoint is None else str(Path(checkpoint).resolve()), "weights": segmenter.weights,
+        "dtype": str(segmenter.dtype),
         "max_size": session.max_size, "start": start, "stop": stop, "reverse": reverse, "per_object": per_object,
         "save_probs": save_probs, "masks": {str(i): p.origin for i, p in sorted(prompts.items())},
         "mask_sha256": {str(i): mask_digest(p.ids, p.palette) for i, p in sorted(prompts.items())},
@@ -167,11 +184,19 @@ def segment_video(
         if record.done:
             return SegmentSummary(0, 0.0, 0.0, 0.0, peak_rss_bytes(), None, 0, [], out_dir, record.completed,
                                   ["already complete"])
+        if threads is None:
+            threads = record.threads  # the count the written frames (and the snapshot) were computed with
+        elif record.threads is not None and threads != record.threads and record.completed:
+            warnings.warn(f"resuming with {threads} CPU threads where the interrupted run used {record.threads}: "
+                          f"the frames may differ in bits from an uninterrupted run (omit the thread count to "
+                          f"reuse {record.threads})", UserWarning, stacklevel=2)
     else:
         prepare_output_folder(out_dir, overwrite)  # never mix this run's files with another run's
         (out_dir / STATE_FILE).unlink(missing_ok=True)  # another run's state snapshot
         record = RunProgress(settings)
-        record.save(out_dir)
+    threads_before = torch.get_num_threads()
+    record.threads = threads or threads_before
+    record.save(out_dir)
     if overlay is not None and out_dir.resolve() in Path(overlay).resolve().parents:
         log_outputs(out_dir, Path(overlay).resolve().relative_to(out_dir.resolve()).as_posix())
 
@@ -180,9 +205,13 @@ def segment_video(
     reset_device_peak(segmenter.device)
     resumed_after = record.completed
     started = time.perf_counter()
-    with tqdm(total=len(order) - resumed_after, unit="frame", disable=not progress, desc=source.display_name,
-              dynamic_ncols=True, leave=False) as bar:
-        run.execute(order, overlay_writer, max_pending_writes, on_frame, bar.update)
+    torch.set_num_threads(record.threads)
+    try:
+        with tqdm(total=len(order) - resumed_after, unit="frame", disable=not progress, desc=source.display_name,
+                  dynamic_ncols=True, leave=False) as bar:
+            run.execute(order, overlay_writer, max_pending_writes, on_frame, bar.update)
+    finally:
+        torch.set_num_threads(threads_before)
     seconds = time.perf_counter() - started
     record.done = True
     record.save(out_dir)
@@ -193,7 +222,7 @@ def segment_video(
         model_fps=frames / run.model_seconds if run.model_seconds else 0.0, peak_rss_bytes=peak_rss_bytes(),
         peak_device_bytes=device_peak_bytes(segmenter.device), state_bytes=run.state_bytes,
         object_ids=session.object_ids, out_dir=out_dir, resumed_after=resumed_after,
-        network_size=session.network_size, restored_from=run.restored, threads=torch.get_num_threads(),
+        network_size=session.network_size, restored_from=run.restored, threads=record.threads,
     )
 
 

@@ -1,9 +1,10 @@
 """The run record and state snapshot that make ``segment --resume`` exact.
 
-``<out>/.longvos-progress.json`` holds the run's settings (with a sha256 of every prompt mask's content and a
-fingerprint of the video) and how many frames (in processing order) are complete. The background writer advances
-it only after a frame's files have been renamed into place, and it is itself replaced atomically, so a frame it
-counts is never a half-written PNG. A resumed run must have the same settings.
+``<out>/.longvos-progress.json`` holds the run's settings (with a sha256 of every prompt mask's content, of the
+weights file and a fingerprint of the video), how many frames (in processing order) are complete, and the torch
+CPU thread count they were computed with (not a setting: a resume reuses it unless told otherwise). The background
+writer advances it only after a frame's files have been renamed into place, and it is itself replaced atomically, so
+a frame it counts is never a half-written PNG. A resumed run must have the same settings.
 
 ``<out>/.longvos-state.pt`` is one snapshot of the model state (the session's, see
 :meth:`~longvos.engine.session.Session.snapshot`), overwritten every N frames: ``torch.save`` of plain tensors,
@@ -15,6 +16,7 @@ complete), which gives the same bytes as an uninterrupted run.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
@@ -39,6 +41,9 @@ class RunProgress:
     last_frame: str | None = None  # name of the last complete frame
     done: bool = False
     snapshot: int = 0  # frames (processing order) described by the state snapshot, 0: none
+    #: torch intra-op CPU threads the frames were computed with (not a setting: a resume reuses it unless told
+    #: otherwise, since another count may change the bytes)
+    threads: int | None = None
 
     def save(self, out_dir: Path) -> None:
         record = {"version": FORMAT_VERSION, **asdict(self)}
@@ -53,8 +58,9 @@ class RunProgress:
             return None
         if record.get("version") != FORMAT_VERSION:
             return None
+        threads = record.get("threads")
         return cls(record["settings"], int(record["completed"]), record.get("last_frame"), bool(record["done"]),
-                   int(record.get("snapshot", 0)))
+                   int(record.get("snapshot", 0)), int(threads) if isinstance(threads, int) and threads > 0 else None)
 
 
 def settings_digest(settings: dict[str, Any]) -> str:
@@ -68,6 +74,33 @@ def mask_digest(ids: np.ndarray, palette: np.ndarray | None) -> str:
     digest.update(np.ascontiguousarray(ids, dtype=np.int64).tobytes())
     if palette is not None:
         digest.update(np.ascontiguousarray(palette, dtype=np.uint8).tobytes())
+    return digest.hexdigest()
+
+
+def weights_record(path: str | Path | None) -> dict[str, Any] | None:
+    """What identifies the weights a run loads (``None``: random weights): the file's absolute path, size and
+    sha256, so that a resume with other weights at the same path (a new download, a replaced bundled file) is
+    refused. The sha256 is computed once per file version in a process (cached on path, size and mtime)."""
+    if path is None:
+        return None
+    path = Path(path).expanduser().resolve()
+    try:
+        stat = path.stat()
+    except OSError:
+        return {"path": str(path), "size": None, "sha256": None}
+    return {"path": str(path), "size": stat.st_size,
+            "sha256": _file_sha256(str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino)}
+
+
+@functools.lru_cache(maxsize=16)
+def _file_sha256(path: str, size: int, mtime_ns: int, inode: int) -> str | None:
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as file:
+            for block in iter(lambda: file.read(1 << 20), b""):
+                digest.update(block)
+    except OSError:
+        return None
     return digest.hexdigest()
 
 
@@ -136,6 +169,12 @@ def settings_difference(saved: dict[str, Any], current: dict[str, Any]) -> str |
                 origin = (current.get("masks") or {}).get(frame) or current.get("mask") or "?"
                 return (f"the mask of frame {frame} changed content since that run: {origin}, sha256 "
                         f"{str(old_masks.get(frame))[:12]} -> {str(new_masks.get(frame))[:12]}")
+    old_weights, new_weights = saved.get("weights"), current.get("weights")
+    if isinstance(old_weights, dict) and isinstance(new_weights, dict) and old_weights != new_weights:
+        if old_weights.get("path") != new_weights.get("path"):
+            return f"weights: {old_weights.get('path')} -> {new_weights.get('path')}"
+        return (f"the weights {new_weights.get('path')} changed content since that run: sha256 "
+                f"{str(old_weights.get('sha256'))[:12]} -> {str(new_weights.get('sha256'))[:12]}")
     if ("video_fingerprint" in saved and saved.get("video") == current.get("video")
             and saved["video_fingerprint"] != current.get("video_fingerprint")):
         return f"the video {current.get('video')} changed content since that run"

@@ -31,6 +31,9 @@ class Segmenter:
             warnings.warn("fp16 on the CPU is very slow (about 35x slower than bf16 on a 2-core x86 machine): use "
                           "bf16 (--dtype bf16) or fp32 there; fp16 is for GPUs", UserWarning, stacklevel=2)
         self.model = model.to(self.device).eval()
+        #: The weights file :func:`load_model` loaded (path, size, sha256; see
+        #: :func:`longvos.engine.progress.weights_record`), recorded with a run for ``resume``; ``None``: not known.
+        self.weights: dict | None = None
 
     @property
     def name(self) -> str:
@@ -108,7 +111,12 @@ def load_model(name: str, checkpoint: str | Path | None = None, device: str | to
         if not Path(checkpoint).is_file():
             raise InputError(f"{checkpoint}: checkpoint file not found")
         load_checkpoint(model, checkpoint)
-    return Segmenter(model, device=device, dtype=dtype)
+    segmenter = Segmenter(model, device=device, dtype=dtype)
+    if checkpoint is not None:
+        from longvos.engine.progress import weights_record
+
+        segmenter.weights = weights_record(checkpoint)  # the bundled or downloaded file too
+    return segmenter
 
 
 def weights_for(name: str, checkpoint: str | Path | None, allow_random_weights: bool = False) -> str | Path | None:

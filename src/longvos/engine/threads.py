@@ -27,7 +27,11 @@ def available_cores() -> int:
 
 def default_threads() -> int:
     """The thread count that does not oversubscribe: ``OMP_NUM_THREADS`` if the user set it, else the available
-    cores less the 1-minute load average (rounded), at least 1: ``min(cores, max(1, cores - round(load)))``."""
+    cores less the 1-minute load average (rounded), at least 1: ``min(cores, max(1, cores - round(load)))``.
+
+    The load average counts the whole host, so where this process may use only some of its cores (a container's
+    CPU quota, a CPU affinity) it is scaled by ``cores / os.cpu_count()``: the share of the host's load that falls
+    on this process's cores if the load is spread evenly (a busy host no longer leaves a container 1 thread)."""
     explicit = os.environ.get("OMP_NUM_THREADS", "").strip()
     if explicit.isdigit() and int(explicit) > 0:
         return int(explicit)
@@ -36,6 +40,9 @@ def default_threads() -> int:
         load = os.getloadavg()[0]
     except (AttributeError, OSError):  # no load average on this platform
         load = 0.0
+    host_cores = os.cpu_count() or cores
+    if host_cores > cores:
+        load *= cores / host_cores
     return min(cores, max(1, cores - round(load)))
 
 

@@ -23,8 +23,10 @@ class SessionError(InputError):
     for a frame that the running propagation has already passed)."""
 
 
-def one_line(err: BaseException, limit: int = 2000) -> str:
-    """An error message as one line (checkpoint key reports, for one, span many lines): how the CLI, the batch
-    workers and the app report any error."""
-    text = "; ".join(line.strip() for line in str(err).splitlines() if line.strip()) or type(err).__name__
+def one_line(err: BaseException | str, limit: int = 2000) -> str:
+    """An error (or a message) as one line (checkpoint key reports, for one, span many lines): how the CLI, the batch
+    workers, the downloader and the app report any error. An error without a message gives its class name."""
+    text = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    if not text and isinstance(err, BaseException):
+        text = type(err).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."

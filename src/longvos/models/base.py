@@ -47,6 +47,13 @@ class VOSModel(nn.Module, abc.ABC):
     #: the weights were trained for and are most accurate at. Set from the registry by ``create_model``.
     default_max_size: int = PAPER_MAX_SIZE
 
+    @property
+    def state_is_fixed_size(self) -> bool:
+        """Whether a video's state stays the same size however long the video (the default). ``False`` for memory
+        designs that grow by definition (DeAOT's ``growing``): ``segment_video`` then takes no state snapshots, which
+        would grow with it (its resume recomputes from the first frame instead)."""
+        return True
+
     @abc.abstractmethod
     def input_size(self, height: int, width: int) -> tuple[int, int]:
         """Network input size for a frame already resized to about ``height x width`` (stride rounding)."""

@@ -93,6 +93,11 @@ class AOTModel(VOSModel):
     # Verbs
     # ---------------------------------------------------------------------------------------------------------------
 
+    @property
+    def state_is_fixed_size(self) -> bool:
+        """``ref+prev`` and ``mca`` keep a constant-size memory; ``growing`` (DeAOT) adds a frame per update."""
+        return self.long_term_memory.constant_size
+
     def encode_image(self, image_B3HW: torch.Tensor) -> ImageFeatures:
         """RGB in [0, 1] at the network input size -> encoder features. Normalised here with the encoder's
         statistics, in the official float32 op order ``(x - mean) / std`` (the caller has done ``x / 255``)."""
