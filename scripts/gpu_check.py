@@ -104,7 +104,7 @@ def run(device: str, quick: bool) -> int:
     steps = 4 if quick else 30
     results["train"] = part("train", longvos + [
         "train", str(REPO / "configs" / "mavos-lite-gpu.toml"), f"run.out_dir={STAGE / 'train-run'}",
-        f"data.root={STAGE / 'train'}", "data.video_sets=['videos']", "data.static_sets=['stills']",
+        f"data.root={STAGE / 'train'}", 'data.video_sets=["videos"]', 'data.static_sets=["stills"]',
         "data.holdout=[]", f"data.size={65 if quick else 465}", "data.workers=2",
         f"model.init={REPO / 'src' / 'longvos' / 'weights' / 'mavos-lite.pt'}", "model.pretrained_encoder=false",
         f"optim.steps={steps}", f"run.log_every={max(1, steps // 3)}", f"run.checkpoint_every={steps}",
