@@ -48,8 +48,8 @@ def main() -> int:
         for video_set, sequences in sorted(by_set.items()):
             out = out_root / video_set
             command = [sys.executable, "-m", "longvos", "eval", str(Path(config.data.root) / video_set),
-                       "--sequences", ",".join(sequences), "--model", config.model.name, "--checkpoint", str(weights), "--out", str(out),
-                       "--threads", str(args.threads), "--max-size", args.max_size, "--brief", "--quiet", "-j", "1"]
+                       "--sequences", ",".join(sequences), "--model", config.model.name,
+                       "--checkpoint", str(weights), "--out", str(out), "--threads", str(args.threads), "--max-size", args.max_size, "--brief", "--quiet", "-j", "1"]
             if args.memory:
                 command += ["--memory", args.memory]
             subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
