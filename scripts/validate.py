@@ -5,7 +5,7 @@ holds held-out sequences this runs ``longvos eval <set> --sequences ... --model`
 all held-out objects (each object weighs the same, as in DAVIS's global J&F).
 
     python scripts/validate.py configs/mavos-lite-v2.toml WEIGHTS.pt [--out runs/val] [--threads 1]
-    python scripts/validate.py configs/mavos-lite-v2.toml runs/v2/checkpoints/step-001000.pt   # a training checkpoint: its EMA
+    python scripts/validate.py configs/mavos-lite-v2.toml runs/v2/checkpoints/step_0001000.pt   # its EMA weights
 """
 from __future__ import annotations
 
@@ -49,7 +49,8 @@ def main() -> int:
             out = out_root / video_set
             command = [sys.executable, "-m", "longvos", "eval", str(Path(config.data.root) / video_set),
                        "--sequences", ",".join(sequences), "--model", config.model.name,
-                       "--checkpoint", str(weights), "--out", str(out), "--threads", str(args.threads), "--max-size", args.max_size, "--brief", "--quiet", "-j", "1"]
+                       "--checkpoint", str(weights), "--out", str(out), "--threads", str(args.threads),
+                       "--max-size", args.max_size, "--brief", "--quiet", "-j", "1"]
             if args.memory:
                 command += ["--memory", args.memory]
             subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
