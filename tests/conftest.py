@@ -189,3 +189,80 @@ def optional_import(module: str, install: str):
         return importlib.import_module(module)
     return pytest.importorskip(module, reason=f"optional: {install}")
 
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Helpers shared by several test modules (tests import them from here, never from another test module).
+# ---------------------------------------------------------------------------------------------------------------------
+
+def write_mp4(frames: list, path: Path, gop: int = 6, fps: int = 24, faststart: bool = False) -> Path:
+    """Encode RGB frames losslessly-ish (x264, small GOP so that seeking has keyframes to land on); ``faststart``
+    puts the index at the front, as cameras and web tools write them (a cut file still opens)."""
+    import av
+
+    with av.open(str(path), "w", options={"movflags": "faststart"} if faststart else {}) as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.height, stream.width = frames[0].shape[:2]
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"g": str(gop), "crf": "10", "bf": "2"}
+        for image in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def seeded_checkpoint(tmp_path_factory) -> Path:
+    """mavos-lite with weights from seed 0, shared by every test in the session (random weights would differ
+    between worker processes)."""
+    from longvos.checkpoints import save_model
+    from longvos.models.registry import create_model
+
+    path = tmp_path_factory.getbasetemp() / "mavos-lite-seed0.pt"
+    if not path.is_file():
+        torch.manual_seed(0)
+        save_model(create_model("mavos-lite"), path)
+    return path
+
+
+def copy_clip(dev_dir: Path, sequence: str, frames: int, destination: Path) -> Path:
+    """The first ``frames`` JPEGs of a DAVIS sequence, copied into ``destination/sequence``."""
+    folder = destination / sequence
+    folder.mkdir(parents=True)
+    for path in sorted((dev_dir / "JPEGImages" / sequence).glob("*.jpg"))[:frames]:
+        shutil.copy(path, folder / path.name)
+    return folder
+
+
+def annotation(dev_dir: Path, sequence: str, index: int) -> Path:
+    return dev_dir / "Annotations" / sequence / f"{index:05d}.png"
+
+
+def call(server, method: str, path: str, body: bytes | None = None,
+         headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP request to a running app server: (status, headers, body), error statuses included."""
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(server.url.rstrip("/") + path, data=body, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, dict(response.headers), response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, dict(error.headers), error.read()
+
+
+#: Overrides that make a training run tiny: 33-pixel crops, 3-frame clips, 3 steps, one thread, no workers or logs.
+TINY = ["data.size=33", "data.clip_len=3", "data.workers=0", "data.min_object_pixels=5", "data.max_objects=3",
+        "model.pretrained_encoder=false", "optim.batch_size=1", "optim.steps=3", "run.log_every=1",
+        "run.checkpoint_every=100", "run.tensorboard=false", "run.progress=false", "run.threads=1"]
+
+
+def config_from_dict(values: dict):
+    """A training config from :meth:`TrainConfig.to_dict` output (the inverse of ``to_dict``)."""
+    from longvos.train.config import TrainConfig, update_config
+
+    config = TrainConfig()
+    update_config(config, values, source="checkpoint")
+    return config

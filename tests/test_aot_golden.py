@@ -1,7 +1,7 @@
 """Golden equivalence of the AOT-family models with the official MAVOS / DeAOT-L code.
 
 For each official config the golden rule weights (``golden/mavos/make_weights.py``) are built under the official key
-names, converted by :func:`longvos.convert.convert_checkpoint` with its strict check, and the teacher-forced clip of
+names, converted by :func:`longvos.checkpoints.convert_checkpoint` with its strict check, and the teacher-forced clip of
 ``golden/mavos/README.md`` is run through the model's verbs (gap 2, fp32; on CPU, or on the device named by ``LONGVOS_TEST_DEVICE``, e.g. ``cuda`` in
 ``scripts/gpu_check.py``, with TF32 off): frame 0 is the reference; for
 t = 1..7 propagate, decode, then write memory with the *given* label t. Every frame's logits, probabilities and argmax
@@ -18,7 +18,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from longvos.convert import convert_checkpoint
+from longvos.checkpoints import convert_checkpoint
 from longvos.models.aot.identity import labels_to_one_hot
 from longvos.models.aot.state import mask_empty_slots
 from longvos.models.registry import create_model

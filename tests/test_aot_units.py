@@ -14,7 +14,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from longvos.models.aot import official
-from longvos.models.aot.local_attention import LocalGatedPropagation, outside_window_mask
+from longvos.models.aot.local_attention import LocalGatedPropagation
 from longvos.models.aot.mca import ModulatedCrossAttention
 
 MCA_PREFIX = {512: "long_term_memory_attention.0.1.", 128: "long_term_memory_attention.0.0."}
@@ -234,6 +234,21 @@ def test_local_attention_never_builds_a_dense_matrix():
     assert largest[64] <= 5 * largest[32], f"largest intermediate grew from {largest[32]} to {largest[64]} elements"
     # At 64x64, HW² = 16.8 M; the 8x8 tiles' (64 x 484) logit blocks total 2 M.
     assert largest[64] < (64 * 64) ** 2 // 4, f"an intermediate has {largest[64]} elements"
+
+
+def outside_window_mask(height: int, width: int, max_dis: int, device: torch.device) -> torch.Tensor:
+    """``(J, H, W)`` bool, True where window offset ``j`` of pixel ``(y, x)`` falls outside the ``H x W`` image.
+
+    The geometry of the official penalty, in the window layout (the tiled code finds the same positions as the halo
+    rows that read the zero row).
+    """
+    offsets = torch.arange(-max_dis, max_dis + 1, device=device)
+    row_DH = offsets[:, None] + torch.arange(height, device=device)
+    col_DW = offsets[:, None] + torch.arange(width, device=device)
+    rows_outside_DH = (row_DH < 0) | (row_DH >= height)
+    cols_outside_DW = (col_DW < 0) | (col_DW >= width)
+    outside_DDHW = rows_outside_DH[:, None, :, None] | cols_outside_DW[None, :, None, :]
+    return outside_DDHW.reshape(-1, height, width)
 
 
 def test_outside_window_mask_marks_exactly_the_border():

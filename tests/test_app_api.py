@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.error
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -26,8 +25,7 @@ from longvos.io.masks import decode_mask_image, read_index_mask, write_index_png
 from longvos.io.palette import DAVIS_PALETTE
 from longvos.io.video import open_video
 
-from test_batch_local import seeded_checkpoint
-from test_io_video import write_mp4
+from conftest import call, seeded_checkpoint, write_mp4
 
 MAX_SIZE = 64
 SIZE = (320, 180)  # width, height of the test clip
@@ -61,16 +59,6 @@ def server(segmenter, tmp_path_factory):
     app.start_background()
     yield app
     app.close()
-
-
-def call(server: AppServer, method: str, path: str, body: bytes | None = None,
-         headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-    request = urllib.request.Request(server.url.rstrip("/") + path, data=body, method=method, headers=headers or {})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, dict(response.headers), response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, dict(error.headers), error.read()
 
 
 def upload(server: AppServer, path: Path, name: str | None = None) -> dict:

@@ -15,7 +15,7 @@ from PIL import Image
 
 from longvos.engine.pipeline import segment_video
 from longvos.io.masks import decode_mask_image
-from longvos.io.prompts import ObjectPrompt, prompt_mask
+from longvos.prompts import ObjectPrompt, prompt_mask
 from longvos.io.video import open_video
 
 from conftest import optional_import

@@ -7,10 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from longvos.app.prompting import objects_from_json
 from longvos.io.errors import InputError
 from longvos.io.masks import read_index_mask
-from longvos.io.prompts import ObjectPrompt, grabcut_mask, prompt_mask
+from longvos.prompts import ObjectPrompt, grabcut_mask, objects_from_json, prompt_mask
 
 
 def frame_and_truth(dev_dir, sequence: str) -> tuple[np.ndarray, np.ndarray]:

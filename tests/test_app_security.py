@@ -32,6 +32,8 @@ from PIL import Image, ImageFile
 from longvos.app import AppServer
 from longvos.engine.segmenter import load_model
 
+from conftest import call
+
 SIZE = (64, 48)  # width, height of the test clips
 MAX_SIZE = 48
 SAFE_NAME = r"[A-Za-z0-9 ._()+,-]+"
@@ -109,16 +111,6 @@ def serving(segmenter, **options):
 def server(segmenter, tmp_path_factory):
     with serving(segmenter, workdir=tmp_path_factory.mktemp("app")) as app:
         yield app
-
-
-def call(server: AppServer, method: str, path: str, body: bytes | None = None,
-         headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-    request = urllib.request.Request(server.url.rstrip("/") + path, data=body, method=method, headers=headers or {})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, dict(response.headers), response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, dict(error.headers), error.read()
 
 
 def error_of(response: tuple[int, dict[str, str], bytes]) -> tuple[int, str]:

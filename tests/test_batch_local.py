@@ -9,7 +9,6 @@ import csv
 import io
 import json
 import os
-import shutil
 import signal
 from pathlib import Path
 
@@ -22,37 +21,15 @@ from longvos.batch import BatchOptions, run_batch
 from longvos.batch.completion import RECORD_FILE
 from longvos.batch.events import FramesDone, VideoStarted
 from longvos.cli.main import main
-from longvos.convert import save_model
 from longvos.engine.pipeline import segment_video
 from longvos.engine.progress import RunProgress
 from longvos.engine.segmenter import load_model
 from longvos.io.masks import read_index_mask
 from longvos.io.video import open_video
-from longvos.models.registry import create_model
+
+from conftest import annotation, copy_clip, seeded_checkpoint
 
 MODEL, MAX_SIZE = "mavos-lite", 64
-
-
-def seeded_checkpoint(tmp_path_factory) -> Path:
-    """mavos-lite with weights from seed 0, shared by every test in the session (random weights would differ
-    between worker processes)."""
-    path = tmp_path_factory.getbasetemp() / "mavos-lite-seed0.pt"
-    if not path.is_file():
-        torch.manual_seed(0)
-        save_model(create_model(MODEL), path)
-    return path
-
-
-def copy_clip(dev_dir: Path, sequence: str, frames: int, destination: Path) -> Path:
-    folder = destination / sequence
-    folder.mkdir(parents=True)
-    for path in sorted((dev_dir / "JPEGImages" / sequence).glob("*.jpg"))[:frames]:
-        shutil.copy(path, folder / path.name)
-    return folder
-
-
-def annotation(dev_dir: Path, sequence: str, index: int) -> Path:
-    return dev_dir / "Annotations" / sequence / f"{index:05d}.png"
 
 
 def direct_masks(video: Path, mask: Path, frame: int, checkpoint: Path, out: Path) -> dict[str, np.ndarray]:

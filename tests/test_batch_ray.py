@@ -10,8 +10,7 @@ import pytest
 from longvos.batch import BatchOptions, run_batch
 from longvos.io.masks import read_probs_npz
 
-from conftest import optional_import
-from test_batch_local import annotation, copy_clip, seeded_checkpoint
+from conftest import annotation, copy_clip, optional_import, seeded_checkpoint
 
 ray = optional_import("ray", "pip install 'longvos[ray]'")
 

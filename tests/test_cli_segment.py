@@ -19,7 +19,7 @@ from longvos.io.masks import read_index_mask, read_probs_npz, write_index_png
 from longvos.io.palette import DAVIS_PALETTE
 from longvos.io.video import open_video
 
-from test_io_video import write_mp4
+from conftest import write_mp4
 
 FAST = ["--model", "mavos-mnv2", "--allow-random-weights", "--max-size", "64", "--device", "cpu", "--quiet"]
 

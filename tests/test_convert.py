@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from longvos.cli.main import main
-from longvos.convert import (CheckpointError, convert_checkpoint, load_checkpoint, model_from_checkpoint,
-                             read_checkpoint, save_model)
+from longvos.checkpoints import (CheckpointError, convert_checkpoint, load_checkpoint, model_from_checkpoint,
+                                 read_checkpoint, save_model)
 from longvos.models.registry import create_model
 
 

@@ -299,7 +299,7 @@ def test_a_folder_in_the_way_of_the_cached_checkpoint_is_refused_in_one_line(ser
 
 @pytest.mark.parametrize("content", ["list", "longvos-without-state-dict", "longvos-state-dict-not-a-dict"])
 def test_a_malformed_checkpoint_is_refused_in_one_line_and_stores_nothing(content, cache, tmp_path, capsys):
-    from longvos.convert import FORMAT_MARKER, FORMAT_VERSION
+    from longvos.checkpoints import FORMAT_MARKER, FORMAT_VERSION
 
     header = {FORMAT_MARKER: FORMAT_VERSION, "model": MODEL}
     obj = {"list": [1, 2, 3], "longvos-without-state-dict": header,  # KeyError, ValueError inside the loaders

@@ -11,7 +11,7 @@ from conftest import DEV, GOLDEN
 from PIL import Image
 
 from longvos.cli.main import main
-from longvos.eval.masks import ground_truth_ids, read_index_mask
+from longvos.eval.masks import ground_truth_ids, read_raw_ids
 from longvos.eval.scoring import evaluate
 
 FIXTURE = GOLDEN / "davis_eval"
@@ -87,7 +87,7 @@ def test_eval_model_end_to_end_on_dev(tmp_path, capsys, one_thread):
     for sequence in ("blackswan", "bmx-trees", "car-shadow"):
         written = sorted(p.name for p in (out / "predictions" / sequence).iterdir())
         assert written == [f"0000{i}.png" for i in range(4)]
-        first_pred = read_index_mask(out / "predictions" / sequence / "00000.png")
+        first_pred = read_raw_ids(out / "predictions" / sequence / "00000.png")
         assert np.array_equal(first_pred, ground_truth_ids(DEV / "Annotations" / sequence / "00000.png"))
     summary = json.loads((out / "summary.json").read_text())
     run = summary["run"]
@@ -132,12 +132,12 @@ def test_eval_model_with_sparse_annotations_and_a_late_object(tmp_path, capsys, 
     assert code == 0, capsys.readouterr().err
     predictions = sorted((out / "predictions" / "s").iterdir())
     assert len(predictions) == 8  # every frame is predicted, not only the annotated ones
-    entered = read_index_mask(out / "predictions" / "s" / "00003.png")
+    entered = read_raw_ids(out / "predictions" / "s" / "00003.png")
     frames_scored = {row["Sequence"]: row["Frames"] for row in json.loads((out / "summary.json").read_text())[
         "per_object"]}
     if objects == "all":
         assert np.array_equal(entered == 2, ground_truth_ids(data / "Annotations" / "s" / "00003.png") == 2)
         assert frames_scored == {"s_1": 3, "s_2": 1}  # object 1: frames 2, 3, 5; object 2: frame 5 (after entering)
     else:
-        assert all(2 not in read_index_mask(path) for path in predictions)
+        assert all(2 not in read_raw_ids(path) for path in predictions)
         assert frames_scored == {"s_1": 3}

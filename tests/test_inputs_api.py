@@ -165,7 +165,7 @@ def test_bench_allows_random_weights(capsys, dev_dir):
 
 @pytest.fixture(scope="module")
 def nan_checkpoint(tmp_path_factory) -> Path:
-    from longvos.convert import save_model
+    from longvos.checkpoints import save_model
     from longvos.models.registry import create_model
 
     model = create_model("mavos-lite")
@@ -178,7 +178,7 @@ def nan_checkpoint(tmp_path_factory) -> Path:
 
 
 def test_a_non_finite_checkpoint_is_refused(nan_checkpoint, dev_dir, tmp_path, capsys):
-    from longvos.convert import CheckpointError, load_checkpoint
+    from longvos.checkpoints import CheckpointError, load_checkpoint
     from longvos.engine.segmenter import load_model
     from longvos.models.registry import create_model
 

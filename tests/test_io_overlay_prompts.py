@@ -9,7 +9,7 @@ from longvos.io.errors import InputError
 from longvos.io.masks import read_index_mask
 from longvos.io.overlay import OverlayWriter, render_overlay
 from longvos.io.palette import DAVIS_PALETTE
-from longvos.io.prompts import grabcut_mask, parse_box
+from longvos.prompts import grabcut_mask, parse_box
 from longvos.io.video import open_video
 
 

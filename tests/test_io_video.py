@@ -4,29 +4,14 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 from PIL import Image
 
 from longvos.io.errors import VideoReadError
-from longvos.io.video import natural_sort_key, open_video
-from longvos.io.video_file import REVERSE_CHUNK_FRAMES
+from longvos.io.video import REVERSE_CHUNK_FRAMES, natural_sort_key, open_video
 
-
-def write_mp4(frames: list[np.ndarray], path: Path, gop: int = 6, fps: int = 24) -> Path:
-    """Encode RGB frames losslessly-ish (x264, small GOP so that seeking has keyframes to land on)."""
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.height, stream.width = frames[0].shape[:2]
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"g": str(gop), "crf": "10", "bf": "2"}
-        for image in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
+from conftest import write_mp4
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from conftest import GOLDEN
-from longvos.convert import load_checkpoint
+from longvos.checkpoints import load_checkpoint
 from longvos.models.livos import LiVOS
 from longvos.models.livos.given_masks import merge_given_masks
 from longvos.models.livos.official import livos_drop_reason, livos_key_from_official
@@ -196,7 +196,7 @@ def test_official_weights_load_strictly_and_bit_exactly(loaded, official_state_d
 
 def test_convert_cli_writes_a_checkpoint_that_loads_back(official_state_dict, model, tmp_path, capsys):
     from longvos.cli.main import main
-    from longvos.convert import model_from_checkpoint
+    from longvos.checkpoints import model_from_checkpoint
 
     official_path, converted_path = tmp_path / "livos-official.pth", tmp_path / "livos-r50.pt"
     torch.save(official_state_dict, official_path)

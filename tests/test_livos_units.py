@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from longvos.convert import map_official_keys, model_shapes
+from longvos.checkpoints import map_official_keys, model_shapes
 from longvos.models.livos import LiVOS, LiVOSConfig
 from longvos.models.livos.given_masks import merge_given_masks
 from longvos.models.livos.linear_matching import key_feature_map, read_memory, write_memory

@@ -10,11 +10,10 @@ import json
 import warnings
 from pathlib import Path
 
-import av
 import numpy as np
 import pytest
 
-from conftest import optional_import
+from conftest import optional_import, write_mp4
 from longvos.batch import BatchOptions, run_batch
 from longvos.batch.events import VideoStarted
 from longvos.cli.main import main
@@ -48,27 +47,12 @@ def first_mask() -> np.ndarray:
     return ids
 
 
-def write_mp4(frames: list[np.ndarray], path: Path) -> Path:
-    """x264 with the index at the front (faststart), as cameras and web tools write them: a cut file still opens."""
-    with av.open(str(path), "w", options={"movflags": "faststart"}) as container:
-        stream = container.add_stream("libx264", rate=24)
-        stream.height, stream.width = frames[0].shape[:2]
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"g": "6", "crf": "10", "bf": "2"}
-        for image in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
-
-
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory) -> tuple[Path, Path]:
     """A whole 20-frame mp4 and its first-frame mask."""
     folder = tmp_path_factory.mktemp("clip")
     write_index_png(folder / "mask.png", first_mask())
-    return write_mp4(synthetic_frames(), folder / "clip.mp4"), folder / "mask.png"
+    return write_mp4(synthetic_frames(), folder / "clip.mp4", faststart=True), folder / "mask.png"
 
 
 @pytest.fixture(scope="module")
@@ -366,7 +350,7 @@ def test_overlay_appears_only_when_complete(tmp_path):
 
 def test_an_interrupted_run_leaves_no_overlay(clip, tmp_path):
     # Long enough for the encoder to have written packets (x264 looks 40 frames ahead) when the run stops.
-    video, mask = write_mp4(synthetic_frames(60), tmp_path / "long.mp4"), clip[1]
+    video, mask = write_mp4(synthetic_frames(60), tmp_path / "long.mp4", faststart=True), clip[1]
 
     def interrupt(frame, _result):
         if frame.index == 55:

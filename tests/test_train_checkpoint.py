@@ -5,8 +5,10 @@ import pytest
 import torch
 from torch import nn
 
-from longvos.train.checkpoint import (CheckpointError, export_weights, latest_checkpoint, list_checkpoints,
-                                      read_checkpoint, restore, save_checkpoint)
+from longvos.checkpoints import CheckpointError, export_weights, latest_checkpoint, list_checkpoints
+from longvos.checkpoints import read_training_checkpoint as read_checkpoint
+from longvos.checkpoints import restore_training as restore
+from longvos.checkpoints import save_training_checkpoint as save_checkpoint
 from longvos.train.config import TrainConfig
 from longvos.train.schedule import EMA
 

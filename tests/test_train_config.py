@@ -5,7 +5,9 @@ import json
 
 import pytest
 
-from longvos.train.config import ConfigError, TrainConfig, config_from_dict, describe_config, load_config
+from longvos.train.config import ConfigError, TrainConfig, describe_config, load_config
+
+from conftest import config_from_dict
 
 REPO_CONFIGS = sorted((__import__("pathlib").Path(__file__).resolve().parents[1] / "configs").glob("*.toml"))
 

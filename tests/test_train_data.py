@@ -11,7 +11,7 @@ from PIL import Image
 from longvos.train import files
 from longvos.train.augment import (crop_homography, motion_step, random_object_point, warp_image,
                                    warp_label)
-from longvos.train.clips import Clip, paste, select_objects
+from longvos.train.clips import TrainingClip, paste, select_objects
 from longvos.train.config import AugmentConfig, DataConfig
 from longvos.train.data import TrainingClips
 from longvos.train.data_video import clip_positions
@@ -149,9 +149,9 @@ def test_clip_positions_walk_forward_with_bounded_gaps_and_reflect():
 
 
 def test_paste_gives_overlay_objects_fresh_ids_and_occludes():
-    base = Clip([np.zeros((4, 4, 3), np.uint8)], [np.array([[1, 1, 0, 0]] * 4, np.uint8)])
+    base = TrainingClip([np.zeros((4, 4, 3), np.uint8)], [np.array([[1, 1, 0, 0]] * 4, np.uint8)])
     top_label = np.array([[0, 1, 1, 255]] * 4, np.uint8)
-    overlay = Clip([np.full((4, 4, 3), 9, np.uint8)], [top_label])
+    overlay = TrainingClip([np.full((4, 4, 3), 9, np.uint8)], [top_label])
     merged = paste(base, overlay)
     assert merged.labels[0][0].tolist() == [1, 2, 2, 0]  # overlay's void rim does not overwrite the base
     assert merged.frames[0][0, :, 0].tolist() == [0, 9, 9, 0]
@@ -160,12 +160,12 @@ def test_paste_gives_overlay_objects_fresh_ids_and_occludes():
 def test_select_objects_drops_invisible_and_excess_objects():
     reference = np.array([[1, 1, 1, 2], [3, 3, 3, 255]], np.uint8)  # object 2 has one pixel
     later = np.array([[4, 2, 1, 3], [0, 0, 0, 255]], np.uint8)       # object 4 appears only later
-    clip, n = select_objects(Clip([None, None], [reference, later]), np.random.default_rng(0), 10, min_pixels=2)
+    clip, n = select_objects(TrainingClip([None, None], [reference, later]), np.random.default_rng(0), 10, min_pixels=2)
     assert n == 2
     kept_1, kept_3 = clip.labels[0][0, 0], clip.labels[0][1, 0]
     assert {int(kept_1), int(kept_3)} == {1, 2}
     assert clip.labels[1].tolist() == [[0, 0, kept_1, kept_3], [0, 0, 0, 255]]
-    _, capped = select_objects(Clip([None], [reference]), np.random.default_rng(0), 1, min_pixels=2)
+    _, capped = select_objects(TrainingClip([None], [reference]), np.random.default_rng(0), 1, min_pixels=2)
     assert capped == 1
 
 

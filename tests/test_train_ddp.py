@@ -8,11 +8,11 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from longvos.train.checkpoint import read_checkpoint
-from longvos.train.config import config_from_dict, load_config
+from longvos.checkpoints import read_training_checkpoint as read_checkpoint
+from longvos.train.config import load_config
 from longvos.train.loop import train
 
-from test_train_loop import TINY
+from conftest import TINY, config_from_dict
 
 
 def free_port() -> int:

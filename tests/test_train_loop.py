@@ -6,16 +6,14 @@ import csv
 import pytest
 import torch
 
-from longvos.convert import save_model
-from longvos.train.checkpoint import list_checkpoints, read_checkpoint
+from longvos.checkpoints import save_model
+from longvos.checkpoints import list_checkpoints
+from longvos.checkpoints import read_training_checkpoint as read_checkpoint
 from longvos.train.config import TrainConfig, load_config
 from longvos.train import loop
 from longvos.train.loop import build_optimizer, train
 
-TINY = ["data.size=33", "data.clip_len=3", "data.workers=0", "data.min_object_pixels=5", "data.max_objects=3",
-        "model.pretrained_encoder=false", "optim.batch_size=1", "optim.steps=3", "run.log_every=1",
-        "run.checkpoint_every=100", "run.tensorboard=false", "run.progress=false", "run.threads=1"]
-
+from conftest import TINY
 
 def tiny_config(shared_dir, out_dir, *extra: str) -> TrainConfig:
     return load_config(None, [*TINY, f"data.root={shared_dir / 'data' / 'train'}", f"run.out_dir={out_dir}", *extra])

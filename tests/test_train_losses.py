@@ -7,8 +7,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from longvos.train.losses import (bootstrapped_cross_entropy, live_slots_first, mask_unused_slots,
-                                  reference_loss_weight, segmentation_loss, soft_jaccard_loss, top_k_fraction_at)
+from longvos.train.losses import (bootstrapped_cross_entropy, mask_unused_slots, reference_loss_weight,
+                                  segmentation_loss, soft_jaccard_loss, top_k_fraction_at)
+
+
+def live_slots_first(num_objects_B: torch.Tensor, num_channels: int) -> torch.Tensor:
+    """``(B, K)`` bool for samples whose objects use slots ``1..n`` (background, channel 0, is always live)."""
+    slots_K = torch.arange(num_channels, device=num_objects_B.device)
+    return slots_K[None, :] <= num_objects_B[:, None]
 
 
 def logits_from_probs(probs_KN: list[list[float]], height: int, width: int) -> torch.Tensor:

@@ -17,7 +17,7 @@ def test_bundled_weights_are_a_small_fp16_longvos_checkpoint():
     assert all(v.dtype == torch.float16 for v in checkpoint["state_dict"].values() if v.is_floating_point())
     # The training δ (2) is not baked in: a model rebuilt from the file uses the registry's test-time default.
     assert "mem_gap" not in checkpoint["config"]
-    from longvos.convert import model_from_checkpoint
+    from longvos.checkpoints import model_from_checkpoint
     assert model_from_checkpoint(WEIGHTS).config.mem_gap == 10
 
 

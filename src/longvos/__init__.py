@@ -8,6 +8,7 @@ Public API (imported on first use, so that ``import longvos`` and ``longvos --he
             result = session.step(frame.image, first_mask if frame.index == 0 else None)
 
     longvos.segment_video("clip.mp4", "first_mask.png", "out/")   # the whole video to PNGs, resumable
+    longvos.segment_video("clip.mp4", "first_mask.png", "out/", longvos.SegmentOptions(max_size=320, device="cpu"))
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ _EXPORTS = {
     "StepResult": "longvos.engine.session",
     "VideoState": "longvos.engine.offline",
     "segment_video": "longvos.engine.pipeline",
+    "SegmentOptions": "longvos.engine.options",
     "SegmentSummary": "longvos.engine.pipeline",
     "SegmentationError": "longvos.engine.pipeline",
     "open_video": "longvos.io.video",
@@ -31,6 +33,7 @@ _EXPORTS = {
     "FrameSource": "longvos.io.video",
     "read_index_mask": "longvos.io.masks",
     "write_index_png": "longvos.io.masks",
+    "LongvosError": "longvos.io.errors",
     "InputError": "longvos.io.errors",
     "MaskError": "longvos.io.errors",
     "VideoReadError": "longvos.io.errors",

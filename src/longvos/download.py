@@ -7,7 +7,7 @@ the user downloads the file from the published link and hands it over with ``--u
 or any ``http(s)://`` mirror). Where an entry learns a direct URL or a checksum, it is filled in here.
 
 :func:`download_checkpoint` streams the file to a temporary file in the cache folder (size-bounded, with progress),
-checks its SHA-256 when one is known or given, converts it with the strict key report of :mod:`longvos.convert`
+checks its SHA-256 when one is known or given, converts it with the strict key report of :mod:`longvos.checkpoints`
 (every missing, unexpected or mis-shaped key refused), loads the result into the model once, and only then moves
 it into place atomically: ``$LONGVOS_HOME/checkpoints/<name>.pt`` (default ``~/.cache/longvos``). ``load_model``
 looks there when no checkpoint is given, so that ``--model mavos-r50`` then works without ``--checkpoint``.
@@ -258,8 +258,8 @@ def download_checkpoint(name: str, url: str | None = None, sha256: str | None = 
 
 def _convert(source: Path, destination: Path, name: str, family: str | None) -> str:
     """Official or longvos checkpoint -> a longvos checkpoint of model ``name`` at ``destination``, loaded once."""
-    from longvos.convert import (FORMAT_MARKER, FORMAT_VERSION, CheckpointError, convert_checkpoint,
-                                 is_longvos_checkpoint, load_checkpoint, read_checkpoint, save_model)
+    from longvos.checkpoints import (FORMAT_MARKER, FORMAT_VERSION, CheckpointError, convert_checkpoint,
+                                     is_longvos_checkpoint, load_checkpoint, read_checkpoint, save_model)
     from longvos.models.registry import create_model
 
     try:

@@ -337,7 +337,10 @@ class JobRunner:
     :meth:`stop` cancels the running job at its next frame and the queued ones, and waits for the thread."""
 
     def __init__(self, segmenter: Segmenter, max_size: MaxSize):
+        from longvos.engine.options import SegmentOptions
+
         self.segmenter, self.max_size = segmenter, max_size
+        self.options = SegmentOptions(model=segmenter, max_size=max_size, progress=False)  # the same for every job
         self._queue: queue.Queue[Job | None] = queue.Queue()
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._work, name="longvos-app-runner", daemon=True)
@@ -387,8 +390,8 @@ class JobRunner:
             job.zip_path.unlink(missing_ok=True)
             job.overlay_path.unlink(missing_ok=True)
             self._check_stopping()
-            segment_video(job.video, job.prompt_path, job.masks_dir, model=self.segmenter, max_size=self.max_size,
-                          overlay=job.overlay_path, progress=False, snapshot_every=0,  # never resumed
+            segment_video(job.video, job.prompt_path, job.masks_dir, self.options, overlay=job.overlay_path,
+                          snapshot_every=0,  # a job is never resumed
                           on_frame=_LivePreview(job, started, self._check_stopping))
             self._check_stopping()
             _zip_folder(job.masks_dir, job.zip_path, f"{job.safe_name}-masks")

@@ -8,7 +8,8 @@ its own startup checks. The API (all under ``/api/jobs``; errors are ``{"error":
 - ``POST /api/jobs`` (body: the video file; header ``X-Filename``) -> job status
 - ``GET /api/jobs/<id>`` -> status: state (ready, queued, running, done, failed), frames, done, fps, objects, error
 - ``GET /api/jobs/<id>/frame.jpg`` -> the first frame
-- ``POST /api/jobs/<id>/prompt`` (JSON boxes/clicks, see :mod:`longvos.app.prompting`) -> status, the mask is set
+- ``POST /api/jobs/<id>/prompt`` (JSON boxes/clicks, see :func:`longvos.prompts.objects_from_json`) -> status, the
+  mask is set
 - ``POST /api/jobs/<id>/mask`` (body: an index-mask PNG) -> status, the mask is set
 - ``GET /api/jobs/<id>/prompt.png`` -> the first frame with the current mask over it
 - ``POST /api/jobs/<id>/run`` -> status; ``GET .../latest.jpg`` -> the latest segmented frame while it runs
@@ -48,11 +49,10 @@ from PIL import Image
 
 from longvos.app.jobs import DONE, MAX_VIDEO_PIXELS, Job, JobNotFound, JobRunner, JobStore, display_name, \
     first_frame, prompt_preview, public_message, read_uploaded_mask, set_prompt_mask
-from longvos.app.prompting import objects_from_json
 from longvos.engine.frames import MaxSize
 from longvos.engine.segmenter import Segmenter
 from longvos.io.errors import InputError
-from longvos.io.prompts import prompt_mask
+from longvos.prompts import objects_from_json, prompt_mask
 
 STATIC_DIR = Path(__file__).with_name("static")
 STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",

@@ -4,12 +4,11 @@ They hold only strings and numbers, so they pickle cheaply and identically for e
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
-if TYPE_CHECKING:
-    from longvos.engine.frames import MaxSize
+from longvos.engine.options import SegmentOptions
 
 Status = Literal["done", "skipped", "failed"]
 
@@ -27,31 +26,25 @@ class WorkItem:
 
 
 @dataclass(frozen=True)
-class BatchOptions:
-    """How every video of a batch is segmented (the ``segment_video`` settings that are not per video)."""
+class BatchOptions(SegmentOptions):
+    """How every video of a batch is segmented: the :class:`~longvos.engine.options.SegmentOptions` (``device``,
+    ``start``, ``progress`` are set per worker and video), plus the overlay format and who chose ``threads``.
+    ``threads`` is per worker (None: ``run_batch`` picks the free cores / workers)."""
 
-    model: str = "mavos-lite"
-    checkpoint: str | None = None  # absolute path
-    dtype: str | None = None
-    memory: str | None = None
-    mem_gap: int | None = None
-    max_size: MaxSize = "auto"  # see longvos.engine.frames.resolve_max_size
     overlay: str | None = None  # "mp4" or "webm": also write <out>/<name>/overlay.<ext>
-    per_object: bool = False
-    save_probs: bool = False
-    threads: int | None = None  # torch CPU threads per worker (None: run_batch picks the free cores / workers)
-    allow_random_weights: bool = False  # run a model that ships no weights without a checkpoint
     #: Whether ``run_batch`` chose ``threads`` (none was given): an interrupted video then resumes with the count its
     #: run recorded (another count may change the bytes); a given count is used, with a warning if it differs.
     threads_chosen: bool = False
 
     def settings(self) -> dict[str, Any]:
-        """What must match for a resumed batch to count an earlier result as its own (threads only set speed)."""
-        record = asdict(self)
-        record.pop("threads")
-        record.pop("threads_chosen")
-        record.pop("allow_random_weights")  # the checkpoint (None: random weights) is in the record already
-        return record
+        """What must match for a resumed batch to count an earlier result as its own (threads only set speed; the
+        checkpoint, None: random weights, is in the record already)."""
+        return {name: getattr(self, name) for name in BATCH_SETTINGS}
+
+
+#: The fields of :class:`BatchOptions` in a batch's completion records.
+BATCH_SETTINGS = ("model", "checkpoint", "dtype", "memory", "mem_gap", "max_size", "overlay", "per_object",
+                  "save_probs")
 
 
 @dataclass

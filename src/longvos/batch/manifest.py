@@ -4,8 +4,8 @@
   and the columns in that order. JSONL: one object per line with those keys. Relative paths are relative to the
   manifest's folder. ``frame`` is the index of the frame the mask belongs to (default 0); segmentation starts there.
   ``name`` is the output folder under ``--out`` (default: the video's file or folder name without extension).
-- DAVIS layout: ``ROOT/JPEGImages[/480p]/<sequence>/*.jpg`` with ``ROOT/Annotations[/480p]/<sequence>/*.png``; each
-  sequence starts from its first annotated frame.
+- DAVIS layout (read by :mod:`longvos.io.davis`): ``ROOT/JPEGImages[/480p]/<sequence>/*.jpg`` with
+  ``ROOT/Annotations[/480p]/<sequence>/*.png``; each sequence starts from its first annotated frame.
 
 Faults of the file as a whole (missing, unknown format, no ``video`` column) raise :class:`ManifestError` before
 anything runs. Faults of one row (unreadable line, bad frame number, two rows writing to one folder) only fail that
@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from longvos.batch.items import WorkItem
+from longvos.io.davis import DavisLayout
 from longvos.io.errors import InputError
-from longvos.io.video import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, natural_sort_key
+from longvos.io.video import VIDEO_EXTENSIONS
 
 COLUMNS = ("video", "mask", "frame", "name")
 REQUIRED_COLUMNS = ("video", "mask")
@@ -159,26 +160,21 @@ def default_name(video: Path) -> str:
 # -- DAVIS layout ----------------------------------------------------------------------------------------------
 
 def _davis_items(root: Path) -> Iterator[WorkItem]:
-    frames_root, masks_root = root / "JPEGImages", root / "Annotations"
-    if not frames_root.is_dir():
-        raise ManifestError(f"{root}: not a DAVIS-layout folder (it has no JPEGImages/; a manifest is a .csv or "
-                            f".jsonl file, or a folder with JPEGImages/ and Annotations/)")
-    if (frames_root / "480p").is_dir():  # DAVIS 2017 keeps one folder per resolution
-        frames_root, masks_root = frames_root / "480p", masks_root / "480p"
-    for sequence in sorted((p for p in frames_root.iterdir() if p.is_dir()), key=lambda p: natural_sort_key(p.name)):
-        origin = f"DAVIS sequence {sequence.name}"
-        masks = sorted((p for p in (masks_root / sequence.name).glob("*.png") if not p.name.startswith(".")),
-                       key=lambda p: natural_sort_key(p.name))
+    layout = DavisLayout.of(root)
+    if not layout.images_root.is_dir():
+        raise ManifestError(f"{root}: not a DAVIS-layout folder (it has no {layout.images_root.relative_to(root)}/; a "
+                            f"manifest is a .csv or .jsonl file, or a folder with JPEGImages/ and Annotations/)")
+    for name in layout.sequences():
+        sequence = (layout.images_root / name).resolve()
+        origin = f"DAVIS sequence {name}"
+        masks = layout.annotations(name)
         if not masks:
-            yield WorkItem(sequence.name, str(sequence.resolve()), None, 0, origin,
-                           f"no annotation in {masks_root / sequence.name}")
+            yield WorkItem(name, str(sequence), None, 0, origin, f"no annotation in {layout.annotations_root / name}")
             continue
-        frame_stems = sorted((p.stem for p in sequence.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS
-                              and not p.name.startswith(".")), key=natural_sort_key)
+        frame_names = layout.frame_names(name)
         first = masks[0]
-        if first.stem not in frame_stems:
-            yield WorkItem(sequence.name, str(sequence.resolve()), str(first.resolve()), 0, origin,
-                           f"annotation {first.name} has no frame of that name in {sequence}")
+        if first.stem not in frame_names:
+            yield WorkItem(name, str(sequence), str(first.resolve()), 0, origin,
+                           f"annotation {first.name} has no frame of that name in {layout.images_root / name}")
             continue
-        yield WorkItem(sequence.name, str(sequence.resolve()), str(first.resolve()), frame_stems.index(first.stem),
-                       origin)
+        yield WorkItem(name, str(sequence), str(first.resolve()), frame_names.index(first.stem), origin)

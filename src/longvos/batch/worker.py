@@ -21,11 +21,11 @@ from longvos.batch.items import BatchOptions, VideoResult, WorkItem, output_fold
 from longvos.io.errors import one_line
 from longvos.engine.outputs import refuse_used_folder
 from longvos.engine.progress import RunProgress
-from longvos.engine.segmenter import Segmenter, load_model
+from longvos.engine.segmenter import Segmenter
 from longvos.engine.threads import set_threads
 from longvos.io.errors import InputError
 from longvos.io.video import open_video
-from longvos.io.video_file import VideoTruncatedWarning
+from longvos.io.video import VideoTruncatedWarning
 
 Emit = Callable[[Event], None]
 
@@ -55,9 +55,7 @@ class VideoWorker:
             try:
                 with warnings.catch_warnings(record=True) as caught:
                     warnings.simplefilter("always")
-                    self._segmenter = load_model(options.model, options.checkpoint, self.device, options.dtype,
-                                                 memory=options.memory, mem_gap=options.mem_gap,
-                                                 allow_random_weights=options.allow_random_weights)
+                    self._segmenter = options.replace(device=self.device).load_model()
             except Exception as err:  # noqa: BLE001 - every video of this worker fails with this reason
                 self._load_error = f"cannot load model {options.model!r}: {one_line(err)}"
                 raise InputError(self._load_error) from None
@@ -110,12 +108,12 @@ class VideoWorker:
                 warnings.simplefilter("always", VideoTruncatedWarning)
                 # Never overwrite=True: run_batch has refused (or, with --overwrite, cleared) earlier results, so
                 # the folder is empty but for the batch record; anything else in it is not longvos's and is refused.
+                # The loaded model carries the checkpoint; each video's session takes max_size, memory and mem_gap.
+                run = options.replace(model=segmenter, checkpoint=None, start=item.frame, progress=False,
+                                      threads=None if options.threads_chosen else self.threads)  # None: resume's
                 summary = segment_video(
-                    item.video, {item.frame: item.mask}, folder, model=segmenter, mem_gap=options.mem_gap,
-                    max_size=options.max_size, start=item.frame, resume=resume, overwrite=False,
-                    progress=False, overlay=folder / f"overlay.{options.overlay}" if options.overlay else None,
-                    per_object=options.per_object, save_probs=options.save_probs, on_frame=counter,
-                    threads=None if options.threads_chosen else self.threads,  # None: a resume reuses its count
+                    item.video, {item.frame: item.mask}, folder, run, resume=resume, overwrite=False,
+                    overlay=folder / f"overlay.{options.overlay}" if options.overlay else None, on_frame=counter,
                 )
         except SegmentationError as err:
             raise InputError(str(err)) from None  # its message already says where it stopped and how to resume

@@ -17,7 +17,7 @@ import warnings
 from pathlib import Path
 
 from longvos.cli.main import CommandError
-from longvos.cli.options import add_compute_options, add_model_options, apply_threads
+from longvos.cli.options import add_compute_options, add_model_options, apply_threads, segment_options
 
 
 #: How long Ctrl+C or SIGTERM waits for the running job to stop (it is cancelled after the frame it is on); a second
@@ -52,9 +52,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
 
     from longvos.app.server import AppServer
-    from longvos.io.errors import one_line
-    from longvos.engine.pipeline import DEFAULT_MODEL
-    from longvos.engine.segmenter import load_model
 
     from longvos.app.server import is_loopback
 
@@ -67,11 +64,7 @@ def run(args: argparse.Namespace) -> int:
     with warnings.catch_warnings():
         warnings.showwarning = lambda message, *_args, **_kwargs: print(
             f"longvos app: warning: {message}", file=sys.stderr)
-        try:
-            segmenter = load_model(args.model or DEFAULT_MODEL, args.checkpoint, args.device, args.dtype,
-                                   allow_random_weights=args.allow_random_weights)
-        except (ValueError, OSError, RuntimeError) as err:
-            raise CommandError(one_line(err)) from None
+        segmenter = segment_options(args).load_model()
     try:
         server = AppServer(segmenter, host=args.host, port=args.port, max_size=args.max_size,
                            workdir=args.workdir, max_jobs=args.max_jobs, verbose=args.verbose,

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from longvos.cli.main import CommandError
-from longvos.cli.options import add_compute_options, add_model_options
+from longvos.cli.options import add_compute_options, add_model_options, segment_options
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,27 +48,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from longvos.batch import BatchOptions, run_batch
-    from longvos.io.errors import one_line
-    from longvos.engine.pipeline import DEFAULT_MODEL
-    from longvos.io.errors import InputError
 
-    options = BatchOptions(
-        model=args.model or DEFAULT_MODEL, checkpoint=None if args.checkpoint is None else str(args.checkpoint),
-        dtype=args.dtype, memory=args.memory, mem_gap=args.mem_gap, max_size=args.max_size,
-        overlay=args.overlay, per_object=args.per_object, save_probs=args.probs, threads=args.threads,
-        allow_random_weights=args.allow_random_weights,
-    )
+    options = segment_options(args, BatchOptions, checkpoint=None if args.checkpoint is None else str(args.checkpoint),
+                              overlay=args.overlay, per_object=args.per_object, save_probs=args.probs)
     devices = [device.strip() for device in args.devices.split(",") if device.strip()] if args.devices else None
     if devices and args.backend == "ray":
         raise CommandError("--devices is for the local backend; Ray places workers on the cluster's GPUs or CPUs")
     if args.workers is not None and args.workers < 1:
         raise CommandError(f"--workers must be >= 1, got {args.workers}")
-    try:
-        summary = run_batch(args.manifest, args.out, options, backend=args.backend, devices=devices,
-                            workers=args.workers, ray_address=args.ray_address, resume=args.resume,
-                            overwrite=args.overwrite, progress=not args.quiet)
-    except (InputError, OSError, ValueError) as err:
-        raise CommandError(one_line(err)) from None
+    summary = run_batch(args.manifest, args.out, options, backend=args.backend, devices=devices,
+                        workers=args.workers, ray_address=args.ray_address, resume=args.resume,
+                        overwrite=args.overwrite, progress=not args.quiet)
     print(summary.table(), flush=True)
     threads = sorted({result.threads for result in summary.results if result.threads})
     if threads:

@@ -66,7 +66,6 @@ def run(args: argparse.Namespace) -> int:
 
     from longvos.eval.bench import Design, LengthPoint, format_point, run_benchmark
     from longvos.eval.plot import plot_curves
-    from longvos.io.errors import InputError
 
     apply_threads(args.threads)
 
@@ -75,20 +74,15 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             _write_json(report, args.json)
 
-    try:
-        designs = Design.parse_list(args.model, args.memory)
-        clip = _load_clip(args)
-        report = run_benchmark(
-            designs, clip, lengths=args.frames, checkpoint=args.checkpoint, device=args.device, dtype=args.dtype,
-            mem_gap=args.mem_gap, warmup=args.warmup, seed=args.seed, interleave=args.interleave,
-            time_budget_s=args.time_budget, progress=not args.quiet, on_point=save_so_far,
-        )
-        if args.plot:
-            plot_curves(report, args.plot)
-    except (InputError, OSError) as err:
-        raise CommandError(str(err)) from None
-    except (KeyError, ValueError) as err:  # unknown model or memory design, bad dtype
-        raise CommandError(str(err).strip("'\"")) from None
+    designs = Design.parse_list(args.model, args.memory)
+    clip = _load_clip(args)
+    report = run_benchmark(
+        designs, clip, lengths=args.frames, checkpoint=args.checkpoint, device=args.device, dtype=args.dtype,
+        mem_gap=args.mem_gap, warmup=args.warmup, seed=args.seed, interleave=args.interleave,
+        time_budget_s=args.time_budget, progress=not args.quiet, on_point=save_so_far,
+    )
+    if args.plot:
+        plot_curves(report, args.plot)
 
     env = report.environment
     width, height = report.frame_size

@@ -7,20 +7,20 @@ from longvos.cli.main import CommandError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from longvos.convert import OFFICIAL_KEY_MAPS
+    from longvos.checkpoints import official_families
 
     parser.add_argument("src", metavar="SRC",
                         help="official checkpoint (.pth): {'state_dict': ...}, {'model': ...} or a raw state_dict")
     parser.add_argument("dst", metavar="DST", help="where to write the longvos checkpoint")
     parser.add_argument("--model", required=True, metavar="NAME",
                         help="registry name, e.g. mavos-r50 (see `longvos models`)")
-    parser.add_argument("--from", dest="family", choices=sorted(OFFICIAL_KEY_MAPS), default=None,
+    parser.add_argument("--from", dest="family", choices=official_families(), default=None,
                         help="code base the checkpoint comes from (default: the model's family)")
     parser.add_argument("--half", action="store_true", help="store the weights in float16 (half the file size)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from longvos.convert import CheckpointError, convert_to_file
+    from longvos.checkpoints import CheckpointError, convert_to_file
     from longvos.models.registry import model_entry
 
     try:

@@ -11,7 +11,7 @@ import importlib.util
 from pathlib import Path
 
 from longvos.cli.main import CommandError
-from longvos.cli.options import add_compute_options, add_model_options, apply_threads
+from longvos.cli.options import add_compute_options, add_model_options, apply_threads, segment_options
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"
 FIRST_FRAME_MASK = ASSETS / "bigbuckbunny-mask-00000.png"
@@ -47,8 +47,7 @@ def sample_video() -> Path:
 
 def run(args: argparse.Namespace) -> int:
     from longvos.engine.outputs import FOREIGN_FILES_ADVICE, refuse_used_folder
-    from longvos.engine.pipeline import DEFAULT_MODEL, SegmentationError, segment_video
-    from longvos.io.errors import InputError
+    from longvos.engine.pipeline import segment_video
 
     if args.frames is not None and args.frames < 1:
         raise CommandError(f"--frames must be at least 1, got {args.frames}")
@@ -56,24 +55,16 @@ def run(args: argparse.Namespace) -> int:
     apply_threads(args.threads)
     if not args.box and not FIRST_FRAME_MASK.is_file():
         raise CommandError(f"the bundled first-frame mask is missing ({FIRST_FRAME_MASK}); reinstall longvos")
-    try:
-        # The demo writes masks/ and overlay.mp4 into --out: --overwrite reuses a folder that holds only those.
-        if args.overwrite:
-            refuse_used_folder(args.out, FOREIGN_FILES_ADVICE, keep=("masks", "overlay.mp4"))
-        else:
-            refuse_used_folder(args.out, "use --overwrite to replace the files an earlier demo wrote there, or "
-                                         "another --out")
-        summary = segment_video(
-            video, None if args.box else FIRST_FRAME_MASK, args.out / "masks",
-            model=args.model or DEFAULT_MODEL, checkpoint=args.checkpoint, device=args.device,
-            allow_random_weights=args.allow_random_weights,
-            max_size=args.max_size, end=args.frames, boxes=[BUNNY_BOX] if args.box else None,
-            overlay=args.out / "overlay.mp4", overwrite=args.overwrite, progress=not args.quiet,
-        )
-    except SegmentationError as err:
-        raise CommandError(str(err), code=130 if err.interrupted else 1) from None
-    except (InputError, OSError, ValueError) as err:
-        raise CommandError(str(err)) from None
+    # The demo writes masks/ and overlay.mp4 into --out: --overwrite reuses a folder that holds only those.
+    if args.overwrite:
+        refuse_used_folder(args.out, FOREIGN_FILES_ADVICE, keep=("masks", "overlay.mp4"))
+    else:
+        refuse_used_folder(args.out, "use --overwrite to replace the files an earlier demo wrote there, or "
+                                     "another --out")
+    options = segment_options(args, threads=None, end=args.frames, progress=not args.quiet)
+    summary = segment_video(video, None if args.box else FIRST_FRAME_MASK, args.out / "masks", options,
+                            boxes=[BUNNY_BOX] if args.box else None, overlay=args.out / "overlay.mp4",
+                            overwrite=args.overwrite)
     print(f"segmented {summary}")
     print(f"overlay video: {args.out / 'overlay.mp4'}\nclip: {CREDIT}")
     return 0

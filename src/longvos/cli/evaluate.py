@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from longvos.cli.main import CommandError
-from longvos.cli.options import add_compute_options, add_model_options, apply_threads
+from longvos.cli.options import add_compute_options, add_model_options, apply_threads, segment_options
 
 if TYPE_CHECKING:  # only for annotations: the CLI imports its heavy modules when a command runs
-    from longvos.eval.dataset import DavisLayout
     from longvos.eval.runner import RunReport
+    from longvos.io.davis import DavisLayout
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -54,10 +54,10 @@ def _sequence_names(text: str | None) -> list[str] | Path | None:
 
 def run(args: argparse.Namespace) -> int:
     # Heavy imports only when the command runs (`longvos --help` stays fast).
-    from longvos.eval.dataset import DavisLayout, find_sequences, resolve_sequence_names
+    from longvos.eval.dataset import find_sequences, resolve_sequence_names
     from longvos.eval.report import format_table, write_reports
     from longvos.eval.scoring import evaluate_sequences
-    from longvos.io.errors import InputError
+    from longvos.io.davis import DavisLayout
 
     if args.pred is not None:
         for option in ("checkpoint", "memory", "mem_gap", "dtype", "threads"):
@@ -66,25 +66,22 @@ def run(args: argparse.Namespace) -> int:
         if args.allow_random_weights:
             raise CommandError("--allow-random-weights only applies with --model")
     progress = not args.quiet
-    try:
-        layout = DavisLayout.at(args.data_root)
-        if layout.root != args.data_root:
-            print(f"dataset: {layout.root}")
-        names = resolve_sequence_names(layout.annotations_root, _sequence_names(args.sequences))
-        extra = {}
-        if args.model is not None:
-            out_dir = args.out or Path("runs") / "eval" / args.model
-            pred_root = out_dir / "predictions"
-            run_report = _run_model(args, layout, names, pred_root, progress)
-            extra = {"run": run_report.to_dict()}
-        else:
-            out_dir, pred_root, run_report = args.out or args.pred, args.pred, None
-        sequences = find_sequences(layout.annotations_root, pred_root, names)
-        result = evaluate_sequences(sequences, objects=args.objects, decay=args.decay, workers=args.workers,
-                                    progress=progress)
-        paths = write_reports(result, out_dir, extra)
-    except (InputError, OSError) as err:
-        raise CommandError(str(err)) from None
+    layout = DavisLayout.at(args.data_root)
+    if layout.root != args.data_root:
+        print(f"dataset: {layout.root}")
+    names = resolve_sequence_names(layout.annotations_root, _sequence_names(args.sequences))
+    extra = {}
+    if args.model is not None:
+        out_dir = args.out or Path("runs") / "eval" / args.model
+        pred_root = out_dir / "predictions"
+        run_report = _run_model(args, layout, names, pred_root, progress)
+        extra = {"run": run_report.to_dict()}
+    else:
+        out_dir, pred_root, run_report = args.out or args.pred, args.pred, None
+    sequences = find_sequences(layout.annotations_root, pred_root, names)
+    result = evaluate_sequences(sequences, objects=args.objects, decay=args.decay, workers=args.workers,
+                                progress=progress)
+    paths = write_reports(result, out_dir, extra)
 
     print(format_table(result, per_object=not args.brief))
     print(f"J&F-Mean {result.summary['J&F-Mean']:.4f} over {len(result.objects)} objects in "
@@ -107,11 +104,9 @@ def _run_model(args: argparse.Namespace, layout: DavisLayout, names: list[str], 
 
     apply_threads(args.threads)
     torch.manual_seed(0)  # models without a checkpoint get random weights: make them the same on every run
-    try:
-        segmenter = load_model(args.model, args.checkpoint, device=args.device, dtype=args.dtype,
-                               memory=args.memory, mem_gap=args.mem_gap,
-                               allow_random_weights=args.allow_random_weights)
-    except (KeyError, ValueError) as err:
-        raise CommandError(str(err).strip("'\"")) from None
-    return run_model(segmenter, layout, names, pred_root, max_size=args.max_size,
+    options = segment_options(args)
+    # mem_gap at build: the runner opens its sessions with the model's own interval (item 5 moves it to segment_video)
+    segmenter = load_model(options.model, options.checkpoint, options.device, options.dtype, memory=options.memory,
+                           mem_gap=options.mem_gap, allow_random_weights=options.allow_random_weights)
+    return run_model(segmenter, layout, names, pred_root, max_size=options.max_size,
                      late_objects=args.objects == "all", progress=progress)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # command name -> (module under longvos.cli, one-line help). Each module defines
@@ -49,12 +50,37 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(rest)
     try:
         return int(module.run(args) or 0)
-    except CommandError as err:
-        print(f"longvos {name}: error: {err}", file=sys.stderr)
-        return err.code
     except KeyboardInterrupt:
         print(f"longvos {name}: interrupted", file=sys.stderr)
         return 130
+    except Exception as err:  # noqa: BLE001 - every failure is one line; LONGVOS_DEBUG=1 shows the traceback
+        if os.environ.get("LONGVOS_DEBUG") and not isinstance(err, CommandError):
+            raise
+        print(f"longvos {name}: error: {error_message(err)}", file=sys.stderr)
+        return exit_code(err)
+
+
+def error_message(err: BaseException) -> str:
+    """The one line a command prints for ``err``: the message of a library error (:class:`LongvosError`), a
+    :class:`CommandError` or a file / value error; for anything else (a bug, a device torch cannot use) the
+    message after the error's type."""
+    from longvos.io.errors import LongvosError, one_line
+
+    if isinstance(err, CommandError):
+        return str(err)
+    if isinstance(err, KeyError) and len(err.args) == 1:  # str() would quote it
+        return one_line(str(err.args[0]))
+    if isinstance(err, (LongvosError, OSError, ValueError)):
+        return one_line(err)
+    return f"{type(err).__name__}: {one_line(err)}"
+
+
+def exit_code(err: BaseException) -> int:
+    """130 for a run stopped by an interrupt (a :class:`~longvos.engine.pipeline.SegmentationError` says so), a
+    :class:`CommandError`'s own code, else 1."""
+    if isinstance(err, CommandError):
+        return err.code
+    return 130 if getattr(err, "interrupted", False) else 1
 
 
 if __name__ == "__main__":

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 from longvos.cli.main import CommandError
+from longvos.models.registry import DEFAULT_MODEL  # no torch import
 
 
 def add_model_options(parser: argparse.ArgumentParser, *, prefix: str = "", model: bool = True,
@@ -17,7 +19,7 @@ def add_model_options(parser: argparse.ArgumentParser, *, prefix: str = "", mode
     """
     if model:
         parser.add_argument("--model", default=None,
-                            help=f"{prefix}model name (see `longvos models`; default: mavos-lite)")
+                            help=f"{prefix}model name (see `longvos models`; default: {DEFAULT_MODEL})")
     parser.add_argument("--checkpoint", type=Path,
                         help=f"{prefix}longvos or official checkpoint (default: bundled weights)")
     if random_weights:
@@ -63,6 +65,18 @@ def parse_max_size(text: str) -> int | str | None:
     if pixels < 0:
         raise argparse.ArgumentTypeError(f"must be 0 (native) or a positive number of pixels, got {pixels}")
     return pixels or None
+
+
+def segment_options(args: argparse.Namespace, cls: type | None = None, **more: Any):
+    """The :class:`~longvos.engine.options.SegmentOptions` (or ``cls``, e.g. ``BatchOptions``) of the model and
+    compute options above, as far as the command has them, plus ``more``."""
+    from longvos.engine.options import SegmentOptions
+
+    given = {"model": getattr(args, "model", None) or DEFAULT_MODEL}
+    for name in ("checkpoint", "device", "dtype", "memory", "mem_gap", "allow_random_weights", "max_size", "threads"):
+        if hasattr(args, name):
+            given[name] = getattr(args, name)
+    return (cls or SegmentOptions)(**{**given, **more})
 
 
 def apply_threads(threads: int | None) -> int:

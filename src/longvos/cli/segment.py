@@ -8,14 +8,12 @@ continues an interrupted run from its last complete frame.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import warnings
 from pathlib import Path
 
 from longvos.cli.main import CommandError
-from longvos.cli.options import add_compute_options, add_model_options, apply_threads
-from longvos.io.errors import one_line
+from longvos.cli.options import add_compute_options, add_model_options, apply_threads, segment_options
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,8 +55,7 @@ def parse_mask_argument(text: str) -> tuple[int | None, Path]:
 
 def run(args: argparse.Namespace) -> int:
     # Heavy imports (torch, PyAV) happen only when the command actually runs.
-    from longvos.engine.pipeline import DEFAULT_MODEL, SegmentationError, segment_video
-    from longvos.io.errors import InputError
+    from longvos.engine.pipeline import segment_video
     from longvos.io.prompts import parse_box
 
     masks: dict[int | None, Path] = {}
@@ -69,28 +66,15 @@ def run(args: argparse.Namespace) -> int:
         masks[frame] = path
     apply_threads(args.threads)
     snapshot = {} if args.snapshot_every is None else {"snapshot_every": args.snapshot_every}
+    options = segment_options(args, start=args.start, end=args.end, reverse=args.reverse, per_object=args.per_object,
+                              save_probs=args.probs, progress=not args.quiet, **snapshot)  # threads: None on resume
     with warnings.catch_warnings():
         # Warnings (e.g. random weights) as one readable line instead of a source location.
         warnings.showwarning = lambda message, *_args, **_kwargs: print(
             f"longvos segment: warning: {message}", file=sys.stderr)
-        try:
-            summary = segment_video(
-                str(args.video), masks, args.out, model=args.model or DEFAULT_MODEL, checkpoint=args.checkpoint,
-                device=args.device, dtype=args.dtype, memory=args.memory, mem_gap=args.mem_gap,
-                allow_random_weights=args.allow_random_weights, max_size=args.max_size, start=args.start,
-                end=args.end, reverse=args.reverse,
-                boxes=[parse_box(text) for text in args.box] or None, overlay=args.overlay,
-                per_object=args.per_object, save_probs=args.probs, resume=args.resume, overwrite=args.overwrite,
-                progress=not args.quiet, threads=args.threads, **snapshot,  # resume: the recorded count
-            )
-        except SegmentationError as err:
-            raise CommandError(one_line(err), code=130 if err.interrupted else 1) from None
-        except (InputError, OSError, ValueError, KeyError) as err:
-            raise CommandError(one_line(err)) from None
-        except Exception as err:  # e.g. a device torch cannot use; LONGVOS_DEBUG=1 shows the traceback
-            if os.environ.get("LONGVOS_DEBUG"):
-                raise
-            raise CommandError(f"{type(err).__name__}: {one_line(err)}") from None
+        summary = segment_video(str(args.video), masks, args.out, options,
+                                boxes=[parse_box(text) for text in args.box] or None, overlay=args.overlay,
+                                resume=args.resume, overwrite=args.overwrite)
     if summary.notes:
         print(f"{args.out}: {'; '.join(summary.notes)}")
     else:

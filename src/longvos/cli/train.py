@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from longvos.train.checkpoint import CheckpointError, export_weights, latest_checkpoint
+    from longvos.checkpoints import CheckpointError, export_weights, latest_checkpoint
     from longvos.train.config import ConfigError, describe_config, load_config
     from longvos.train.files import TrainingDataError
 

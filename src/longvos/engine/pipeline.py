@@ -12,36 +12,35 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from longvos.engine.frames import MaxSize
+from longvos.engine.options import DEFAULT_SNAPSHOT_EVERY, SegmentOptions
 from longvos.engine.outputs import log_outputs, prepare_output_folder
 from longvos.engine.progress import (STATE_FILE, RunProgress, encode_state, load_state, mask_digest,
                                      settings_difference, settings_digest, video_fingerprint)
 from longvos.engine.prompt_masks import MaskInput, PromptMask, load_prompts
 from longvos.engine.resources import device_peak_bytes, format_bytes, peak_rss_bytes, reset_device_peak
-from longvos.engine.segmenter import Segmenter, load_model
 from longvos.engine.session import Session, StepResult
-from longvos.io.errors import InputError, VideoReadError
+from longvos.io.errors import InputError, LongvosError, VideoReadError
 from longvos.io.masks import read_index_mask, write_index_png, write_object_png, write_probs_npz
 from longvos.io.overlay import OverlayWriter
 from longvos.io.palette import DAVIS_PALETTE
 from longvos.io.prompts import Box
 from longvos.io.video import Frame, FrameSource, open_video
 from longvos.io.writer import BackgroundWriter, atomic_write
+from longvos.models.registry import DEFAULT_MODEL
 
-DEFAULT_MODEL = "mavos-lite"
-#: Frames between model-state snapshots (what ``resume`` restores; a resume recomputes at most this many frames plus
-#: the writer's queue). mavos-lite at 320 px on 854x480 video: a 15 MiB file, ~15 ms of the model thread to encode
-#: (the writer thread writes it), so about 0.6 ms per frame; mavos-r50 at 480 px: 66 MiB, ~150 ms.
-DEFAULT_SNAPSHOT_EVERY = 25
+__all__ = ["DEFAULT_MODEL", "DEFAULT_SNAPSHOT_EVERY", "SegmentOptions", "SegmentSummary", "SegmentationError",
+           "segment_video"]
+
 DEFAULT_FPS = 24.0  # overlay frame rate for frame folders, which carry none (DAVIS is 24 fps)
 
 
-class SegmentationError(RuntimeError):
+class SegmentationError(LongvosError, RuntimeError):
     """A run stopped part-way; the frames it completed are on disk and ``resume=True`` continues after them."""
 
     def __init__(self, message: str, frames_complete: int, interrupted: bool = False):
@@ -84,31 +83,18 @@ def segment_video(
     video: str | Path | FrameSource,
     masks: MaskInput | dict[int | None, MaskInput] | None,
     out_dir: str | Path,
+    options: SegmentOptions | None = None,
     *,
-    model: str | Segmenter = DEFAULT_MODEL,
-    checkpoint: str | Path | None = None,
-    device: str | torch.device = "auto",
-    dtype: str | torch.dtype | None = None,
-    memory: str | None = None,
-    mem_gap: int | None = None,
-    allow_random_weights: bool = False,
-    max_size: MaxSize = "auto",
-    start: int = 0,
-    end: int | None = None,
-    reverse: bool = False,
     boxes: list[Box] | None = None,
     overlay: str | Path | None = None,
-    per_object: bool = False,
-    save_probs: bool = False,
     resume: bool = False,
     overwrite: bool = False,
-    progress: bool = True,
-    max_pending_writes: int = 8,
-    snapshot_every: int | None = DEFAULT_SNAPSHOT_EVERY,
-    threads: int | None = None,
     on_frame: Callable[[Frame, StepResult], None] | None = None,
+    **changes: Any,
 ) -> SegmentSummary:
-    """Segment frames ``start <= index < end`` of ``video`` (backwards if ``reverse``) into ``out_dir``.
+    """Segment frames ``options.start <= index < options.end`` of ``video`` into ``out_dir`` as ``options`` say
+    (:class:`~longvos.engine.options.SegmentOptions`; keyword arguments named after its fields change single ones:
+    ``segment_video(video, mask, out, max_size=320)``).
 
     ``masks`` is one mask for the first frame processed, or ``{frame_index: mask}`` with masks for objects that
     appear later (key ``None``: the first frame processed); a mask is a PNG path or an index-map array.
@@ -116,7 +102,6 @@ def segment_video(
     Writes ``out_dir/<frame name>.png`` (palette PNG with the first mask's palette, else DAVIS), plus
     ``objects/<id>/<frame>.png`` with ``per_object`` and ``probs/<frame>.npz`` with ``save_probs``, and an
     overlay video if ``overlay`` is a path. ``on_frame(frame, result)`` is called after each frame.
-    A model name without bundled weights or ``checkpoint`` is refused unless ``allow_random_weights``.
     A new run (not ``resume``) refuses an ``out_dir`` that holds files; ``overwrite`` first deletes the files an
     earlier longvos run wrote there (and nothing else). A video whose stream ends before its listed frame count is
     segmented up to its last decodable frame, with one warning; the summary counts the frames actually written.
@@ -132,10 +117,13 @@ def segment_video(
     Raises :class:`~longvos.io.errors.InputError` for bad input (before anything runs) and
     :class:`SegmentationError` if the run stops part-way.
     """
+    options = (options or SegmentOptions()).replace(**changes)
+    snapshot_every, threads = options.snapshot_every, options.threads
     if snapshot_every is not None and snapshot_every < 0:
         raise InputError(f"snapshot_every must be >= 0 frames (0: no snapshots), got {snapshot_every}")
     source = open_video(video)
-    start, stop = source.clamp_range(start, end)
+    start, stop = source.clamp_range(options.start, options.end)
+    reverse = options.reverse
     if reverse:
         # A truncated stream decodes fewer frames than its container lists: reading the range's last frame finds
         # out (with the one warning), so that a reverse run starts from the last frame that decodes.
@@ -147,15 +135,9 @@ def segment_video(
     palette = next((prompts[i].palette for i in order if i in prompts and prompts[i].palette is not None),
                    DAVIS_PALETTE)
     overlay_writer = OverlayWriter(overlay, getattr(source, "fps", DEFAULT_FPS), palette) if overlay else None
-    if isinstance(model, Segmenter):
-        if memory is not None or checkpoint is not None:
-            raise InputError("memory and checkpoint apply when loading a model by name, not to a loaded Segmenter")
-        segmenter, session = model, model.session(max_size, mem_gap)
-    else:
-        segmenter = load_model(model, checkpoint, device, dtype, memory=memory, mem_gap=mem_gap,
-                               allow_random_weights=allow_random_weights)
-        session = segmenter.session(max_size)
-    if not getattr(segmenter.model, "state_is_fixed_size", True):
+    segmenter = options.load_model()
+    session = options.session(segmenter)  # the video's size cap and memory interval
+    if not session.state_is_fixed_size:
         snapshot_every = 0  # a growing state: snapshots too would grow, each rewritten whole (quadratic writes)
     if threads is not None and threads < 1:
         raise InputError(f"threads must be at least 1, got {threads}")
@@ -164,17 +146,19 @@ def segment_video(
         raise InputError("--resume and --overwrite exclude each other: continue the run, or replace its files")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # What must match for --resume to continue a run (the device and overlay may change): the options' settings as
+    # they resolved, and what identifies the inputs.
+    checkpoint = None if options.checkpoint is None else str(Path(options.checkpoint).resolve())
     settings = {
+        **options.replace(model=segmenter.name, checkpoint=checkpoint, dtype=str(segmenter.dtype),
+                          max_size=session.max_size, start=start, end=stop).resume_settings(),
         "video": source.description if isinstance(video, FrameSource) else str(Path(source.description).resolve()),
-        "num_frames": source.num_frames, "model": segmenter.name, "memory": memory, "mem_gap": mem_gap,
-        "checkpoint": None if checkpoint is None else str(Path(checkpoint).resolve()), "weights": segmenter.weights,
-        "dtype": str(segmenter.dtype),
-        "max_size": session.max_size, "start": start, "stop": stop, "reverse": reverse, "per_object": per_object,
-        "save_probs": save_probs, "masks": {str(i): p.origin for i, p in sorted(prompts.items())},
+        "num_frames": source.num_frames, "weights": segmenter.weights,
+        "masks": {str(i): p.origin for i, p in sorted(prompts.items())},
         "mask_sha256": {str(i): mask_digest(p.ids, p.palette) for i, p in sorted(prompts.items())},
         "frame_size": list(source.frame_size),
         "video_fingerprint": None if isinstance(video, FrameSource) else video_fingerprint(video),
-    }  # what must match for --resume to continue a run (the device and overlay may change)
+    }
     record = RunProgress.load(out_dir) if resume else None
     if record is not None:
         difference = settings_difference(record.settings, settings)
@@ -200,16 +184,16 @@ def segment_video(
     if overlay is not None and out_dir.resolve() in Path(overlay).resolve().parents:
         log_outputs(out_dir, Path(overlay).resolve().relative_to(out_dir.resolve()).as_posix())
 
-    run = _Run(source, session, prompts, out_dir, palette, record, per_object, save_probs,
+    run = _Run(source, session, prompts, out_dir, palette, record, options.per_object, options.save_probs,
                snapshot_every or 0, settings_digest(settings))
     reset_device_peak(segmenter.device)
     resumed_after = record.completed
     started = time.perf_counter()
     torch.set_num_threads(record.threads)
     try:
-        with tqdm(total=len(order) - resumed_after, unit="frame", disable=not progress, desc=source.display_name,
-                  dynamic_ncols=True, leave=False) as bar:
-            run.execute(order, overlay_writer, max_pending_writes, on_frame, bar.update)
+        with tqdm(total=len(order) - resumed_after, unit="frame", disable=not options.progress,
+                  desc=source.display_name, dynamic_ncols=True, leave=False) as bar:
+            run.execute(order, overlay_writer, options.max_pending_writes, on_frame, bar.update)
     finally:
         torch.set_num_threads(threads_before)
     seconds = time.perf_counter() - started

@@ -10,8 +10,8 @@ import numpy as np
 from longvos.engine.objects import to_index_map
 from longvos.io.errors import InputError
 from longvos.io.masks import read_index_mask
-from longvos.io.prompts import Box, grabcut_mask
 from longvos.io.video import FrameSource
+from longvos.prompts import Box, grabcut_mask
 
 MaskInput = str | Path | np.ndarray
 

@@ -39,12 +39,12 @@ class Segmenter:
     def name(self) -> str:
         return self.model.name or type(self.model).__name__
 
-    def session(self, max_size: MaxSize = "auto", mem_gap: int | None = None) -> Session:
+    def session(self, max_size: MaxSize = "auto", mem_gap: int | None = None, memory: str | None = None) -> Session:
         """A new per-video :class:`Session`; ``max_size`` caps the short side the network sees (``"auto"``: the
-        size the model's weights were trained for, ``None``: native) and ``mem_gap`` overrides the model's
-        long-term memory interval for this session only."""
+        size the model's weights were trained for, ``None``: native), ``mem_gap`` and ``memory`` override the
+        model's long-term memory interval and design for this session only."""
         try:
-            return Session(self.model, self.device, self.dtype, max_size=max_size, mem_gap=mem_gap)
+            return Session(self.model, self.device, self.dtype, max_size=max_size, mem_gap=mem_gap, memory=memory)
         except ValueError as err:  # an interval the model cannot use, or a bad size
             raise InputError(f"model {self.name}: {err}") from None
 
@@ -106,7 +106,7 @@ def load_model(name: str, checkpoint: str | Path | None = None, device: str | to
         warnings.warn(f"model {name!r} runs with random weights, as allowed: its masks are meaningless",
                       UserWarning, stacklevel=2)
     else:
-        from longvos.convert import load_checkpoint
+        from longvos.checkpoints import load_checkpoint
 
         if not Path(checkpoint).is_file():
             raise InputError(f"{checkpoint}: checkpoint file not found")

@@ -47,15 +47,16 @@ class Session:
     """
 
     def __init__(self, model: VOSModel, device: torch.device, dtype: torch.dtype | None = None,
-                 max_size: MaxSize = "auto", mem_gap: int | None = None):
+                 max_size: MaxSize = "auto", mem_gap: int | None = None, memory: str | None = None):
         self.model = model
         self.device = device
         self.dtype = dtype
         self.max_size = resolve_max_size(max_size, model.default_max_size)  # pixels, or None: native
         self.mem_gap = mem_gap  # None: the model's own interval
+        self.memory = memory  # long-term memory design; None: the model's own
         # Models on a corner-aligned grid (AOT with (H - 1) % 16 == 0) upsample with align_corners=True; matching
         # them puts the object boundaries where the official decoder puts them.
-        self._align_corners = bool(getattr(getattr(model, "config", None), "align_corners", False))
+        self._align_corners = bool(model.align_corners)
         self._closed = False
         self.reset()
 
@@ -69,7 +70,7 @@ class Session:
     def reset(self) -> None:
         """Forget everything (objects, memory, staged masks, frame size): as good as a new session."""
         self._check_open("reset")
-        self.state: TrackerState = self.model.init_state(self.mem_gap)
+        self.state: TrackerState = self._new_state()
         self.frames_processed = 0
         self._frame_hw: tuple[int, int] | None = None
         self._network_hw: tuple[int, int] | None = None
@@ -79,9 +80,20 @@ class Session:
     def close(self) -> None:
         """Drop the model state now (it is also freed when the session is garbage collected). A closed session
         cannot be used again (:class:`~longvos.io.errors.SessionError`); open a new one."""
-        self.state = self.model.init_state(self.mem_gap)
+        self.state = self._new_state()
         self._staged_ids, self._staged_objects = None, []
         self._closed = True
+
+    def _new_state(self) -> TrackerState:
+        if self.memory is None:
+            return self.model.init_state(self.mem_gap)
+        return self.model.init_state(self.mem_gap, memory=self.memory)
+
+    @property
+    def state_is_fixed_size(self) -> bool:
+        """Whether this video's state stays the same size however long the video (see
+        :meth:`~longvos.models.base.VOSModel.fixed_size`)."""
+        return self.model.fixed_size(self.state)
 
     @property
     def closed(self) -> bool:

@@ -29,6 +29,7 @@ from tqdm import tqdm
 from longvos.device import resolve_device, resolve_dtype
 from longvos.engine.resources import format_bytes
 from longvos.engine.segmenter import Segmenter, load_model
+from longvos.engine.session import Session
 from longvos.eval.clip import Clip, ping_pong
 from longvos.eval.measure import SPEED_PROTOCOL, PeakMemory, environment
 from longvos.io.errors import InputError
@@ -192,15 +193,21 @@ def run_benchmark(designs: Sequence[Design], clip: Clip, *, lengths: Sequence[in
     report = BenchReport(designs, clip.name, (width, height), warmup, seed,
                          environment(resolve_device(device), resolve_dtype(dtype, resolve_device(device))))
 
+    loaded: dict[str, Segmenter] = {}  # the model of the designs being run (a design is a per-session choice)
+
     def load(design: Design) -> Segmenter:
         torch.manual_seed(seed)
         np.random.seed(seed)
-        # Speed and memory do not depend on the weights: a model without any runs with random ones.
-        segmenter = load_model(design.model, checkpoint, device=device, dtype=dtype, memory=design.memory,
-                               mem_gap=mem_gap, allow_random_weights=True)
-        # Record the interval the model actually uses (it decides how fast "growing" grows).
-        report.mem_gaps[design.label] = getattr(getattr(segmenter.model, "config", None), "mem_gap", mem_gap)
-        _warm_up(segmenter, clip, warmup)
+        if design.model not in loaded:
+            if not interleave:
+                loaded.clear()  # a design's peak memory counts its own model only
+            # Speed and memory do not depend on the weights: a model without any runs with random ones.
+            loaded[design.model] = load_model(design.model, checkpoint, device=device, dtype=dtype,
+                                              allow_random_weights=True)
+        segmenter = loaded[design.model]
+        # Record the interval the sessions actually use (it decides how fast "growing" grows).
+        report.mem_gaps[design.label] = segmenter.model.default_mem_gap if mem_gap is None else mem_gap
+        _warm_up(segmenter, design, clip, warmup, mem_gap)
         return segmenter
 
     def reached(point: LengthPoint) -> None:
@@ -214,7 +221,7 @@ def run_benchmark(designs: Sequence[Design], clip: Clip, *, lengths: Sequence[in
     else:
         groups = [[design] for design in designs]
     for group in groups:
-        streams = [_Stream(design.label, load(design), clip, lengths, metered=not interleave, on_point=reached)
+        streams = [_Stream(design, load(design), clip, lengths, mem_gap, metered=not interleave, on_point=reached)
                    for design in group]
         stopped_at = _play(streams, clip, lengths[-1], time_budget_s, progress)
         if stopped_at is not None:
@@ -232,11 +239,15 @@ def run_benchmark(designs: Sequence[Design], clip: Clip, *, lengths: Sequence[in
     return report
 
 
-def _warm_up(segmenter: Segmenter, clip: Clip, frames: int) -> None:
+def _session(segmenter: Segmenter, design: Design, mem_gap: int | None) -> Session:
+    return segmenter.session(max_size=None, mem_gap=mem_gap, memory=design.memory)
+
+
+def _warm_up(segmenter: Segmenter, design: Design, clip: Clip, frames: int, mem_gap: int | None) -> None:
     """Run a throwaway session so one-time costs (allocator growth, kernel selection) stay out of the timings."""
     if frames <= 0:
         return
-    with segmenter.session(max_size=None) as session:
+    with _session(segmenter, design, mem_gap) as session:
         for t, index in enumerate(ping_pong(len(clip.frames), frames)):
             session.step(clip.frames[index], clip.first_mask if t == 0 else None)
 
@@ -244,14 +255,14 @@ def _warm_up(segmenter: Segmenter, clip: Clip, frames: int) -> None:
 class _Stream:
     """One design's session, measured frame by frame; a :class:`LengthPoint` at every requested length."""
 
-    def __init__(self, label: str, segmenter: Segmenter, clip: Clip, lengths: list[int], metered: bool,
-                 on_point: Callable[[LengthPoint], None]):
-        self.label = label
+    def __init__(self, design: Design, segmenter: Segmenter, clip: Clip, lengths: list[int], mem_gap: int | None,
+                 metered: bool, on_point: Callable[[LengthPoint], None]):
+        self.label = design.label
         self.clip = clip
         self.wanted = set(lengths)
         self.on_point = on_point
         self.meter = PeakMemory(segmenter.device).start() if metered else None
-        self.session = segmenter.session(max_size=None)
+        self.session = _session(segmenter, design, mem_gap)
         self.latencies: list[float] = []
         self.state_bytes = 0
 

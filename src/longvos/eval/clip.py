@@ -8,10 +8,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from longvos.eval.dataset import DavisLayout, resolve_sequence_names
+from longvos.eval.dataset import resolve_sequence_names
 from longvos.eval.masks import ground_truth_ids
+from longvos.io.davis import DavisLayout
 from longvos.io.errors import InputError
-from longvos.io.frame_folder import ImageSequenceSource
+from longvos.io.video import ImageSequenceSource
 from longvos.io.masks import read_index_mask
 from longvos.io.video import open_video
 

@@ -22,11 +22,11 @@ from tqdm import tqdm
 from longvos.engine.frames import MaxSize, resolve_max_size
 from longvos.engine.resources import format_bytes
 from longvos.engine.segmenter import Segmenter
-from longvos.eval.dataset import DavisLayout
 from longvos.eval.masks import ground_truth_ids, present_ids
 from longvos.eval.measure import SPEED_PROTOCOL, PeakMemory, environment
+from longvos.io.davis import DavisLayout
 from longvos.io.errors import InputError
-from longvos.io.frame_folder import ImageSequenceSource
+from longvos.io.video import ImageSequenceSource
 from longvos.io.masks import write_index_png
 from longvos.io.palette import palette_to_array
 from longvos.io.writer import BackgroundWriter, atomic_write

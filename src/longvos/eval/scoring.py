@@ -27,7 +27,7 @@ import numpy as np
 from tqdm import tqdm
 
 from longvos.eval.dataset import SequenceFiles, find_sequences
-from longvos.eval.masks import ground_truth_ids, present_ids, read_index_mask
+from longvos.eval.masks import ground_truth_ids, present_ids, read_raw_ids
 from longvos.eval.metrics import boundary_match, region_similarity, tolerance_radius
 from longvos.eval.results import OBJECT_POLICIES, EvalResult, ObjectPolicy, ObjectScores
 from longvos.eval.statistics import DECAY_MODES, DecayMode, SeriesStats
@@ -51,7 +51,7 @@ class FrameScores:
 def score_frame(gt_path: Path, pred_path: Path, index: int, object_ids: Sequence[int]) -> FrameScores:
     """Score ``object_ids`` and every id present in either mask on one frame."""
     gt_HW = ground_truth_ids(gt_path)
-    pred_HW = read_index_mask(pred_path, "prediction")
+    pred_HW = read_raw_ids(pred_path, "prediction")
     if pred_HW.shape != gt_HW.shape:
         raise MaskError(f"{pred_path}: prediction is {pred_HW.shape[1]}x{pred_HW.shape[0]} but its ground truth "
                         f"{gt_path} is {gt_HW.shape[1]}x{gt_HW.shape[0]}")

@@ -1,15 +1,23 @@
-"""Video and mask input/output: streamed frame sources, validated masks, an atomic background writer, overlays,
-and GrabCut box prompts."""
+"""Video and mask input/output: streamed frame sources, validated masks, the DAVIS layout, an atomic background
+writer, overlays. (Box and click prompts live in :mod:`longvos.prompts`.)"""
 from longvos.io.errors import InputError, MaskError, VideoReadError
 from longvos.io.masks import (
     IndexMask, read_index_mask, read_object_masks, read_probs_npz, write_index_png, write_object_png, write_probs_npz,
 )
 from longvos.io.palette import DAVIS_PALETTE
-from longvos.io.prompts import grabcut_mask, parse_box
 from longvos.io.video import Frame, FrameSource, open_video
 
 __all__ = [
     "DAVIS_PALETTE", "Frame", "FrameSource", "IndexMask", "InputError", "MaskError", "VideoReadError",
-    "grabcut_mask", "open_video", "parse_box", "read_index_mask", "read_object_masks", "read_probs_npz",
+    "open_video", "read_index_mask", "read_object_masks", "read_probs_npz",
     "write_index_png", "write_object_png", "write_probs_npz",
 ]
+
+
+def __getattr__(name: str):
+    """``longvos.io.grabcut_mask`` / ``parse_box``: older names of :mod:`longvos.prompts` functions (imported on use,
+    as ``longvos.prompts`` itself imports ``longvos.io``)."""
+    if name in ("grabcut_mask", "parse_box"):
+        from longvos import prompts
+        return getattr(prompts, name)
+    raise AttributeError(f"module 'longvos.io' has no attribute {name!r}")

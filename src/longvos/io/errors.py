@@ -1,12 +1,17 @@
-"""User-facing input errors: each message names the file, frame or object it is about.
+"""The library's errors: every failure longvos reports on purpose is a :class:`LongvosError`.
 
-They subclass ``ValueError`` so that library users can catch them broadly, and the CLI turns every
-:class:`InputError` into a one-line message with a non-zero exit code instead of a traceback.
+Each message names the file, frame or object it is about. The CLI turns every :class:`LongvosError` into a one-line
+message with a non-zero exit code instead of a traceback, in one place (``longvos.cli.main``). Input errors also
+subclass ``ValueError`` so that library users can catch them broadly.
 """
 from __future__ import annotations
 
 
-class InputError(ValueError):
+class LongvosError(Exception):
+    """Base class of the errors longvos raises on purpose (bad input, a run stopped part-way, ...)."""
+
+
+class InputError(LongvosError, ValueError):
     """Something the user gave us (a video, a mask, an object id, a box) cannot be used as it is."""
 
 

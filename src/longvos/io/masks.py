@@ -29,7 +29,9 @@ from PIL import Image
 from longvos.io.errors import MaskError
 from longvos.io.palette import DAVIS_PALETTE, palette_to_array
 
-VOID_ID = 255
+#: DAVIS "void": pixels that are not annotated (object boundaries, ignored regions). The one definition; ground
+#: truth reads it as background, training losses ignore it.
+VOID = 255
 MAX_GREY_IDS = 64
 
 
@@ -66,7 +68,7 @@ def decode_mask_image(image: Image.Image, path: Path | str) -> IndexMask:
     """Ids of an already opened mask image by the rules above; ``path`` names it in errors."""
     if image.mode == "P":
         ids = np.array(image, dtype=np.uint8)
-        ids[ids == VOID_ID] = 0
+        ids[ids == VOID] = 0
         return IndexMask(ids, palette_to_array(image.getpalette()))
     if image.mode == "1":
         return IndexMask(np.array(image, dtype=np.uint8))

@@ -34,18 +34,38 @@ class TrackerState(Protocol):
         ...
 
 
-#: Short side (pixels) the published VOS models are trained and evaluated at (DAVIS 480p).
-PAPER_MAX_SIZE = 480
+from longvos.models.registry import PAPER_MAX_SIZE  # noqa: E402 - the short side of DAVIS 480p, the papers' size
 
 
 class VOSModel(nn.Module, abc.ABC):
     """A semi-supervised VOS model with stateless verbs; all per-video state is in the state object."""
 
-    #: Registry name this instance was built under (e.g. ``"mavos-mnv2"``); set by ``longvos.models.create_model``.
+    #: Registry name this instance was built under (e.g. ``"mavos-mnv2"``): declared by the family's builder
+    #: (``VOSModel.__init__(name=...)``) or the class, under the name it registers.
     name: str = ""
     #: Short side (pixels) frames are shrunk to when the caller asks for ``max_size="auto"`` (the default): the size
-    #: the weights were trained for and are most accurate at. Set from the registry by ``create_model``.
+    #: the weights were trained for and are most accurate at. Declared by the family's builder, like ``name``.
     default_max_size: int = PAPER_MAX_SIZE
+
+    def __init__(self, *, name: str | None = None, default_max_size: int | None = None):
+        """``name`` and ``default_max_size`` declare this instance's (else the class attributes apply)."""
+        super().__init__()
+        if name is not None:
+            self.name = name
+        if default_max_size is not None:
+            self.default_max_size = default_max_size
+
+    @property
+    def align_corners(self) -> bool:
+        """Whether the model's grid is corner-aligned (AOT with ``(H - 1) % 16 == 0``): the engine then upsamples
+        probabilities with ``align_corners=True``, which puts object boundaries where the model's decoder does."""
+        return False
+
+    @property
+    def default_mem_gap(self) -> int | None:
+        """The model's own long-term memory interval in frames (what ``init_state(None)`` uses); ``None`` for a
+        model without one (one that writes its memory on every frame)."""
+        return None
 
     @property
     def state_is_fixed_size(self) -> bool:
@@ -58,13 +78,20 @@ class VOSModel(nn.Module, abc.ABC):
     def input_size(self, height: int, width: int) -> tuple[int, int]:
         """Network input size for a frame already resized to about ``height x width`` (stride rounding)."""
 
+    def fixed_size(self, state: TrackerState) -> bool:
+        """Whether this video's state stays the same size however long the video (its memory design may be its
+        own, see ``init_state``); by default :attr:`state_is_fixed_size`."""
+        return self.state_is_fixed_size
+
     @abc.abstractmethod
-    def init_state(self, mem_gap: int | None = None) -> TrackerState:
+    def init_state(self, mem_gap: int | None = None, memory: str | None = None) -> TrackerState:
         """A fresh, empty per-video state (no objects).
 
-        ``mem_gap`` is this video's long-term memory interval in frames (None: the model's own). It lives in the
-        state, not the model, so one loaded model serves videos with different intervals. A model that writes its
-        memory on every frame accepts only None or 1 (``ValueError`` otherwise)."""
+        ``mem_gap`` is this video's long-term memory interval in frames (None: the model's own), ``memory`` its
+        long-term memory design (None: the model's own; AOT: ``growing``, ``ref+prev``, ``mca``). They live in the
+        state, not the model, so one loaded model serves videos with different intervals and designs. A model that
+        writes its memory on every frame accepts only None or 1 as ``mem_gap``, a model with one design only None
+        or its name (``ValueError`` otherwise). The engine passes ``memory`` only when a design is asked for."""
 
     @abc.abstractmethod
     def step(

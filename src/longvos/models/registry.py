@@ -9,21 +9,29 @@ To add a family, add its module to :data:`FAMILY_MODULES` and decorate its build
     @register_model("livos-r50", family="livos", description="LiVOS, ResNet-50")
     def build_livos_r50(**overrides) -> VOSModel: ...
 
-``family`` also selects the official-checkpoint converter (:data:`longvos.convert.OFFICIAL_KEY_MAPS`).
+``family`` also selects the official-checkpoint converter (registered in :mod:`longvos.checkpoints` by the family's ``official.py``).
 """
 from __future__ import annotations
 
 import difflib
 import importlib
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
-from longvos.models.base import PAPER_MAX_SIZE, VOSModel
+if TYPE_CHECKING:  # no torch at import: the CLI reads DEFAULT_MODEL for its --help
+    from longvos.models.base import VOSModel
+
+#: The model used when none is named: its weights ship with the package (CLI ``--model``, ``SegmentOptions.model``,
+#: ``BatchOptions.model``).
+DEFAULT_MODEL = "mavos-lite"
+#: Short side (pixels) the published VOS models are trained and evaluated at (DAVIS 480p); re-exported by
+#: :mod:`longvos.models.base`.
+PAPER_MAX_SIZE = 480
 
 #: Modules whose import registers a family's models.
 FAMILY_MODULES: list[str] = ["longvos.models.aot.zoo", "longvos.models.livos.zoo"]
 
-ModelBuilder = Callable[..., VOSModel]
+ModelBuilder = Callable[..., "VOSModel"]
 
 
 @dataclass(frozen=True)
@@ -32,7 +40,7 @@ class ModelEntry:
     family: str
     builder: ModelBuilder
     description: str = ""
-    max_size: int = PAPER_MAX_SIZE  # the short side its weights work best at (VOSModel.default_max_size)
+    max_size: int = PAPER_MAX_SIZE  # the short side its weights work best at (the models' default_max_size)
 
 
 _MODELS: dict[str, ModelEntry] = {}
@@ -79,7 +87,7 @@ def model_entry(name: str) -> ModelEntry:
 
 
 def create_model(name: str, memory: str | None = None, mem_gap: int | None = None, **overrides: Any) -> VOSModel:
-    """Build a model by name, with random weights (load a checkpoint with :func:`longvos.convert.load_checkpoint`).
+    """Build a model by name, with random weights (load a checkpoint with :func:`longvos.checkpoints.load_checkpoint`).
 
     ``memory`` and ``mem_gap`` override the long-term memory design and interval where the family has them (AOT:
     ``growing``, ``ref+prev``, ``mca``); other keyword arguments override fields of the family's config.
@@ -93,6 +101,7 @@ def create_model(name: str, memory: str | None = None, mem_gap: int | None = Non
         model = entry.builder(**overrides)
     except (TypeError, ValueError) as err:
         raise ValueError(f"cannot build {name}: {err}") from err
-    model.name = name
-    model.default_max_size = entry.max_size
+    if model.name != name or model.default_max_size != entry.max_size:  # a family declares them with its models
+        raise ValueError(f"the builder of {name!r} made a model that declares name {model.name!r} and default "
+                         f"size {model.default_max_size} (registered: {entry.max_size})")
     return model

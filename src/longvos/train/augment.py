@@ -13,9 +13,10 @@ import math
 import cv2
 import numpy as np
 
+from longvos.io.masks import VOID
+
 from .config import AugmentConfig
 
-VOID = 255
 #: Image fill outside the source (about the ImageNet mean, as in the AOT recipe): padding looks like "nothing".
 FILL_RGB = (124, 116, 104)
 

@@ -12,11 +12,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .augment import VOID
+from longvos.io.masks import VOID
 
 
 @dataclass
-class Clip:
+class TrainingClip:
     frames: list[np.ndarray]   # T x (S, S, 3) uint8 RGB
     labels: list[np.ndarray]   # T x (S, S) uint8; 0 background, 255 void, other values arbitrary object ids
 
@@ -29,7 +29,7 @@ def object_ids(label: np.ndarray) -> list[int]:
     return [int(v) for v in np.unique(label) if v not in (0, VOID)]
 
 
-def paste(base: Clip, overlay: Clip) -> Clip:
+def paste(base: TrainingClip, overlay: TrainingClip) -> TrainingClip:
     """Composite the overlay's objects over the base clip, frame by frame, under fresh ids.
 
     Only object pixels are pasted: the overlay's background and void pixels leave the base untouched, so the base's
@@ -50,12 +50,12 @@ def paste(base: Clip, overlay: Clip) -> Clip:
         on_top = (top_label > 0) & (top_label != VOID)
         frames.append(np.where(on_top[..., None], top_frame, frame))
         labels.append(np.where(on_top, remap[top_label], label).astype(np.uint8))
-    return Clip(frames, labels)
+    return TrainingClip(frames, labels)
 
 
 def select_objects(
-    clip: Clip, rng: np.random.Generator, max_objects: int, min_pixels: int
-) -> tuple[Clip, int]:
+    clip: TrainingClip, rng: np.random.Generator, max_objects: int, min_pixels: int
+) -> tuple[TrainingClip, int]:
     """Keep up to ``max_objects`` objects that are visible (``>= min_pixels``) on the reference frame, renumbered
     ``1..N`` in random order; every other object becomes background. Returns the clip and N (0 if none qualify)."""
     reference = clip.labels[0]
@@ -67,10 +67,10 @@ def select_objects(
     remap[VOID] = VOID
     for new_id, old_id in enumerate(kept, start=1):
         remap[old_id] = new_id
-    return Clip(clip.frames, [remap[label] for label in clip.labels]), len(kept)
+    return TrainingClip(clip.frames, [remap[label] for label in clip.labels]), len(kept)
 
 
-def to_tensors(clip: Clip, num_objects: int) -> dict[str, torch.Tensor]:
+def to_tensors(clip: TrainingClip, num_objects: int) -> dict[str, torch.Tensor]:
     """``images`` (T, 3, S, S) float in [0, 1]; ``labels`` (T, S, S) int64; ``num_objects`` () int64."""
     images = torch.from_numpy(np.stack(clip.frames)).permute(0, 3, 1, 2).float().div_(255.0)
     labels = torch.from_numpy(np.stack(clip.labels).astype(np.int64))

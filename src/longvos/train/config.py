@@ -174,13 +174,6 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     raise ConfigError(f"unsupported config format {path.suffix!r} ({path}); use .toml or .json")
 
 
-def config_from_dict(values: dict[str, Any]) -> TrainConfig:
-    """The inverse of :meth:`TrainConfig.to_dict` (used to restore a run's config from its checkpoint)."""
-    config = TrainConfig()
-    update_config(config, values, source="checkpoint")
-    return config
-
-
 def update_config(node: Any, values: dict[str, Any], source: str, prefix: str = "") -> None:
     """Recursively assign a nested dict onto a dataclass tree, coercing each value by the field's type."""
     hints = typing.get_type_hints(type(node))

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .augment import crop_homography, motion_step, random_object_point, warp_image, warp_label
-from .clips import Clip, paste
+from .clips import TrainingClip, paste
 from .config import DataConfig
 from .files import TrainingDataError, check_not_held_out, read_image, read_label
 
@@ -34,13 +34,13 @@ class StaticClipSource:
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def sample(self, rng: np.random.Generator, size: int) -> Clip:
+    def sample(self, rng: np.random.Generator, size: int) -> TrainingClip:
         clip = self.clip_from(int(rng.integers(len(self.pairs))), rng, size)
         if rng.random() < self.cfg.static_merge_prob:
             clip = paste(clip, self.clip_from(int(rng.integers(len(self.pairs))), rng, size))
         return clip
 
-    def clip_from(self, index: int, rng: np.random.Generator, size: int) -> Clip:
+    def clip_from(self, index: int, rng: np.random.Generator, size: int) -> TrainingClip:
         """``clip_len`` frames of one photo moving along a random walk; frame 0 shows the object."""
         image_path, mask_path = self.pairs[index]
         image = read_image(image_path)
@@ -55,7 +55,7 @@ class StaticClipSource:
                 matrix = motion_step(size, rng, aug) @ matrix
             frames.append(warp_image(image, matrix, size))
             labels.append(warp_label(label, matrix, size))
-        return Clip(frames, labels)
+        return TrainingClip(frames, labels)
 
 
 def find_image_mask_pairs(set_dir: Path) -> list[tuple[Path, Path]]:

@@ -5,8 +5,9 @@ A clip is a reference frame on which an object is visible, then ``clip_len - 1``
 with probability ``reverse_prob``. One crop, scale and flip is shared by all frames of a clip, so the only motion is
 the video's own. With probability ``video_merge_prob`` the objects of a clip from another sequence are pasted on top.
 
-Layout of a set: ``<set>/JPEGImages/<seq>/<frame>.jpg`` and ``<set>/Annotations/<seq>/<frame>.png`` with the same
-frame names. Only annotated frames are used, so sparsely annotated sequences work (the gaps are then in annotations).
+Layout of a set (read by :mod:`longvos.io.davis`): ``<set>/JPEGImages/<seq>/<frame>.jpg`` and
+``<set>/Annotations/<seq>/<frame>.png`` with the same frame names. Only annotated frames are used, so sparsely
+annotated sequences work (the gaps are then in annotations).
 """
 from __future__ import annotations
 
@@ -15,8 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .augment import VOID, crop_homography, random_object_point, warp_image, warp_label
-from .clips import Clip, paste
+from longvos.io.davis import DavisLayout
+from longvos.io.masks import VOID
+
+from .augment import crop_homography, random_object_point, warp_image, warp_label
+from .clips import TrainingClip, paste
 from .config import DataConfig
 from .files import TrainingDataError, check_not_held_out, read_image, read_label
 
@@ -54,7 +58,7 @@ class VideoClipSource:
     def __len__(self) -> int:
         return len(self.sequences)
 
-    def sample(self, rng: np.random.Generator, size: int) -> Clip:
+    def sample(self, rng: np.random.Generator, size: int) -> TrainingClip:
         first = int(rng.integers(len(self.sequences)))
         clip = self.clip_from(first, rng, size)
         if len(self.sequences) > 1 and rng.random() < self.cfg.video_merge_prob:
@@ -62,7 +66,7 @@ class VideoClipSource:
             clip = paste(clip, self.clip_from(other, rng, size))
         return clip
 
-    def clip_from(self, index: int, rng: np.random.Generator, size: int) -> Clip:
+    def clip_from(self, index: int, rng: np.random.Generator, size: int) -> TrainingClip:
         sequence = self.sequences[index]
         order = list(range(len(sequence.frames)))
         if rng.random() < self.cfg.reverse_prob:
@@ -85,7 +89,7 @@ class VideoClipSource:
                                         f"{image.shape[1::-1]}")
             frames.append(warp_image(image, matrix, size))
             labels.append(warp_label(label, matrix, size))
-        return Clip(frames, labels)
+        return TrainingClip(frames, labels)
 
     def pick_reference(
         self, sequence: Sequence, order: list[int], rng: np.random.Generator
@@ -125,17 +129,15 @@ def largest_object_pixels(label: np.ndarray) -> int:
 
 
 def find_sequences(set_dir: Path) -> list[Sequence]:
-    images_root, labels_root = set_dir / "JPEGImages", set_dir / "Annotations"
-    if not images_root.is_dir() or not labels_root.is_dir():
+    """The sequences of a video set with at least one annotated JPEG, in plain name order (the order clip sampling
+    indexes into: keep it, or seeded runs draw other clips)."""
+    layout = DavisLayout.of(set_dir)
+    if not layout.images_root.is_dir() or not layout.annotations_root.is_dir():
         raise TrainingDataError(f"video set {set_dir} needs the folders JPEGImages/ and Annotations/")
     sequences = []
-    for seq_dir in sorted(p for p in images_root.iterdir() if p.is_dir()):
-        frames, labels = [], []
-        for frame in sorted(seq_dir.glob("*.jpg")):
-            label = labels_root / seq_dir.name / f"{frame.stem}.png"
-            if label.is_file():
-                frames.append(frame)
-                labels.append(label)
-        if frames:
-            sequences.append(Sequence(seq_dir.name, tuple(frames), tuple(labels)))
+    for name in layout.sequences(sort_key=None):
+        pairs = layout.annotated_jpegs(name)
+        if pairs:
+            frames, labels = zip(*pairs)
+            sequences.append(Sequence(name, frames, labels))
     return sequences

@@ -20,11 +20,12 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from longvos.checkpoints import (latest_checkpoint, read_training_checkpoint, restore_training,
+                                 save_training_checkpoint)
 from longvos.device import bf16_is_fast
 from longvos.models.aot.model import AOTModel
 
 from . import distributed
-from .checkpoint import latest_checkpoint, read_checkpoint, restore, save_checkpoint
 from .config import ConfigError, TrainConfig, describe_config
 from .data import build_loader
 from .logger import TrainingLogger
@@ -56,7 +57,7 @@ def _train(config: TrainConfig, resume: bool, dist_state: distributed.Distribute
     if resume:
         checkpoint = latest_checkpoint(run_dir)
         if checkpoint is not None:
-            checkpoint_state = read_checkpoint(checkpoint)
+            checkpoint_state = read_training_checkpoint(checkpoint)
         elif dist_state.is_main:
             print(f"no checkpoint in {run_dir}/checkpoints; starting from step 0")
     start_step = int(checkpoint_state["step"]) if checkpoint_state is not None else 0
@@ -92,7 +93,7 @@ def _train(config: TrainConfig, resume: bool, dist_state: distributed.Distribute
                                          find_unused_parameters=True)
     torch.manual_seed(run.seed + 1000 * dist_state.rank)  # dropout and slot draws differ between processes
     if checkpoint_state is not None:
-        restore(checkpoint_state, model, ema, optimizer, scaler)
+        restore_training(checkpoint_state, model, ema, optimizer, scaler)
         del checkpoint_state
         if dist_state.enabled:  # the saved RNG state is rank 0's; the other processes need their own stream
             torch.manual_seed(run.seed + 1000 * dist_state.rank + start_step)
@@ -106,7 +107,7 @@ def _train(config: TrainConfig, resume: bool, dist_state: distributed.Distribute
 
     def checkpoint_now(at_step: int) -> None:
         if dist_state.is_main:
-            save_checkpoint(run_dir, at_step, model, ema, optimizer, scaler, config.to_dict(), run.keep_checkpoints)
+            save_training_checkpoint(run_dir, at_step, model, ema, optimizer, scaler, config.to_dict(), run.keep_checkpoints)
 
     model.train()
     step, window_start, window_steps = start_step, time.perf_counter(), 0
@@ -162,7 +163,7 @@ def _train(config: TrainConfig, resume: bool, dist_state: distributed.Distribute
 
 def build_model(config: TrainConfig) -> AOTModel:
     """The model to train, with δ = ``loss.long_term_gap`` so the long-term memory updates within a clip."""
-    from longvos.convert import load_checkpoint
+    from longvos.checkpoints import load_checkpoint
     from longvos.models.registry import create_model
 
     model_cfg = config.model

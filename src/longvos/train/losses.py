@@ -9,15 +9,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-VOID = 255
+from longvos.io.masks import VOID
+
 #: Logit given to slots a sample does not use (finite, so that 0 * it stays 0 in the gradients).
 MASKED_LOGIT = -1e4
-
-
-def live_slots_first(num_objects_B: torch.Tensor, num_channels: int) -> torch.Tensor:
-    """``(B, K)`` bool for samples whose objects use slots ``1..n`` (background, channel 0, is always live)."""
-    slots_K = torch.arange(num_channels, device=num_objects_B.device)
-    return slots_K[None, :] <= num_objects_B[:, None]
 
 
 def mask_unused_slots(logits_BKHW: torch.Tensor, live_BK: torch.Tensor) -> torch.Tensor:

@@ -17,10 +17,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from longvos.io.masks import VOID
 from longvos.models.aot.identity import labels_to_one_hot
 from longvos.models.aot.model import AOTModel, ImageFeatures
 
-from .losses import VOID, mask_unused_slots, segmentation_loss
+from .losses import mask_unused_slots, segmentation_loss
 
 
 @dataclass

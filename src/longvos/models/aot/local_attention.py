@@ -54,21 +54,6 @@ TILE_SIZE = 8
 _CPU_CHUNK_HALO_BYTES = 16 * 2**20
 
 
-def outside_window_mask(height: int, width: int, max_dis: int, device: torch.device) -> torch.Tensor:
-    """``(J, H, W)`` bool, True where window offset ``j`` of pixel ``(y, x)`` falls outside the ``H x W`` image.
-
-    The geometry of the official penalty, in the window layout (the tiled code finds the same positions as the halo
-    rows that read the zero row).
-    """
-    offsets = torch.arange(-max_dis, max_dis + 1, device=device)
-    row_DH = offsets[:, None] + torch.arange(height, device=device)
-    col_DW = offsets[:, None] + torch.arange(width, device=device)
-    rows_outside_DH = (row_DH < 0) | (row_DH >= height)
-    cols_outside_DW = (col_DW < 0) | (col_DW >= width)
-    outside_DDHW = rows_outside_DH[:, None, :, None] | cols_outside_DW[None, :, None, :]
-    return outside_DDHW.reshape(-1, height, width)
-
-
 class TileIndex(NamedTuple):
     """Where the tiles of a ``(B, H, W)`` grid read from and write to (see :func:`tile_index`)."""
 

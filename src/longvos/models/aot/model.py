@@ -70,8 +70,9 @@ class ImageFeatures:
 class AOTModel(VOSModel):
     """DeAOT / MAVOS with a pluggable long-term memory; see the module docstring for the verbs."""
 
-    def __init__(self, config: AOTConfig, pretrained_encoder: bool = False):
-        super().__init__()
+    def __init__(self, config: AOTConfig, pretrained_encoder: bool = False, *, name: str | None = None,
+                 default_max_size: int | None = None):
+        super().__init__(name=name, default_max_size=default_max_size)
         self.config = config
         d_model = config.d_model
         self.encoder = build_encoder(config.encoder, pretrained=pretrained_encoder)
@@ -85,6 +86,7 @@ class AOTModel(VOSModel):
         self.memory_fusion = (MemoryFusion(config.num_layers, config.qk_dim, config.value_dim, config.mca_heads,
                                            config.mca_droppath) if config.mca_blocks else None)
         self.long_term_memory: LongTermMemory = make_long_term_memory(config.memory, self.memory_fusion)
+        self._designs: dict[str, LongTermMemory] = {config.memory: self.long_term_memory}  # per-video choices
         # The input statistics belong to the encoder's weights (ImageNet mean/std for the official encoders).
         self.register_buffer("pixel_mean", torch.tensor(self.encoder.pixel_mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(self.encoder.pixel_std).view(1, 3, 1, 1), persistent=False)
@@ -94,9 +96,29 @@ class AOTModel(VOSModel):
     # ---------------------------------------------------------------------------------------------------------------
 
     @property
+    def align_corners(self) -> bool:
+        return self.config.align_corners
+
+    @property
+    def default_mem_gap(self) -> int:
+        return self.config.mem_gap
+
+    @property
     def state_is_fixed_size(self) -> bool:
         """``ref+prev`` and ``mca`` keep a constant-size memory; ``growing`` (DeAOT) adds a frame per update."""
         return self.long_term_memory.constant_size
+
+    def fixed_size(self, state: AOTState) -> bool:
+        return self.long_term_design(state.memory).constant_size
+
+    def long_term_design(self, name: str | None = None) -> LongTermMemory:
+        """The long-term memory design ``name`` (None: the config's), which a video may choose (``init_state``);
+        ``ValueError`` for an unknown design or ``mca`` on a model without MCA blocks."""
+        if name is None:
+            return self.long_term_memory
+        if name not in self._designs:
+            self._designs[name] = make_long_term_memory(name, self.memory_fusion)
+        return self._designs[name]
 
     def encode_image(self, image_B3HW: torch.Tensor) -> ImageFeatures:
         """RGB in [0, 1] at the network input size -> encoder features. Normalised here with the encoder's
@@ -141,24 +163,25 @@ class AOTModel(VOSModel):
         frame_memory = self._reference_memory(reference)
         return AOTMemory(long_term=frame_memory, short_term=frame_memory, grid_hw=reference.grid_hw)
 
-    def add_reference(self, memory: AOTMemory, reference: Propagation) -> AOTMemory:
+    def add_reference(self, memory: AOTMemory, reference: Propagation, design: str | None = None) -> AOTMemory:
         """Memorise a later reference frame (objects added or re-anchored): it goes through the long-term update
-        now, whatever the schedule, and becomes the short-term memory (the official engine's behaviour)."""
+        now, whatever the schedule, and becomes the short-term memory (the official engine's behaviour).
+        ``design``: the video's long-term memory design (None: the config's)."""
         frame_memory = self._reference_memory(reference)
         step = memory.frame_step + 1
-        long_term = self.long_term_memory.update(memory.long_term, frame_memory, reference.grid_hw)
+        long_term = self.long_term_design(design).update(memory.long_term, frame_memory, reference.grid_hw)
         return memory.replace(long_term=long_term, short_term=frame_memory, frame_step=step, last_update_step=step)
 
     def write_memory(self, memory: AOTMemory, propagation: Propagation, masks_BKHW: torch.Tensor,
-                     mem_gap: int | None = None) -> AOTMemory:
+                     mem_gap: int | None = None, design: str | None = None) -> AOTMemory:
         """Memorise a propagated frame with its mask (one-hot labels or soft probabilities, ``(B, 1 + slots, H, W)``):
         it becomes the short-term memory, and enters the long-term memory when ``mem_gap`` frames (default: the
-        config's) have passed since the last update."""
+        config's) have passed since the last update, by the long-term memory ``design`` (default: the config's)."""
         frame_memory = self.propagation.memory_from(propagation.parts, self.encode_mask(masks_BKHW))
         step = memory.frame_step + 1
         gap = self.config.mem_gap if mem_gap is None else mem_gap
         if long_term_update_due(step, memory.last_update_step, gap):
-            long_term = self.long_term_memory.update(memory.long_term, frame_memory, propagation.grid_hw)
+            long_term = self.long_term_design(design).update(memory.long_term, frame_memory, propagation.grid_hw)
             return memory.replace(long_term=long_term, short_term=frame_memory, frame_step=step,
                                   last_update_step=step)
         return memory.replace(short_term=frame_memory, frame_step=step)
@@ -176,11 +199,14 @@ class AOTModel(VOSModel):
     def input_size(self, height: int, width: int) -> tuple[int, int]:
         return network_input_size(self.config, height, width)
 
-    def init_state(self, mem_gap: int | None = None) -> AOTState:
+    def init_state(self, mem_gap: int | None = None, memory: str | None = None) -> AOTState:
         mem_gap = self.config.mem_gap if mem_gap is None else int(mem_gap)
         if mem_gap < 1:
             raise ValueError(f"mem_gap must be >= 1 frame, got {mem_gap}")
-        return AOTState(max_objects=self.config.max_objects, mem_gap=mem_gap)
+        if memory == self.config.memory:
+            memory = None  # the model's own design: a state like one that named none
+        self.long_term_design(memory)  # an unknown or impossible design fails here, before any frame
+        return AOTState(max_objects=self.config.max_objects, mem_gap=mem_gap, memory=memory)
 
     def step(self, state: AOTState, image_B3HW: torch.Tensor,
              masks: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
@@ -201,7 +227,8 @@ class AOTModel(VOSModel):
 
         pass_one_hots = self._pass_one_hots(state, winning_channel(probs_KHW))
         for pass_, propagation, one_hot_KHW in zip(state.passes, propagations, pass_one_hots):
-            pass_.memory = self.write_memory(pass_.memory, propagation, one_hot_KHW.unsqueeze(0), state.mem_gap)
+            pass_.memory = self.write_memory(pass_.memory, propagation, one_hot_KHW.unsqueeze(0), state.mem_gap,
+                                             state.memory)
         return probs_KHW
 
     def remove_objects(self, state: AOTState, object_ids: list[int]) -> None:
@@ -265,7 +292,7 @@ class AOTModel(VOSModel):
         for pass_, one_hot_KHW in zip(state.passes, self._pass_one_hots(state, labels_HW)):
             reference = self.propagate(features, id_emb_BNC=self.encode_mask(one_hot_KHW.unsqueeze(0)))
             pass_.memory = (self.start_memory(reference) if pass_.memory is None
-                            else self.add_reference(pass_.memory, reference))
+                            else self.add_reference(pass_.memory, reference, state.memory))
         return merged_KHW
 
     def _check_frame(self, state: AOTState, image_B3HW: torch.Tensor) -> tuple[int, int]:

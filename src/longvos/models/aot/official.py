@@ -12,6 +12,8 @@ import re
 
 import torch
 
+from longvos.checkpoints import register_official_keys
+
 # =====================================================================================================================
 # Section 1: attention blocks (mca.py, local_attention.py)
 # =====================================================================================================================
@@ -132,3 +134,6 @@ def aot_key_from_official(official_key: str) -> str | None:
             return None
         return f"memory_fusion.layers.{index}.{_MCA_SLOTS[slot]}.{mca_key_from_official(rest)}"
     return None
+
+
+register_official_keys("aot", aot_key_from_official)

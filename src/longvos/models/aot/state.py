@@ -46,6 +46,7 @@ class AOTState:
     object_ids: list[int] = field(default_factory=list)
     passes: list[AOTPass] = field(default_factory=list)
     input_hw: tuple[int, int] | None = None  # network input size, fixed for the video once the first frame is seen
+    memory: str | None = None  # long-term memory design of this video (None: the model's own)
 
     def nbytes(self) -> int:
         return storage_nbytes([t for p in self.passes if p.memory is not None for t in p.memory.tensors()])
@@ -100,7 +101,7 @@ class AOTState:
             })
         return {"kind": self.SNAPSHOT_KIND, "max_objects": self.max_objects, "mem_gap": self.mem_gap,
                 "object_ids": list(self.object_ids), "passes": passes,
-                "input_hw": None if self.input_hw is None else list(self.input_hw)}
+                "input_hw": None if self.input_hw is None else list(self.input_hw), "memory": self.memory}
 
     @classmethod
     def from_snapshot(cls, data: dict, device: torch.device | None = None) -> AOTState:
@@ -122,7 +123,8 @@ class AOTState:
                     last_update_step=int(memory["last_update_step"]))))
         return cls(max_objects=int(data["max_objects"]), mem_gap=int(data["mem_gap"]),
                    object_ids=[int(i) for i in data["object_ids"]], passes=passes,
-                   input_hw=None if data["input_hw"] is None else tuple(data["input_hw"]))
+                   input_hw=None if data["input_hw"] is None else tuple(data["input_hw"]),
+                   memory=None if data.get("memory") is None else str(data["memory"]))
 
     def live_slots(self, device: torch.device | None = None) -> torch.Tensor:
         """``(P, 1 + max_objects)`` bool: which decoder channels of each pass belong to a tracked object (or bg)."""

@@ -10,6 +10,7 @@ from longvos.models.aot.config import AOTConfig
 from longvos.models.aot.model import AOTModel
 from longvos.models.base import PAPER_MAX_SIZE
 from longvos.models.registry import register_model
+from longvos.models.aot import official as _official  # noqa: F401  (registers the checkpoint key map)
 
 _MAVOS = AOTConfig(memory="mca", mem_gap=10, mca_blocks=True)
 _DEAOT = AOTConfig(memory="growing", mem_gap=5, mca_blocks=False)
@@ -36,15 +37,16 @@ AOT_MODELS: dict[str, ZooEntry] = {
 }
 
 
-def _builder(base: AOTConfig):
+def _builder(name: str, entry: ZooEntry):
     def build(pretrained_encoder: bool = False, **overrides: Any) -> AOTModel:
         # pretrained_encoder loads bundled ImageNet weights (EfficientNet-Lite0 only); it is a build option, not
         # part of the config, because a checkpoint's weights replace it anyway.
-        return AOTModel(base.replace(**overrides), pretrained_encoder=pretrained_encoder)
+        return AOTModel(entry.config.replace(**overrides), pretrained_encoder=pretrained_encoder, name=name,
+                        default_max_size=entry.max_size)
 
     return build
 
 
 for _name, _entry in AOT_MODELS.items():
     register_model(_name, family="aot", description=_entry.description, max_size=_entry.max_size)(
-        _builder(_entry.config))
+        _builder(_name, _entry))

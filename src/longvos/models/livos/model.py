@@ -68,8 +68,8 @@ class Segmentation:
 
 
 class LiVOS(VOSModel):
-    def __init__(self, config: LiVOSConfig = LiVOSConfig()):
-        super().__init__()
+    def __init__(self, config: LiVOSConfig = LiVOSConfig(), **declared):  # name, default_max_size: see VOSModel
+        super().__init__(**declared)
         self.config = config
         # Frozen BN: the official eval-mode BatchNorm2d numerics, and `.train()` cannot corrupt the statistics.
         self.image_encoder = build_encoder(config.image_encoder, frozen_bn=True)
@@ -99,9 +99,12 @@ class LiVOS(VOSModel):
         official pipeline does, so the frame is used as given."""
         return height, width
 
-    def init_state(self, mem_gap: int | None = None) -> LiVOSState:
+    def init_state(self, mem_gap: int | None = None, memory: str | None = None) -> LiVOSState:
         if mem_gap not in (None, 1):
             raise ValueError(f"LiVOS writes its memory on every frame; mem_gap={mem_gap} does not apply")
+        if memory not in (None, "linear"):  # its one design (longvos.models.livos.zoo.MEMORY_DESIGN)
+            raise ValueError(f"LiVOS has one memory design, the gated linear state ('linear'); memory={memory!r} "
+                             f"does not apply")
         return LiVOSState()
 
     def step(

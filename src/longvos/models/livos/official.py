@@ -5,7 +5,8 @@ Everything that exists only so that the authors' checkpoints load lives here:
 1. The key mapping from official ``state_dict`` names onto ours (our modules use names that say what they do).
 2. The official keys that are deliberately dropped, each with its reason.
 
-``longvos.convert`` applies both (family ``"livos"``) and checks the result strictly against the model.
+Both are registered with :mod:`longvos.checkpoints` (family ``"livos"``), which applies them and checks the result
+strictly against the model.
 
 Numerical quirks the official code has and that we reproduce on purpose are documented where they live: the
 scalar read-out normaliser (``linear_matching.py``), the float32 clamp of soft aggregation (``soft_aggregation.py``)
@@ -14,6 +15,8 @@ and padding before normalisation (``padding.py``).
 from __future__ import annotations
 
 import re
+
+from longvos.checkpoints import register_official_keys
 
 # ---------------------------------------------------------------------------------------------------------------------
 # Key renames, applied in order to every official key (each rule sees the output of the previous ones).
@@ -86,3 +89,6 @@ def livos_drop_reason(official_key: str) -> str | None:
         if pattern.search(official_key):
             return reason
     return None
+
+
+register_official_keys("livos", livos_key_from_official, livos_drop_reason)

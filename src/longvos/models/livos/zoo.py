@@ -6,6 +6,7 @@ from typing import Any
 from longvos.models.livos.config import LiVOSConfig
 from longvos.models.livos.model import LiVOS
 from longvos.models.registry import register_model
+from longvos.models.livos import official as _official  # noqa: F401  (registers the checkpoint key map)
 
 #: LiVOS's only memory design, under the name other tools (``bench --memory``) label it with.
 MEMORY_DESIGN = "linear"
@@ -19,4 +20,4 @@ def build_livos_r50(memory: str | None = None, mem_gap: int | None = None, **ove
                          f"memory={memory!r} does not apply")
     if mem_gap not in (None, 1):
         raise ValueError(f"LiVOS writes its memory on every frame; mem_gap={mem_gap} does not apply")
-    return LiVOS(LiVOSConfig().replace(**overrides))
+    return LiVOS(LiVOSConfig().replace(**overrides), name="livos-r50")

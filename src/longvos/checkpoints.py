@@ -1,0 +1,421 @@
+"""Checkpoints, in one place: longvos's own format, the conversion of official checkpoints, and training checkpoints.
+
+**The longvos format** is ``{"longvos_checkpoint": 1, "model": name, "config": {...}, "state_dict": {...}}`` in our
+key names (:func:`save_checkpoint`, :func:`save_model`, :func:`load_checkpoint`, :func:`model_from_checkpoint`).
+Every file is read with ``torch.load(weights_only=True)`` on the CPU, and weights with NaN or infinite values are
+refused (:func:`check_finite`).
+
+**Official checkpoints** are accepted as ``{'state_dict': ...}``, ``{'model': ...}``, ``{'weights': ...}`` (LiVOS
+training checkpoints) or a raw state_dict, with or without a DataParallel ``module.`` prefix. The official loaders
+are non-strict in both directions: unknown keys are dropped and missing weights silently keep their random init
+(loading a DeAOT checkpoint into MAVOS leaves the MCA blocks random). Here every conversion produces a
+:class:`KeyReport`, and nothing loads unless every model tensor is covered, every checkpoint tensor is used and every
+shape matches. Each model family registers its key mapping (official name -> ours, and the official keys it
+deliberately drops) from its own ``official.py`` with :func:`register_official_keys`; :func:`load_checkpoint` tells
+the two kinds apart by the format marker.
+
+**Training checkpoints** hold everything needed to continue bit-for-bit where a run stopped: the model, its EMA, the
+optimiser and AMP scaler states, the step, the torch RNG state and the run's config. Files are written to a
+temporary name and renamed, so a run killed mid-save (a session ending, an out-of-memory kill) never leaves a
+truncated checkpoint behind; only the newest ``keep`` are kept. :func:`export_weights` turns one into a longvos
+checkpoint.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import pickle
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Union
+
+import torch
+from torch import nn
+
+from longvos.io.errors import LongvosError
+from longvos.models.base import VOSModel
+from longvos.models.registry import create_model, list_models, model_entry
+
+if TYPE_CHECKING:
+    from longvos.train.schedule import EMA
+
+# =====================================================================================================================
+# Section 1: the longvos checkpoint format
+# =====================================================================================================================
+
+FORMAT_MARKER = "longvos_checkpoint"
+FORMAT_VERSION = 1
+
+#: A checkpoint path, or a checkpoint object already loaded.
+Source = Union[str, "os.PathLike[str]", Mapping[str, Any]]
+
+
+class CheckpointError(LongvosError, ValueError):
+    """A checkpoint that cannot be used: unreadable, or keys/shapes that do not match the model."""
+
+
+def _torch_load(path: str | os.PathLike[str]) -> Any:
+    """``torch.load(weights_only=True)`` on the CPU: the one way any checkpoint file is read."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def read_checkpoint(source: Source) -> Mapping[str, Any]:
+    """A checkpoint object from a path (``torch.load(weights_only=True)`` on the CPU) or an object already loaded."""
+    if isinstance(source, Mapping):
+        return source
+    path = os.fspath(source)
+    if not os.path.isfile(path):
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        return _torch_load(path)
+    except Exception as err:  # unpickling errors come in many types; the user needs the file name and the reason
+        raise CheckpointError(f"cannot read checkpoint {path}: {err}") from err
+
+
+def check_finite(state_dict: Mapping[str, torch.Tensor], what: str = "checkpoint") -> None:
+    """Refuse weights with NaN or infinite values (a diverged training run, a corrupt file) with one line naming
+    the first such tensors: they would load and run, and every mask would come out meaningless."""
+    bad = [key for key, value in state_dict.items()
+           if isinstance(value, torch.Tensor) and value.is_floating_point() and not bool(torch.isfinite(value).all())]
+    if bad:
+        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise CheckpointError(f"{what} holds non-finite weights (NaN or infinity) in {len(bad)} of "
+                              f"{len(state_dict)} tensors ({shown}): it is corrupt or from a diverged training run")
+
+
+def is_longvos_checkpoint(checkpoint: Mapping[str, Any]) -> bool:
+    return FORMAT_MARKER in checkpoint
+
+
+def _config_dict(model: torch.nn.Module) -> dict[str, Any] | None:
+    config = getattr(model, "config", None)
+    return dataclasses.asdict(config) if dataclasses.is_dataclass(config) else None
+
+
+def save_checkpoint(path: str | os.PathLike[str], state_dict: Mapping[str, torch.Tensor], model_name: str,
+                    config: Mapping[str, Any] | None = None, half: bool = False) -> None:
+    """Write a longvos checkpoint; ``half`` stores floating tensors in float16 (they load back as float32)."""
+    tensors = {key: value.detach().to("cpu", torch.float16 if half and value.is_floating_point() else value.dtype)
+               for key, value in state_dict.items()}
+    directory = os.path.dirname(os.fspath(path))
+    if directory:
+        os.makedirs(directory, exist_ok=True)
+    torch.save({FORMAT_MARKER: FORMAT_VERSION, "model": model_name, "config": dict(config or {}),
+                "state_dict": tensors}, path)
+
+
+def save_model(model: VOSModel, path: str | os.PathLike[str], half: bool = False) -> None:
+    """Write a model's weights as a longvos checkpoint (name and config included)."""
+    if not model.name:
+        raise ValueError("the model has no registry name; build it with longvos.models.create_model")
+    save_checkpoint(path, model.state_dict(), model.name, _config_dict(model), half=half)
+
+
+def load_checkpoint(model: VOSModel, source: Source) -> KeyReport:
+    """Load a longvos checkpoint or an official one (auto-detected) into ``model``, strictly.
+
+    Raises :class:`CheckpointError` naming every missing, unexpected or mis-shaped key; weights load only when
+    the report is clean. Half-precision checkpoints are cast to the model's parameter dtypes.
+    """
+    checkpoint = read_checkpoint(source)
+    what = f"checkpoint {source}" if not isinstance(source, Mapping) else "checkpoint"
+    expected = model_shapes(model)
+    if is_longvos_checkpoint(checkpoint):
+        state_dict = dict(checkpoint["state_dict"])
+        report = check_keys(state_dict, expected)
+        if not report.ok and checkpoint.get("model") != model.name:
+            what += f" (saved from {checkpoint.get('model')!r}, loading into {model.name!r})"
+    else:
+        if not model.name:
+            raise CheckpointError("an official checkpoint needs the model's registry name to pick the converter")
+        state_dict, report = map_official_keys(official_state_dict(checkpoint), model_entry(model.name).family,
+                                               expected)
+    report.raise_if_incomplete(what)
+    check_finite(state_dict, what)
+    targets = model.state_dict()
+    model.load_state_dict({key: value.to(targets[key].dtype) for key, value in state_dict.items()}, strict=True)
+    return report
+
+
+def model_from_checkpoint(source: Source, **overrides: Any) -> VOSModel:
+    """Build the model a longvos checkpoint was saved from (registry name + saved config) and load its weights."""
+    checkpoint = read_checkpoint(source)
+    if not is_longvos_checkpoint(checkpoint):
+        raise CheckpointError("not a longvos checkpoint (no model name inside); use create_model(name) and "
+                              "load_checkpoint(model, path), or convert it with `longvos convert`")
+    model = create_model(checkpoint["model"], **{**checkpoint.get("config", {}), **overrides})
+    load_checkpoint(model, checkpoint)
+    return model
+
+
+# =====================================================================================================================
+# Section 2: official checkpoints, converted with a strict key report
+# =====================================================================================================================
+
+#: family -> function mapping an official key to ours (``None``: no counterpart); see :func:`register_official_keys`.
+OFFICIAL_KEY_MAPS: dict[str, Callable[[str], str | None]] = {}
+
+#: family -> function giving the reason an official key is deliberately not converted (training-only heads,
+#: counters), or ``None``. Such keys are listed in the report's ``dropped`` and do not make it fail.
+OFFICIAL_DROPPED_KEYS: dict[str, Callable[[str], str | None]] = {}
+
+
+def register_official_keys(family: str, key_from_official: Callable[[str], str | None],
+                           drop_reason: Callable[[str], str | None] | None = None) -> None:
+    """Register how the official checkpoints of ``family`` map onto our key names (called by each family's
+    ``official.py``, which its ``zoo.py`` imports where it registers the family's models)."""
+    OFFICIAL_KEY_MAPS[family] = key_from_official
+    if drop_reason is not None:
+        OFFICIAL_DROPPED_KEYS[family] = drop_reason
+
+
+def official_families() -> list[str]:
+    """Families with a registered official-checkpoint converter (importing the registered model families)."""
+    list_models()
+    return sorted(OFFICIAL_KEY_MAPS)
+
+
+@dataclass
+class KeyReport:
+    """How a checkpoint's tensors cover a model's: every problem key, by name."""
+
+    missing: list[str] = field(default_factory=list)  # model keys the checkpoint does not provide
+    unexpected: list[str] = field(default_factory=list)  # checkpoint keys with no place in the model (official names)
+    shape_mismatches: list[str] = field(default_factory=list)  # "key: checkpoint (..) vs model (..)"
+    matched: int = 0
+    dropped: dict[str, str] = field(default_factory=dict)  # official key -> why it is deliberately not converted
+
+    @property
+    def ok(self) -> bool:
+        return not (self.missing or self.unexpected or self.shape_mismatches)
+
+    def __str__(self) -> str:
+        if self.ok:
+            reasons = sorted(set(self.dropped.values()))
+            return f"all {self.matched} tensors matched" + (
+                f" ({len(self.dropped)} official tensors dropped: {'; '.join(reasons)})" if self.dropped else "")
+        lines = [f"{self.matched} tensors matched, {len(self.missing)} missing, {len(self.unexpected)} unexpected, "
+                 f"{len(self.shape_mismatches)} with the wrong shape"]
+        for title, keys in (("missing", self.missing), ("unexpected", self.unexpected),
+                            ("wrong shape", self.shape_mismatches)):
+            lines += [f"  {title}: {key}" for key in keys]
+        return "\n".join(lines)
+
+    def raise_if_incomplete(self, what: str = "checkpoint") -> None:
+        if not self.ok:
+            raise CheckpointError(f"{what} does not match the model:\n{self}")
+
+
+def official_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+    """The tensors of an official checkpoint: unwrap ``state_dict``/``model``, strip a ``module.`` prefix."""
+    for wrapper in ("state_dict", "model", "weights"):
+        if isinstance(checkpoint.get(wrapper), Mapping):
+            checkpoint = checkpoint[wrapper]
+            break
+    tensors = {}
+    for key, value in checkpoint.items():
+        if not isinstance(value, torch.Tensor):
+            raise CheckpointError(f"not a state_dict: entry {key!r} is a {type(value).__name__}, not a tensor")
+        tensors[key[len("module."):] if key.startswith("module.") else key] = value
+    return tensors
+
+
+def map_official_keys(official: Mapping[str, torch.Tensor], family: str,
+                      expected: Mapping[str, torch.Size]) -> tuple[dict[str, torch.Tensor], KeyReport]:
+    """Rename official tensors to ours and check them against ``expected`` (our key -> shape)."""
+    if family not in OFFICIAL_KEY_MAPS:
+        list_models()  # the families register their key maps when their models are registered
+    try:
+        to_ours = OFFICIAL_KEY_MAPS[family]
+    except KeyError:
+        raise CheckpointError(f"no official checkpoint converter for family {family!r} "
+                              f"(known: {', '.join(sorted(OFFICIAL_KEY_MAPS))})") from None
+    report = KeyReport()
+    state_dict: dict[str, torch.Tensor] = {}
+    seen: set[str] = set()
+    drop_reason = OFFICIAL_DROPPED_KEYS.get(family, lambda key: None)
+    for official_key, tensor in official.items():
+        reason = drop_reason(official_key)
+        if reason is not None:
+            report.dropped[official_key] = reason
+            continue
+        key = to_ours(official_key)
+        if key is None or key not in expected:
+            report.unexpected.append(official_key)
+            continue
+        seen.add(key)
+        if tuple(tensor.shape) != tuple(expected[key]):
+            report.shape_mismatches.append(f"{official_key} (ours: {key}): checkpoint {tuple(tensor.shape)} vs "
+                                           f"model {tuple(expected[key])}")
+        else:
+            state_dict[key] = tensor
+    report.missing = [key for key in expected if key not in seen]
+    report.matched = len(state_dict)
+    return state_dict, report
+
+
+def check_keys(state_dict: Mapping[str, torch.Tensor], expected: Mapping[str, torch.Size]) -> KeyReport:
+    """Coverage report of a state_dict already in our key names."""
+    report = KeyReport()
+    for key, tensor in state_dict.items():
+        if key not in expected:
+            report.unexpected.append(key)
+        elif tuple(tensor.shape) != tuple(expected[key]):
+            report.shape_mismatches.append(f"{key}: checkpoint {tuple(tensor.shape)} vs model {tuple(expected[key])}")
+        else:
+            report.matched += 1
+    report.missing = [key for key in expected if key not in state_dict]
+    return report
+
+
+def model_shapes(model: torch.nn.Module) -> dict[str, torch.Size]:
+    return {key: value.shape for key, value in model.state_dict().items()}
+
+
+def _meta_model(model_name: str, **overrides: Any) -> VOSModel:
+    """A registered model built on the meta device: names, shapes and config, but no weight memory.
+
+    A module whose constructor reads tensor values cannot be built on meta; it is then built on the CPU."""
+    try:
+        with torch.device("meta"):
+            return create_model(model_name, **overrides)
+    except NotImplementedError:
+        return create_model(model_name, **overrides)
+
+
+def expected_shapes(model_name: str, **overrides: Any) -> dict[str, torch.Size]:
+    """Our key -> shape for a registered model, without allocating its weights."""
+    return model_shapes(_meta_model(model_name, **overrides))
+
+
+def convert_checkpoint(source: Source, model_name: str, *, family: str | None = None, strict: bool = True,
+                       **overrides: Any) -> tuple[dict[str, torch.Tensor], KeyReport]:
+    """Official checkpoint (path or loaded object) -> (our state_dict, key report) for a registered model.
+
+    With ``strict`` (the default) an incomplete conversion raises :class:`CheckpointError` listing every missing,
+    unexpected and mis-shaped key; otherwise the report is returned for the caller to act on.
+    """
+    family = family or model_entry(model_name).family
+    official = official_state_dict(read_checkpoint(source))
+    state_dict, report = map_official_keys(official, family, expected_shapes(model_name, **overrides))
+    if strict:
+        report.raise_if_incomplete(f"official checkpoint for {model_name}")
+    return state_dict, report
+
+
+def convert_to_file(source: Source, destination: str | os.PathLike[str], model_name: str, *,
+                    family: str | None = None, half: bool = False) -> KeyReport:
+    """Convert an official checkpoint and write it as a longvos checkpoint; nothing is written unless the key
+    report is clean (raises :class:`CheckpointError` listing every problem key)."""
+    family = family or model_entry(model_name).family
+    meta_model = _meta_model(model_name)
+    official = official_state_dict(read_checkpoint(source))
+    state_dict, report = map_official_keys(official, family, model_shapes(meta_model))
+    report.raise_if_incomplete(f"{source} as {model_name}")
+    check_finite(state_dict, f"{source}" if not isinstance(source, Mapping) else "checkpoint")
+    save_checkpoint(destination, state_dict, model_name, _config_dict(meta_model), half=half)
+    return report
+
+
+# =====================================================================================================================
+# Section 3: training checkpoints (resume, rotation, export)
+# =====================================================================================================================
+
+TRAINING_CHECKPOINT_PATTERN = re.compile(r"^step_(\d+)\.pt$")
+
+
+def checkpoint_path(run_dir: Path, step: int) -> Path:
+    return Path(run_dir) / "checkpoints" / f"step_{step:07d}.pt"
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Training checkpoints of a run, oldest first."""
+    folder = Path(run_dir) / "checkpoints"
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := TRAINING_CHECKPOINT_PATTERN.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    checkpoints = list_checkpoints(run_dir)
+    return checkpoints[-1] if checkpoints else None
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(obj, temporary)
+    os.replace(temporary, path)
+
+
+def save_training_checkpoint(
+    run_dir: Path,
+    step: int,
+    model: nn.Module,
+    ema: EMA,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    config: dict,
+    keep: int,
+) -> Path:
+    path = checkpoint_path(run_dir, step)
+    model_config = getattr(model, "config", None)
+    atomic_save({
+        "model_config": dataclasses.asdict(model_config) if dataclasses.is_dataclass(model_config) else {},
+        "step": step,
+        "model": model.state_dict(),
+        "ema": ema.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "config": config,
+    }, path)
+    for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def read_training_checkpoint(path: Path) -> dict:
+    """A training checkpoint, checked to hold what :func:`restore_training` needs."""
+    try:
+        state = _torch_load(path)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CheckpointError(f"cannot read checkpoint {path}: {reason}") from None
+    missing = {"step", "model", "ema", "optimizer", "scaler", "config"} - set(state)
+    if missing:
+        raise CheckpointError(f"{path} is not a longvos training checkpoint (missing {', '.join(sorted(missing))})")
+    return state
+
+
+def restore_training(
+    state: dict,
+    model: nn.Module,
+    ema: EMA,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+) -> int:
+    """Load a checkpoint read by :func:`read_training_checkpoint` into the training objects; returns the step to resume at."""
+    model.load_state_dict(state["model"])
+    ema.load_state_dict(state["ema"])
+    optimizer.load_state_dict(state["optimizer"])
+    scaler.load_state_dict(state["scaler"])
+    if "torch_rng" in state:
+        torch.set_rng_state(state["torch_rng"])
+    return int(state["step"])
+
+
+def export_weights(checkpoint: Path, destination: Path, use_ema: bool = True, half: bool = True) -> Path:
+    """Write the (EMA) weights of a training checkpoint as a longvos model checkpoint (fp16 floats by default: half
+    the file, and the model computes in fp32 after loading).
+
+    The saved model config leaves out the memory design and interval, which were set for training (δ = 2): a model
+    rebuilt from the file takes its registry defaults (δ = 10 for MAVOS) unless the caller overrides them.
+    """
+    state = read_training_checkpoint(Path(checkpoint))
+    weights = state["ema"]["weights"] if use_ema else state["model"]
+    model_config = {k: v for k, v in state.get("model_config", {}).items() if k not in ("memory", "mem_gap")}
+    save_checkpoint(destination, weights, state["config"]["model"]["name"], model_config, half=half)
+    return Path(destination)

@@ -1,0 +1,101 @@
+""":class:`SegmentOptions`: how a video is segmented, in one frozen record that the CLI, the batch tool, the web app
+and the evaluation build, and that ``segment_video`` takes (its resume record's settings are these fields).
+
+What is segmented and where it goes (the video, its prompt masks or boxes, the output folder, the overlay path) and
+how the call behaves (``resume``, ``overwrite``, ``on_frame``) are ``segment_video``'s own arguments.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from longvos.engine.frames import MaxSize
+from longvos.models.registry import DEFAULT_MODEL
+
+if TYPE_CHECKING:
+    import torch
+
+    from longvos.engine.segmenter import Segmenter
+    from longvos.engine.session import Session
+
+#: Frames between model-state snapshots (what ``resume`` restores; a resume recomputes at most this many frames plus
+#: the writer's queue). mavos-lite at 320 px on 854x480 video: a 15 MiB file, ~15 ms of the model thread to encode
+#: (the writer thread writes it), so about 0.6 ms per frame; mavos-r50 at 480 px: 66 MiB, ~150 ms.
+DEFAULT_SNAPSHOT_EVERY = 25
+
+
+def _setting(default: Any, key: str | None = None) -> Any:
+    """A field that must match for ``resume`` to continue a run; recorded under ``key`` (default: its name)."""
+    return field(default=default, metadata={"record": key or True})
+
+
+@dataclass(frozen=True)
+class SegmentOptions:
+    """How to segment: the model and its weights, where and how it runs, what the network sees, what is written.
+
+    ``model`` is a registered name (``longvos models``) or an already loaded :class:`~longvos.engine.segmenter.
+    Segmenter` (its weights, device and dtype are then its own, and ``checkpoint`` must be left unset). A model name without bundled weights or ``checkpoint`` is refused unless
+    ``allow_random_weights``. ``max_size`` caps the short side the network sees (``"auto"``: the size the model's
+    weights were trained for; ``None``: native); ``memory`` and ``mem_gap`` choose this video's long-term memory
+    design and interval (``None``: the model's own), like ``max_size`` per video, not per loaded model.
+    Frames ``start <= index < end`` are segmented, backwards if ``reverse``. ``per_object`` also writes
+    ``objects/<id>/<frame>.png``, ``save_probs`` ``probs/<frame>.npz``. Every ``snapshot_every`` frames the model
+    state is saved for an exact ``resume`` (0 or ``None``: never). ``threads`` sets torch's intra-op CPU threads for
+    the run (``None``: the current count; a resume: the count its run recorded). ``progress`` shows a progress bar;
+    ``max_pending_writes`` bounds the frames waiting for the background writer.
+
+    The fields marked as settings are the resume record (:meth:`resume_settings`): a resume with other values is
+    refused.
+    """
+
+    model: str | Segmenter = _setting(DEFAULT_MODEL)
+    checkpoint: str | Path | None = _setting(None)
+    device: str | torch.device = "auto"
+    dtype: str | torch.dtype | None = _setting(None)
+    memory: str | None = _setting(None)
+    mem_gap: int | None = _setting(None)
+    allow_random_weights: bool = False  # the checkpoint (None: random weights) is in the record already
+    max_size: MaxSize = _setting("auto")
+    start: int = _setting(0)
+    end: int | None = _setting(None, "stop")
+    reverse: bool = _setting(False)
+    per_object: bool = _setting(False)
+    save_probs: bool = _setting(False)
+    snapshot_every: int | None = DEFAULT_SNAPSHOT_EVERY
+    threads: int | None = None  # not a setting: a resume reuses the recorded count unless told otherwise
+    progress: bool = True
+    max_pending_writes: int = 8
+
+    def replace(self, **changes: Any) -> SegmentOptions:
+        """A copy with ``changes``; an unknown name is a ``TypeError`` naming the known ones."""
+        known = {f.name for f in fields(self)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise TypeError(f"unknown segment option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return replace(self, **changes) if changes else self
+
+    def resume_settings(self) -> dict[str, Any]:
+        """The fields that must match for ``resume`` to continue a run, by their record names. ``segment_video``
+        records them resolved (the model's name, the checkpoint's absolute path, the dtype and size in effect, the
+        frame range clamped to the video)."""
+        return {(f.metadata["record"] if isinstance(f.metadata["record"], str) else f.name): getattr(self, f.name)
+                for f in fields(SegmentOptions) if f.metadata.get("record")}
+
+    def load_model(self) -> Segmenter:
+        """The :class:`~longvos.engine.segmenter.Segmenter` these options name: ``model`` itself if it is loaded,
+        else the registered model with ``checkpoint`` (or its bundled weights)."""
+        from longvos.engine.segmenter import Segmenter, load_model
+        from longvos.io.errors import InputError
+
+        if isinstance(self.model, Segmenter):
+            if self.checkpoint is not None:
+                raise InputError("checkpoint applies when loading a model by name, not to a loaded Segmenter")
+            return self.model
+        # memory and mem_gap are per session: see session()
+        return load_model(self.model, self.checkpoint, self.device, self.dtype,
+                          allow_random_weights=self.allow_random_weights)
+
+    def session(self, segmenter: Segmenter) -> Session:
+        """A new per-video session of ``segmenter`` with these options' ``max_size``, ``mem_gap`` and ``memory``."""
+        return segmenter.session(self.max_size, self.mem_gap, self.memory)
