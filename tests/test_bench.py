@@ -118,7 +118,7 @@ def test_growing_memory_grows_and_mca_does_not(clip, one_thread):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # random weights: timing and memory do not depend on them
         report = run_benchmark(Design.parse_list("mavos-lite", "mca,growing"), clip, lengths=[3, 6], mem_gap=1,
-                               warmup=1)
+                               warmup=1, dtype="fp32")
     assert [(p.design, p.length, p.timed_frames) for p in report.points] == [
         ("mavos-lite:mca", 3, 2), ("mavos-lite:mca", 6, 5), ("mavos-lite:growing", 3, 2), ("mavos-lite:growing", 6, 5)]
     mca3, mca6, grow3, grow6 = report.points
@@ -169,7 +169,7 @@ def test_cli_writes_json_and_plot(tmp_path, capsys):
         warnings.simplefilter("ignore", UserWarning)
         code = main(["bench", "--model", "mavos-lite", "--memory", "mca", "--frames", "3", "--size", "48",
                      "--clip", str(DEV), "--sequence", "blackswan", "--warmup", "0", "--threads", "1",
-                     "--json", str(out_json), "--plot", str(out_png), "--quiet"])
+                     "--dtype", "fp32", "--json", str(out_json), "--plot", str(out_png), "--quiet"])
     assert code == 0
     printed = capsys.readouterr().out
     assert "1 threads" in printed and "fp32" in printed and "median ms" in printed

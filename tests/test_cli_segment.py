@@ -21,7 +21,8 @@ from longvos.io.video import open_video
 
 from conftest import write_mp4
 
-FAST = ["--model", "mavos-mnv2", "--allow-random-weights", "--max-size", "64", "--device", "cpu", "--quiet"]
+FAST = ["--model", "mavos-mnv2", "--allow-random-weights", "--max-size", "64", "--device", "cpu", "--dtype", "fp32",
+        "--quiet"]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread_module")
@@ -147,7 +148,7 @@ def test_failure_mid_video_keeps_written_frames_and_resume_finishes(clip, dev_di
     assert code == 0 and "already complete" in stdout
     code, _, stderr = segment(damaged, "--mask", annotation(dev_dir, 0), "--out", out, "--resume", "--dtype", "bf16",
                               capsys=capsys)
-    assert code == 1 and "other settings (dtype: 'None' -> 'torch.bfloat16')" in stderr
+    assert code == 1 and "other settings (dtype: 'torch.float32' -> 'torch.bfloat16')" in stderr
 
 
 def bad_inputs(dev_dir: Path, clip: Path, tmp: Path) -> list[tuple[list[object], str]]:

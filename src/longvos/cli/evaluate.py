@@ -54,6 +54,7 @@ def _sequence_names(text: str | None) -> list[str] | Path | None:
 
 def run(args: argparse.Namespace) -> int:
     # Heavy imports only when the command runs (`longvos --help` stays fast).
+    from longvos.device import DEFAULT_DTYPE
     from longvos.eval.dataset import find_sequences, resolve_sequence_names
     from longvos.eval.report import format_table, write_reports
     from longvos.eval.scoring import evaluate_sequences
@@ -61,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.pred is not None:
         for option in ("checkpoint", "memory", "mem_gap", "dtype", "threads"):
-            if getattr(args, option) is not None:
+            if getattr(args, option) not in (None, DEFAULT_DTYPE if option == "dtype" else None):
                 raise CommandError(f"--{option.replace('_', '-')} only applies with --model")
         if args.allow_random_weights:
             raise CommandError("--allow-random-weights only applies with --model")

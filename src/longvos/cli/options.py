@@ -40,9 +40,10 @@ def add_compute_options(parser: argparse.ArgumentParser, *, prefix: str = "", de
     if device:
         parser.add_argument("--device", default="auto", help=f"{prefix}auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
     if dtype:
-        parser.add_argument("--dtype", default=None,
-                            help=f"{prefix}autocast compute dtype: fp32 (default), bf16, fp16, or auto (bf16 where the "
-                                 "device computes it natively: CUDA with bf16, a CPU with AVX-512 BF16 or AMX; else fp32)")
+        parser.add_argument("--dtype", default="auto",
+                            help=f"{prefix}autocast compute dtype: auto (default: bf16 where the device computes it "
+                                 "natively -- CUDA with bf16, a CPU with AVX-512 BF16 or AMX -- else fp32), fp32, bf16, "
+                                 "fp16")
     if max_size:
         parser.add_argument("--max-size", "--size", dest="max_size", type=parse_max_size, default=max_size_default,
                             help=f"{prefix}short side the network sees, in pixels, 0 for the native size, or auto: "

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from longvos.device import DEFAULT_DTYPE
 from longvos.engine.frames import MaxSize
 from longvos.models.registry import DEFAULT_MODEL
 
@@ -52,7 +53,7 @@ class SegmentOptions:
     model: str | Segmenter = _setting(DEFAULT_MODEL)
     checkpoint: str | Path | None = _setting(None)
     device: str | torch.device = "auto"
-    dtype: str | torch.dtype | None = _setting(None)
+    dtype: str | torch.dtype | None = _setting(DEFAULT_DTYPE)
     memory: str | None = _setting(None)
     mem_gap: int | None = _setting(None)
     allow_random_weights: bool = False  # the checkpoint (None: random weights) is in the record already

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from longvos.device import resolve_device, resolve_dtype
+from longvos.device import DEFAULT_DTYPE, resolve_device, resolve_dtype
 from longvos.engine import offline
 from longvos.engine.frames import MaxSize
 from longvos.engine.session import MaskLike, Session
@@ -24,7 +24,8 @@ class Segmenter:
     matmul's inputs in one dtype (no "BFloat16 and Float" mismatches). One segmenter serves many sessions.
     """
 
-    def __init__(self, model: VOSModel, device: str | torch.device = "auto", dtype: str | torch.dtype | None = None):
+    def __init__(self, model: VOSModel, device: str | torch.device = "auto",
+                 dtype: str | torch.dtype | None = DEFAULT_DTYPE):
         self.device = usable_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         if self.device.type == "cpu" and self.dtype == torch.float16:
@@ -87,7 +88,7 @@ def usable_device(device: str | torch.device | None) -> torch.device:
 
 
 def load_model(name: str, checkpoint: str | Path | None = None, device: str | torch.device = "auto",
-               dtype: str | torch.dtype | None = None, *, memory: str | None = None,
+               dtype: str | torch.dtype | None = DEFAULT_DTYPE, *, memory: str | None = None,
                mem_gap: int | None = None, allow_random_weights: bool = False) -> Segmenter:
     """Build a registered model (``longvos models`` lists them) and load its weights.
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from longvos.device import resolve_device, resolve_dtype
+from longvos.device import DEFAULT_DTYPE, resolve_device, resolve_dtype
 from longvos.engine.resources import format_bytes
 from longvos.engine.segmenter import Segmenter, load_model
 from longvos.engine.session import Session
@@ -167,7 +167,7 @@ def format_point(p: LengthPoint, on_device: bool = False) -> list[str]:
 
 
 def run_benchmark(designs: Sequence[Design], clip: Clip, *, lengths: Sequence[int] = DEFAULT_LENGTHS,
-                  checkpoint: str | Path | None = None, device: str = "auto", dtype: str | None = None,
+                  checkpoint: str | Path | None = None, device: str = "auto", dtype: str | None = DEFAULT_DTYPE,
                   mem_gap: int | None = None, warmup: int = 5, seed: int = 0, interleave: bool = False,
                   time_budget_s: float | None = None, progress: bool = False,
                   on_point: Callable[[BenchReport, LengthPoint], None] | None = None) -> BenchReport:
