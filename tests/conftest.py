@@ -15,10 +15,13 @@ import shutil
 import sys
 import tempfile
 import types
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import torch
+
+from longvos.models.base import VOSModel
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("LONGVOS_SHARED") or REPO.parent / "shared").resolve()
@@ -253,6 +256,22 @@ def call(server, method: str, path: str, body: bytes | None = None,
         return error.code, dict(error.headers), error.read()
 
 
+
+def run_to_the_end(server, job_id: str, timeout_s: float = 120) -> dict:
+    """Start an app job and poll it until it is done or failed; its last status."""
+    import json
+    import time
+
+    status, _, body = call(server, "POST", f"/api/jobs/{job_id}/run")
+    assert status == 200, body
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        job = json.loads(call(server, "GET", f"/api/jobs/{job_id}")[2])
+        if job["state"] in ("done", "failed"):
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} still {job['state']} after {timeout_s:.0f} s")
+
 #: Overrides that make a training run tiny: 33-pixel crops, 3-frame clips, 3 steps, one thread, no workers or logs.
 TINY = ["data.size=33", "data.clip_len=3", "data.workers=0", "data.min_object_pixels=5", "data.max_objects=3",
         "model.pretrained_encoder=false", "optim.batch_size=1", "optim.steps=3", "run.log_every=1",
@@ -266,3 +285,50 @@ def config_from_dict(values: dict):
     config = TrainConfig()
     update_config(config, values, source="checkpoint")
     return config
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# An exact oracle model for engine tests (test_session_engine, test_session_errors, test_session_pipeline)
+
+
+@dataclass
+class RepeatState:
+    object_ids: list[int] = field(default_factory=list)
+    masks_NHW: torch.Tensor | None = None
+    seen_sizes: list[tuple[int, int]] = field(default_factory=list)
+
+    def nbytes(self) -> int:
+        return 0 if self.masks_NHW is None else self.masks_NHW.numel() * 4
+
+
+class RepeatLastMask(VOSModel):
+    """Predicts every object exactly where it was last given; input sizes snap down to multiples of 8."""
+
+    name = "repeat-last-mask"
+
+    def input_size(self, height: int, width: int) -> tuple[int, int]:
+        return max(8, height // 8 * 8), max(8, width // 8 * 8)
+
+    def init_state(self, mem_gap: int | None = None) -> RepeatState:
+        if mem_gap not in (None, 1):
+            raise ValueError(f"this model has no memory interval; mem_gap={mem_gap} does not apply")
+        return RepeatState()
+
+    def step(self, state, image_B3HW, masks=None):
+        height, width = image_B3HW.shape[-2:]
+        state.seen_sizes.append((height, width))
+        if state.masks_NHW is None:
+            state.masks_NHW = torch.zeros(0, height, width)
+        for object_id, mask_HW in (masks or {}).items():
+            if object_id not in state.object_ids:
+                state.object_ids.append(object_id)
+                state.masks_NHW = torch.cat([state.masks_NHW, torch.zeros(1, height, width)])
+            state.masks_NHW[:, mask_HW > 0.5] = 0
+            state.masks_NHW[state.object_ids.index(object_id)] = mask_HW
+        background = 1 - state.masks_NHW.sum(0, keepdim=True)
+        return torch.cat([background, state.masks_NHW])
+
+    def remove_objects(self, state, object_ids):
+        keep = [i for i, o in enumerate(state.object_ids) if o not in object_ids]
+        state.object_ids = [state.object_ids[i] for i in keep]
+        state.masks_NHW = state.masks_NHW[keep]

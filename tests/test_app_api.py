@@ -9,7 +9,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 import zipfile
 from pathlib import Path
@@ -25,7 +24,7 @@ from longvos.io.masks import decode_mask_image, read_index_mask, write_index_png
 from longvos.io.palette import DAVIS_PALETTE
 from longvos.io.video import open_video
 
-from conftest import call, seeded_checkpoint, write_mp4
+from conftest import call, run_to_the_end, seeded_checkpoint, write_mp4
 
 MAX_SIZE = 64
 SIZE = (320, 180)  # width, height of the test clip
@@ -69,18 +68,6 @@ def upload(server: AppServer, path: Path, name: str | None = None) -> dict:
 
 def error_of(response: tuple[int, dict[str, str], bytes]) -> tuple[int, str]:
     return response[0], json.loads(response[2])["error"]
-
-
-def run_to_the_end(server: AppServer, job_id: str) -> dict:
-    status, _, body = call(server, "POST", f"/api/jobs/{job_id}/run")
-    assert status == 200, body
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        job = json.loads(call(server, "GET", f"/api/jobs/{job_id}")[2])
-        if job["state"] in ("done", "failed"):
-            return job
-        time.sleep(0.2)
-    raise AssertionError(f"job {job_id} still {job['state']} after 120 s")
 
 
 def zipped_masks(server: AppServer, job_id: str) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:

@@ -32,7 +32,7 @@ from PIL import Image, ImageFile
 from longvos.app import AppServer
 from longvos.engine.segmenter import load_model
 
-from conftest import call
+from conftest import call, run_to_the_end
 
 SIZE = (64, 48)  # width, height of the test clips
 MAX_SIZE = 48
@@ -138,17 +138,6 @@ def post_mask(server: AppServer, job_id: str, objects: int = 1) -> dict:
     status, _, body = call(server, "POST", f"/api/jobs/{job_id}/mask", mask_png(objects))
     assert status == 200, body
     return json.loads(body)
-
-
-def run_to_the_end(server: AppServer, job_id: str) -> dict:
-    assert call(server, "POST", f"/api/jobs/{job_id}/run")[0] == 200
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        job = json.loads(call(server, "GET", f"/api/jobs/{job_id}")[2])
-        if job["state"] in ("done", "failed"):
-            return job
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} still {job['state']} after 60 s")
 
 
 def wait_for_frames(server: AppServer, job_id: str, frames: int) -> None:
@@ -323,16 +312,22 @@ def test_closing_mid_job_cancels_it_waits_for_it_and_removes_the_work_folder(seg
     assert status["state"] == "failed" and status["error"] == "the server stopped" and status["done"] < 240
 
 
-def test_sigterm_mid_job_exits_promptly_and_leaves_no_temp_folder(long_clip, tmp_path):
-    temp = tmp_path / "tmp"
+def start_app(python_args: list[str], temp: Path) -> tuple[subprocess.Popen, str]:
+    """``python <python_args> app ...`` on a free port with ``TMPDIR=temp``; the process and its "serving" line."""
     temp.mkdir()
-    command = [sys.executable, "-m", "longvos", "app", "--port", "0", "--model", "mavos-lite", "--device", "cpu",
+    command = [sys.executable, *python_args, "app", "--port", "0", "--model", "mavos-lite", "--device", "cpu",
                "--threads", "1", "--max-size", str(MAX_SIZE)]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                env={**os.environ, "TMPDIR": str(temp), "OMP_NUM_THREADS": "1"})
+    line = process.stdout.readline()
+    assert line.startswith("longvos app: serving http://127.0.0.1:"), (line, process.stderr.read())
+    return process, line
+
+
+def test_sigterm_mid_job_exits_promptly_and_leaves_no_temp_folder(long_clip, tmp_path):
+    temp = tmp_path / "tmp"
+    process, line = start_app(["-m", "longvos"], temp)
     try:
-        line = process.stdout.readline()
-        assert line.startswith("longvos app: serving http://127.0.0.1:"), (line, process.stderr.read())
         url = line.split()[3].rstrip("/")
         request = urllib.request.Request(f"{url}/api/jobs", data=long_clip.read_bytes(),
                                          headers={"X-Filename": "long.mp4"})
@@ -371,14 +366,8 @@ sys.exit(main(sys.argv[1:]))
 
 def test_a_second_ctrl_c_during_a_hung_shutdown_exits_at_once_and_removes_the_work_folder(tmp_path):
     temp = tmp_path / "tmp"
-    temp.mkdir()
-    command = [sys.executable, "-c", HANGING_CLOSE, "app", "--port", "0", "--model", "mavos-lite", "--device", "cpu",
-               "--threads", "1", "--max-size", str(MAX_SIZE)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "TMPDIR": str(temp), "OMP_NUM_THREADS": "1"})
+    process, _ = start_app(["-c", HANGING_CLOSE], temp)
     try:
-        line = process.stdout.readline()
-        assert line.startswith("longvos app: serving http://127.0.0.1:"), (line, process.stderr.read())
         assert len(list(temp.iterdir())) == 1  # the work folder
         process.send_signal(signal.SIGINT)  # the first: the graceful stop begins, and hangs
         assert process.stdout.readline() == "closing\n"

@@ -5,62 +5,18 @@ return to the original size), frame types, user ids, staging and errors. The rea
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import cv2
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from conftest import RepeatLastMask
+
 from longvos.engine import Segmenter
 from longvos.engine.frames import resize_ids_nearest, shrunk_size, to_network_input
 from longvos.io.errors import InputError, MaskError
 from longvos.io.masks import read_index_mask
-from longvos.models.base import VOSModel
-
-
-@dataclass
-class RepeatState:
-    object_ids: list[int] = field(default_factory=list)
-    masks_NHW: torch.Tensor | None = None
-    seen_sizes: list[tuple[int, int]] = field(default_factory=list)
-
-    def nbytes(self) -> int:
-        return 0 if self.masks_NHW is None else self.masks_NHW.numel() * 4
-
-
-class RepeatLastMask(VOSModel):
-    """Predicts every object exactly where it was last given; input sizes snap down to multiples of 8."""
-
-    name = "repeat-last-mask"
-
-    def input_size(self, height: int, width: int) -> tuple[int, int]:
-        return max(8, height // 8 * 8), max(8, width // 8 * 8)
-
-    def init_state(self, mem_gap: int | None = None) -> RepeatState:
-        if mem_gap not in (None, 1):
-            raise ValueError(f"this model has no memory interval; mem_gap={mem_gap} does not apply")
-        return RepeatState()
-
-    def step(self, state, image_B3HW, masks=None):
-        height, width = image_B3HW.shape[-2:]
-        state.seen_sizes.append((height, width))
-        if state.masks_NHW is None:
-            state.masks_NHW = torch.zeros(0, height, width)
-        for object_id, mask_HW in (masks or {}).items():
-            if object_id not in state.object_ids:
-                state.object_ids.append(object_id)
-                state.masks_NHW = torch.cat([state.masks_NHW, torch.zeros(1, height, width)])
-            state.masks_NHW[:, mask_HW > 0.5] = 0
-            state.masks_NHW[state.object_ids.index(object_id)] = mask_HW
-        background = 1 - state.masks_NHW.sum(0, keepdim=True)
-        return torch.cat([background, state.masks_NHW])
-
-    def remove_objects(self, state, object_ids):
-        keep = [i for i, o in enumerate(state.object_ids) if o not in object_ids]
-        state.object_ids = [state.object_ids[i] for i in keep]
-        state.masks_NHW = state.masks_NHW[keep]
 
 
 @pytest.fixture

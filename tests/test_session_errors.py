@@ -4,63 +4,24 @@ propagation has already passed (it would be ignored, yet listed in ``object_ids`
 newer one; a state that is not the one ``init_state`` returned."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
+
+from conftest import RepeatLastMask
 
 from longvos import SessionError
 from longvos.engine.segmenter import Segmenter
 from longvos.io.errors import InputError
-from longvos.models.base import VOSModel
 
 FRAMES, HEIGHT, WIDTH = 6, 24, 32
 
 
-@dataclass
-class EchoState:
-    object_ids: list[int] = field(default_factory=list)
-    masks_NHW: torch.Tensor | None = None
-
-    def nbytes(self) -> int:
-        return 0 if self.masks_NHW is None else self.masks_NHW.numel() * 4
-
-
-class Echo(VOSModel):
-    """Predicts every object where its mask was last given (exact, instant)."""
-
-    name = "echo"
-
-    def input_size(self, height: int, width: int) -> tuple[int, int]:
-        return height, width
-
-    def init_state(self, mem_gap: int | None = None) -> EchoState:
-        return EchoState()
-
-    def step(self, state, image_B3HW, masks=None):
-        height, width = image_B3HW.shape[-2:]
-        if state.masks_NHW is None:
-            state.masks_NHW = torch.zeros(0, height, width)
-        for object_id, mask_HW in (masks or {}).items():
-            if object_id not in state.object_ids:
-                state.object_ids.append(object_id)
-                state.masks_NHW = torch.cat([state.masks_NHW, torch.zeros(1, height, width)])
-            state.masks_NHW[:, mask_HW > 0.5] = 0
-            state.masks_NHW[state.object_ids.index(object_id)] = mask_HW
-        return torch.cat([1 - state.masks_NHW.sum(0, keepdim=True), state.masks_NHW])
-
-    def remove_objects(self, state, object_ids):
-        keep = [i for i, o in enumerate(state.object_ids) if o not in object_ids]
-        state.object_ids = [state.object_ids[i] for i in keep]
-        state.masks_NHW = state.masks_NHW[keep]
-
-
 @pytest.fixture
 def segmenter() -> Segmenter:
-    return Segmenter(Echo(), device="cpu")
+    return Segmenter(RepeatLastMask(), device="cpu")
 
 
 @pytest.fixture

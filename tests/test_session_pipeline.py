@@ -8,7 +8,7 @@ import pytest
 from longvos.engine import SegmentationError, Segmenter, segment_video
 from longvos.io.masks import read_index_mask
 
-from test_session_engine import RepeatLastMask
+from conftest import RepeatLastMask
 
 
 @pytest.fixture
