@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from longvos.train import files
-from longvos.train.augment import (crop_homography, motion_step, random_object_point, warp_image,
+from longvos.train.augment import (crop_homography, motion_step, random_object_point, relight_clip, warp_image,
                                    warp_label)
 from longvos.train.clips import TrainingClip, paste, select_objects
 from longvos.train.config import AugmentConfig, DataConfig
@@ -216,3 +216,18 @@ def test_resolution_curriculum_sizes_follow_the_step(tiny_root):
     assert clips[0]["images"].shape[-1] == 33 and clips[13]["images"].shape[-1] == 65
     with pytest.raises(TrainingDataError, match="curriculum"):
         TrainingClips(tiny_config(tiny_root, curriculum_steps=(2,), curriculum_sizes=()))
+
+
+def test_relighting_changes_light_smoothly_over_space_and_time():
+    """Relit frames: gains within the drawn range, smooth over space (no seams), different between the first and last
+    frame and halfway between them in the middle; off (the same arrays) when the preset leaves it at 0."""
+    frames = [np.full((60, 90, 3), 100, np.uint8) for _ in range(5)]
+    rng = np.random.default_rng(3)
+    assert relight_clip(frames, rng, AugmentConfig()) is frames
+    cfg = AugmentConfig(relight_prob=1.0, relight_strength=0.7)
+    relit = [frame.astype(np.float32) for frame in relight_clip(frames, rng, cfg)]
+    for frame in relit:
+        assert frame.min() >= 100 * np.exp(-0.7) - 1 and frame.max() <= 100 * np.exp(0.7) + 1
+        assert np.abs(np.diff(frame, axis=1)).max() < 12 and np.abs(np.diff(frame, axis=0)).max() < 12
+    assert np.abs(relit[0] - relit[-1]).mean() > 5
+    np.testing.assert_allclose(relit[2], (relit[0] + relit[-1]) / 2, atol=1.0)

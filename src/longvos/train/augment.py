@@ -124,6 +124,33 @@ def photometric(image: np.ndarray, rng: np.random.Generator, cfg: AugmentConfig)
     return np.clip(out * 255.0 + 0.5, 0, 255).astype(np.uint8)
 
 
+def relight_clip(frames: list[np.ndarray], rng: np.random.Generator, cfg: AugmentConfig) -> list[np.ndarray]:
+    """With probability ``cfg.relight_prob``, light the clip unevenly and let the light change over time.
+
+    Global jitter cannot make what breaks a tracker in real footage: an object in shadow on its reference frame that
+    walks into the sun (or the reverse). This multiplies each frame by a smooth gain field (a coarse random grid of
+    log-gains in ``+-cfg.relight_strength``, upsampled) that blends linearly from one field on the first frame to
+    another on the last, so patches of the object change brightness differently and progressively."""
+    if cfg.relight_prob <= 0 or rng.random() >= cfg.relight_prob:
+        return frames
+    height, width = frames[0].shape[:2]
+    first, last = (relight_field((height, width), rng, cfg.relight_strength) for _ in range(2))
+    out = []
+    for t, frame in enumerate(frames):
+        blend = t / max(len(frames) - 1, 1)
+        gain_HW1 = (1 - blend) * first + blend * last
+        out.append(np.clip(frame.astype(np.float32) * gain_HW1 + 0.5, 0, 255).astype(np.uint8))
+    return out
+
+
+def relight_field(hw: tuple[int, int], rng: np.random.Generator, strength: float, grid: int = 3) -> np.ndarray:
+    """``HxWx1`` float32 gains: exp of a ``grid x grid`` uniform draw in ``+-strength``, bicubically upsampled (so
+    light and shadow vary over about a third of the frame), clipped to the drawn range against cubic overshoot."""
+    log_gains = rng.uniform(-strength, strength, size=(grid, grid)).astype(np.float32)
+    field = cv2.resize(log_gains, (hw[1], hw[0]), interpolation=cv2.INTER_CUBIC)
+    return np.exp(np.clip(field, -strength, strength))[..., None]
+
+
 def gray(image: np.ndarray) -> np.ndarray:
     return image @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
 

@@ -45,6 +45,9 @@ class AugmentConfig:
     grayscale_prob: float = 0.1
     blur_prob: float = 0.3
     blur_sigma: tuple[float, float] = (0.1, 2.0)
+    # Uneven light that changes over the clip (shadow -> sun), drawn per clip; off unless a preset asks for it.
+    relight_prob: float = 0.0
+    relight_strength: float = 0.7                   # log-gain range: gains from exp(-0.7) = 0.5 to 2.0
 
 
 @dataclass

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .augment import photometric
+from .augment import photometric, relight_clip
 from .clips import select_objects, to_tensors
 from .config import DataConfig
 from .data_static import StaticClipSource
@@ -51,7 +51,8 @@ class TrainingClips(Dataset):
             clip, num_objects = select_objects(source.sample(rng, self.size_at(index)), rng, self.cfg.max_objects,
                                                self.cfg.min_object_pixels)
             if num_objects > 0:
-                clip.frames = [photometric(frame, rng, self.cfg.augment) for frame in clip.frames]
+                clip.frames = [photometric(frame, rng, self.cfg.augment)
+                               for frame in relight_clip(clip.frames, rng, self.cfg.augment)]
                 return to_tensors(clip, num_objects)
         raise TrainingDataError(f"sample {index}: no clip with a visible object after {MAX_REDRAWS} draws; "
                                 f"check data.min_object_pixels ({self.cfg.min_object_pixels}) against data.size")
