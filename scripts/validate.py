@@ -41,7 +41,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as scratch:
         weights = args.weights
         if is_training_checkpoint(weights):
-            from longvos.train.checkpoint import export_weights
+            from longvos.checkpoints import export_weights
             weights = export_weights(weights, Path(scratch) / "ema.pt")
         out_root = args.out or Path(scratch) / "eval"
         all_scores: list[tuple[float, float]] = []
