@@ -8,6 +8,7 @@ helper function of their module or through a fixture. Where the data must be the
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
 import os
@@ -242,35 +243,96 @@ def annotation(dev_dir: Path, sequence: str, index: int) -> Path:
     return dev_dir / "Annotations" / sequence / f"{index:05d}.png"
 
 
-def call(server, method: str, path: str, body: bytes | None = None,
-         headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-    """One HTTP request to a running app server: (status, headers, body), error statuses included."""
-    import urllib.error
+# -- the web app (tests/test_app_*.py) -----------------------------------------------------------------------------
+
+#: The app tests' network size: small enough that a run of a few frames takes well under a second.
+APP_MAX_SIZE = 64
+# The app tests drive the app with Gradio's client, whose huggingface_hub would look up huggingface.co and send
+# telemetry: tests never reach the network. Set before any test module imports it (huggingface_hub reads them once).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
+
+
+@pytest.fixture(scope="session")
+def app_swan_clip(dev_dir, tmp_path_factory) -> Path:
+    """Six blackswan frames at 320x180 as an H.264 mp4: a short real video for the app."""
+    import numpy as np
+    from PIL import Image
+
+    frames = [np.asarray(Image.open(p).convert("RGB").resize((320, 180)))
+              for p in sorted((dev_dir / "JPEGImages" / "blackswan").glob("*.jpg"))[:6]]
+    return write_mp4(frames, tmp_path_factory.mktemp("app-clip") / "swan.mp4")
+
+
+@pytest.fixture(scope="session")
+def app_swan_mask(dev_dir):
+    """The swan's first-frame mask at the clip's 320x180."""
+    import numpy as np
+    from PIL import Image
+
+    from longvos.io.masks import read_index_mask
+
+    ids = read_index_mask(dev_dir / "Annotations" / "blackswan" / "00000.png").ids
+    return np.asarray(Image.fromarray(ids).resize((320, 180), Image.NEAREST))
+
+
+@pytest.fixture(scope="session")
+def app_segmenter(tmp_path_factory):
+    """mavos-lite with the seed-0 weights (fast and deterministic), on the CPU, for the app tests."""
+    from longvos.engine.segmenter import load_segmenter
+
+    return load_segmenter("mavos-lite", seeded_checkpoint(tmp_path_factory), "cpu")
+
+
+@contextlib.contextmanager
+def serving_app(segmenter, max_size: int = APP_MAX_SIZE, **settings):
+    """A running :class:`~longvos.app.server.LongvosApp` on a free port of 127.0.0.1 (Gradio keeps its cache folder
+    in the environment, so one at a time per process); closed, and its work folder deleted, afterwards."""
+    from longvos.app.server import LongvosApp
+    from longvos.engine.options import SegmentOptions
+
+    app = LongvosApp(SegmentOptions(model=segmenter, max_size=max_size), port=0, **settings)
+    try:
+        app.launch()
+        yield app
+    finally:
+        app.close()
+
+
+def app_client(app_or_url):
+    """A Gradio client of a running app (one browser session); it downloads nothing by itself."""
+    from gradio_client import Client
+
+    return Client(getattr(app_or_url, "url", app_or_url), verbose=False, download_files=False)
+
+
+def app_file(value) -> bytes:
+    """The bytes of a file an app event returned (its ``{"url": ...}`` or an update holding one)."""
     import urllib.request
 
-    request = urllib.request.Request(server.url.rstrip("/") + path, data=body, method=method, headers=headers or {})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, dict(response.headers), response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, dict(error.headers), error.read()
+    value = value.get("value", value)
+    with urllib.request.urlopen(value["url"], timeout=60) as response:
+        return response.read()
 
 
+def start_app(python_args: list[str], temp: Path, *options: str, env: dict[str, str] | None = None):
+    """``python <python_args> app --port 0 ...`` (mavos-lite, CPU, one thread) with ``TMPDIR=temp``, ``HOME`` and
+    the working directory in empty folders beside it: the process and its "serving" line."""
+    import subprocess
 
-def run_to_the_end(server, job_id: str, timeout_s: float = 120) -> dict:
-    """Start an app job and poll it until it is done or failed; its last status."""
-    import json
-    import time
+    for folder in (temp, temp.with_name("home"), temp.with_name("cwd")):
+        folder.mkdir()
+    command = [sys.executable, *python_args, "app", "--port", "0", "--model", "mavos-lite", "--device", "cpu",
+               "--threads", "1", "--max-size", "48", *options]
+    environment = {**os.environ, "TMPDIR": str(temp), "HOME": str(temp.with_name("home")), "OMP_NUM_THREADS": "1",
+                   "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO / "src"), os.environ.get("PYTHONPATH")])),
+                   **(env or {})}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env=environment, cwd=temp.with_name("cwd"))
+    line = process.stdout.readline()
+    assert line.startswith("longvos app: serving http://127.0.0.1:"), (line, process.stderr.read())
+    return process, line
 
-    status, _, body = call(server, "POST", f"/api/jobs/{job_id}/run")
-    assert status == 200, body
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        job = json.loads(call(server, "GET", f"/api/jobs/{job_id}")[2])
-        if job["state"] in ("done", "failed"):
-            return job
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} still {job['state']} after {timeout_s:.0f} s")
 
 #: Overrides that make a training run tiny: 33-pixel crops, 3-frame clips, 3 steps, one thread, no workers or logs.
 TINY = ["data.size=33", "data.clip_len=3", "data.workers=0", "data.min_object_pixels=5", "data.max_objects=3",
@@ -309,7 +371,7 @@ class RepeatLastMask(VOSModel):
     def input_size(self, height: int, width: int) -> tuple[int, int]:
         return max(8, height // 8 * 8), max(8, width // 8 * 8)
 
-    def init_state(self, mem_gap: int | None = None) -> RepeatState:
+    def new_state(self, mem_gap: int | None = None) -> RepeatState:
         if mem_gap not in (None, 1):
             raise ValueError(f"this model has no memory interval; mem_gap={mem_gap} does not apply")
         return RepeatState()

@@ -151,7 +151,7 @@ def test_mca_reset_to_identity_segments_exactly_like_ref_plus_prev():
     plain.load_state_dict(identity.state_dict())
     video = frames(8)
     with torch.no_grad():
-        states = [model.init_state() for model in (identity, plain)]
+        states = [model.new_state() for model in (identity, plain)]
         for model, state in zip((identity, plain), states):
             model.step(state, video[0], box_masks([1, 2]))
         for t in range(1, len(video)):  # fusions at frames 4 and 6
@@ -165,7 +165,7 @@ def test_mca_reset_to_identity_segments_exactly_like_ref_plus_prev():
 
 
 def _state_nbytes_after(model, checkpoints: tuple[int, ...]) -> list[int]:
-    state = model.init_state()
+    state = model.new_state()
     video = frames(max(checkpoints) + 1)
     sizes = []
     with torch.no_grad():
@@ -197,7 +197,7 @@ def test_growing_memory_grows():
 
 def test_frame_without_objects_returns_background_only():
     model = small_model()
-    state = model.init_state()
+    state = model.new_state()
     probs = model.step(state, frames(1)[0])
     assert probs.shape == (1, *FRAME_HW) and torch.equal(probs, torch.ones_like(probs))
     assert state.object_ids == [] and state.nbytes() == 0
@@ -205,7 +205,7 @@ def test_frame_without_objects_returns_background_only():
 
 def test_reference_frame_returns_the_given_masks_and_probabilities_sum_to_one():
     model = small_model()
-    state = model.init_state()
+    state = model.new_state()
     video = frames(2)
     masks = box_masks([5, 9])
     with torch.no_grad():
@@ -219,7 +219,7 @@ def test_reference_frame_returns_the_given_masks_and_probabilities_sum_to_one():
 
 def test_nbytes_counts_the_shared_reference_memory_once():
     model = small_model()
-    state = model.init_state()
+    state = model.new_state()
     with torch.no_grad():
         model.step(state, frames(1)[0], box_masks([1]))
     memory = state.passes[0].memory
@@ -238,8 +238,8 @@ def test_twelve_objects_equal_separate_passes_soft_aggregated():
     encoder_calls = []
     model.encoder.register_forward_hook(lambda *args: encoder_calls.append(1))
 
-    joint = model.init_state()
-    first_pass, second_pass = model.init_state(), model.init_state()
+    joint = model.new_state()
+    first_pass, second_pass = model.new_state(), model.new_state()
     with torch.no_grad():
         model.step(joint, video[0], masks)
         encoder_calls.clear()
@@ -259,7 +259,7 @@ def test_twelve_objects_equal_separate_passes_soft_aggregated():
 
 def test_new_object_mid_video_goes_through_the_long_term_update():
     model = small_model(mem_gap=5)
-    state = model.init_state()
+    state = model.new_state()
     video = frames(4)
     masks = box_masks([1, 2])
     with torch.no_grad():
@@ -278,7 +278,7 @@ def test_new_object_mid_video_goes_through_the_long_term_update():
 
 def test_reanchoring_replaces_the_prediction_of_that_object():
     model = small_model()
-    state = model.init_state()
+    state = model.new_state()
     video = frames(2)
     masks = box_masks([1, 2])
     new_mask = torch.zeros(FRAME_HW)
@@ -292,7 +292,7 @@ def test_reanchoring_replaces_the_prediction_of_that_object():
 
 def test_removed_objects_leave_the_output_and_their_slot_is_not_reused():
     model = small_model()
-    state = model.init_state()
+    state = model.new_state()
     video = frames(4)
     with torch.no_grad():
         model.step(state, video[0], box_masks([1, 2]))
@@ -308,7 +308,7 @@ def test_removed_objects_leave_the_output_and_their_slot_is_not_reused():
 
 def test_error_paths_name_the_problem():
     model = small_model()
-    state = model.init_state()
+    state = model.new_state()
     video = frames(2)
     with pytest.raises(ValueError, match="mask of object 7 has shape"):
         model.step(state, video[0], {7: torch.zeros(10, 10)})

@@ -1,195 +1,301 @@
-"""The web app's HTTP API without a browser, on a short real clip (mavos-lite with fixed random weights, 64 px):
-a box prompt gives exactly the masks of `segment_video(boxes=...)` (the code behind `segment --box`), an uploaded
-mask exactly those of `segment_video(mask)` with its palette kept; downloads, byte ranges, clear errors; and the
-`longvos app` command serves the page and stops cleanly."""
+"""The web app's events without a browser (a Gradio client, one session each), on a short real clip (mavos-lite with
+fixed random weights, 64 px): a box gives exactly the PNGs `segment_video(boxes=...)` writes (the code behind
+`segment --box`), an uploaded mask exactly those of `segment_video(mask)` with its palette kept; Undo brings back the
+mask uploaded before; results of an earlier run are cleared when the marks change and when a run starts; the
+progress bar follows the frames and stays below 100% until the zip is written; marking never decodes the video
+again; clear one-line errors; and the `longvos app` command serves the page and stops cleanly."""
 from __future__ import annotations
 
 import io
-import json
 import signal
-import subprocess
-import sys
+import time
 import urllib.request
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from longvos.app import AppServer
 from longvos.engine.pipeline import segment_video
-from longvos.engine.segmenter import load_model
-from longvos.io.masks import decode_mask_image, read_index_mask, write_index_png
+from longvos.io.masks import write_index_png
 from longvos.io.palette import DAVIS_PALETTE
 from longvos.io.video import open_video
 
-from conftest import call, run_to_the_end, seeded_checkpoint, write_mp4
+from conftest import APP_MAX_SIZE, app_client, app_file, optional_import, serving_app, start_app
 
-MAX_SIZE = 64
-SIZE = (320, 180)  # width, height of the test clip
-
-
+optional_import("gradio", "pip install 'longvos[app]'")
 pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 @pytest.fixture(scope="module")
-def clip(dev_dir, tmp_path_factory) -> Path:
-    """Six blackswan frames at 320x180 as an H.264 mp4."""
-    frames = [np.asarray(Image.open(p).convert("RGB").resize(SIZE))
-              for p in sorted((dev_dir / "JPEGImages" / "blackswan").glob("*.jpg"))[:6]]
-    return write_mp4(frames, tmp_path_factory.mktemp("clip") / "swan.mp4")
+def app(app_segmenter):
+    with serving_app(app_segmenter) as running:
+        yield running
 
 
-@pytest.fixture(scope="module")
-def swan_mask(dev_dir) -> np.ndarray:
-    ids = read_index_mask(dev_dir / "Annotations" / "blackswan" / "00000.png").ids
-    return np.asarray(Image.fromarray(ids).resize(SIZE, Image.NEAREST))
+def app_error(call) -> str:
+    """The message an event failed with, as the page shows it."""
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError) as error:
+        call()
+    return str(error.value)
 
 
-@pytest.fixture(scope="module")
-def segmenter(tmp_path_factory):
-    return load_model("mavos-lite", seeded_checkpoint(tmp_path_factory), "cpu")
+def zipped_pngs(done: tuple) -> dict[str, bytes]:
+    """The PNGs in the zip a finished segmentation offers for download, by entry name."""
+    with zipfile.ZipFile(io.BytesIO(app_file(done[2]))) as archive:
+        return {name: archive.read(name) for name in archive.namelist()}
 
 
-@pytest.fixture(scope="module")
-def server(segmenter, tmp_path_factory):
-    app = AppServer(segmenter, port=0, max_size=MAX_SIZE, workdir=tmp_path_factory.mktemp("app"))
-    app.start_background()
-    yield app
-    app.close()
+def written_pngs(folder: Path) -> dict[str, bytes]:
+    """The PNGs `segment_video` wrote into ``folder``, named as in the app's zip."""
+    return {f"masks/{path.name}": path.read_bytes() for path in sorted(folder.glob("*.png"))}
 
 
-def upload(server: AppServer, path: Path, name: str | None = None) -> dict:
-    status, _, body = call(server, "POST", "/api/jobs", path.read_bytes(), {"X-Filename": name or path.name})
-    assert status == 200, body
-    return json.loads(body)
+def box_around(mask: np.ndarray, margin: int) -> tuple[int, int, int, int]:
+    ys, xs = np.nonzero(mask)
+    return int(xs.min()) - margin, int(ys.min()) - margin, int(xs.max()) + margin, int(ys.max()) + margin
 
 
-def error_of(response: tuple[int, dict[str, str], bytes]) -> tuple[int, str]:
-    return response[0], json.loads(response[2])["error"]
+def no_results(outputs) -> bool:
+    """Whether the result outputs (the last three: status, overlay, download) of an event are cleared."""
+    status, overlay, download = outputs[-3:]
+    return status == "" and overlay is None and download.get("value") is None and download.get("visible") is False
 
 
-def zipped_masks(server: AppServer, job_id: str) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
-    status, headers, body = call(server, "GET", f"/api/jobs/{job_id}/masks.zip")
-    assert status == 200 and headers["Content-Disposition"] == 'attachment; filename="swan-masks.zip"'
-    with zipfile.ZipFile(io.BytesIO(body)) as archive:
-        masks = {}
-        for name in archive.namelist():
-            image = Image.open(io.BytesIO(archive.read(name)))
-            mask = decode_mask_image(image, name)
-            masks[name] = (mask.ids, mask.palette)
-    return masks
+def test_a_box_gives_the_pngs_of_segment_box(app, app_segmenter, app_swan_clip, app_swan_mask, tmp_path,
+                                             monkeypatch):
+    import gradio as gr
+    from gradio_client import handle_file
 
+    sent_back = []  # videos sent to a page component: Gradio probes each, and re-encodes some where ffmpeg is
+    postprocess = gr.Video.postprocess
+    monkeypatch.setattr(gr.Video, "postprocess", lambda self, value: (sent_back.append(value),
+                                                                      postprocess(self, value))[1])
+    client = app_client(app)
+    uploaded = client.predict(handle_file(str(app_swan_clip)), api_name="/upload_video")
+    assert uploaded[1].startswith("6 frames, 320x180, 24 fps")
+    assert [value for value in sent_back if value is not None] == []  # never sent back to its own component
+    assert app_error(lambda: client.predict(api_name="/segment")) == (
+        "mark at least one object on the first frame (a box, clicks or a mask file)")
 
-def expected_masks(folder: Path) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
-    masks = {}
-    for path in sorted(folder.glob("[0-9]*.png")):
-        mask = read_index_mask(path, allow_empty=True)
-        masks[f"swan-masks/{path.name}"] = (mask.ids, mask.palette)
-    return masks
+    box = box_around(app_swan_mask, 6)
+    marked = client.predict(",".join(map(str, box)), api_name="/set_box")
+    assert marked[1] == "1 object ready; marking object 1."
+    assert marked[2] == f"1. box {','.join(map(str, box))} (being marked)"
+    assert marked[3]["value"] == f"longvos segment video.mp4 --box {','.join(map(str, box))} --out masks/"
 
-
-def assert_same_masks(got: dict, expected: dict) -> None:
-    assert sorted(got) == sorted(expected) and len(got) == 6
-    for name in expected:
-        assert np.array_equal(got[name][0], expected[name][0]), name
-        assert np.array_equal(got[name][1], expected[name][1]), name
-
-
-def test_box_prompt_gives_the_masks_of_segment_box(server, segmenter, clip, swan_mask, tmp_path):
-    job = upload(server, clip)
-    assert (job["frames"], job["width"], job["height"], job["state"], job["name"]) == (6, 320, 180, "ready", "swan")
-    status, headers, frame = call(server, "GET", f"/api/jobs/{job['id']}/frame.jpg")
-    assert status == 200 and headers["Content-Type"] == "image/jpeg" and Image.open(io.BytesIO(frame)).size == SIZE
-    assert error_of(call(server, "POST", f"/api/jobs/{job['id']}/run")) == (
-        400, "mark at least one object on the first frame (a box, clicks or a mask file)")
-    assert call(server, "GET", f"/api/jobs/{job['id']}/masks.zip")[0] == 409
-
-    ys, xs = np.nonzero(swan_mask)
-    box = [int(xs.min()) - 6, int(ys.min()) - 6, int(xs.max()) + 6, int(ys.max()) + 6]
-    status, _, body = call(server, "POST", f"/api/jobs/{job['id']}/prompt", json.dumps({"objects": [{"box": box}]})
-                           .encode(), {"Content-Type": "application/json"})
-    assert status == 200 and json.loads(body)["objects"] == [1]
-    preview = Image.open(io.BytesIO(call(server, "GET", f"/api/jobs/{job['id']}/prompt.png")[2]))
-    assert preview.size == SIZE
-
-    finished = run_to_the_end(server, job["id"])
-    assert finished["state"] == "done" and finished["done"] == 6, finished
-    segment_video(clip, None, tmp_path / "cli", model=segmenter, max_size=MAX_SIZE, boxes=[tuple(box)],
+    done = client.predict(api_name="/segment")
+    assert done[0].startswith("Done: 6 frames")
+    segment_video(app_swan_clip, None, tmp_path / "cli", model=app_segmenter, max_size=APP_MAX_SIZE, boxes=[box],
                   progress=False)
-    assert_same_masks(zipped_masks(server, job["id"]), expected_masks(tmp_path / "cli"))
+    got, expected = zipped_pngs(done), written_pngs(tmp_path / "cli")
+    assert sorted(got) == sorted(expected) and len(got) == 6
+    assert got == expected  # byte for byte
 
-    status, headers, overlay = call(server, "GET", f"/api/jobs/{job['id']}/overlay.mp4")
-    assert status == 200 and headers["Content-Type"] == "video/mp4" and headers["Accept-Ranges"] == "bytes"
-    (tmp_path / "overlay.mp4").write_bytes(overlay)
-    video = open_video(tmp_path / "overlay.mp4")
-    assert len(video) == 6 and video.frame_size == (180, 320)
-    status, headers, part = call(server, "GET", f"/api/jobs/{job['id']}/overlay.mp4", headers={"Range": "bytes=10-19"})
-    assert status == 206 and part == overlay[10:20] and headers["Content-Range"] == f"bytes 10-19/{len(overlay)}"
-    status, _, tail = call(server, "GET", f"/api/jobs/{job['id']}/overlay.mp4", headers={"Range": "bytes=-7"})
-    assert status == 206 and tail == overlay[-7:]
+    (tmp_path / "overlay.mp4").write_bytes(app_file(done[1]))
+    with open_video(tmp_path / "overlay.mp4") as overlay:
+        assert len(overlay) == 6 and overlay.frame_size == (180, 320)
+    assert [Path(value).name for value in sent_back if value is not None] == ["overlay.mp4"]
 
 
-def test_uploaded_mask_keeps_its_palette_and_gives_the_masks_of_segment_video(server, segmenter, clip, swan_mask,
-                                                                            tmp_path):
-    job = upload(server, clip)
+def test_the_app_takes_no_state_snapshots(app_segmenter, app_swan_clip, tmp_path, monkeypatch):
+    """The web app never resumes a run, so it never pays for snapshots, whatever the options it was given."""
+    import longvos.app.runner as runner
+    from longvos.app.workspace import Workspace
+    from longvos.engine.options import SegmentOptions
+
+    workspace = Workspace(tmp_path)
+    upload = workspace.root / ("ab" * 32) / "clip.mp4"
+    upload.parent.mkdir()
+    upload.write_bytes(app_swan_clip.read_bytes())
+    job = workspace.create_job(upload)
+    write_index_png(job.prompt_path, np.zeros((job.height, job.width), np.uint8) + 1)
+    calls = []
+
+    def recording_segment_video(video, masks, out_dir, options, **kwargs):
+        calls.append(options)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(runner, "segment_video", recording_segment_video)
+    job_runner = runner.JobRunner(workspace, SegmentOptions(model=app_segmenter, snapshot_every=10))
+    with pytest.raises(RuntimeError, match="stop here"):
+        job_runner.run(job)
+    assert len(calls) == 1 and calls[0].snapshot_every == 0 and calls[0].progress is False
+    assert calls[0].model is app_segmenter
+
+
+def test_undo_brings_back_the_mask_uploaded_before(app, app_swan_clip, app_swan_mask, tmp_path):
+    from gradio_client import handle_file
+
+    client = app_client(app)
+    client.predict(handle_file(str(app_swan_clip)), api_name="/upload_video")
+    other = np.zeros_like(app_swan_mask)
+    other[20:90, 30:150] = 2
+    write_index_png(tmp_path / "swan.png", app_swan_mask)
+    write_index_png(tmp_path / "other.png", other)
+    previews = []  # the mask drawn over the first frame (only the newest preview is kept on the server)
+    for mask in ("swan.png", "other.png"):
+        previews.append(app_file(client.predict(handle_file(str(tmp_path / mask)), api_name="/upload_mask")[1]))
+    undone = client.predict(api_name="/undo")
+    assert undone[1] == "The first-frame mask is the uploaded file. Marking the frame replaces it."
+    assert app_file(undone[0]) == previews[0] != previews[1]
+
+
+def test_results_are_cleared_when_the_marks_change_and_when_a_run_starts(app, app_swan_clip, app_swan_mask,
+                                                                         monkeypatch):
+    import longvos.app.runner as runner
+    from gradio_client import handle_file
+
+    client = app_client(app)
+    client.predict(handle_file(str(app_swan_clip)), api_name="/upload_video")
+    box = ",".join(map(str, box_around(app_swan_mask, 6)))
+    client.predict(box, api_name="/set_box")
+    done = client.predict(api_name="/segment")
+    assert done[0].startswith("Done: 6 frames") and done[2]["visible"] is True
+    assert no_results(client.predict("10,10,80,80", api_name="/set_box"))  # a new mask: the results are stale
+    client.predict(box, api_name="/set_box")
+    assert client.predict(api_name="/segment")[0].startswith("Done: 6 frames")
+
+    def failing_segment_video(*_args, **_kwargs):
+        raise runner.InputError("the model ran out of patience")
+
+    monkeypatch.setattr(runner, "segment_video", failing_segment_video)
+    job = client.submit(api_name="/segment")
+    assert app_error(job.result) == "the model ran out of patience"
+    assert [no_results(outputs) for outputs in job.outputs()] == [True]  # the earlier run's results went first
+
+
+def test_the_progress_bar_follows_the_frames_and_the_zip(app, app_swan_clip, app_swan_mask, monkeypatch):
+    import longvos.app.runner as runner
+    from gradio_client import handle_file
+
+    real_segment_video, real_zip_masks = runner.segment_video, runner.zip_masks
+    zip_written_during = []
+
+    def slow_segment_video(*args, on_frame, **kwargs):
+        def slower(frame, result):
+            time.sleep(0.3)
+            on_frame(frame, result)
+
+        return real_segment_video(*args, on_frame=slower, **kwargs)
+
+    def slow_zip_masks(job):
+        time.sleep(1.0)
+        zip_written_during.append(job.zip_path.exists())
+        real_zip_masks(job)
+
+    monkeypatch.setattr(runner, "segment_video", slow_segment_video)
+    monkeypatch.setattr(runner, "zip_masks", slow_zip_masks)
+    client = app_client(app)
+    client.predict(handle_file(str(app_swan_clip)), api_name="/upload_video")
+    client.predict(",".join(map(str, box_around(app_swan_mask, 6))), api_name="/set_box")
+    job = client.submit(api_name="/segment")
+    seen = []
+    while not job.done():
+        for unit in job.status().progress_data or []:
+            if (unit.desc, unit.progress) not in seen:
+                seen.append((unit.desc, unit.progress))
+        time.sleep(0.02)
+    assert job.result()[0].startswith("Done: 6 frames") and zip_written_during == [False]
+    frames = [(desc, fraction) for desc, fraction in seen if desc.startswith("Segmenting: frame")]
+    assert len(frames) >= 3, seen
+    for desc, fraction in frames:
+        done = int(desc.split()[2])
+        assert desc == f"Segmenting: frame {done} of 6" and fraction == pytest.approx(done / 7), seen
+    assert seen[-1] == ("Writing the zip of the masks", pytest.approx(6 / 7)), seen  # not 100% before the zip
+
+
+def test_marking_never_decodes_the_video_again(app, app_swan_clip, monkeypatch):
+    from gradio_client import handle_file
+
+    from longvos.io.video import VideoFileSource
+
+    client = app_client(app)
+    client.predict(handle_file(str(app_swan_clip)), api_name="/upload_video")
+
+    def no_decoding(*_args, **_kwargs):
+        raise AssertionError("the video was opened again to mark its first frame")
+
+    for method in ("_build_index", "_decode_range", "__init__"):
+        monkeypatch.setattr(VideoFileSource, method, no_decoding)
+    assert client.predict("40,30,200,150", api_name="/set_box")[1] == "1 object ready; marking object 1."
+    assert client.predict(api_name="/new_object")[1] == "1 object ready; marking object 2."
+    assert client.predict(api_name="/undo")[1] == "1 object ready; marking object 1."
+
+
+def test_an_uploaded_mask_keeps_its_palette_and_gives_the_pngs_of_segment_video(app, app_segmenter, app_swan_clip,
+                                                                                 app_swan_mask, tmp_path):
+    from gradio_client import handle_file
+
+    client = app_client(app)
+    client.predict(handle_file(str(app_swan_clip)), api_name="/upload_video")
     palette = DAVIS_PALETTE.copy()
     palette[1] = (250, 200, 0)
-    write_index_png(tmp_path / "first.png", swan_mask, palette)
-    write_index_png(tmp_path / "small.png", swan_mask[::2, ::2], palette)
-    small = call(server, "POST", f"/api/jobs/{job['id']}/mask", (tmp_path / "small.png").read_bytes(),
-                 {"X-Filename": "small.png"})
-    assert error_of(small) == (400, "small.png: mask is 160x90 but the video (swan) is 320x180")
-    status, _, body = call(server, "POST", f"/api/jobs/{job['id']}/mask", (tmp_path / "first.png").read_bytes())
-    assert status == 200 and json.loads(body)["objects"] == [1]
+    write_index_png(tmp_path / "first.png", app_swan_mask, palette)
+    write_index_png(tmp_path / "small.png", app_swan_mask[::2, ::2], palette)
+    assert app_error(lambda: client.predict(handle_file(str(tmp_path / "small.png")), api_name="/upload_mask")) == (
+        "the mask is 160x90 but the video is 320x180")
+    marked = client.predict(handle_file(str(tmp_path / "first.png")), api_name="/upload_mask")
+    assert marked[2] == "The first-frame mask is the uploaded file. Marking the frame replaces it."
 
-    assert run_to_the_end(server, job["id"])["state"] == "done"
-    segment_video(clip, tmp_path / "first.png", tmp_path / "direct", model=segmenter, max_size=MAX_SIZE,
-                  progress=False)
-    got = zipped_masks(server, job["id"])
-    assert_same_masks(got, expected_masks(tmp_path / "direct"))
-    assert tuple(got["swan-masks/00003.png"][1][1]) == (250, 200, 0)
+    done = client.predict(api_name="/segment")
+    segment_video(app_swan_clip, tmp_path / "first.png", tmp_path / "direct", model=app_segmenter,
+                  max_size=APP_MAX_SIZE, progress=False)
+    got = zipped_pngs(done)
+    assert got == written_pngs(tmp_path / "direct") and len(got) == 6
+    with zipfile.ZipFile(io.BytesIO(app_file(done[2]))) as archive, archive.open("masks/00003.png") as png:
+        from PIL import Image
 
-
-def test_bad_requests_get_clear_errors(server, clip, tmp_path):
-    (tmp_path / "notes.txt").write_text("hello")
-    (tmp_path / "broken.mp4").write_bytes(b"not a video at all")
-    assert error_of(call(server, "POST", "/api/jobs", b"hello", {"X-Filename": "notes.txt"}))[1].startswith(
-        "notes.txt: not a video file; upload one of .avi, .m4v, .mkv, .mov, .mp4, .webm")
-    status, message = error_of(call(server, "POST", "/api/jobs", b"not a video", {"X-Filename": "broken.mp4"}))
-    assert status == 400 and "cannot open video" in message
-    assert error_of(call(server, "GET", "/api/jobs/0123456789abcdef"))[0] == 404
-    assert error_of(call(server, "GET", "/etc/passwd"))[0] == 404
-    assert error_of(call(server, "GET", "/static/../server.py"))[0] == 404
-
-    job = upload(server, clip, "my clip.mp4")
-    assert job["name"] == "my clip"
-    prompt = f"/api/jobs/{job['id']}/prompt"
-    assert error_of(call(server, "POST", prompt, b"{not json"))[1].startswith("the request is not JSON")
-    assert error_of(call(server, "POST", prompt, json.dumps({"objects": [{"box": [400, 10, 500, 90]}]}).encode())) \
-        == (400, "box (400, 10, 500, 90) for object 1: smaller than 4 px inside the 320x180 frame")
-    assert error_of(call(server, "POST", prompt, json.dumps({"objects": [{"points": [[5, 5, 0]]}]}).encode())) \
-        == (400, "object 1: an object needs a box or at least one click on it")
-    assert error_of(call(server, "GET", f"/api/jobs/{job['id']}/latest.jpg")) == (404, "no frame segmented yet")
+        assert Image.open(png).getpalette()[3:6] == [250, 200, 0]
 
 
-def test_the_app_command_serves_the_page_and_stops_on_sigterm(tmp_path_factory):
-    command = [sys.executable, "-m", "longvos", "app", "--port", "0", "--model", "mavos-lite", "--checkpoint",
-               str(seeded_checkpoint(tmp_path_factory)), "--device", "cpu", "--threads", "1"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def test_bad_input_gets_one_line_errors(app, app_swan_clip, tmp_path):
+    from gradio_client import handle_file
+
+    client = app_client(app)
+    assert app_error(lambda: client.predict("10,10,50,50", api_name="/set_box")) == "upload a video first"
+    (tmp_path / "notes.mp4").write_text("hello")
+    message = app_error(lambda: client.predict(handle_file(str(tmp_path / "notes.mp4")), api_name="/upload_video"))
+    assert message.startswith("the video: cannot open video") and "/" not in message and "\n" not in message
+
+    client.predict(handle_file(str(app_swan_clip)), api_name="/upload_video")
+    assert app_error(lambda: client.predict("400,10,500,90", api_name="/set_box")) == (
+        "box (400, 10, 500, 90) for object 1: smaller than 4 px inside the 320x180 frame")
+    assert app_error(lambda: client.predict("<b>1,2</b>", api_name="/set_box")) == (
+        "a box is four numbers x0,y0,x1,y1 in pixels, with x0 &lt; x1 and y0 &lt; y1")  # escaped: rendered as HTML
+    (tmp_path / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not a PNG after all")
+    message = app_error(lambda: client.predict(handle_file(str(tmp_path / "broken.png")), api_name="/upload_mask"))
+    assert message.startswith("the mask: cannot read mask") and "/" not in message and "\n" not in message
+
+
+def test_the_app_command_serves_the_page_and_stops_on_sigterm(tmp_path, tmp_path_factory):
+    from conftest import seeded_checkpoint
+
+    process, line = start_app(["-m", "longvos"], tmp_path / "tmp", "--checkpoint",
+                              str(seeded_checkpoint(tmp_path_factory)))
     try:
-        line = process.stdout.readline()
-        assert line.startswith("longvos app: serving http://127.0.0.1:"), (line, process.stderr.read())
         url = line.split()[3]
         with urllib.request.urlopen(url, timeout=30) as response:
             page = response.read().decode()
-        assert "<canvas" in page and 'id="video-input"' in page
-        with urllib.request.urlopen(url + "static/app.js", timeout=30) as response:
-            assert response.headers["Content-Type"].startswith("text/javascript")
+        assert '"title":"longvos: segment objects in a video"' in page  # the page title, in Gradio's config
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
         assert "stopped" in process.stderr.read()
+        assert list((tmp_path / "tmp").iterdir()) == []
     finally:
         process.kill()
         process.wait()
+
+
+def test_without_gradio_the_command_says_how_to_install_it(monkeypatch, capsys):
+    import importlib.util
+
+    from longvos.cli.main import main
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *args: None if name == "gradio"
+                        else find_spec(name, *args))
+    assert main(["app", "--port", "0"]) == 1
+    assert capsys.readouterr().err == "longvos app: error: longvos app needs Gradio: pip install 'longvos[app]'\n"

@@ -1,5 +1,6 @@
-"""Clicks -> mask through the shared GrabCut prompt code (on real DAVIS frames), its determinism, and the
-validation of the web page's prompt requests."""
+"""Clicks -> mask through the shared GrabCut prompt code (on real DAVIS frames), its determinism, and the web app's
+marks (:mod:`longvos.app.marks`): corner clicks make boxes, clicks go to the object being marked, ids are object
+positions, Undo (uploaded masks included), and the `segment --box` command of the same marks."""
 from __future__ import annotations
 
 import cv2
@@ -7,9 +8,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from longvos.app.marks import BOX, NEGATIVE, POSITIVE, Marks, ObjectMarks, draw_marks
 from longvos.io.errors import InputError
 from longvos.io.masks import read_index_mask
-from longvos.prompts import ObjectPrompt, grabcut_mask, objects_from_json, prompt_mask
+from longvos.prompts import ObjectPrompt, grabcut_mask, prompt_mask
 
 
 def frame_and_truth(dev_dir, sequence: str) -> tuple[np.ndarray, np.ndarray]:
@@ -75,26 +77,61 @@ def test_two_objects_get_ids_in_order_and_clicks_must_lie_in_the_frame(dev_dir):
         ObjectPrompt(points=((5, 5, False),))
 
 
-def test_page_requests_become_prompts():
-    objects = objects_from_json({"objects": [{"box": [1.4, 2, 30, 40.6]},
-                                             {"points": [[5, 6, 1], [7, 8, 0]]},
-                                             {"box": [0, 0, 9, 9], "points": [[3, 3, 0]]}]})
-    assert objects == [ObjectPrompt(box=(1, 2, 30, 41)), ObjectPrompt(points=((5, 6, True), (7, 8, False))),
-                       ObjectPrompt(box=(0, 0, 9, 9), points=((3, 3, False),))]
-    assert objects_from_json({"objects": []}) == []
+# -- the web app's marks --------------------------------------------------------------------------------------------
+
+def test_two_corner_clicks_make_a_box_and_clicks_go_to_the_object_being_marked():
+    marks = Marks().click(50, 40, BOX)
+    assert marks.corner == (50, 40) and marks.objects == (ObjectMarks(),) and "opposite corner" in marks.describe()
+    marks = marks.click(10, 90, BOX)  # any two opposite corners; both lie inside the box
+    assert marks.objects == (ObjectMarks(box=(10, 40, 51, 91)),) and marks.corner is None
+    marks = marks.click(20, 50, NEGATIVE)
+    assert marks.objects[0].points == ((20, 50, False),)
+    marks = marks.new_object().click(5, 5, POSITIVE).click(7, 7, NEGATIVE)
+    assert marks.current == 1 and marks.objects[1].points == ((5, 5, True), (7, 7, False))
+    assert marks.describe() == "2 objects ready; marking object 2."
+    with pytest.raises(InputError, match="unknown tool"):
+        marks.click(1, 1, "eraser")
 
 
-@pytest.mark.parametrize("payload, message", [
-    ([1, 2], "expected {\"objects\": [...]}"),
-    ({"objects": [{"box": [1, 2, 3]}]}, "object 1: box must be four numbers"),
-    ({"objects": [{"box": [1, 2, 3, 4]}, {"box": [9, 2, 3, 4]}]}, "object 2: box [9, 2, 3, 4] needs x0 < x1"),
-    ({"objects": [{"points": [[1, 2]]}]}, "object 1: point [1, 2] must be [x, y, 1 or 0]"),
-    ({"objects": [{"points": [[1, 2, 5]]}]}, "must be [x, y, 1 or 0]"),
-    ({"objects": [{"points": [[1, 2, True]]}]}, "must be [x, y, 1 or 0]"),
-    ({"objects": [{"points": [[1, 2, 0]]}]}, "object 1: an object needs a box or at least one click on it"),
-    ({"objects": ["box"]}, "object 1: expected an object"),
-])
-def test_bad_page_requests_name_the_object(payload, message):
-    with pytest.raises(InputError) as error:
-        objects_from_json(payload)
-    assert message in str(error.value)
+def test_object_ids_are_positions_and_undo_goes_back_step_by_step():
+    marks = Marks().new_object()  # nothing marked yet: still object 1
+    assert marks.current == 0
+    marks = marks.click(0, 0, NEGATIVE).new_object()  # a negative click alone marks nothing: still object 1
+    assert marks.current == 0 and marks.prompts() == ([], [])
+    marks = marks.set_box((10, 10, 30, 30)).new_object().new_object().click(40, 40, POSITIVE)
+    prompts, ids = marks.prompts()
+    assert ids == [1, 2] and prompts == [ObjectPrompt(box=(10, 10, 30, 30), points=((0, 0, False),)),
+                                         ObjectPrompt(points=((40, 40, True),))]
+    assert marks.undo().prompts()[1] == [1] and marks.undo().undo().undo().objects == (
+        ObjectMarks(points=((0, 0, False),)),)
+    uploaded = marks.from_mask_file("mask-1.png")
+    assert uploaded.from_file and uploaded.prompts() == ([], []) and uploaded.undo() == marks
+    assert uploaded.click(3, 3, POSITIVE).from_file is False  # marking replaces the uploaded mask
+
+
+def test_each_uploaded_mask_keeps_its_file_and_undo_goes_back_to_the_one_before():
+    first = Marks().set_box((1, 2, 30, 40)).from_mask_file("mask-a.png")
+    second = first.from_mask_file("mask-b.png")
+    assert second.mask_file == "mask-b.png" and second.undo().mask_file == "mask-a.png"
+    assert second.undo().undo().mask_file is None and second.undo().undo().objects[0].box == (1, 2, 30, 40)
+    assert second.mask_files() == {"mask-a.png", "mask-b.png"}
+    assert second.click(3, 3, POSITIVE).mask_file is None and second.click(3, 3, POSITIVE).mask_files() == {
+        "mask-a.png", "mask-b.png"}  # Undo can still go back to either
+
+
+def test_the_segment_command_is_shown_for_boxes_alone():
+    marks = Marks().set_box((1, 2, 30, 40)).new_object().set_box((50, 60, 70, 80)).new_object()
+    assert marks.segment_command() == "longvos segment video.mp4 --box 1,2,30,40 --box 50,60,70,80 --out masks/"
+    assert marks.click(5, 5, POSITIVE).segment_command() is None  # clicks have no command-line form
+    assert Marks().segment_command() is None
+
+
+def test_marks_are_drawn_over_the_mask_without_changing_the_frame():
+    image = np.full((60, 80, 3), 100, dtype=np.uint8)
+    ids = np.zeros((60, 80), dtype=np.uint8)
+    ids[10:20, 10:20] = 1
+    marks = Marks().set_box((5, 5, 30, 30)).click(15, 15, POSITIVE).click(50, 40, BOX)
+    picture = draw_marks(image, ids, marks)
+    assert picture.shape == image.shape and (image == 100).all()
+    assert not np.array_equal(picture[5, 5:30], image[5, 5:30])  # the box's top edge
+    assert not np.array_equal(picture[40, 45:56], image[40, 45:56])  # the pending corner's cross

@@ -1,14 +1,20 @@
-"""The web app's security and robustness guarantees (issue 15, items 5-9), over HTTP on 127.0.0.1 only, on small
-synthetic clips (no shared data): no client text reaches a header, a path or a zip entry; stalled connections time
-out and use a bounded number of threads; image work runs a bounded number at once; images are measured before they
-are decoded; the work folder has a quota; stopping the app cancels the running job, waits for it and cleans up;
-bad numbers and deep JSON are a 400 with one line and no server path; uploads never share a staging file; a
+"""The web app's security and robustness guarantees, over HTTP on 127.0.0.1 only, on small synthetic clips (no shared
+data; the bundled mavos-lite at 48 px): no uploaded name reaches a header, a file name or a zip entry, and no request
+text reaches a response header; uploads and other request bodies are bounded, must state their size and are cut off
+when they stall or overrun it; uploads and requests in flight are bounded; only the routes the page uses are served;
+the work folder has a disk quota (the zip included; nothing is deleted for room that cannot be made), and a path a
+client names is never taken for an upload; sessions that upload the same file do not break each other;
+segmentations run one at a time behind a bounded queue, each within a time limit; images and videos are measured
+before they are decoded or indexed; errors are one line naming no server path; stopping the app cancels the running
+job, waits for it and deletes the work folder (also when the job does not stop), and nothing is written outside it,
+by a second app in the process either; importing the app changes no environment; no telemetry and no network; a
 non-loopback host needs an explicit flag, and requests for other host names or from other sites are refused."""
 from __future__ import annotations
 
 import io
 import json
 import os
+import re
 import signal
 import socket
 import struct
@@ -16,29 +22,27 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
 import urllib.request
 import zipfile
 import zlib
 from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import quote, unquote
 
 import av
 import numpy as np
 import pytest
-from PIL import Image, ImageFile
+from PIL import ImageFile
 
-from longvos.app import AppServer
-from longvos.engine.segmenter import load_model
+from longvos.app.workspace import TooLarge, Workspace, disk_usage, public_message
+from longvos.io.errors import InputError
 
-from conftest import call, run_to_the_end
+from conftest import app_client, app_file, optional_import, serving_app, start_app
+
+optional_import("gradio", "pip install 'longvos[app]'")
+pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 SIZE = (64, 48)  # width, height of the test clips
 MAX_SIZE = 48
-SAFE_NAME = r"[A-Za-z0-9 ._()+,-]+"
-
-pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 
 def write_clip(path: Path, frames: int) -> Path:
@@ -58,17 +62,6 @@ def write_clip(path: Path, frames: int) -> Path:
         for packet in stream.encode():
             container.mux(packet)
     return path
-
-
-def mask_png(objects: int = 1) -> bytes:
-    ids = np.zeros(SIZE[::-1], dtype=np.uint8)
-    for number in range(1, objects + 1):
-        ids[12 + 8 * number: 18 + 8 * number, 8:30] = number
-    image = Image.frombytes("P", SIZE, ids.tobytes())
-    image.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0] + [0] * (256 * 3 - 9))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def header_only_png(width: int, height: int, pixels: bool = False) -> bytes:
@@ -94,33 +87,77 @@ def long_clip(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def segmenter():
-    return load_model("mavos-lite", device="cpu")  # its bundled weights
+    from longvos.engine.segmenter import load_segmenter
+
+    return load_segmenter("mavos-lite", device="cpu")  # its bundled weights
+
+
+def serving(segmenter, **settings):
+    return serving_app(segmenter, MAX_SIZE, **settings)
+
+
+def marked_session(app, clip: Path):
+    """A client session with ``clip`` uploaded and a box marked."""
+    from gradio_client import handle_file
+
+    client = app_client(app)
+    client.predict(handle_file(str(clip)), api_name="/upload_video")
+    client.predict("8,12,40,36", api_name="/set_box")
+    return client
+
+
+def app_error(call) -> str:
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError) as error:
+        call()
+    return str(error.value)
 
 
 @contextmanager
-def serving(segmenter, **options):
-    server = AppServer(segmenter, port=0, max_size=MAX_SIZE, **options)
-    server.start_background()
-    try:
-        yield server
-    finally:
-        server.close()
+def slow_frames(monkeypatch, seconds: float):
+    """Every segmented frame takes at least ``seconds`` (whatever the machine), through the app's real path; yields
+    the frames done so far and the most runs seen at once."""
+    import longvos.app.runner as runner
+
+    real_segment_video = runner.segment_video
+    seen = {"frames": 0, "running": 0, "most": 0}
+    lock = threading.Lock()
+
+    def slow_segment_video(*args, on_frame, **kwargs):
+        def slower(frame, result):
+            with lock:
+                seen["frames"] += 1
+            time.sleep(seconds)
+            on_frame(frame, result)
+
+        with lock:
+            seen["running"] += 1
+            seen["most"] = max(seen["most"], seen["running"])
+        try:
+            return real_segment_video(*args, on_frame=slower, **kwargs)
+        finally:
+            with lock:
+                seen["running"] -= 1
+
+    monkeypatch.setattr(runner, "segment_video", slow_segment_video)
+    yield seen
 
 
-@pytest.fixture(scope="module")
-def server(segmenter, tmp_path_factory):
-    with serving(segmenter, workdir=tmp_path_factory.mktemp("app")) as app:
-        yield app
+def app_port(app) -> int:
+    return int(app.url.rstrip("/").rsplit(":", 1)[1])
 
 
-def error_of(response: tuple[int, dict[str, str], bytes]) -> tuple[int, str]:
-    return response[0], json.loads(response[2])["error"]
+def send_only(app, request: bytes, timeout: float = 60) -> socket.socket:
+    """A connection that has sent ``request`` (perhaps a body cut short), its answer not read yet."""
+    connection = socket.create_connection(("127.0.0.1", app_port(app)), timeout=timeout)
+    connection.sendall(request)
+    return connection
 
 
-def raw_exchange(server: AppServer, request: bytes, timeout: float = 30) -> tuple[list[str], bytes]:
-    """Send ``request`` as it is and read until the server closes: the response's header lines and its body."""
-    with socket.create_connection(server.server_address[:2], timeout=timeout) as connection:
-        connection.sendall(request)
+def read_answer(connection: socket.socket) -> tuple[list[str], bytes]:
+    """Read until the server closes: the response's header lines and its body."""
+    with connection:
         data = b""
         while chunk := connection.recv(1 << 16):
             data += chunk
@@ -128,121 +165,167 @@ def raw_exchange(server: AppServer, request: bytes, timeout: float = 30) -> tupl
     return head.decode("latin-1").split("\r\n"), body
 
 
-def upload(server: AppServer, path: Path, encoded_name: str) -> dict:
-    status, _, body = call(server, "POST", "/api/jobs", path.read_bytes(), {"X-Filename": encoded_name})
-    assert status == 200, body
-    return json.loads(body)
+def raw_exchange(app, request: bytes, timeout: float = 30) -> tuple[list[str], bytes]:
+    """Send ``request`` as it is and read until the server closes: the response's header lines and its body."""
+    return read_answer(send_only(app, request, timeout))
 
 
-def post_mask(server: AppServer, job_id: str, objects: int = 1) -> dict:
-    status, _, body = call(server, "POST", f"/api/jobs/{job_id}/mask", mask_png(objects))
-    assert status == 200, body
-    return json.loads(body)
+def header_fields(lines: list[str]) -> dict[str, str]:
+    return {key.lower(): value for key, value in (line.split(": ", 1) for line in lines[1:])}
 
 
-def wait_for_frames(server: AppServer, job_id: str, frames: int) -> None:
-    deadline = time.monotonic() + 60
-    while json.loads(call(server, "GET", f"/api/jobs/{job_id}")[2])["done"] < frames:
-        assert time.monotonic() < deadline, "the job did not start"
-        time.sleep(0.05)
+def get(app, path: str, *headers: str) -> tuple[list[str], bytes]:
+    extra = "".join(f"{header}\r\n" for header in headers)
+    return raw_exchange(app, f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra}Connection: close\r\n\r\n"
+                        .encode())
 
 
-def job_folders(server: AppServer) -> list[Path]:
-    return [path for path in server.workdir.iterdir() if path.is_dir()]
+def post(app, path: str, body: bytes, *headers: str, length: int | None = None) -> bytes:
+    """A raw POST (``length``: the Content-Length it states; None: the body's)."""
+    extra = "".join(f"{header}\r\n" for header in headers)
+    stated = len(body) if length is None else length
+    return (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{extra}Content-Length: {stated}\r\n"
+            f"Connection: close\r\n\r\n").encode() + body
 
 
-# -- 5. nothing a client sends reaches a header or a zip entry ------------------------------------------------------
+def guard_of(app):
+    from longvos.app.guard import RequestGuard
 
-@pytest.mark.parametrize("encoded, shown", [
-    ("a%0D%0ASet-Cookie:%20pwn=1.mp4", "a__Set-Cookie: pwn=1"),  # CR LF: header injection
-    (quote("Видео.mp4"), "Видео"),  # not Latin-1: broke every download (two status lines)
-    (quote('a"b\\c.mp4'), 'a"b\\c'),  # a quote and a backslash: leaked into the header and the zip entries
-])
-def test_download_headers_and_zip_entries_never_echo_the_uploaded_name(server, clip, encoded, shown):
-    job = upload(server, clip, encoded)
-    assert job["name"] == shown
-    post_mask(server, job["id"])
-    assert run_to_the_end(server, job["id"])["state"] == "done"
-    for download in ("masks.zip", "overlay.mp4"):
-        lines, body = raw_exchange(server, f"GET /api/jobs/{job['id']}/{download} HTTP/1.1\r\n"
-                                           f"Host: 127.0.0.1\r\nConnection: close\r\n\r\n".encode())
-        assert lines[0] == "HTTP/1.1 200 OK" and sum(line.startswith("HTTP/") for line in lines) == 1, lines
-        headers = dict(line.split(": ", 1) for line in lines[1:])
-        assert all(name.lower() != "set-cookie" for name in headers) and all(line.isascii() for line in lines)
-        assert len(body) == int(headers["Content-Length"])
-        disposition = headers["Content-Disposition"].split("; ")
-        assert disposition[0] == "attachment" and len(disposition) == 3, disposition
-        assert disposition[1].startswith('filename="') and disposition[1].endswith(f'-{download}"')
-        assert set(disposition[1][len('filename="'):-1]) <= set("abcdefghijklmnopqrstuvwxyz"
-                                                                  "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 ._()+,-")
-        assert disposition[2].startswith("filename*=UTF-8''")  # RFC 5987: the original name, percent-encoded
-        assert unquote(disposition[2].removeprefix("filename*=UTF-8''")) == f"{shown}-{download}"
-        if download == "masks.zip":
-            with zipfile.ZipFile(io.BytesIO(body)) as archive:
-                names = archive.namelist()
-            assert len(names) == 6
-            for name in names:
-                folder, file = name.split("/")
-                assert folder.endswith("-masks") and set(folder) <= set(disposition[1]) | set("-masks")
-                assert file[:5].isdigit() and file.endswith(".png") and '"' not in name and "\\" not in name
+    guard = app.blocks.server_app.middleware_stack
+    assert isinstance(guard, RequestGuard)
+    return guard
 
 
-# -- 6. bounded resources -----------------------------------------------------------------------------------------
+def wait_for(condition, what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
 
-def test_stalled_uploads_time_out_on_a_bounded_number_of_threads(segmenter, tmp_path):
-    with serving(segmenter, workdir=tmp_path, request_timeout=1, max_connections=3) as server:
-        threads_before = threading.active_count()
-        stalled = []
-        for _ in range(6):  # each promises 1 MB and sends 100 bytes
-            connection = socket.create_connection(server.server_address[:2], timeout=20)
-            connection.sendall(b"POST /api/jobs HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Filename: v.mp4\r\n"
-                               b"Content-Length: 1000000\r\n\r\n" + bytes(100))
-            stalled.append(connection)
-        time.sleep(0.5)
-        assert threading.active_count() - threads_before <= 3  # one thread per connection, at most 3
-        for connection in stalled:  # each is dropped after its timeout (6 connections, 3 at a time: ~2 s)
+
+def upload_request(length: int | None, host: str = "127.0.0.1", origin: str | None = None, name: str = "v.mp4",
+                   size: int = 100) -> bytes:
+    """A raw multipart upload to Gradio's upload route; ``length=None``: chunked, without a Content-Length."""
+    body = (f'--b\r\nContent-Disposition: form-data; name="files"; filename="{name}"\r\n'
+            f"Content-Type: video/mp4\r\n\r\n").encode() + bytes(size) + b"\r\n--b--\r\n"
+    head = f"POST /gradio_api/upload HTTP/1.1\r\nHost: {host}\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+    head += f"Origin: {origin}\r\n" if origin else ""
+    if length is None:
+        body = f"{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n"
+        head += "Transfer-Encoding: chunked\r\n"
+    else:
+        head += f"Content-Length: {length if length >= 0 else len(body)}\r\n"
+    return (head + "Connection: close\r\n\r\n").encode() + body
+
+
+def work_files(app) -> list[str]:
+    return sorted(str(path.relative_to(app.workspace.root)) for path in app.workspace.root.rglob("*"))
+
+
+@pytest.fixture(scope="module")
+def app(segmenter):
+    """One app with the default settings, for the tests that change nothing in it."""
+    with serving(segmenter) as running:
+        yield running
+
+
+def upload_into(workspace: Workspace, clip: Path, name: str = "clip.mp4", digest: str = "ab" * 32) -> Path:
+    """``clip`` as Gradio would have received it: ``root/<sha256>/<name>``."""
+    path = workspace.root / digest / name
+    path.parent.mkdir(exist_ok=True)
+    path.write_bytes(clip.read_bytes())
+    return path
+
+
+# -- nothing a client sends names a file, a header or a zip entry -------------------------------------------------
+
+@pytest.mark.parametrize("name", ["a\r\nSet-Cookie: pwn=1.mp4", "Видео.mp4", 'a"b\\c <b>.mp4'])
+def test_file_names_download_names_and_zip_entries_are_ours_never_the_uploaded_name(segmenter, clip, tmp_path,
+                                                                                    name):
+    from gradio_client import handle_file
+
+    upload = tmp_path / name
+    upload.write_bytes(clip.read_bytes())
+    with serving(segmenter) as app:
+        client = app_client(app)
+        uploaded = client.predict(handle_file(str(upload)), api_name="/upload_video")
+        stem = Path(name).stem
+        assert stem not in json.dumps(uploaded, ensure_ascii=False) and uploaded[1].startswith("6 frames")
+        assert not any(part in path for path in work_files(app) for part in (stem, "Set-Cookie", "Видео", '"'))
+        client.predict("8,12,40,36", api_name="/set_box")
+        done = client.predict(api_name="/segment")
+        assert not any(stem in path for path in work_files(app))
+        for output, download in ((done[1], "overlay.mp4"), (done[2]["value"], "longvos-masks.zip")):
+            request = output["url"].split("/", 3)[3]
+            lines, body = raw_exchange(app, f"GET /{request} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                                            f"Connection: close\r\n\r\n".encode())
+            assert lines[0] == "HTTP/1.1 200 OK" and sum(line.startswith("HTTP/") for line in lines) == 1, lines
+            assert all(line.isascii() and stem not in line for line in lines)
+            headers = header_fields(lines)
+            assert "set-cookie" not in headers and len(body) == int(headers["content-length"])
+            assert headers["content-disposition"].endswith(f'; filename="{download}"'), headers
+            assert output["orig_name"] == download
+        with zipfile.ZipFile(io.BytesIO(app_file(done[2]))) as archive:
+            assert archive.namelist() == [f"masks/{index:05d}.png" for index in range(6)]
+
+
+# -- bounded resources --------------------------------------------------------------------------------------------
+
+def test_uploads_are_bounded_and_must_state_their_size(segmenter, tmp_path):
+    with serving(segmenter, workdir=tmp_path, max_upload_bytes=10_000) as app:
+        lines, body = raw_exchange(app, upload_request(-1, size=20_000))
+        assert lines[0].startswith("HTTP/1.1 413") and body == b"the file is over the upload limit of 10 KiB\n"
+        lines, body = raw_exchange(app, upload_request(None))
+        assert lines[0].startswith("HTTP/1.1 411") and b"Content-Length" in body
+        assert work_files(app) == ["jobs"]
+        lines, _ = raw_exchange(app, upload_request(-1, size=100))  # within the limit: Gradio stores it
+        assert lines[0] == "HTTP/1.1 200 OK"
+
+
+def test_the_work_folder_has_a_disk_quota(segmenter, long_clip, tmp_path):
+    with serving(segmenter, workdir=tmp_path) as app:
+        first = marked_session(app, long_clip)
+        per_video = disk_usage(app.workspace.root)  # the video, its first-frame mask and preview
+        app.workspace.quota_bytes = quota = int(2.5 * per_video)
+        lines, body = raw_exchange(app, upload_request(-1, size=3 * per_video))
+        assert lines[0].startswith("HTTP/1.1 413") and b"quota" in body
+        second, third = (marked_session(app, long_clip) for _ in range(2))
+        assert app_error(lambda: first.predict(api_name="/segment")) == (  # the oldest made room
+            "this video is no longer on the server (deleted to make room); upload it again")
+        assert third.predict("8,12,40,36", api_name="/set_box")[1] == "1 object ready; marking object 1."
+        assert disk_usage(app.workspace.root) <= quota and len(list(app.workspace.jobs_dir.iterdir())) == 2
+        # Outputs count too: a run that would take the folder over its quota (others idle: deleted first) stops.
+        message = app_error(lambda: third.predict(api_name="/segment"))
+        assert re.match(r"stopped after \d+ of 240 frames: the outputs: the work folder is full", message), message
+        assert len(list(app.workspace.jobs_dir.iterdir())) == 1
+
+
+def test_segmentations_run_one_at_a_time_and_the_queue_is_bounded(segmenter, clip, monkeypatch):
+    with serving(segmenter, max_queue=1) as app, slow_frames(monkeypatch, 0.1) as seen:
+        sessions = [marked_session(app, clip) for _ in range(3)]
+        runs = [session.submit(api_name="/segment") for session in sessions]
+        outcomes = []
+        for run in runs:
             try:
-                while connection.recv(1 << 16):
-                    pass
-            except ConnectionResetError:
-                pass
-            connection.close()
-        assert job_folders(server) == []  # the half uploads are gone
-        assert call(server, "GET", "/")[0] == 200
+                outcomes.append(run.result(timeout=120)[0][:5])
+            except Exception as error:  # noqa: BLE001 - the refused one
+                outcomes.append(str(error))
+    assert sorted(outcomes)[:2] == ["Done:", "Done:"] and "Queue is full" in sorted(outcomes)[2], outcomes
+    assert seen["most"] == 1
 
 
-def test_prompts_run_a_bounded_number_at_once(segmenter, clip, tmp_path, monkeypatch):
-    import longvos.app.server as app_server
-
-    running, most = [0], [0]
-    lock = threading.Lock()
-
-    def slow_prompt_mask(image, objects):
-        with lock:
-            running[0] += 1
-            most[0] = max(most[0], running[0])
-        time.sleep(0.3)
-        with lock:
-            running[0] -= 1
-        ids = np.zeros(image.shape[:2], dtype=np.uint8)
-        ids[10:20, 10:20] = 1
-        return ids
-
-    monkeypatch.setattr(app_server, "prompt_mask", slow_prompt_mask)
-    with serving(segmenter, workdir=tmp_path, max_parallel_work=1) as server:
-        job = upload(server, clip, "clip.mp4")
-        body = json.dumps({"objects": [{"box": [5, 5, 40, 40]}]}).encode()
-        statuses = []
-        threads = [threading.Thread(target=lambda: statuses.append(
-            call(server, "POST", f"/api/jobs/{job['id']}/prompt", body)[0])) for _ in range(5)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(60)
-    assert statuses == [200] * 5 and most[0] == 1
+def test_a_run_over_the_time_limit_is_stopped(segmenter, long_clip, monkeypatch):
+    with serving(segmenter, max_minutes=0.01) as app, slow_frames(monkeypatch, 0.05) as seen:
+        client = marked_session(app, long_clip)
+        message = app_error(lambda: client.predict(api_name="/segment"))
+    assert re.fullmatch(r"stopped after \d+ of 240 frames: the run reached the app's time limit of 0\.01 min "
+                        r"\(longvos app --max-minutes\)", message), message
+    assert seen["frames"] < 240
 
 
-def test_images_are_measured_before_they_are_decoded(server, clip, monkeypatch):
+def test_images_are_measured_before_they_are_decoded(segmenter, clip, tmp_path, monkeypatch):
+    from gradio_client import handle_file
+
     decoded = []
     load = ImageFile.ImageFile.load
 
@@ -253,97 +336,95 @@ def test_images_are_measured_before_they_are_decoded(server, clip, monkeypatch):
         return load(image)
 
     monkeypatch.setattr(ImageFile.ImageFile, "load", watched_load)
-    job = upload(server, clip, "clip.mp4")
-    big = header_only_png(10000, 10000, pixels=True)
-    assert len(big) < 20000
-    assert error_of(call(server, "POST", f"/api/jobs/{job['id']}/mask", big, {"X-Filename": "big.png"})) == (
-        400, "big.png: mask is 10000x10000 but the video (clip) is 64x48")
-    status, message = error_of(call(server, "POST", f"/api/jobs/{job['id']}/mask", header_only_png(20000, 20000),
-                                    {"X-Filename": "bomb.png"}))
-    assert status == 400 and message.startswith("bomb.png: mask is 20000x20000") and "\n" not in message
-    assert decoded == []
+    (tmp_path / "big.png").write_bytes(header_only_png(10000, 10000, pixels=True))
+    (tmp_path / "bomb.png").write_bytes(header_only_png(20000, 20000))
+    with serving(segmenter) as app:
+        client = marked_session(app, clip)
+        assert app_error(lambda: client.predict(handle_file(str(tmp_path / "big.png")), api_name="/upload_mask")) == (
+            "the mask is 10000x10000 but the video is 64x48")
+        assert app_error(lambda: client.predict(handle_file(str(tmp_path / "bomb.png")), api_name="/upload_mask")) \
+            == "the mask is 20000x20000 but the video is 64x48"
+        assert decoded == []
 
-    monkeypatch.setattr(server.jobs, "max_video_pixels", 1000)  # the clip's 64x48 frames are over it
-    folders = job_folders(server)
-    status, message = error_of(call(server, "POST", "/api/jobs", clip.read_bytes(), {"X-Filename": "clip.mp4"}))
-    assert (status, message) == (413, "clip.mp4: frames of 64x48 are over the limit of 0.001 megapixels")
-    assert job_folders(server) == folders
-
-
-def test_the_work_folder_has_a_disk_quota(segmenter, clip, tmp_path):
-    size = clip.stat().st_size
-    with serving(segmenter, workdir=tmp_path, quota_bytes=int(2.5 * size)) as server:
-        status, message = error_of(call(server, "POST", "/api/jobs", bytes(3 * size), {"X-Filename": "big.mp4"}))
-        assert status == 413 and "quota" in message and job_folders(server) == []
-        first, second, third = (upload(server, clip, "clip.mp4") for _ in range(3))
-        assert call(server, "GET", f"/api/jobs/{first['id']}")[0] == 404  # the oldest made room
-        assert call(server, "GET", f"/api/jobs/{third['id']}")[0] == 200
-        used = sum(path.stat().st_size for path in tmp_path.rglob("*") if path.is_file())
-        assert used <= 2.5 * size and len(job_folders(server)) == 2
+        monkeypatch.setattr(app.workspace, "max_video_pixels", 1000)  # the clip's 64x48 frames are over it
+        jobs = list(app.workspace.jobs_dir.iterdir())
+        assert app_error(lambda: client.predict(handle_file(str(clip)), api_name="/upload_video")) == (
+            "frames of 64x48 are over the limit of 0.001 megapixels")
+        assert list(app.workspace.jobs_dir.iterdir()) == []  # the refused upload, and the session's earlier video
+        assert len(jobs) == 1
 
 
-# -- 7. stopping mid-job ------------------------------------------------------------------------------------------
+# -- errors: one line, no server path -----------------------------------------------------------------------------
+
+def test_errors_are_one_line_and_name_no_server_path(segmenter, clip, monkeypatch, capsys):
+    import longvos.app.ui as ui
+
+    with serving(segmenter) as app:
+        root = app.workspace.root
+        message = public_message(OSError(f"{root}/jobs/0123456789abcdef/masks/00001.png: disk full\n"
+                                         f"while writing /home/someone/secret/thing.txt"), app.workspace)
+        assert message == "masks/00001.png: disk full; while writing thing.txt"
+        assert len(public_message("x" * 5000)) == 500
+
+        def broken_prompt_mask(*_args, **_kwargs):
+            raise ZeroDivisionError(f"{root}/somewhere")
+
+        monkeypatch.setattr(ui, "prompt_mask", broken_prompt_mask)
+        client = app_client(app)
+        from gradio_client import handle_file
+
+        client.predict(handle_file(str(clip)), api_name="/upload_video")
+        assert app_error(lambda: client.predict("8,12,40,36", api_name="/set_box")) == (
+            "internal error (ZeroDivisionError); the server's log has the details")
+        assert "Traceback" in capsys.readouterr().err  # the details are in the server's log
+
+
+# -- stopping: the job is cancelled and waited for, the work folder goes, nothing is written elsewhere -----------
 
 def test_closing_mid_job_cancels_it_waits_for_it_and_removes_the_work_folder(segmenter, long_clip, monkeypatch):
-    import longvos.app.jobs as jobs
-
-    preview = jobs._LivePreview.__call__
-
-    def slow_preview(self, frame, result):  # at least 12 s for the whole clip, whatever the machine
-        preview(self, frame, result)
-        time.sleep(0.05)
-
-    monkeypatch.setattr(jobs._LivePreview, "__call__", slow_preview)
-    server = AppServer(segmenter, port=0, max_size=MAX_SIZE)
-    server.start_background()
-    try:
-        job = upload(server, long_clip, "long.mp4")
-        post_mask(server, job["id"])
-        assert call(server, "POST", f"/api/jobs/{job['id']}/run")[0] == 200
-        wait_for_frames(server, job["id"], 2)
-    finally:
-        started = time.monotonic()
-        server.close()
+    with slow_frames(monkeypatch, 0.05) as seen:
+        with serving(segmenter) as app:
+            client = marked_session(app, long_clip)
+            client.submit(api_name="/segment")
+            deadline = time.monotonic() + 60
+            while seen["frames"] < 2:
+                assert time.monotonic() < deadline, "the job did not start"
+                time.sleep(0.05)
+            started = time.monotonic()
         seconds = time.monotonic() - started
     assert seconds < 5, f"close took {seconds:.1f} s"
-    assert not server.runner._thread.is_alive()
-    assert not server.workdir.exists()
-    status = server.jobs.get(job["id"]).status()
-    assert status["state"] == "failed" and status["error"] == "the server stopped" and status["done"] < 240
+    assert seen["running"] == 0 and not app.workspace.root.exists() and seen["frames"] < 240
 
 
-def start_app(python_args: list[str], temp: Path) -> tuple[subprocess.Popen, str]:
-    """``python <python_args> app ...`` on a free port with ``TMPDIR=temp``; the process and its "serving" line."""
-    temp.mkdir()
-    command = [sys.executable, *python_args, "app", "--port", "0", "--model", "mavos-lite", "--device", "cpu",
-               "--threads", "1", "--max-size", str(MAX_SIZE)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                               env={**os.environ, "TMPDIR": str(temp), "OMP_NUM_THREADS": "1"})
-    line = process.stdout.readline()
-    assert line.startswith("longvos app: serving http://127.0.0.1:"), (line, process.stderr.read())
-    return process, line
+def test_closing_removes_the_work_folder_even_when_the_job_does_not_stop(segmenter, clip, capsys):
+    with serving(segmenter) as app:
+        marked_session(app, clip)
+        app.runner.stop = lambda timeout: False  # a job stuck in a frame
+    assert not app.workspace.root.exists()
+    assert "did not stop within" in capsys.readouterr().err
 
 
-def test_sigterm_mid_job_exits_promptly_and_leaves_no_temp_folder(long_clip, tmp_path):
+def job_pngs(temp: Path) -> int:
+    return len(list(temp.glob("longvos-app-*/jobs/*/masks/*.png")))
+
+
+def test_sigterm_mid_job_exits_promptly_and_nothing_is_written_outside_the_work_folder(long_clip, tmp_path):
     temp = tmp_path / "tmp"
     process, line = start_app(["-m", "longvos"], temp)
     try:
-        url = line.split()[3].rstrip("/")
-        request = urllib.request.Request(f"{url}/api/jobs", data=long_clip.read_bytes(),
-                                         headers={"X-Filename": "long.mp4"})
-        job = json.loads(urllib.request.urlopen(request, timeout=60).read())
-        for action, body in (("mask", mask_png()), ("run", b"")):
-            urllib.request.urlopen(urllib.request.Request(f"{url}/api/jobs/{job['id']}/{action}", data=body),
-                                   timeout=60).read()
+        client = marked_session(line.split()[3], long_clip)
+        client.submit(api_name="/segment")
         deadline = time.monotonic() + 60
-        while json.loads(urllib.request.urlopen(f"{url}/api/jobs/{job['id']}", timeout=60).read())["done"] < 2:
-            assert time.monotonic() < deadline
+        while job_pngs(temp) < 2:
+            assert time.monotonic() < deadline and process.poll() is None, "the job did not start"
             time.sleep(0.05)
+        assert [path.name.startswith("longvos-app-") for path in temp.iterdir()] == [True]  # the work folder only
+        assert list((tmp_path / "home").iterdir()) == [] and list((tmp_path / "cwd").iterdir()) == []
         process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=10) == 0  # 238 frames were left: the job was cancelled, not waited for
+        assert process.wait(timeout=10) == 0  # most frames were left: the job was cancelled, not waited for
         errors = process.stderr.read()
         assert "stopped" in errors and "Traceback" not in errors, errors
-        assert list(temp.iterdir()) == []
+        assert [list(folder.iterdir()) for folder in (temp, tmp_path / "home", tmp_path / "cwd")] == [[], [], []]
     finally:
         process.kill()
         process.wait()
@@ -351,14 +432,14 @@ def test_sigterm_mid_job_exits_promptly_and_leaves_no_temp_folder(long_clip, tmp
 
 HANGING_CLOSE = """
 import signal, sys, time
-from longvos.app.server import AppServer
+from longvos.app.server import LongvosApp
 from longvos.cli.main import main
 
 def hanging_close(self, timeout=None):  # a job that does not stop: the clean-up waits (for good, here)
     print("closing", flush=True)
     time.sleep(300)
 
-AppServer.close = hanging_close
+LongvosApp.close = hanging_close
 signal.signal(signal.SIGINT, signal.default_int_handler)  # even where the test runner ignores SIGINT
 sys.exit(main(sys.argv[1:]))
 """
@@ -381,58 +462,83 @@ def test_a_second_ctrl_c_during_a_hung_shutdown_exits_at_once_and_removes_the_wo
         process.wait()
 
 
-# -- 8. bad input: 400 with one line, no server paths; one staging file per upload --------------------------------
+# -- no telemetry, no network -------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("body", [
-    '{"objects": [{"box": [Infinity, 0, 10, 10]}]}',
-    '{"objects": [{"box": [NaN, 0, 10, 10]}]}',
-    '{"objects": [{"box": [1e400, 0, 10, 10]}]}',
-    '{"objects": [{"box": [0, 0, 1' + "0" * 400 + ', 10]}]}',
-    '{"objects": [{"points": [[-Infinity, 3, 1]]}]}',
-    '{"objects": [{"points": [[3, 1e400, 1]]}]}',
-    "[" * 100000 + "]" * 100000,
-    '{"objects": [{"points": ' + "[" * 5000 + "]" * 5000 + "}]}",
-])
-def test_bad_numbers_and_deep_json_are_a_400_with_one_line(server, clip, body):
-    job = upload(server, clip, "clip.mp4")
-    status, message = error_of(call(server, "POST", f"/api/jobs/{job['id']}/prompt", body.encode()))
-    assert status == 400 and "\n" not in message and "Traceback" not in message and len(message) < 300, message
+EXTERNAL_RESOURCE = re.compile(r"""(?:\b(?:src|href)\s*=\s*["']?|url\(\s*["']?|@import\s+["'])(?:https?:)?//""")
 
 
-def test_error_messages_name_no_server_path(server):
-    status, message = error_of(call(server, "POST", "/api/jobs", b"not a video", {"X-Filename": "broken.mp4"}))
-    assert status == 400 and message.startswith("broken.mp4: cannot open video"), message
-    assert str(server.workdir) not in message and "input.mp4" not in message and "/" not in message
+def test_no_telemetry_and_nothing_loaded_from_the_network(segmenter, clip, monkeypatch):
+    """Every outbound connection and name lookup of the process is refused while a whole session runs; the page
+    and its styles load nothing from another host (Gradio's default theme loads Google fonts)."""
+    attempts = []
+    connect, getaddrinfo = socket.socket.connect, socket.getaddrinfo
+
+    def local_connect(sock, address):
+        if sock.family in (socket.AF_INET, socket.AF_INET6) and address[0] not in ("127.0.0.1", "::1", "localhost"):
+            attempts.append(address)
+            raise OSError("the network is off in this test")
+        return connect(sock, address)
+
+    def local_getaddrinfo(host, *args, **kwargs):
+        if host not in (None, "127.0.0.1", "::1", "localhost"):
+            attempts.append(host)
+            raise socket.gaierror("the network is off in this test")
+        return getaddrinfo(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket.socket, "connect", local_connect)
+    monkeypatch.setattr(socket, "getaddrinfo", local_getaddrinfo)
+    with serving(segmenter) as app:
+        assert app.blocks.analytics_enabled is False and os.environ["GRADIO_ANALYTICS_ENABLED"] == "False"
+        assert marked_session(app, clip).predict(api_name="/segment")[0].startswith("Done: 6 frames")
+        with urllib.request.urlopen(app.url, timeout=30) as response:
+            page = response.read().decode()
+        styles = [urllib.request.urlopen(app.url + path.lstrip("./"), timeout=30).read().decode()
+                  for path in re.findall(r'href="([^"]+\.css)"', page)]
+        styles.append(urllib.request.urlopen(app.url + "theme.css", timeout=30).read().decode())
+    assert attempts == []
+    for text in (page, *styles):
+        assert EXTERNAL_RESOURCE.findall(text) == []
+    assert "fonts.googleapis" not in "".join(styles)
 
 
-def test_two_mask_uploads_to_one_job_do_not_share_a_staging_file(server, clip):
-    job = upload(server, clip, "clip.mp4")
-    first, second = mask_png(1), mask_png(2)
-    with socket.create_connection(server.server_address[:2], timeout=30) as slow:
-        slow.sendall(f"POST /api/jobs/{job['id']}/mask HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
-                     f"Content-Length: {len(first)}\r\n\r\n".encode() + first[:50])
-        time.sleep(0.3)  # the first upload is being written when the second one comes and goes
-        status, _, body = call(server, "POST", f"/api/jobs/{job['id']}/mask", second)
-        assert status == 200 and json.loads(body)["objects"] == [1, 2]
-        slow.sendall(first[50:])
-        response = b""
-        while chunk := slow.recv(1 << 16):
-            response += chunk
-    head, _, body = response.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200"), response
-    assert json.loads(body)["objects"] == [1]
-    assert [path.name for path in server.jobs.get(job["id"]).folder.iterdir() if "upload" in path.name] == []
+OFFLINE_SESSION = """
+import sys
+sys.path.insert(0, sys.argv[1])
+from conftest import app_client, serving_app
+from gradio_client import handle_file
+from longvos.engine.segmenter import load_segmenter
+
+with serving_app(load_segmenter("mavos-lite", device="cpu"), 48) as app:
+    client = app_client(app)
+    client.predict(handle_file(sys.argv[2]), api_name="/upload_video")
+    client.predict("8,12,40,36", api_name="/set_box")
+    print(client.predict(api_name="/segment")[0])
+"""
 
 
-# -- 9. loopback unless explicitly allowed ------------------------------------------------------------------------
+def test_the_app_works_with_the_network_unavailable(clip, tmp_path):
+    """A whole session in a network namespace of its own (loopback only), where one can be made (root, Linux)."""
+    if subprocess.run(["unshare", "--net", "true"], capture_output=True).returncode != 0:
+        pytest.skip("cannot make a network namespace here (unshare --net needs root on Linux)")
+    script = (f"ip link set lo up 2>/dev/null; exec {sys.executable} -c '{OFFLINE_SESSION}' "
+              f"{Path(__file__).parent} {clip}")
+    done = subprocess.run(["unshare", "--net", "sh", "-c", script], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "TMPDIR": str(tmp_path)})
+    assert done.returncode == 0 and done.stdout.startswith("Done: 6 frames"), done.stderr[-3000:]
+
+
+# -- loopback unless explicitly allowed, only requests for it, no changes from other sites ------------------------
 
 def test_a_non_loopback_host_needs_an_explicit_flag(segmenter, monkeypatch, capsys):
+    from longvos.app.guard import RemoteNotAllowed
+    from longvos.app.server import LongvosApp
     from longvos.cli.main import main
+    from longvos.engine.options import SegmentOptions
 
     def no_model(*_args, **_kwargs):
         raise AssertionError("the model was loaded before the host was checked")
 
-    monkeypatch.setattr("longvos.engine.segmenter.load_model", no_model)
+    monkeypatch.setattr("longvos.engine.segmenter.load_segmenter", no_model)
     assert main(["app", "--host", "0.0.0.0", "--port", "0"]) == 1
     assert "--allow-remote" in capsys.readouterr().err
     with pytest.raises(SystemExit) as done:
@@ -440,24 +546,302 @@ def test_a_non_loopback_host_needs_an_explicit_flag(segmenter, monkeypatch, caps
     assert done.value.code == 0
     help_text = " ".join(capsys.readouterr().out.split())
     assert "--allow-remote" in help_text and "anyone who can reach the port" in help_text.lower()
-    with pytest.raises(ValueError, match="allow_remote"):
-        AppServer(segmenter, host="0.0.0.0", port=0)  # refused before binding anything
+    with pytest.raises(RemoteNotAllowed, match="allow_remote"):
+        LongvosApp(SegmentOptions(model=segmenter), host="0.0.0.0", port=0)  # refused before binding anything
+    assert main(["app", "--public-name", "gpu-box.lan", "--port", "0"]) == 1
+    assert "--public-name needs --allow-remote" in capsys.readouterr().err
 
 
-def test_requests_for_another_host_name_or_from_another_site_are_refused(server, clip):
-    job = upload(server, clip, "clip.mp4")
-    port = server.server_address[1]
-    for host in ("evil.example", f"evil.example:{port}", "192.168.1.5"):  # a DNS-rebinding page
-        lines, _ = raw_exchange(server, f"GET /api/jobs/{job['id']} HTTP/1.1\r\nHost: {host}\r\n"
-                                        f"Connection: close\r\n\r\n".encode())
-        assert lines[0].startswith("HTTP/1.1 403"), (host, lines)
-    for host in ("localhost", f"127.0.0.1:{port}", f"[::1]:{port}"):
-        lines, _ = raw_exchange(server, f"GET /api/jobs/{job['id']} HTTP/1.1\r\nHost: {host}\r\n"
-                                        f"Connection: close\r\n\r\n".encode())
-        assert lines[0] == "HTTP/1.1 200 OK", (host, lines)
-    status, message = error_of(call(server, "POST", f"/api/jobs/{job['id']}/mask", mask_png(),
-                                    {"Origin": "http://evil.example"}))  # cross-site request forgery
-    assert status == 403 and json.loads(call(server, "GET", f"/api/jobs/{job['id']}")[2])["objects"] == []
-    same_site = call(server, "POST", f"/api/jobs/{job['id']}/mask", mask_png(),
-                     {"Origin": f"http://127.0.0.1:{port}"})
-    assert same_site[0] == 200
+def test_requests_for_another_host_name_or_from_another_site_are_refused(segmenter):
+    with serving(segmenter) as app:
+        port = int(app.url.rstrip("/").rsplit(":", 1)[1])
+        for host in ("evil.example", f"evil.example:{port}", "192.168.1.5"):  # a DNS-rebinding page
+            lines, body = raw_exchange(app, f"GET /config HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+                                       .encode())
+            assert lines[0].startswith("HTTP/1.1 403") and body.count(b"\n") == 1, (host, lines)
+        for host in ("localhost", f"127.0.0.1:{port}", f"[::1]:{port}"):
+            lines, _ = raw_exchange(app, f"GET /config HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+                                    .encode())
+            assert lines[0] == "HTTP/1.1 200 OK", (host, lines)
+        before = work_files(app)
+        lines, _ = raw_exchange(app, upload_request(-1, origin="http://evil.example"))  # cross-site request forgery
+        assert lines[0].startswith("HTTP/1.1 403") and work_files(app) == before
+        lines, _ = raw_exchange(app, upload_request(-1, host=f"127.0.0.1:{port}", origin=f"http://127.0.0.1:{port}"))
+        assert lines[0] == "HTTP/1.1 200 OK"
+
+
+# -- request bodies: a stated, bounded size; cut off when they stall or overrun it; bounded at once ----------------
+
+def multipart(*parts: tuple[str, str | None, bytes]) -> bytes:
+    """A multipart body (boundary ``b``) of ``(field name, file name or None, data)`` parts."""
+    body = b""
+    for field, filename, data in parts:
+        disposition = f'form-data; name="{field}"' + (f'; filename="{filename}"' if filename else "")
+        body += f"--b\r\nContent-Disposition: {disposition}\r\n\r\n".encode() + data + b"\r\n"
+    return body + b"--b--\r\n"
+
+
+UPLOAD_TYPE = "Content-Type: multipart/form-data; boundary=b"
+
+
+def test_request_bodies_must_state_a_bounded_size(app):
+    join = "Content-Type: application/json"
+    lines, body = raw_exchange(app, b"POST /gradio_api/queue/join HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                                    b"Content-Type: application/json\r\nConnection: close\r\n\r\n")
+    assert lines[0].startswith("HTTP/1.1 411") and body == b"a request must state its size (Content-Length)\n"
+    lines, body = raw_exchange(app, post(app, "/gradio_api/queue/join", b"", join, length=2 << 20))  # not sent
+    assert lines[0].startswith("HTTP/1.1 413") and body == b"a request body is at most 1.0 MiB\n"
+    # h11 would frame the body by its chunks, whatever the Content-Length says
+    chunked = b'{"data": []}'
+    lines, body = raw_exchange(app, post(app, "/gradio_api/queue/join", f"{len(chunked):x}\r\n".encode() + chunked
+                                         + b"\r\n0\r\n\r\n", join, "Transfer-Encoding: chunked", length=5))
+    assert lines[0].startswith("HTTP/1.1 411") and b"Transfer-Encoding" in body
+    # In an upload, a form field that is not a file is kept in memory by Gradio: cut off past 64 KiB.
+    before = work_files(app)
+    lines, body = raw_exchange(app, post(app, "/gradio_api/upload", multipart(
+        ("note", None, b"x" * (70 << 10)), ("files", "v.mp4", bytes(100))), UPLOAD_TYPE))
+    assert lines[0].startswith("HTTP/1.1 413") and body == (
+        b"a form field of an upload that is not a file is over 64 KiB\n"), (lines, body)
+    lines, body = raw_exchange(app, post(app, "/gradio_api/upload", multipart(
+        ("note", None, b"x" * 1000), ("files", "v.mp4", bytes(100))), UPLOAD_TYPE))
+    assert lines[0] == "HTTP/1.1 200 OK", (lines, body)
+    added = sorted(set(work_files(app)) - set(before))  # the accepted upload alone: <sha256>/v.mp4
+    assert len(added) == 2 and re.fullmatch(r"[0-9a-f]{64}/v\.mp4", added[1]), added
+    assert guard_of(app).uploads == 0
+    assert app.workspace._reserved == 0  # every reservation was released
+
+
+def test_stalled_bodies_are_cut_off_and_uploads_and_requests_at_once_are_bounded(segmenter, monkeypatch):
+    import longvos.app.guard as guard
+
+    monkeypatch.setattr(guard, "CHUNK_TIMEOUT", 3.0)
+    monkeypatch.setattr(guard, "MAX_UPLOADS", 2)
+    monkeypatch.setattr(guard, "MAX_REQUESTS", 4)
+    upload = multipart(("files", "v.mp4", bytes(5000)))
+    with serving(segmenter) as app:
+        state = guard_of(app)
+        sent = time.monotonic()
+        stalled = [send_only(app, post(app, "/gradio_api/upload", upload[:200], UPLOAD_TYPE, length=len(upload)))
+                   for _ in range(2)]  # each says 5 KB, sends 200 bytes and stops
+        wait_for(lambda: state.uploads == 2, "the uploads did not start")
+        assert app.workspace._reserved == 2 * len(upload)
+        lines, body = raw_exchange(app, post(app, "/gradio_api/upload", upload, UPLOAD_TYPE))
+        assert lines[0].startswith("HTTP/1.1 503") and b"uploads are going on" in body
+        stalled += [send_only(app, post(app, "/gradio_api/queue/join", b'{"da', "Content-Type: application/json",
+                                         length=100)) for _ in range(2)]
+        wait_for(lambda: state.requests == 4, "the requests did not arrive")
+        lines, body = get(app, "/config")
+        assert lines[0].startswith("HTTP/1.1 503") and body == b"the server is busy; try again in a moment\n"
+        for connection in stalled:  # answered, and closed, once nothing arrived for 3 s
+            lines, body = read_answer(connection)
+            assert lines[0].startswith("HTTP/1.1 408") and body == (
+                b"the request body stopped arriving (nothing for 3 s)\n"), (lines, body)
+        assert 3 <= time.monotonic() - sent < 60
+        wait_for(lambda: state.requests == 0 and state.uploads == 0, "the requests are still counted")
+        assert app.workspace._reserved == 0
+        assert get(app, "/config")[0][0] == "HTTP/1.1 200 OK"
+        assert raw_exchange(app, post(app, "/gradio_api/upload", upload, UPLOAD_TYPE))[0][0] == "HTTP/1.1 200 OK"
+
+
+def test_a_body_longer_than_it_said_is_cut_off(tmp_path):
+    """h11 frames a body by its Content-Length; the guard counts it all the same, and cuts off one that runs over."""
+    import asyncio
+
+    from longvos.app.guard import RequestGuard
+
+    seen, sent = [], []
+
+    async def gradio(scope, receive, send):
+        while (message := await receive())["type"] == "http.request" and message["more_body"]:
+            seen.append(message["body"])
+        seen.append(message["type"])
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"x-echo", b"1")]})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    chunks = iter([b"01234", b"56789", b""])
+
+    async def receive():
+        body = next(chunks)
+        return {"type": "http.request", "body": body, "more_body": bool(body)}
+
+    async def send(message):
+        sent.append(message)
+
+    guard = RequestGuard(gradio, workspace=Workspace(tmp_path), allow_remote=False, max_upload_bytes=1000)
+    scope = {"type": "http", "method": "POST", "path": "/gradio_api/queue/join",
+             "headers": [(b"host", b"127.0.0.1"), (b"content-length", b"5")]}
+    asyncio.run(guard(scope, receive, send))
+    assert seen == [b"01234", "http.disconnect"]  # Gradio saw the stated 5 bytes, then the end of the connection
+    assert sent[0]["status"] == 413 and (b"connection", b"close") in sent[0]["headers"]
+    assert sent[1]["body"] == b"the request body is longer than its Content-Length\n" and len(sent) == 2
+
+
+# -- only the routes the page uses; no URL fetched; no request text in a response header ---------------------------
+
+def test_only_the_routes_the_page_uses_are_served(app, clip):
+    root = app.workspace.root
+    before = work_files(app)
+    recording = multipart(("video", "rec.mp4", clip.read_bytes()), ("replay_regions", None, b"[]"))
+    for request in [
+        post(app, "/gradio_api/process_recording", recording, UPLOAD_TYPE),  # writes to the system's temp folder
+        post(app, "/gradio_api/run/set_box", b'{"data": ["1,2,30,40"]}', "Content-Type: application/json"),
+        post(app, "/gradio_api/call/set_box", b'{"data": ["1,2,30,40"]}', "Content-Type: application/json"),
+        post(app, "/gradio_api/vibe-edit", b'{"prompt": "x"}', "Content-Type: application/json"),
+        b"GET /gradio_api/runs HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+        b"GET /gradio_api/openapi.json HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+        b"GET /gradio_api/proxy=http://127.0.0.1:9/x HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+        b"GET /monitoring HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+    ]:
+        lines, body = raw_exchange(app, request)
+        assert lines[0].startswith("HTTP/1.1 404") and body == b"not found\n", (request[:60], lines)
+    for target in ["https://example.com/x.png", "http://127.0.0.1:9/x.png", "//example.com/x.png",
+                   "/etc/hostname", f"{root}/../{root.name}-elsewhere/x.png", str(Path(__file__))]:
+        lines, _ = get(app, f"/gradio_api/file={target}")
+        assert lines[0].startswith("HTTP/1.1 404"), (target, lines)
+    assert work_files(app) == before
+    for path in ("/", "/config", "/gradio_api/info", "/theme.css"):
+        assert get(app, path)[0][0] == "HTTP/1.1 200 OK", path
+    assert json.loads(get(app, "/config")[1])["run_history"] is False  # no /runs page, nothing recorded
+
+
+def test_no_request_text_reaches_a_response_header(app, clip):
+    client = marked_session(app, clip)
+    preview = client.predict(api_name="/new_object")[0]["url"].split("/", 3)[3]  # a file in the work folder
+    port = app_port(app)
+    lines, body = get(app, f"/{preview}", "Range: bytes=0-9", "X-Evil: injected", "Cookie: secret=1")
+    assert lines[0] == "HTTP/1.1 206 Partial Content" and len(body) == 10, lines
+    headers = header_fields(lines)
+    assert headers["content-range"].startswith("bytes 0-9/") and headers["content-disposition"] == "inline"
+    assert not [line for line in lines if re.search("evil|injected|secret|cookie|host", line, re.I)], lines
+    # Gradio's CORS layer echoes the Origin and the requested headers: not passed on either.
+    lines, _ = raw_exchange(app, f"OPTIONS /gradio_api/queue/join HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+                                 f"Origin: http://127.0.0.1:{port}\r\nAccess-Control-Request-Method: POST\r\n"
+                                 f"Access-Control-Request-Headers: x-injected\r\nConnection: close\r\n\r\n".encode())
+    assert not [line for line in lines if re.search("injected|origin|access-control", line, re.I)], lines
+    lines, _ = get(app, "/config", f"Origin: http://localhost:{port}")
+    assert lines[0] == "HTTP/1.1 200 OK" and not [line for line in lines if "localhost" in line], lines
+
+
+def test_with_remote_use_allowed_only_its_own_host_names_are_answered(segmenter):
+    from longvos.app.guard import served_host_names
+
+    assert served_host_names("0.0.0.0", ["App.Example:8080", "[fe80::1]", "10.0.0.5"]) == {
+        "app.example", "fe80::1", "10.0.0.5"}
+    assert served_host_names("192.168.1.5") == {"192.168.1.5"}
+    with serving(segmenter, allow_remote=True, public_names=["app.example"]) as app:
+        port = app_port(app)
+        for host, status in [("evil.example", "403"), (f"evil.example:{port}", "403"), ("192.168.1.5", "403"),
+                             (f"app.example:{port}", "200"), ("app.example", "200"), (f"127.0.0.1:{port}", "200"),
+                             ("localhost", "200")]:
+            lines, _ = raw_exchange(app, f"GET /config HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+                                    .encode())
+            assert lines[0].split()[1] == status, (host, lines)
+
+
+# -- the work folder: uploads are paths of the form Gradio makes, shared content, room that cannot be made ---------
+
+def test_sessions_that_upload_the_same_file_do_not_break_each_other(clip, tmp_path):
+    workspace = Workspace(tmp_path)
+    first, second = upload_into(workspace, clip, "a.mp4"), upload_into(workspace, clip, "b.mp4")  # one folder
+    jobs = [workspace.create_job(first), workspace.create_job(second)]
+    assert [job.video.read_bytes() for job in jobs] == [clip.read_bytes()] * 2
+    assert sorted(path.name for path in workspace.root.iterdir()) == ["jobs"]  # the names went, then the folder
+    same = upload_into(workspace, clip, "a.mp4")  # both sessions were handed this one path
+    workspace.create_job(same)
+    with pytest.raises(InputError, match="upload the file again"):
+        workspace.create_job(same)
+
+
+def test_a_path_a_client_names_is_never_taken_for_an_upload(clip, tmp_path):
+    workspace = Workspace(tmp_path)
+    job = workspace.create_job(upload_into(workspace, clip))
+    elsewhere = tmp_path / "elsewhere.mp4"
+    elsewhere.write_bytes(clip.read_bytes())
+    (workspace.root / ("cd" * 32)).mkdir()
+    (workspace.root / ("cd" * 32) / "link.mp4").symlink_to(elsewhere)
+    for path in [job.video, job.first_frame_path, elsewhere, workspace.root / ("cd" * 32) / "link.mp4",
+                 workspace.root / ("ab" * 32) / ".." / "jobs" / job.id / "input.mp4", workspace.root / "x.mp4"]:
+        with pytest.raises(InputError, match="not a file uploaded to this server"):
+            workspace.create_job(path)
+        workspace.drop_upload(path)
+    assert job.video.is_file() and job.first_frame_path.is_file() and elsewhere.is_file()
+    assert len(list(workspace.jobs_dir.iterdir())) == 1
+
+
+def test_no_idle_job_is_deleted_for_room_the_disk_cannot_give(clip, tmp_path, monkeypatch):
+    import longvos.app.workspace as workspace_module
+
+    workspace = Workspace(tmp_path)
+    jobs = [workspace.create_job(upload_into(workspace, clip, digest=f"{index}" * 64)) for index in range(2)]
+    workspace.quota_bytes = disk_usage(workspace.root) + 1000  # 5 KB more: deleting an idle job makes room
+    disk = {"free": workspace_module.DISK_MARGIN_BYTES - 100_000}  # but the disk is short even with both gone
+    monkeypatch.setattr(workspace_module.shutil, "disk_usage", lambda path: type("Usage", (), disk))
+    with pytest.raises(TooLarge, match="would leave less than 256 MiB free on the server's disk"):
+        workspace.reserve(5000, "the upload")
+    assert [workspace.job(job.id) for job in jobs] == jobs and workspace._reserved == 0
+    disk["free"] = 1 << 40
+    workspace.reserve(5000, "the upload")  # now an idle job makes room, the oldest
+    assert [job.id in workspace._jobs for job in jobs] == [False, True] and workspace._reserved == 5000
+
+
+def test_the_zip_is_held_in_the_quota_before_it_is_written(segmenter, clip, tmp_path):
+    from longvos.app.runner import JobRunner
+    from longvos.engine.options import SegmentOptions
+    from longvos.io.masks import write_index_png
+
+    workspace = Workspace(tmp_path)
+    job = workspace.create_job(upload_into(workspace, clip))
+    ids = np.zeros((job.height, job.width), np.uint8)
+    ids[14:34, 8:28] = 1
+    write_index_png(job.prompt_path, ids)
+    runner = JobRunner(workspace, SegmentOptions(model=segmenter, max_size=MAX_SIZE))
+    runner.run(job)
+    zip_size = job.zip_path.stat().st_size
+    workspace.quota_bytes = quota = disk_usage(workspace.root) - zip_size // 2  # the same run's zip cannot fit
+    with pytest.raises(TooLarge, match="the zip of the masks: the work folder is full"):
+        runner.run(job)
+    assert not job.zip_path.exists() and disk_usage(workspace.root) <= quota and workspace._reserved == 0
+
+
+def test_long_videos_are_refused_from_the_header_before_they_are_indexed(app, clip, monkeypatch):
+    from gradio_client import handle_file
+
+    from longvos.io.video import VideoFileSource
+
+    def no_index(*_args, **_kwargs):
+        raise AssertionError("the frames were indexed")
+
+    monkeypatch.setattr(VideoFileSource, "_build_index", no_index)
+    monkeypatch.setattr(app.workspace, "max_video_frames", 5)  # the clip has 6
+    client = app_client(app)
+    assert app_error(lambda: client.predict(handle_file(str(clip)), api_name="/upload_video")) == (
+        "the video is longer than the limit of 5 frames")
+
+
+# -- the environment, and a second app in one process ---------------------------------------------------------------
+
+def test_importing_the_app_changes_no_environment():
+    code = ("import os; import longvos.app.server; "
+            "print([os.environ.get(name) for name in ('HF_HUB_OFFLINE', 'GRADIO_ANALYTICS_ENABLED', "
+            "'HF_HUB_DISABLE_TELEMETRY', 'GRADIO_TEMP_DIR')])")
+    environment = {name: value for name, value in os.environ.items()
+                   if name not in ("HF_HUB_OFFLINE", "GRADIO_ANALYTICS_ENABLED", "HF_HUB_DISABLE_TELEMETRY",
+                                   "GRADIO_TEMP_DIR")}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=environment, timeout=300)
+    assert done.returncode == 0 and done.stdout.strip() == "[None, None, None, None]", done.stderr[-2000:]
+
+
+def test_a_second_app_in_the_process_writes_only_into_its_own_work_folder(segmenter, clip, tmp_path, monkeypatch):
+    import gradio.route_utils
+    import gradio.routes
+
+    with serving(segmenter, workdir=tmp_path) as first:
+        pass
+    # As if the first app had been the process's first: Gradio keeps the cache folder it saw on import.
+    for module in (gradio.route_utils, gradio.routes):
+        monkeypatch.setattr(module, "DEFAULT_TEMP_DIR", str(first.workspace.root))
+    with serving(segmenter, workdir=tmp_path) as second:
+        marked_session(second, clip).predict(api_name="/segment")
+        assert [path.name for path in tmp_path.iterdir()] == [second.workspace.root.name]
+        assert [path for path in work_files(second) if not path.startswith(("jobs", "matplotlib"))] == []
+    assert list(tmp_path.iterdir()) == []

@@ -18,12 +18,11 @@ import torch
 from PIL import Image
 
 from longvos.batch import BatchOptions, run_batch
-from longvos.batch.completion import RECORD_FILE
-from longvos.batch.events import FramesDone, VideoStarted
+from longvos.batch.items import FramesDone, VideoStarted
 from longvos.cli.main import main
 from longvos.engine.pipeline import segment_video
-from longvos.engine.progress import RunProgress
-from longvos.engine.segmenter import load_model
+from longvos.engine.progress import PROGRESS_FILE, RunProgress
+from longvos.engine.segmenter import load_segmenter
 from longvos.io.masks import read_index_mask
 from longvos.io.video import open_video
 
@@ -37,7 +36,7 @@ def direct_masks(video: Path, mask: Path, frame: int, checkpoint: Path, out: Pat
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        segmenter = load_model(MODEL, checkpoint, "cpu")
+        segmenter = load_segmenter(MODEL, checkpoint, "cpu")
         segment_video(video, {frame: mask}, out, model=segmenter, max_size=MAX_SIZE, start=frame, progress=False)
     finally:
         torch.set_num_threads(threads)
@@ -115,7 +114,7 @@ def test_good_videos_match_segment_video_and_bad_ones_fail_alone(first_batch, de
     assert sorted(expected_car) == ["00001", "00002", "00003", "00004", "00005"]  # starts at the mask's frame
     overlay = open_video(out / "car" / "overlay.mp4")
     assert len(overlay) == 5 and overlay.frame_size == (480, 854)
-    record = json.loads((out / "car" / RECORD_FILE).read_text())
+    record = json.loads((out / "car" / PROGRESS_FILE).read_text())
     assert record["done"] is True and record["frames"] == 5 and record["settings"]["max_size"] == MAX_SIZE
 
 
@@ -162,7 +161,7 @@ def test_killed_worker_fails_only_its_video_and_resume_finishes_it(dev_dir, chec
     car, swan = summary.results
     assert killed and car.status == "failed" and car.reason.startswith("worker process cpu#0 died (exit code -9)")
     assert swan.status == "done" and swan.frames == 3  # a replacement worker took over the queue
-    assert json.loads((out / "car-shadow" / RECORD_FILE).read_text())["done"] is False
+    assert json.loads((out / "car-shadow" / PROGRESS_FILE).read_text())["done"] is False
     completed = RunProgress.load(out / "car-shadow").completed  # the segmenter's own resume record
     assert 0 < completed < 20
     # The kill can land between a frame's PNG and the record naming it complete: that frame is on disk but will be
@@ -178,4 +177,4 @@ def test_killed_worker_fails_only_its_video_and_resume_finishes_it(dev_dir, chec
     assert sorted(p.stem for p in (out / "car-shadow").glob("[0-9]*.png")) == [f"{i:05d}" for i in range(20)]
     assert {name: (out / "car-shadow" / name).stat().st_mtime_ns for name in recorded} == \
         {name: written[name] for name in recorded}
-    assert json.loads((out / "car-shadow" / RECORD_FILE).read_text())["done"] is True
+    assert json.loads((out / "car-shadow" / PROGRESS_FILE).read_text())["done"] is True

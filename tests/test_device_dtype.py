@@ -28,6 +28,6 @@ def test_auto_is_fp32_without_a_device_or_on_mps_and_names_stay_exact():
 
 
 def test_segmenter_resolves_auto_on_its_device(monkeypatch):
-    from longvos.engine.segmenter import load_model
+    from longvos.engine.segmenter import load_segmenter
     monkeypatch.setattr(device_policy, "_FAST_BF16_CPU_FLAGS", ("no_such_flag",))
-    assert load_model("mavos-lite", device="cpu", dtype="auto").dtype is None
+    assert load_segmenter("mavos-lite", device="cpu", dtype="auto").dtype is None

@@ -129,11 +129,11 @@ def test_download_verifies_converts_caches_and_then_the_model_needs_no_checkpoin
     assert "SHA-256 verified" in out and f"all {len(ours)} tensors matched" in out, out
     assert sorted(p.name for p in cache.iterdir()) == [f"{MODEL}.pt"]  # no temporary files left
 
-    from longvos.engine.segmenter import load_model
+    from longvos.engine.segmenter import load_segmenter
 
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no random-weights warning: the cached weights load
-        segmenter = load_model(MODEL, device="cpu")
+        segmenter = load_segmenter(MODEL, device="cpu")
     loaded = segmenter.model.state_dict()
     assert all(torch.equal(loaded[key], value) for key, value in ours.items())
 

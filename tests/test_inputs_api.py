@@ -85,9 +85,9 @@ def test_cli_segments_a_folder_named_like_a_glob(dev_dir, tmp_path, capsys):
 
 @pytest.fixture(scope="module")
 def lite():
-    from longvos.engine.segmenter import load_model
+    from longvos.engine.segmenter import load_segmenter
 
-    return load_model("mavos-lite", device="cpu")
+    return load_segmenter("mavos-lite", device="cpu")
 
 
 def test_float_frames_outside_0_1_are_refused_with_one_line(lite):
@@ -132,13 +132,13 @@ def test_unsigned_ids_beyond_int64_are_refused(lite):
 # -- item 13: random weights, non-finite checkpoints, fp16 on the CPU -----------------------------------------------
 
 def test_a_model_without_weights_is_refused_unless_random_weights_are_allowed():
-    from longvos.engine.segmenter import load_model
+    from longvos.engine.segmenter import load_segmenter
 
     with pytest.raises(InputError, match="mavos-mnv2.*--checkpoint.*--allow-random-weights") as caught:
-        load_model("mavos-mnv2", device="cpu")
+        load_segmenter("mavos-mnv2", device="cpu")
     assert "\n" not in str(caught.value)
     with pytest.warns(UserWarning, match="random weights"):
-        segmenter = load_model("mavos-mnv2", device="cpu", allow_random_weights=True)
+        segmenter = load_segmenter("mavos-mnv2", device="cpu", allow_random_weights=True)
     assert segmenter.name == "mavos-mnv2"
 
 
@@ -179,11 +179,11 @@ def nan_checkpoint(tmp_path_factory) -> Path:
 
 def test_a_non_finite_checkpoint_is_refused(nan_checkpoint, dev_dir, tmp_path, capsys):
     from longvos.checkpoints import CheckpointError, load_checkpoint
-    from longvos.engine.segmenter import load_model
+    from longvos.engine.segmenter import load_segmenter
     from longvos.models.registry import create_model
 
     with pytest.raises(CheckpointError, match="non-finite") as caught:
-        load_model("mavos-lite", nan_checkpoint, device="cpu")
+        load_segmenter("mavos-lite", nan_checkpoint, device="cpu")
     assert "\n" not in str(caught.value) and str(nan_checkpoint) in str(caught.value)
     model = create_model("mavos-lite")
     state = {key: value.clone() for key, value in model.state_dict().items()}
@@ -199,13 +199,13 @@ def test_a_non_finite_checkpoint_is_refused(nan_checkpoint, dev_dir, tmp_path, c
 
 
 def test_fp16_on_the_cpu_warns_and_suggests_bf16():
-    from longvos.engine.segmenter import load_model
+    from longvos.engine.segmenter import load_segmenter
 
     with pytest.warns(UserWarning, match="fp16 on the CPU.*bf16"):
-        load_model("mavos-lite", device="cpu", dtype="fp16")
+        load_segmenter("mavos-lite", device="cpu", dtype="fp16")
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        load_model("mavos-lite", device="cpu", dtype="bf16")
+        load_segmenter("mavos-lite", device="cpu", dtype="bf16")
 
 
 # -- item 14: a thread count that does not oversubscribe, reported, and --threads everywhere ------------------------
@@ -288,8 +288,7 @@ def test_segment_reports_the_thread_count_it_picked(dev_dir, tmp_path, capsys, m
 def test_batch_backends_resolve_the_same_worker_threads(monkeypatch):
     import longvos.engine.threads as threads
     from longvos.batch.items import BatchOptions
-    from longvos.batch.local_backend import plan_workers
-    from longvos.batch.ray_backend import plan_actors
+    from longvos.batch.workers import plan_actors, plan_workers
     from longvos.batch.runner import worker_options
 
     monkeypatch.setattr(threads, "default_threads", lambda: 4)
@@ -305,7 +304,7 @@ def test_batch_backends_resolve_the_same_worker_threads(monkeypatch):
 # -- one mask digest for segment and batch records; a paused propagation generator ---------------------------------
 
 def test_batch_records_the_mask_content_digest_that_segment_records(tmp_path):
-    from longvos.batch.completion import item_settings
+    from longvos.batch.runner import item_settings
     from longvos.batch.items import BatchOptions, WorkItem
     from longvos.engine.progress import mask_digest
     from longvos.io.masks import read_index_mask
@@ -349,24 +348,3 @@ def test_a_paused_propagation_generator_says_how_to_release_earlier_frames(lite,
     next(generator)
     del generator  # garbage-collected: the propagation ends too
     assert 3 in lite.add_new_mask(state, 0, 3, other)[1]  # frame 0 again: no longer refused
-
-
-def test_the_app_takes_no_state_snapshots(tmp_path, monkeypatch):
-    """The web app never resumes a run, so it never pays for snapshots."""
-    import longvos.engine.pipeline as pipeline
-    from longvos.app.jobs import Job, JobRunner
-
-    calls = []
-
-    def fake_segment_video(*args, **kwargs):
-        calls.append(kwargs)
-        raise RuntimeError("stop here")
-
-    monkeypatch.setattr(pipeline, "segment_video", fake_segment_video)
-    runner = JobRunner(segmenter=None, max_size=64)
-    try:
-        job = Job("j", tmp_path, tmp_path / "video.mp4", "video", 4, 24, 32, 24.0)
-        runner.run(job)
-    finally:
-        runner.stop()
-    assert calls and calls[0]["snapshot_every"] == 0, calls

@@ -23,10 +23,10 @@ import torch
 from conftest import GOLDEN
 from longvos.checkpoints import load_checkpoint
 from longvos.models.livos import LiVOS
-from longvos.models.livos.given_masks import merge_given_masks
+from longvos.models.livos.model import merge_given_masks
 from longvos.models.livos.official import livos_drop_reason, livos_key_from_official
 from longvos.models.registry import create_model
-from longvos.models.livos.padding import unpad
+from longvos.models.livos.layers import unpad
 
 LIVOS_GOLDEN = GOLDEN / "livos"
 pytestmark = pytest.mark.slow  # ~30 official-size frames on 2 shared CPU cores

@@ -56,7 +56,7 @@ def run(model: LiVOS, state: LiVOSState, count: int, seed: int = 0, size=(HEIGHT
 
 
 def start(model: LiVOS, ids=(1, 2)) -> LiVOSState:
-    state = model.init_state()
+    state = model.new_state()
     masks = {object_id: box_mask(4 + 14 * index, 4 + 20 * index) for index, object_id in enumerate(ids)}
     with torch.inference_mode():
         model.step(state, next(frames(1, seed=99)), masks)
@@ -65,13 +65,13 @@ def start(model: LiVOS, ids=(1, 2)) -> LiVOSState:
 
 def test_implements_the_engine_contract(model):
     assert isinstance(model, VOSModel)
-    state = model.init_state()
+    state = model.new_state()
     assert isinstance(state, TrackerState)
     assert model.input_size(HEIGHT, WIDTH) == (HEIGHT, WIDTH)  # padding is internal
 
 
 def test_frames_before_any_object_are_background_and_cost_nothing(model):
-    state = model.init_state()
+    state = model.new_state()
     with torch.inference_mode():
         prob = model.step(state, next(frames(1)))
     assert torch.equal(prob, torch.ones(1, HEIGHT, WIDTH))
@@ -79,7 +79,7 @@ def test_frames_before_any_object_are_background_and_cost_nothing(model):
 
 
 def test_first_frame_returns_the_given_masks_as_probabilities(model):
-    state = model.init_state()
+    state = model.new_state()
     masks = {7: box_mask(0, 0), 3: box_mask(20, 30)}
     with torch.inference_mode():
         prob = model.step(state, next(frames(1)), masks)
@@ -92,7 +92,7 @@ def test_first_frame_returns_the_given_masks_as_probabilities(model):
 @pytest.mark.slow  # ~12 s alone on 2 cores; several times that on a shared machine
 def test_memory_is_the_same_after_50_and_500_frames(model):
     size = (32, 32)  # a 2 x 2 grid keeps 500 frames to seconds
-    state = model.init_state()
+    state = model.new_state()
     with torch.inference_mode():
         model.step(state, next(frames(1, seed=99, size=size)), {1: (torch.rand(size) > 0.5).float()})
     run(model, state, 49, size=size)
@@ -181,14 +181,14 @@ def test_a_frame_size_change_is_refused_clearly(model):
 
 
 def test_bad_mask_shape_names_the_object(model):
-    state = model.init_state()
+    state = model.new_state()
     with pytest.raises(ValueError, match="mask of object 4 has shape"):
         model.step(state, next(frames(1)), {4: torch.ones(HEIGHT, WIDTH + 1)})
 
 
 def test_bad_image_shape_is_refused(model):
     with pytest.raises(ValueError, match=r"\(1, 3, H, W\)"):
-        model.step(model.init_state(), torch.rand(3, HEIGHT, WIDTH))
+        model.step(model.new_state(), torch.rand(3, HEIGHT, WIDTH))
 
 
 def test_a_session_runs_livos_on_a_real_clip_with_objects_joining_and_leaving(model):
@@ -205,7 +205,7 @@ def test_a_session_runs_livos_on_a_real_clip_with_objects_joining_and_leaving(mo
         assert set(np.unique(result.mask)) == {0, 7}
         result = session.step(frames_rgb[1], late)
         assert result.object_ids == [7, 3] and (result.mask[:40, :60] == 3).all()
-        session.remove_objects([7])
+        session.remove_object(7)
         result = session.step(frames_rgb[2], return_probs=True)
         assert result.object_ids == [3] and result.probs.shape == (1, *first.shape)
         assert set(np.unique(result.mask)) <= {0, 3}

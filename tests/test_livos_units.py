@@ -6,11 +6,11 @@ import torch
 
 from longvos.checkpoints import map_official_keys, model_shapes
 from longvos.models.livos import LiVOS, LiVOSConfig
-from longvos.models.livos.given_masks import merge_given_masks
-from longvos.models.livos.linear_matching import key_feature_map, read_memory, write_memory
+from longvos.models.livos.model import merge_given_masks
+from longvos.models.livos.memory import key_feature_map, read_memory, write_memory
 from longvos.models.livos.official import livos_drop_reason, livos_key_from_official
-from longvos.models.livos.padding import pad, stride_padding, unpad
-from longvos.models.livos.soft_aggregation import soft_aggregate_logits
+from longvos.models.livos.layers import pad, stride_padding, unpad
+from longvos.models.livos.layers import soft_aggregate_logits
 from longvos.models.registry import create_model, list_models
 
 

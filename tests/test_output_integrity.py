@@ -15,7 +15,7 @@ import pytest
 
 from conftest import optional_import, write_mp4
 from longvos.batch import BatchOptions, run_batch
-from longvos.batch.events import VideoStarted
+from longvos.batch.items import VideoStarted
 from longvos.cli.main import main
 from longvos.engine.pipeline import SegmentationError, segment_video
 from longvos.io.errors import InputError

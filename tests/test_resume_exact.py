@@ -165,8 +165,7 @@ def test_batch_worker_killed_mid_video_then_resume_is_byte_identical(clip, clean
     then refused for that video. Batch and segment records hash the mask the same way (its content)."""
     import longvos.engine.threads as thread_policy
     from longvos.batch import BatchOptions, run_batch
-    from longvos.batch.completion import CompletionRecord
-    from longvos.batch.events import FramesDone, VideoStarted
+    from longvos.batch.items import FramesDone, VideoStarted
     from longvos.engine.progress import RunProgress
 
     folder, original = clip
@@ -193,7 +192,7 @@ def test_batch_worker_killed_mid_video_then_resume_is_byte_identical(clip, clean
     record = RunProgress.load(out / "clip")
     assert record is not None and record.snapshot == 25 and 25 <= record.completed < FRAMES, record
     assert record.threads == 1
-    assert CompletionRecord.load(out / "clip").settings["mask_sha256"] == record.settings["mask_sha256"]
+    assert RunProgress.load(out / "clip").settings["mask_sha256"] == record.settings["mask_sha256"]
 
     # No --threads this time, and the driver would pick 2: the interrupted video still runs with its 1.
     monkeypatch.setattr(thread_policy, "default_threads", lambda: 2)
@@ -306,14 +305,14 @@ def stop_after(frames: int):
 def test_growing_memory_takes_no_snapshots_and_still_resumes_exactly(tmp_path):
     from longvos.engine.pipeline import SegmentationError, segment_video
     from longvos.engine.progress import RunProgress
-    from longvos.engine.segmenter import load_model
+    from longvos.engine.segmenter import load_segmenter
     from longvos.models.registry import create_model
 
     assert create_model("deaot-mnv2").state_is_fixed_size is False  # DeAOT's default: growing
     assert create_model("deaot-mnv2", memory="ref+prev").state_is_fixed_size is True
     assert create_model("mavos-lite").state_is_fixed_size is True
     with pytest.warns(UserWarning, match="random weights"):
-        deaot = load_model("deaot-mnv2", device="cpu", allow_random_weights=True)
+        deaot = load_segmenter("deaot-mnv2", device="cpu", allow_random_weights=True)
     mask = make_clip(tmp_path / "clip", frames=8)
     run = dict(model=deaot, max_size=64, progress=False, snapshot_every=2, mem_gap=2)
     segment_video(tmp_path / "clip", mask, tmp_path / "clean", **run)
@@ -333,7 +332,7 @@ def test_resume_with_changed_bundled_or_downloaded_weights_is_refused(tmp_path, 
     import shutil
 
     import longvos.engine.segmenter as segmenter_module
-    from longvos.batch.completion import item_settings, resume_conflict
+    from longvos.batch.runner import item_settings, resume_conflict
     from longvos.batch.items import BatchOptions, WorkItem
     from longvos.engine.pipeline import SegmentationError, segment_video
     from longvos.engine.progress import RunProgress

@@ -128,7 +128,7 @@ def test_add_objects_stages_for_the_next_frame(segmenter, swan):
     result = session.step(image)
     assert result.object_ids == [1, 4] and np.array_equal(result.mask == 4, staged == 4)
     session.add_objects(staged)
-    session.remove_objects([4])  # a staged object can be withdrawn before it is used
+    session.remove_object(4)  # a staged object can be withdrawn before it is used
     assert session.step(image).object_ids == [1]
 
 
@@ -151,7 +151,7 @@ def test_bad_masks_and_frames_are_clear_errors(segmenter, swan):
     with pytest.raises(InputError, match="frame 1 is 427x240 but this session's frames are 854x480"):
         session.step(image[::2, ::2])
     with pytest.raises(InputError, match=r"cannot remove object\(s\) \[2\]: not tracked \(tracked: \[1\]\)"):
-        session.remove_objects([2])
+        session.remove_object(2)
 
 
 def test_reset_and_memory_bytes(segmenter, swan):
@@ -159,7 +159,7 @@ def test_reset_and_memory_bytes(segmenter, swan):
     with segmenter.session(max_size=120) as session:
         session.step(image, mask)
         assert session.memory_bytes() == 1 * 120 * 208 * 4
-        session.reset()
+        session.reset_state()
         assert session.memory_bytes() == 0 and session.object_ids == []
         assert session.step(image).object_ids == []  # a frame with no object is all background
 

@@ -52,7 +52,7 @@ def test_a_closed_session_refuses_every_verb(segmenter):
         session.step(frame)
     assert session.closed
     for verb, call in [("step", lambda: session.step(frame)), ("add_objects", lambda: session.add_objects(box(9, 9))),
-                       ("remove_objects", lambda: session.remove_objects([1])), ("reset", session.reset),
+                       ("remove_object", lambda: session.remove_object(1)), ("reset_state", session.reset_state),
                        ("enter", session.__enter__)]:
         with pytest.raises(SessionError, match=f"cannot {verb}: this session is closed") as caught:
             call()

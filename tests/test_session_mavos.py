@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from longvos import load_model
+from longvos import load_segmenter
 from longvos.io.errors import InputError, MaskError
 from longvos.io.masks import read_index_mask
 from longvos.io.video import open_video
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.usefixtures("one_thread_module")
 @pytest.fixture(scope="module")
 def segmenter():
     with pytest.warns(UserWarning, match="random"):
-        return load_model("mavos-mnv2", device="cpu", allow_random_weights=True)
+        return load_segmenter("mavos-mnv2", device="cpu", allow_random_weights=True)
 
 
 @pytest.fixture(scope="module")
@@ -106,12 +106,12 @@ def test_object_appearing_later_then_removed(segmenter, bmx):
     result = session.step(frames[4], later, objects=[2])  # object 2 enters on frame 4 with its own mask
     assert result.object_ids == [1, 2] and np.array_equal(result.mask == 2, later == 2)
     assert (session.step(frames[5]).mask == 2).any()
-    session.remove_objects([1])
+    session.remove_object(1)
     for frame in frames[6:8]:
         result = session.step(frame)
         assert result.object_ids == [2] and 1 not in result.mask
     with pytest.raises(InputError, match="not tracked"):
-        session.remove_objects([1])
+        session.remove_object(1)
 
 
 def test_given_mask_with_unknown_object_and_wrong_size(segmenter, bmx):
@@ -157,7 +157,7 @@ def test_sam2_style_verbs_stream_objects_appearing_later(segmenter, dev_dir, bmx
 def test_autocast_runs_without_dtype_mismatch(dtype, bmx):
     frames, masks = bmx
     with pytest.warns(UserWarning, match="random"):
-        segmenter = load_model("mavos-mnv2", device="cpu", dtype=dtype, allow_random_weights=True)
+        segmenter = load_segmenter("mavos-mnv2", device="cpu", dtype=dtype, allow_random_weights=True)
     session = segmenter.session(max_size=SMALL, mem_gap=2)
     for index, frame in enumerate(frames[:5]):  # at gap 2, frames 2 and 4 go through the MCA memory write
         result = session.step(frame, masks[0] if index == 0 else None, return_probs=True)

@@ -40,7 +40,7 @@ def test_bundled_weights_track_a_real_object_and_random_ones_do_not(dev_dir):
     from longvos.engine.segmenter import Segmenter
     from longvos.models.registry import create_model
 
-    trained = mean_iou_on_dev(longvos.load_model("mavos-lite", device="cpu"), dev_dir)
+    trained = mean_iou_on_dev(longvos.load_segmenter("mavos-lite", device="cpu"), dev_dir)
     random = mean_iou_on_dev(Segmenter(create_model("mavos-lite"), device="cpu"), dev_dir)
     assert trained > 0.45, trained   # 0.60 measured with the step-600 weights
     assert random < 0.2, random      # measured 0.03

@@ -2,7 +2,7 @@
 
 Public API (imported on first use, so that ``import longvos`` and ``longvos --help`` stay fast)::
 
-    segmenter = longvos.load_model("mavos-lite", device="auto")
+    segmenter = longvos.load_segmenter("mavos-lite", device="auto")
     with segmenter.session() as session:  # frames shrunk to the model's size (max_size="auto")
         for frame in longvos.open_video("clip.mp4"):
             result = session.step(frame.image, first_mask if frame.index == 0 else None)
@@ -19,11 +19,11 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _EXPORTS = {
-    "load_model": "longvos.engine.segmenter",
+    "load_segmenter": "longvos.engine.segmenter",
     "Segmenter": "longvos.engine.segmenter",
     "Session": "longvos.engine.session",
     "StepResult": "longvos.engine.session",
-    "VideoState": "longvos.engine.offline",
+    "VideoState": "longvos.engine.segmenter",
     "segment_video": "longvos.engine.pipeline",
     "SegmentOptions": "longvos.engine.options",
     "SegmentSummary": "longvos.engine.pipeline",

@@ -9,7 +9,7 @@ or any ``http(s)://`` mirror). Where an entry learns a direct URL or a checksum,
 :func:`download_checkpoint` streams the file to a temporary file in the cache folder (size-bounded, with progress),
 checks its SHA-256 when one is known or given, converts it with the strict key report of :mod:`longvos.checkpoints`
 (every missing, unexpected or mis-shaped key refused), loads the result into the model once, and only then moves
-it into place atomically: ``$LONGVOS_HOME/checkpoints/<name>.pt`` (default ``~/.cache/longvos``). ``load_model``
+it into place atomically: ``$LONGVOS_HOME/checkpoints/<name>.pt`` (default ``~/.cache/longvos``). ``load_segmenter``
 looks there when no checkpoint is given, so that ``--model mavos-r50`` then works without ``--checkpoint``.
 """
 from __future__ import annotations

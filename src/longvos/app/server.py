@@ -1,497 +1,177 @@
-"""``longvos app``: a small web server (standard library only) for the page in ``static/`` and its JSON API.
+"""``LongvosApp``: the Gradio page served with the app's limits, and its clean stop.
 
-Why not Gradio: the page needs an upload, a canvas to draw boxes and clicks on, a progress bar, a ``<video>`` and
-two downloads. A hand-written page does all of that over this ~200-line server, installs nothing, starts in
-milliseconds and never contacts the network, where Gradio would add some hundred megabytes of dependencies and
-its own startup checks. The API (all under ``/api/jobs``; errors are ``{"error": message}``):
+What it guarantees (``tests/test_app_*.py`` check each):
 
-- ``POST /api/jobs`` (body: the video file; header ``X-Filename``) -> job status
-- ``GET /api/jobs/<id>`` -> status: state (ready, queued, running, done, failed), frames, done, fps, objects, error
-- ``GET /api/jobs/<id>/frame.jpg`` -> the first frame
-- ``POST /api/jobs/<id>/prompt`` (JSON boxes/clicks, see :func:`longvos.prompts.objects_from_json`) -> status, the
-  mask is set
-- ``POST /api/jobs/<id>/mask`` (body: an index-mask PNG) -> status, the mask is set
-- ``GET /api/jobs/<id>/prompt.png`` -> the first frame with the current mask over it
-- ``POST /api/jobs/<id>/run`` -> status; ``GET .../latest.jpg`` -> the latest segmented frame while it runs
-- ``GET /api/jobs/<id>/overlay.mp4`` (byte ranges, for seeking) and ``GET /api/jobs/<id>/masks.zip``
+- it listens on 127.0.0.1 unless ``allow_remote`` (it has no login: anyone who reaches the port can use it), and
+  answers only requests addressed to a loopback name (with ``allow_remote``, also to the bound address and
+  ``public_names``); changes from another site's page are refused, and only the routes the page uses are served
+  (:mod:`longvos.app.guard`, which wraps all of Gradio's app, Gradio's own middleware included);
+- uploads are at most ``max_upload_bytes`` each, other request bodies 1 MiB, and every file the app and Gradio
+  write lies in the work folder (:mod:`longvos.app.workspace`), under its disk quota; :meth:`LongvosApp.close`
+  deletes it, also where a job did not stop in time;
+- Gradio's queue runs one segmentation at a time (``concurrency_limit=1``) and one image event at a time (frame
+  decoding, GrabCut: ``IMAGE_WORK_LIMIT``), and holds at most ``max_queue`` waiting events (more are refused: "queue
+  full"); each run is stopped after ``max_minutes``;
+- no telemetry, no call to the network: Gradio's analytics are off (``GRADIO_ANALYTICS_ENABLED=False`` before Gradio
+  is imported, and ``analytics_enabled=False``), so is the Hugging Face Hub's telemetry
+  (``HF_HUB_DISABLE_TELEMETRY``, and ``HF_HUB_OFFLINE`` unless set); the theme uses system fonts (Gradio's default
+  downloads Google fonts); no share link, no server-side rendering, PWA, MCP server or run history, no footer links
+  to gradio.app;
+- errors reach the page as one line naming no server path.
 
-What it guarantees, whatever serves the page: it listens on a loopback address unless ``allow_remote`` (it has no
-login: anyone who reaches the port can use it), and then answers only requests addressed to a loopback name (no
-DNS rebinding) and POSTs from its own page (no cross-site requests); no client text reaches a header, a path or a
-zip entry (downloads are named in safe ASCII, the original name only percent-encoded in ``filename*``); a bounded
-number of connections, each with a socket timeout, and a bounded number of image jobs (decoding, GrabCut) at once;
-image sizes checked before decoding; a disk quota for the work folder; errors are one line without server paths
-(400 for bad input, 413 over a limit, 503 when busy); :meth:`AppServer.close` cancels the running job, waits for it
-and removes the work folder.
+The environment is changed only while an app is open (from :class:`LongvosApp` to :meth:`~LongvosApp.close`, which
+puts it back; importing this module changes nothing). Gradio reads its cache folder from the environment
+(``GRADIO_TEMP_DIR``), so a process serves one app at a time; some of its modules keep the folder they saw first,
+and :meth:`~LongvosApp.launch` points them at this app's work folder. Matplotlib's folder (``MPLCONFIGDIR``, unless
+set) is put in the work folder too.
 """
 from __future__ import annotations
 
-import io
-import ipaddress
-import json
-import re
-import shutil
+import contextlib
+import os
 import socket
 import sys
-import tempfile
-import threading
-import traceback
-from collections.abc import Iterator
-from contextlib import contextmanager
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+import time
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
-from urllib.parse import quote, unquote, urlsplit
 
-import numpy as np
-from PIL import Image
+from longvos.app.guard import RemoteNotAllowed, RequestGuard, is_loopback
+from longvos.app.workspace import MAX_VIDEO_FRAMES, Workspace
+from longvos.engine.options import SegmentOptions
 
-from longvos.app.jobs import DONE, MAX_VIDEO_PIXELS, Job, JobNotFound, JobRunner, JobStore, display_name, \
-    first_frame, prompt_preview, public_message, read_uploaded_mask, set_prompt_mask
-from longvos.engine.frames import MaxSize
-from longvos.engine.segmenter import Segmenter
-from longvos.io.errors import InputError
-from longvos.prompts import objects_from_json, prompt_mask
-
-STATIC_DIR = Path(__file__).with_name("static")
-STATIC_TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
-                ".css": "text/css; charset=utf-8"}
-COPY_BYTES = 1 << 16
-MAX_JSON_BYTES = 1 << 20
-_JOB_ROUTE = re.compile(r"^/api/jobs/([0-9a-f]{16})(?:/([a-z0-9.]+))?$")
-LOOPBACK_NAMES = frozenset({"localhost", "localhost.localdomain", "ip6-localhost", "ip6-loopback"})
+#: Gradio sends usage statistics by default, and its analytics go through the Hugging Face Hub's telemetry: both off,
+#: before Gradio (and huggingface_hub, which read these once) are imported. The app never needs the Hub.
+OFFLINE_ENVIRONMENT = {"GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_DISABLE_TELEMETRY": "1"}
+#: Gradio modules that keep the cache folder they saw when first imported (``GRADIO_TEMP_DIR``) as
+#: ``DEFAULT_TEMP_DIR``: a second app in one process would write there, outside its own work folder.
+GRADIO_TEMP_DIR_MODULES = ("gradio.route_utils", "gradio.routes", "gradio.screen_recording_utils", "gradio.mcp")
 
 
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` (an address or a name) is this machine only; ``""`` and ``0.0.0.0`` are every interface."""
-    host = host.strip().strip("[]").lower()
-    if host in LOOPBACK_NAMES:
-        return True
-    try:
-        return ipaddress.ip_address(host.split("%", 1)[0]).is_loopback
-    except ValueError:
-        pass
-    try:
-        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)} if host else set()
-    except (OSError, UnicodeError):
-        return False
-    return bool(addresses) and all(ipaddress.ip_address(a.split("%", 1)[0]).is_loopback for a in addresses)
+class LongvosApp:
+    """The app for ``options`` (a :class:`~longvos.engine.options.SegmentOptions` whose ``model`` is a loaded
+    Segmenter, shared by every run). :meth:`launch` serves it; :meth:`close` stops it and deletes the work folder.
 
-
-class RemoteNotAllowed(ValueError):
-    """A non-loopback address without ``allow_remote``."""
-
-
-class ServerBusy(InputError):
-    """Too many image jobs at once for too long: HTTP 503."""
-
-    status = 503
-
-
-class Forbidden(InputError):
-    """A request from another site or for another host name: HTTP 403."""
-
-    status = 403
-
-
-class AppServer(ThreadingHTTPServer):
-    """The HTTP server with the app's state: the model, the jobs and the runner. ``port=0`` picks a free port.
-
-    The limits: ``max_connections`` connections are served at once (more wait to be accepted), each socket read
-    or write waits at most ``request_timeout`` seconds, ``max_parallel_work`` requests decode frames or run GrabCut
-    at once (others wait up to ``work_wait`` seconds, then get a 503), uploads are at most ``max_upload_bytes`` and
-    all jobs together hold at most ``quota_bytes`` of disk, video frames at most ``max_video_pixels``.
-    A non-loopback ``host`` needs ``allow_remote=True``: the app has no login.
+    ``workdir`` is where the work folder is made (default: the system's temporary folder); ``quota_bytes`` bounds
+    its size, ``max_jobs`` the videos it keeps, ``max_frames`` their length. A non-loopback ``host`` needs
+    ``allow_remote=True``; requests are then answered when addressed to a loopback name, the bound ``host`` (unless
+    it is every interface) or one of ``public_names`` (the names or addresses users reach the app by).
     """
 
-    daemon_threads = True
-    request_queue_size = 64
-
-    def __init__(self, segmenter: Segmenter, *, host: str = "127.0.0.1", port: int = 7860,
-                 max_size: MaxSize = "auto", workdir: str | Path | None = None, max_jobs: int = 20,
-                 verbose: bool = False, allow_remote: bool = False, request_timeout: float = 30.0,
-                 max_connections: int = 32, max_parallel_work: int = 2, work_wait: float = 60.0,
-                 max_upload_bytes: int = 4 << 30, quota_bytes: int = 20 << 30,
-                 max_video_pixels: int = MAX_VIDEO_PIXELS):
+    def __init__(self, options: SegmentOptions, *, host: str = "127.0.0.1", port: int = 7860,
+                 workdir: str | Path | None = None, max_jobs: int = 20, quota_bytes: int = 20 << 30,
+                 max_upload_bytes: int = 4 << 30, max_queue: int = 16, max_minutes: float | None = 60.0,
+                 max_frames: int = MAX_VIDEO_FRAMES, allow_remote: bool = False, public_names: Iterable[str] = (),
+                 verbose: bool = False):
         if not allow_remote and not is_loopback(host):
             raise RemoteNotAllowed(f"{host or 'every interface'} is not a loopback address: anyone who can reach "
                                    f"it could use the app (it has no login); allow that explicitly "
                                    f"(allow_remote=True, `longvos app --allow-remote`)")
-        self.verbose = verbose
-        self.allow_remote = allow_remote
-        self.request_timeout = request_timeout
-        self.work_wait = work_wait
-        self._connection_slots = threading.BoundedSemaphore(max(1, max_connections))
-        self._work_slots = threading.BoundedSemaphore(max(1, max_parallel_work))
-        self._connections: dict[socket.socket, threading.Thread] = {}
-        self._connections_lock = threading.Lock()
-        self._closing = threading.Event()
-        self._closed = False
-        self._serving = False
-        self._serve_lock = threading.Lock()
-        self._own_workdir = workdir is None
-        self.workdir = Path(tempfile.mkdtemp(prefix="longvos-app-") if workdir is None else workdir)
+        self.host, self.port, self.allow_remote, self.verbose = host, port, allow_remote, verbose
+        self.public_names = tuple(public_names)
+        self.max_upload_bytes, self.max_queue = max_upload_bytes, max_queue
+        self.workspace = Workspace(workdir, quota_bytes=quota_bytes, max_jobs=max_jobs, max_video_frames=max_frames)
+        # Where Gradio keeps uploads and its cache, and where Matplotlib (which Gradio imports for every event,
+        # where it is installed) writes its font cache and config: the work folder, not the home folder.
+        environment = {**OFFLINE_ENVIRONMENT, "GRADIO_TEMP_DIR": str(self.workspace.root)}
+        if "HF_HUB_OFFLINE" not in os.environ:
+            environment["HF_HUB_OFFLINE"] = "1"
+        if "MPLCONFIGDIR" not in os.environ:
+            environment["MPLCONFIGDIR"] = str(self.workspace.root / "matplotlib")
+        self._environment_before = {name: os.environ.get(name) for name in environment}  # put back by close()
+        os.environ.update(environment)
         try:
-            self.workdir.mkdir(parents=True, exist_ok=True)
-            self.jobs = JobStore(self.workdir, max_jobs, max_upload_bytes=max_upload_bytes, quota_bytes=quota_bytes,
-                                 max_video_pixels=max_video_pixels)
-            if ":" in host.strip("[]"):
-                self.address_family = socket.AF_INET6
-            super().__init__((host.strip("[]"), port), AppRequestHandler)
+            from longvos.app.runner import JobRunner
+            from longvos.app.ui import THEME, CSS, AppPage  # imports Gradio
+
+            self._point_gradio_at_the_work_folder()
+            self.runner = JobRunner(self.workspace, options, None if not max_minutes else max_minutes * 60)
+            self.blocks = AppPage(self.workspace, self.runner).build()
+            self._theme, self._css = THEME, CSS
         except BaseException:
-            if self._own_workdir:
-                shutil.rmtree(self.workdir, ignore_errors=True)
+            self.workspace.remove()
+            self._restore_environment()
             raise
-        self.runner = JobRunner(segmenter, max_size)  # started last: nothing to stop if binding failed
+        self.url: str | None = None
+        self._closed = False
 
-    @property
-    def url(self) -> str:
-        host, port = self.server_address[:2]
-        if host in ("0.0.0.0", "", "::"):
-            host = "127.0.0.1" if self.address_family == socket.AF_INET else "::1"
-        return f"http://{f'[{host}]' if ':' in host else host}:{port}/"
+    def launch(self) -> str:
+        """Start serving (on a background thread); returns the page's URL."""
+        port = self.port or _free_port(self.host)  # Gradio cannot report a port the system picked
+        self.blocks.queue(max_size=self.max_queue, default_concurrency_limit=1)
+        self._point_gradio_at_the_work_folder()
+        settings = {"workspace": self.workspace, "allow_remote": self.allow_remote, "host": self.host,
+                    "public_names": self.public_names, "max_upload_bytes": self.max_upload_bytes,
+                    "verbose": self.verbose}
+        guarded = []
 
-    def serve_forever(self, poll_interval: float = 0.5) -> None:
-        with self._serve_lock:  # close() calls shutdown() only for a loop that runs or is about to
-            if self._closing.is_set():
-                return
-            self._serving = True
-        super().serve_forever(poll_interval)
-
-    def start_background(self) -> threading.Thread:
-        """Serve on a daemon thread (for tests and notebooks); stop with :meth:`close`."""
-        thread = threading.Thread(target=self.serve_forever, name="longvos-app-http", daemon=True)
-        thread.start()
-        return thread
-
-    # -- bounded concurrency: a fixed number of connection threads, each connection with a socket timeout ----------
-
-    def process_request(self, request: socket.socket, client_address: Any) -> None:
-        """Serve the connection on its own thread once one of ``max_connections`` slots is free (until then the
-        accept loop waits and new connections queue in the kernel)."""
-        while not self._connection_slots.acquire(timeout=0.2):
-            if self._closing.is_set():
-                self.shutdown_request(request)
-                return
-        thread = threading.Thread(target=self._serve_connection, args=(request, client_address),
-                                  name="longvos-app-request", daemon=True)
-        with self._connections_lock:
-            self._connections[request] = thread
-        thread.start()
-
-    def _serve_connection(self, request: socket.socket, client_address: Any) -> None:
-        try:
-            if not self._closing.is_set():
-                self.finish_request(request, client_address)
-        except Exception:  # noqa: BLE001 - one connection's failure never stops the server
-            self.handle_error(request, client_address)
-        finally:
-            with self._connections_lock:
-                self._connections.pop(request, None)
-            self.shutdown_request(request)
-            self._connection_slots.release()
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        if isinstance(sys.exc_info()[1], OSError):  # timeouts, resets: the client's business
-            return
-        super().handle_error(request, client_address)
-
-    @contextmanager
-    def image_work(self) -> Iterator[None]:
-        """Hold one of ``max_parallel_work`` slots for work that decodes frames or runs GrabCut (memory-heavy)."""
-        if not self._work_slots.acquire(timeout=self.work_wait):
-            raise ServerBusy("the server is busy with other images; try again in a moment")
-        try:
+        @contextlib.asynccontextmanager
+        async def guard_everything(app):
+            # Starlette builds the app's middleware (Gradio's CORS and compression among it) for the lifespan
+            # event, which uvicorn sends before it listens: wrapped here, the guard sees every request first.
+            app.middleware_stack = RequestGuard(app.middleware_stack or app.build_middleware_stack(), **settings)
+            guarded.append(app)
             yield
-        finally:
-            self._work_slots.release()
 
-    # -- stopping -------------------------------------------------------------------------------------------------
+        try:
+            self.blocks.launch(server_name=self.host, server_port=port, prevent_thread_lock=True, quiet=True,
+                               share=False, inbrowser=False, show_error=False, ssr_mode=False, pwa=False,
+                               mcp_server=False, enable_monitoring=False, footer_links=[], run_history=False,
+                               max_file_size=self.max_upload_bytes, app_kwargs={"lifespan": guard_everything},
+                               theme=self._theme, css=self._css)
+        except OSError as err:
+            raise OSError(f"cannot listen on {self.host}:{port}: {err.strerror or err}") from None
+        host = self.host.strip("[]")
+        if host in ("0.0.0.0", "", "::"):
+            host = "127.0.0.1"
+        self.url = f"http://{f'[{host}]' if ':' in host else host}:{port}/"
+        app = self.blocks.server_app
+        if guarded != [app] or not isinstance(app.middleware_stack, RequestGuard):
+            self.close()  # never serve without the guard
+            raise RuntimeError("longvos app: the request guard could not be put in front of Gradio's app")
+        self._point_gradio_at_the_work_folder()
+        return self.url
 
     def close(self, timeout: float = 30.0) -> None:
-        """Stop: cancel the running job and wait for it (at most ``timeout`` seconds: a cancelled job stops after
-        the frame it is on), stop serving, drop open connections (an upload in flight is abandoned and its folder
-        removed), and delete the work folder if the server made it (and no job still writes into it)."""
+        """Stop: cancel the running job (it stops after the frame it is on; waited for at most ``timeout``
+        seconds), stop serving, and delete the work folder (also where the job did not stop in time: its writes
+        then fail)."""
         if self._closed:
             return
         self._closed = True
-        with self._serve_lock:
-            self._closing.set()
-            serving = self._serving
-        if not self.runner.stop(timeout=timeout):
-            print(f"longvos app: warning: the running job did not stop within {timeout:g} s", file=sys.stderr)
-        if serving:
-            self.shutdown()
-        with self._connections_lock:
-            connections = dict(self._connections)
-        for request in connections:
-            try:
-                request.shutdown(socket.SHUT_RDWR)  # wakes a handler blocked reading an upload
-            except OSError:
-                pass
-        for thread in connections.values():
-            thread.join(timeout=5)
-        self.server_close()
-        if self._own_workdir and not self.runner.alive:  # never delete what a runner still writes into
-            shutil.rmtree(self.workdir, ignore_errors=True)
+        stopped = self.runner.stop(timeout)
+        if not stopped:
+            print(f"longvos app: warning: the running job did not stop within {timeout:g} s; its files are deleted "
+                  f"anyway", file=sys.stderr)
+        if self.url is not None:
+            self.blocks.close(verbose=False)
+        for attempt in range(5):  # a job still running may add a file while the folder is deleted
+            self.workspace.remove()
+            if not self.workspace.root.exists():
+                break
+            time.sleep(0.1 * (attempt + 1))
+        self._restore_environment()
+
+    def _point_gradio_at_the_work_folder(self) -> None:
+        """Point the Gradio modules that keep the cache folder they saw first (maybe another app's, deleted since)
+        at this app's work folder, and delete the folder Gradio makes for its "vibe editing" routes whenever it
+        makes an app (the guard does not serve them)."""
+        for name in GRADIO_TEMP_DIR_MODULES:
+            module = sys.modules.get(name)
+            if module is not None and hasattr(module, "DEFAULT_TEMP_DIR"):
+                module.DEFAULT_TEMP_DIR = str(self.workspace.root)
+        with contextlib.suppress(OSError):
+            (self.workspace.root / "vibe_edit_history").rmdir()
+
+    def _restore_environment(self) -> None:
+        for name, value in self._environment_before.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
-class AppRequestHandler(BaseHTTPRequestHandler):
-    server: AppServer
-    protocol_version = "HTTP/1.1"  # keep-alive: the page polls status several times a second
-
-    def setup(self) -> None:
-        self.timeout = self.server.request_timeout  # StreamRequestHandler sets it on the socket
-        super().setup()
-
-    # -- routing ------------------------------------------------------------------------------------------------
-
-    def do_GET(self) -> None:  # noqa: N802 - the http.server naming
-        self._dispatch("GET")
-
-    def do_HEAD(self) -> None:  # noqa: N802
-        self._dispatch("GET")
-
-    def do_POST(self) -> None:  # noqa: N802
-        self._dispatch("POST")
-
-    def _dispatch(self, method: str) -> None:
-        self._response_started = False
-        path = self.path.split("?", 1)[0]
-        try:
-            self._check_origin()
-            if method == "GET" and path in ("/", "/index.html"):
-                return self._send_file(STATIC_DIR / "index.html", STATIC_TYPES[".html"])
-            if method == "GET" and path.startswith("/static/"):
-                return self._static(path.removeprefix("/static/"))
-            if method == "POST" and path == "/api/jobs":
-                return self._send_json(self._create_job())
-            match = _JOB_ROUTE.match(path)
-            if match is None:
-                return self._send_error(HTTPStatus.NOT_FOUND, "no such page")
-            job = self.server.jobs.get(match.group(1))
-            action = match.group(2) or "status"
-            # Action "x.y" on a job is the method _<get|post>_x_y below, as http.server's do_<METHOD> convention.
-            handler = getattr(self, f"_{method.lower()}_{action.replace('.', '_')}", None)
-            if handler is None:
-                return self._send_error(HTTPStatus.NOT_FOUND, "no such page")
-            handler(job)
-        except JobNotFound as err:
-            self._send_error(HTTPStatus.NOT_FOUND, f"no job {err.args[0]} (the server may have restarted)")
-        except InputError as err:
-            self._send_error(HTTPStatus(getattr(err, "status", HTTPStatus.BAD_REQUEST)), str(err))
-        except (ConnectionError, TimeoutError):
-            self.close_connection = True  # the client went away or stalled (a <video> drops requests it no
-            # longer needs); an upload's folder is already gone
-        except Exception as err:  # noqa: BLE001 - a bug or a disk error: answer, log, and keep serving
-            traceback.print_exc()
-            self._send_error(HTTPStatus.INTERNAL_SERVER_ERROR,
-                             f"internal error ({type(err).__name__}); the server's log has the details")
-
-    def _check_origin(self) -> None:
-        """Refuse requests addressed to a host name that is not this machine's (a DNS-rebinding page) unless
-        remote use is allowed, and POSTs from another site's page (cross-site request forgery)."""
-        host = self.headers.get("Host")
-        if host is not None and not self.server.allow_remote:
-            try:
-                name = urlsplit(f"//{host}").hostname or ""
-            except ValueError:
-                name = ""
-            if not (name in LOOPBACK_NAMES or _is_loopback_ip(name)):
-                raise Forbidden("this server answers only requests for 127.0.0.1 or localhost")
-        origin = self.headers.get("Origin")
-        if self.command == "POST" and origin is not None and origin not in (f"http://{host}", f"https://{host}"):
-            raise Forbidden("requests from other sites are not accepted")
-
-    # -- job actions ----------------------------------------------------------------------------------------------
-
-    def _create_job(self) -> dict[str, Any]:
-        return self.server.jobs.create(self.rfile, self._content_length(), self._filename("video"),
-                                       self.server.image_work).status()
-
-    def _filename(self, default: str) -> str:
-        """The uploaded file's name, for messages and display only (the page percent-encodes it: headers cannot
-        carry every character). It never names a file on the server nor goes into a header as it is."""
-        return display_name(unquote(self.headers.get("X-Filename", ""), errors="replace"), default)
-
-    def _get_status(self, job: Job) -> None:
-        self._send_json(job.status())
-
-    def _get_frame_jpg(self, job: Job) -> None:
-        with self.server.image_work():
-            buffer = io.BytesIO()
-            Image.fromarray(first_frame(job)).save(buffer, format="JPEG", quality=92)
-        self._send_bytes(buffer.getvalue(), "image/jpeg")
-
-    def _post_prompt(self, job: Job) -> None:
-        length = self._content_length()
-        if length > MAX_JSON_BYTES:
-            raise InputError("the request is too large")
-        try:
-            payload = json.loads(self.rfile.read(length), parse_constant=_no_constant)
-        except InputError:
-            raise
-        except (ValueError, RecursionError) as err:
-            reason = "nested too deeply" if isinstance(err, RecursionError) else str(err)
-            raise InputError(f"the request is not JSON: {reason}") from None
-        objects = objects_from_json(payload)
-        with self.server.image_work():
-            image = first_frame(job)
-            ids = prompt_mask(image, objects) if objects else np.zeros(image.shape[:2], dtype=np.uint8)
-        set_prompt_mask(job, ids)
-        self._send_json(job.status())
-
-    def _post_mask(self, job: Job) -> None:
-        length = self._content_length()
-        with self.server.jobs.reserve(length, "the mask"):
-            ids, palette = read_uploaded_mask(job, self.rfile, length, self._filename("the mask"),
-                                              self.server.image_work)
-        set_prompt_mask(job, ids, palette)
-        self._send_json(job.status())
-
-    def _get_prompt_png(self, job: Job) -> None:
-        with self.server.image_work():
-            png = prompt_preview(job, first_frame(job))
-        self._send_bytes(png, "image/png")
-
-    def _post_run(self, job: Job) -> None:
-        self.server.runner.submit(job)
-        self._send_json(job.status())
-
-    def _get_latest_jpg(self, job: Job) -> None:
-        with job.lock:
-            jpeg = job.preview_jpeg
-        if jpeg is None:
-            return self._send_error(HTTPStatus.NOT_FOUND, "no frame segmented yet")
-        self._send_bytes(jpeg, "image/jpeg")
-
-    def _get_overlay_mp4(self, job: Job) -> None:
-        self._send_output(job, job.overlay_path, "video/mp4", "overlay.mp4")
-
-    def _get_masks_zip(self, job: Job) -> None:
-        self._send_output(job, job.zip_path, "application/zip", "masks.zip")
-
-    # -- responses ------------------------------------------------------------------------------------------------
-
-    def _static(self, name: str) -> None:
-        path = STATIC_DIR / name
-        if "/" in name or path.suffix not in STATIC_TYPES or not path.is_file():
-            return self._send_error(HTTPStatus.NOT_FOUND, "no such file")
-        self._send_file(path, STATIC_TYPES[path.suffix])
-
-    def _send_output(self, job: Job, path: Path, content_type: str, kind: str) -> None:
-        if job.state != DONE or not path.is_file():
-            return self._send_error(HTTPStatus.CONFLICT, f"the {kind} is made when segmentation finishes")
-        self._send_file(path, content_type, content_disposition(f"{job.safe_name}-{kind}", f"{job.name}-{kind}"))
-
-    def _content_length(self) -> int:
-        try:
-            length = int(self.headers["Content-Length"])
-        except (TypeError, ValueError):
-            raise InputError("the request has no Content-Length") from None
-        if length < 0:
-            raise InputError("the request has a negative Content-Length")
-        return length
-
-    def send_response(self, code: int, message: str | None = None) -> None:
-        self._response_started = True
-        super().send_response(code, message)
-
-    def send_header(self, keyword: str, value: str) -> None:
-        """Every header is built by the server: one line of ASCII, or a bug (never sent)."""
-        value = str(value)
-        if not value.isascii() or any(char in value for char in "\r\n\0"):
-            raise ValueError(f"refusing to send an unsafe {keyword} header")
-        super().send_header(keyword, value)
-
-    def _send_json(self, payload: dict[str, Any], status: HTTPStatus = HTTPStatus.OK) -> None:
-        self._send_bytes(json.dumps(payload).encode(), "application/json", status)
-
-    def _send_error(self, status: HTTPStatus, message: str) -> None:
-        if getattr(self, "_response_started", False):  # too late for another status line: end the connection
-            self.close_connection = True
-            return
-        # A failed POST may have left part of its body unread, which would corrupt the next request on this
-        # keep-alive connection: close it instead (cheaper than reading, say, a rejected upload).
-        self.close_connection = self.close_connection or self.command == "POST"
-        try:
-            self._send_json({"error": public_message(message, self.server.workdir)}, status)
-        except OSError:
-            self.close_connection = True
-
-    def _send_bytes(self, body: bytes, content_type: str, status: HTTPStatus = HTTPStatus.OK) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("Cache-Control", "no-store")
-        self.send_header("X-Content-Type-Options", "nosniff")
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    def _send_file(self, path: Path, content_type: str, disposition: str | None = None) -> None:
-        """Stream a file in chunks; honours one byte range (``<video>`` seeks with them)."""
-        size = path.stat().st_size
-        start, end = 0, size - 1
-        byte_range = re.fullmatch(r"bytes=(\d{1,18})?-(\d{1,18})?", self.headers.get("Range", "").strip())
-        partial = byte_range is not None and byte_range.group(0) != "bytes=-" and size > 0
-        if partial:
-            first, last = byte_range.group(1), byte_range.group(2)
-            start, end = (size - int(last), size - 1) if not first else (int(first), min(int(last or end), end))
-            start = max(start, 0)
-            if start > end:
-                self.send_response(HTTPStatus.REQUESTED_RANGE_NOT_SATISFIABLE)
-                self.send_header("Content-Range", f"bytes */{size}")
-                self.send_header("Content-Length", "0")
-                self.end_headers()
-                return
-        self.send_response(HTTPStatus.PARTIAL_CONTENT if partial else HTTPStatus.OK)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(end - start + 1))
-        self.send_header("Accept-Ranges", "bytes")
-        if partial:
-            self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
-        if disposition:
-            self.send_header("Content-Disposition", disposition)
-        self.send_header("Cache-Control", "no-store")
-        self.send_header("X-Content-Type-Options", "nosniff")
-        self.end_headers()
-        if self.command == "HEAD":
-            return
-        with open(path, "rb") as source:
-            source.seek(start)
-            remaining = end - start + 1
-            while remaining > 0:
-                chunk = source.read(min(COPY_BYTES, remaining))
-                if not chunk:
-                    break
-                self.wfile.write(chunk)
-                remaining -= len(chunk)
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the http.server signature
-        if self.server.verbose:
-            text = (format % args).encode("unicode_escape").decode("ascii")  # a request cannot forge log lines
-            sys.stderr.write(f"longvos app: {self.address_string()} {text}\n")
-
-
-def content_disposition(safe_name: str, original: str) -> str:
-    """``attachment`` with ``safe_name`` (safe ASCII, see :func:`~longvos.app.jobs.safe_ascii_name`) and, where the
-    original differs, the original percent-encoded as UTF-8 (RFC 5987/6266 ``filename*``)."""
-    header = f'attachment; filename="{safe_name}"'
-    if original != safe_name:
-        header += f"; filename*=UTF-8''{quote(original, safe='')}"
-    return header
-
-
-def _is_loopback_ip(name: str) -> bool:
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
-
-
-def _no_constant(name: str) -> None:
-    raise InputError(f"the request has {name}: coordinates must be finite numbers")
+def _free_port(host: str) -> int:
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    with socket.socket(family) as probe:
+        probe.bind((host.strip("[]"), 0))
+        return probe.getsockname()[1]

@@ -3,12 +3,15 @@
     from longvos.batch import BatchOptions, run_batch
     summary = run_batch("videos.csv", "out/", BatchOptions(model="mavos-mnv2"), resume=True)
     print(summary.table())
+
+``manifest.py`` reads the list of videos, ``items.py`` holds what travels between the runner and its workers,
+``runner.py`` is ``run_batch`` (resume check, display, summary) and ``workers.py`` the workers and their two
+backends, local processes and Ray actors.
 """
 from __future__ import annotations
 
 from longvos.batch.items import BatchOptions, VideoResult, WorkItem
 from longvos.batch.manifest import ManifestError, read_manifest
-from longvos.batch.runner import run_batch
-from longvos.batch.summary import BatchSummary
+from longvos.batch.runner import BatchSummary, run_batch
 
 __all__ = ["BatchOptions", "BatchSummary", "ManifestError", "VideoResult", "WorkItem", "read_manifest", "run_batch"]

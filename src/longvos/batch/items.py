@@ -1,14 +1,17 @@
-"""The plain records that travel between the batch runner and its workers (processes or Ray actors).
+"""The plain records that travel between the batch runner and its workers (processes or Ray actors): the work
+items, the options, the results, and the progress events workers send back.
 
-They hold only strings and numbers, so they pickle cheaply and identically for every backend.
+They hold only strings and numbers, so they pickle cheaply and identically for every backend. Workers never draw
+anything themselves (several processes writing bars to one terminal garble it): they send small events back
+(through a pipe per worker process, or a Ray queue), and the runner's display shows them.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-from longvos.engine.options import SegmentOptions
+from longvos.engine.options import SegmentOptions, setting
 
 Status = Literal["done", "skipped", "failed"]
 
@@ -31,20 +34,12 @@ class BatchOptions(SegmentOptions):
     ``start``, ``progress`` are set per worker and video), plus the overlay format and who chose ``threads``.
     ``threads`` is per worker (None: ``run_batch`` picks the free cores / workers)."""
 
-    overlay: str | None = None  # "mp4" or "webm": also write <out>/<name>/overlay.<ext>
+    #: "mp4" or "webm": also write <out>/<name>/overlay.<ext>; a setting (in each video's record), unlike the
+    #: overlay path of a single ``segment`` run
+    overlay: str | None = setting(None)
     #: Whether ``run_batch`` chose ``threads`` (none was given): an interrupted video then resumes with the count its
     #: run recorded (another count may change the bytes); a given count is used, with a warning if it differs.
     threads_chosen: bool = False
-
-    def settings(self) -> dict[str, Any]:
-        """What must match for a resumed batch to count an earlier result as its own (threads only set speed; the
-        checkpoint, None: random weights, is in the record already)."""
-        return {name: getattr(self, name) for name in BATCH_SETTINGS}
-
-
-#: The fields of :class:`BatchOptions` in a batch's completion records.
-BATCH_SETTINGS = ("model", "checkpoint", "dtype", "memory", "mem_gap", "max_size", "overlay", "per_object",
-                  "save_probs")
 
 
 @dataclass
@@ -66,3 +61,35 @@ class VideoResult:
 
 def output_folder(out_root: str | Path, item: WorkItem) -> Path:
     return Path(out_root) / item.name
+
+
+# -- progress events (worker -> runner) -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class VideoStarted:
+    name: str
+    worker: str
+    total_frames: int  # frames this run will segment
+    pid: int  # of the process segmenting it (for operators, and for tests that need to kill a worker)
+
+
+@dataclass(frozen=True)
+class FramesDone:
+    name: str
+    frames: int  # frames segmented so far by this run
+
+
+@dataclass(frozen=True)
+class VideoFinished:
+    result: VideoResult
+
+
+@dataclass(frozen=True)
+class WorkerNote:
+    """Something a worker wants the user to read once (e.g. "random weights"), not once per worker."""
+
+    worker: str
+    message: str
+
+
+Event = VideoStarted | FramesDone | VideoFinished | WorkerNote

@@ -1,22 +1,41 @@
-"""``run_batch``: many videos through ``segment_video``, each isolated, resumable, on a local or Ray backend."""
+"""``run_batch``: many videos through ``segment_video``, each isolated, resumable, on a local or Ray backend; the
+check that lets ``--resume`` skip finished videos; the display and the summary.
+
+Each video's record is ``segment_video``'s own progress record in its folder (``<out>/<name>/.longvos-progress.json``,
+:mod:`longvos.engine.progress`): written before the first frame, marked done only after the last frame's files, with
+the settings of the run (a sha256 of the mask's content and of the weights file, a fingerprint of the video). A
+resumed batch compares it with the settings the video would be run with, as far as they do not depend on the worker
+(:func:`item_settings`), without loading the model: a finished video with the same settings is skipped, one with
+other settings fails with the difference, and an unfinished one continues through ``segment_video``'s own resume
+(state snapshot), so a resumed video has the same bytes as an uninterrupted one.
+"""
 from __future__ import annotations
 
+import csv
+import io
+import sys
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
-from longvos.batch.completion import RECORD_FILE, is_complete, item_settings, resume_conflict
-from longvos.batch.events import Event, ProgressDisplay, VideoFinished
-from longvos.batch.items import BatchOptions, VideoResult, WorkItem, output_folder
+from tqdm import tqdm
+
+from longvos.batch.items import (BatchOptions, Event, FramesDone, VideoFinished, VideoResult, VideoStarted, WorkerNote,
+                                 WorkItem, output_folder)
 from longvos.batch.manifest import read_manifest, with_unique_names
-from longvos.batch.summary import SUMMARY_FILE, BatchSummary
 from longvos.engine.outputs import OUTPUTS_FILE, clear_outputs, refuse_used_folder
-from longvos.engine.progress import PROGRESS_FILE
+from longvos.engine.progress import (PROGRESS_FILE, RunProgress, mask_digest, settings_difference, video_fingerprint,
+                                     weights_record)
 from longvos.io.errors import InputError
+from longvos.io.masks import read_index_mask
+from longvos.io.writer import atomic_write
 
 BACKENDS = ("local", "ray")
 OVERLAY_FORMATS = ("mp4", "webm")
+SUMMARY_FILE = "batch-summary.csv"
+CSV_COLUMNS = ("name", "status", "frames", "seconds", "fps", "worker", "reason")
 
 
 def run_batch(
@@ -38,11 +57,11 @@ def run_batch(
     ``backend="local"`` runs worker processes over ``devices`` (default: every GPU, else the CPU; ``workers`` in
     all); ``"ray"`` runs ``workers`` Ray actors (default: one per cluster GPU, else per ``options.threads`` CPUs).
     A video that fails is reported with its reason and never stops the others. With ``resume``, videos whose
-    completion record matches are skipped and interrupted ones continue from their last complete frame.
+    record is done with the same settings are skipped and interrupted ones continue from their last complete frame.
     Without ``resume``, a non-empty ``out_dir`` is refused unless ``overwrite``, which first deletes the files an
     earlier longvos run wrote there (and nothing else). Writes ``out_dir/batch-summary.csv`` when the batch ends
-    (an earlier summary is removed when it starts) and returns the summary; raises :class:`InputError` only for problems
-    that concern every video (an unknown model or backend, a missing checkpoint, an unusable manifest).
+    (an earlier summary is removed when it starts) and returns the summary; raises :class:`InputError` only for
+    problems that concern every video (an unknown model or backend, a missing checkpoint, an unusable manifest).
     """
     if backend not in BACKENDS:
         raise InputError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
@@ -79,11 +98,11 @@ def run_batch(
 
     try:
         if todo and backend == "local":
-            from longvos.batch.local_backend import plan_workers, run_local
+            from longvos.batch.workers import plan_workers, run_local
 
             run_local(todo, str(out), options, resume, handle, plan_workers(devices, workers, options.threads))
         elif todo:
-            from longvos.batch.ray_backend import run_ray
+            from longvos.batch.workers import run_ray
 
             run_ray(todo, str(out), options, resume, handle, workers=workers, address=ray_address)
     finally:
@@ -100,10 +119,9 @@ def _prepare_folder(out: Path, overwrite: bool) -> None:
         refuse_used_folder(out, "use --resume to continue the batch there, --overwrite to replace the files longvos "
                                 "wrote there, or another --out")
     for folder in sorted(entry for entry in out.iterdir() if entry.is_dir()):
-        if not any((folder / name).is_file() for name in (RECORD_FILE, PROGRESS_FILE, OUTPUTS_FILE)):
+        if not any((folder / name).is_file() for name in (PROGRESS_FILE, OUTPUTS_FILE)):
             continue  # not a video folder of a longvos batch: left alone (its video is refused if it has files)
         clear_outputs(folder)  # an overlay longvos wrote is in its output list; any other file stays
-        (folder / RECORD_FILE).unlink(missing_ok=True)
         if not any(folder.iterdir()):
             folder.rmdir()
 
@@ -157,3 +175,176 @@ def _checked(options: BatchOptions) -> BatchOptions:
     if not checkpoint.is_file():
         raise InputError(f"{options.checkpoint}: checkpoint file not found")
     return replace(options, checkpoint=str(checkpoint))
+
+
+# -- the resume check: each video's progress record -------------------------------------------------------------
+
+def item_settings(item: WorkItem, options: BatchOptions) -> dict[str, Any]:
+    """The settings ``segment_video`` records for ``item`` (see :func:`~longvos.engine.pipeline.segment_video`), as
+    far as the driver knows them without the worker's device or the video's frame count: the options' settings
+    resolved as a worker resolves them (the model's size for ``max_size="auto"``, the loaded weights file's path,
+    size and sha256 instead of ``checkpoint``, an explicit dtype; ``dtype="auto"`` depends on the device and is
+    left out), and what identifies the inputs."""
+    from longvos.engine.frames import resolve_max_size
+    from longvos.models.registry import model_entry
+
+    frame = str(item.frame)
+    settings = options.replace(checkpoint=None, start=item.frame).resume_settings()
+    del settings["stop"]  # the end of the video, clamped by the worker
+    if str(options.dtype).lower() == "auto":
+        del settings["dtype"]
+    else:
+        from longvos.device import resolve_dtype
+
+        settings["dtype"] = str(resolve_dtype(options.dtype))
+    try:
+        settings["max_size"] = resolve_max_size(options.max_size, model_entry(options.model).max_size)
+    except ValueError:  # a bad size or model: every video fails with the reason
+        pass
+    return {**settings, "video": str(Path(item.video).resolve()),
+            "masks": {frame: None if item.mask is None else str(Path(item.mask).resolve())},
+            "mask_sha256": {frame: mask_sha256(item.mask)}, "video_fingerprint": video_fingerprint(item.video),
+            "weights": weights_record(_weights_path(options))}
+
+
+def mask_sha256(path: str | Path | None) -> str | None:
+    """The sha256 of a mask's content, as ``segment_video`` records it (:func:`~longvos.engine.progress.mask_digest`
+    of its index map and palette: the same mask saved with other PNG settings has the same digest); ``None``: no
+    mask, or one that cannot be read (the video then fails with the reason)."""
+    if path is None:
+        return None
+    try:
+        mask = read_index_mask(path, allow_empty=True)
+    except (InputError, OSError):
+        return None
+    return mask_digest(mask.ids, mask.palette)
+
+
+def _weights_path(options: BatchOptions) -> str | Path | None:
+    from longvos.engine.segmenter import weights_for
+
+    try:
+        return weights_for(options.model, options.checkpoint, options.allow_random_weights)
+    except (InputError, ValueError):  # run_batch refuses these before any video
+        return None
+
+
+def _recorded(folder: Path, settings: dict[str, Any]) -> tuple[RunProgress | None, str | None]:
+    """The video's progress record in ``folder`` and the first difference between its settings and ``settings``
+    (on the keys of ``settings``: those the driver knows)."""
+    record = RunProgress.load(folder)
+    if record is None:
+        return None, None
+    return record, settings_difference({key: record.settings.get(key) for key in settings}, settings)
+
+
+def resume_conflict(folder: Path, settings: dict[str, Any]) -> str | None:
+    """Why ``folder`` cannot be resumed with ``settings`` (it holds another run's results), or ``None``."""
+    _, difference = _recorded(folder, settings)
+    if difference is None:
+        return None
+    return (f"{folder} holds results made with other settings ({difference}); use another --out, or --overwrite "
+            f"(without --resume) to redo the batch")
+
+
+def is_complete(folder: Path, settings: dict[str, Any]) -> bool:
+    record, difference = _recorded(folder, settings)
+    return record is not None and record.done and difference is None
+
+
+# -- the display and the summary --------------------------------------------------------------------------------
+
+class ProgressDisplay:
+    """An overall bar (videos) and a bar per running video (frames), drawn on stderr; silent when disabled."""
+
+    def __init__(self, total_videos: int, initial: int = 0, enabled: bool = True):
+        self.enabled = enabled
+        self._overall = tqdm(total=total_videos, initial=initial, unit="video", desc="batch", disable=not enabled,
+                             dynamic_ncols=True, file=sys.stderr)
+        self._videos: dict[str, tqdm] = {}
+        self._notes: set[str] = set()
+
+    def __call__(self, event: Event) -> None:
+        if isinstance(event, VideoStarted):
+            self._videos[event.name] = tqdm(total=event.total_frames, unit="frame", leave=False, file=sys.stderr,
+                                            desc=f"{event.name} [{event.worker}]", disable=not self.enabled,
+                                            dynamic_ncols=True)
+        elif isinstance(event, FramesDone) and event.name in self._videos:
+            bar = self._videos[event.name]
+            bar.update(event.frames - bar.n)
+        elif isinstance(event, VideoFinished):
+            bar = self._videos.pop(event.result.name, None)
+            if bar is not None:
+                bar.close()
+            self._overall.update(1)
+            if event.result.status == "failed":
+                self.write(f"failed: {event.result.name}: {event.result.reason}")
+        elif isinstance(event, WorkerNote) and event.message not in self._notes:
+            self._notes.add(event.message)
+            self.write(f"note: {event.message}")
+
+    def write(self, message: str) -> None:
+        """A line above the bars; printed with or without bars, since failures and notes matter either way."""
+        tqdm.write(message, file=sys.stderr)
+
+    def close(self) -> None:
+        for bar in self._videos.values():
+            bar.close()
+        self._videos.clear()
+        self._overall.close()
+
+
+@dataclass
+class BatchSummary:
+    results: list[VideoResult]  # in manifest order
+    seconds: float  # wall time of the whole batch
+    out_dir: Path
+
+    def count(self, status: str) -> int:
+        return sum(result.status == status for result in self.results)
+
+    @property
+    def frames(self) -> int:
+        return sum(result.frames for result in self.results)
+
+    @property
+    def fps(self) -> float:
+        """Frames segmented per second of wall time, over all workers together."""
+        return self.frames / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def csv_path(self) -> Path:
+        return self.out_dir / SUMMARY_FILE
+
+    @property
+    def ok(self) -> bool:
+        return self.count("failed") == 0
+
+    def table(self, reason_width: int = 100) -> str:
+        """A plain-text table: one row per video, then the totals."""
+        rows = [("video", "status", "frames", "seconds", "fps", "reason")]
+        for r in self.results:
+            reason = r.reason if len(r.reason) <= reason_width else r.reason[: reason_width - 3] + "..."
+            rows.append((r.name, r.status, str(r.frames), f"{r.seconds:.1f}", f"{r.fps:.2f}", reason))
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+        lines = ["  ".join([cell.ljust(width) if i < 2 else cell.rjust(width)
+                            for i, (cell, width) in enumerate(zip(row, widths))] + [row[-1]]).rstrip()
+                 for row in rows]
+        lines.insert(1, "-" * max(len(line) for line in lines))
+        lines.append(f"{self.count('done')} done, {self.count('skipped')} skipped, {self.count('failed')} failed; "
+                     f"{self.frames} frames in {self.seconds:.1f} s ({self.fps:.2f} fps overall)")
+        return "\n".join(lines)
+
+    def write_csv(self, path: Path | None = None) -> Path:
+        """Write the per-video results (full reasons) to ``out_dir/batch-summary.csv``, atomically."""
+        path = path or self.csv_path
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        writer.writerow(CSV_COLUMNS)
+        for r in self.results:
+            writer.writerow((r.name, r.status, r.frames, f"{r.seconds:.3f}", f"{r.fps:.3f}", r.worker, r.reason))
+        atomic_write(path, lambda temporary: temporary.write_text(buffer.getvalue()))
+        return path
+
+    def __str__(self) -> str:
+        return self.table()

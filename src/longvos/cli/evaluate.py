@@ -100,14 +100,9 @@ def _run_model(args: argparse.Namespace, layout: DavisLayout, names: list[str], 
                progress: bool) -> RunReport:
     import torch
 
-    from longvos.engine.segmenter import load_model
     from longvos.eval.runner import run_model
 
     apply_threads(args.threads)
     torch.manual_seed(0)  # models without a checkpoint get random weights: make them the same on every run
-    options = segment_options(args)
-    # mem_gap at build: the runner opens its sessions with the model's own interval (item 5 moves it to segment_video)
-    segmenter = load_model(options.model, options.checkpoint, options.device, options.dtype, memory=options.memory,
-                           mem_gap=options.mem_gap, allow_random_weights=options.allow_random_weights)
-    return run_model(segmenter, layout, names, pred_root, max_size=options.max_size,
-                     late_objects=args.objects == "all", progress=progress)
+    return run_model(segment_options(args, progress=progress), layout, names, pred_root,
+                     late_objects=args.objects == "all")

@@ -42,8 +42,8 @@ def add_compute_options(parser: argparse.ArgumentParser, *, prefix: str = "", de
     if dtype:
         parser.add_argument("--dtype", default="auto",
                             help=f"{prefix}autocast compute dtype: auto (default: bf16 where the device computes it "
-                                 "natively -- CUDA with bf16, a CPU with AVX-512 BF16 or AMX -- else fp32), fp32, bf16, "
-                                 "fp16")
+                                 "natively -- CUDA with bf16, a CPU with AVX-512 BF16 or AMX -- else fp32), fp32, "
+                                 "bf16, fp16")
     if max_size:
         parser.add_argument("--max-size", "--size", dest="max_size", type=parse_max_size, default=max_size_default,
                             help=f"{prefix}short side the network sees, in pixels, 0 for the native size, or auto: "
@@ -56,16 +56,20 @@ def add_compute_options(parser: argparse.ArgumentParser, *, prefix: str = "", de
 
 
 def parse_max_size(text: str) -> int | str | None:
-    """``--max-size``: ``auto``, 0 (native: ``None``) or a positive number of pixels."""
+    """``--max-size``: ``auto``, 0 (native: ``None``) or a positive number of pixels, by the engine's one rule
+    (:func:`longvos.engine.frames.check_max_size`)."""
     if text.strip().lower() == "auto":
         return "auto"
     try:
         pixels = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number of pixels, 0 (native) or auto, got {text!r}") from None
-    if pixels < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 (native) or a positive number of pixels, got {pixels}")
-    return pixels or None
+    from longvos.engine.frames import check_max_size
+
+    try:
+        return check_max_size(pixels)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def segment_options(args: argparse.Namespace, cls: type | None = None, **more: Any):

@@ -56,7 +56,7 @@ def parse_mask_argument(text: str) -> tuple[int | None, Path]:
 def run(args: argparse.Namespace) -> int:
     # Heavy imports (torch, PyAV) happen only when the command actually runs.
     from longvos.engine.pipeline import segment_video
-    from longvos.io.prompts import parse_box
+    from longvos.prompts import parse_box
 
     masks: dict[int | None, Path] = {}
     for text in args.mask:

@@ -1,12 +1,11 @@
 """The streaming engine: sessions over any model that follows :mod:`longvos.models.base`, SAM2-style offline verbs,
-and ``segment_video``, the one-call runner shared by the CLI, batch tool and web app."""
-from longvos.engine.offline import VideoState
+and ``segment_video``, the one-call runner shared by the CLI, the batch tool, the web app and the evaluation."""
 from longvos.engine.options import SegmentOptions
 from longvos.engine.pipeline import DEFAULT_MODEL, SegmentationError, SegmentSummary, segment_video
-from longvos.engine.segmenter import Segmenter, load_model
+from longvos.engine.segmenter import Segmenter, VideoState, load_segmenter
 from longvos.engine.session import Session, StepResult
 
 __all__ = [
-    "DEFAULT_MODEL", "SegmentOptions", "SegmentSummary", "SegmentationError", "Segmenter", "Session", "StepResult", "VideoState",
-    "load_model", "segment_video",
+    "DEFAULT_MODEL", "SegmentOptions", "SegmentSummary", "SegmentationError", "Segmenter", "Session", "StepResult",
+    "VideoState", "load_segmenter", "segment_video",
 ]

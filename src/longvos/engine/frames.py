@@ -74,16 +74,21 @@ def to_network_input(image_3HW: torch.Tensor, size_hw: tuple[int, int], device: 
 MaxSize = int | None | Literal["auto"]
 
 
-def resolve_max_size(max_size: MaxSize, model_default: int) -> int | None:
-    """``max_size`` with ``"auto"`` replaced by ``model_default`` and 0 by ``None`` (native); a bad value is an
-    error naming it."""
-    if max_size == "auto":
-        return model_default
-    if max_size is None or max_size == 0:
-        return None
+def check_max_size(max_size: MaxSize) -> MaxSize:
+    """The one rule for a ``max_size`` (CLI ``--max-size``, options, sessions): ``"auto"`` stays, 0 and ``None`` are
+    ``None`` (native), a positive number of pixels stays; anything else is a ``ValueError`` naming it."""
+    if max_size == "auto" or max_size is None:
+        return max_size
     if isinstance(max_size, bool) or not isinstance(max_size, int) or max_size < 0:
-        raise ValueError(f"max_size must be a positive number of pixels, 0/None (native) or 'auto', got {max_size!r}")
-    return max_size
+        raise ValueError(f"max_size must be 0 (native) or a positive number of pixels, got {max_size!r} ('auto': "
+                         f"the size the model's weights were trained for)")
+    return max_size or None
+
+
+def resolve_max_size(max_size: MaxSize, model_default: int) -> int | None:
+    """The short-side cap a session uses: :func:`check_max_size`, with ``"auto"`` replaced by ``model_default``."""
+    max_size = check_max_size(max_size)
+    return model_default if max_size == "auto" else max_size
 
 
 def shrunk_size(height: int, width: int, max_size: int | None) -> tuple[int, int]:

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 DEFAULT_SNAPSHOT_EVERY = 25
 
 
-def _setting(default: Any, key: str | None = None) -> Any:
+def setting(default: Any, key: str | None = None) -> Any:
     """A field that must match for ``resume`` to continue a run; recorded under ``key`` (default: its name)."""
     return field(default=default, metadata={"record": key or True})
 
@@ -35,8 +35,9 @@ def _setting(default: Any, key: str | None = None) -> Any:
 class SegmentOptions:
     """How to segment: the model and its weights, where and how it runs, what the network sees, what is written.
 
-    ``model`` is a registered name (``longvos models``) or an already loaded :class:`~longvos.engine.segmenter.
-    Segmenter` (its weights, device and dtype are then its own, and ``checkpoint`` must be left unset). A model name without bundled weights or ``checkpoint`` is refused unless
+    ``model`` is a registered name (``longvos models``) or an already loaded
+    :class:`~longvos.engine.segmenter.Segmenter` (its weights, device and dtype are then its own, and ``checkpoint``
+    must be left unset). A model name without bundled weights or ``checkpoint`` is refused unless
     ``allow_random_weights``. ``max_size`` caps the short side the network sees (``"auto"``: the size the model's
     weights were trained for; ``None``: native); ``memory`` and ``mem_gap`` choose this video's long-term memory
     design and interval (``None``: the model's own), like ``max_size`` per video, not per loaded model.
@@ -50,19 +51,19 @@ class SegmentOptions:
     refused.
     """
 
-    model: str | Segmenter = _setting(DEFAULT_MODEL)
-    checkpoint: str | Path | None = _setting(None)
+    model: str | Segmenter = setting(DEFAULT_MODEL)
+    checkpoint: str | Path | None = setting(None)
     device: str | torch.device = "auto"
-    dtype: str | torch.dtype | None = _setting(DEFAULT_DTYPE)
-    memory: str | None = _setting(None)
-    mem_gap: int | None = _setting(None)
+    dtype: str | torch.dtype | None = setting(DEFAULT_DTYPE)
+    memory: str | None = setting(None)
+    mem_gap: int | None = setting(None)
     allow_random_weights: bool = False  # the checkpoint (None: random weights) is in the record already
-    max_size: MaxSize = _setting("auto")
-    start: int = _setting(0)
-    end: int | None = _setting(None, "stop")
-    reverse: bool = _setting(False)
-    per_object: bool = _setting(False)
-    save_probs: bool = _setting(False)
+    max_size: MaxSize = setting("auto")
+    start: int = setting(0)
+    end: int | None = setting(None, "stop")
+    reverse: bool = setting(False)
+    per_object: bool = setting(False)
+    save_probs: bool = setting(False)
     snapshot_every: int | None = DEFAULT_SNAPSHOT_EVERY
     threads: int | None = None  # not a setting: a resume reuses the recorded count unless told otherwise
     progress: bool = True
@@ -81,12 +82,12 @@ class SegmentOptions:
         records them resolved (the model's name, the checkpoint's absolute path, the dtype and size in effect, the
         frame range clamped to the video)."""
         return {(f.metadata["record"] if isinstance(f.metadata["record"], str) else f.name): getattr(self, f.name)
-                for f in fields(SegmentOptions) if f.metadata.get("record")}
+                for f in fields(self) if f.metadata.get("record")}
 
-    def load_model(self) -> Segmenter:
+    def load_segmenter(self) -> Segmenter:
         """The :class:`~longvos.engine.segmenter.Segmenter` these options name: ``model`` itself if it is loaded,
         else the registered model with ``checkpoint`` (or its bundled weights)."""
-        from longvos.engine.segmenter import Segmenter, load_model
+        from longvos.engine.segmenter import Segmenter, load_segmenter
         from longvos.io.errors import InputError
 
         if isinstance(self.model, Segmenter):
@@ -94,8 +95,8 @@ class SegmentOptions:
                 raise InputError("checkpoint applies when loading a model by name, not to a loaded Segmenter")
             return self.model
         # memory and mem_gap are per session: see session()
-        return load_model(self.model, self.checkpoint, self.device, self.dtype,
-                          allow_random_weights=self.allow_random_weights)
+        return load_segmenter(self.model, self.checkpoint, self.device, self.dtype,
+                              allow_random_weights=self.allow_random_weights)
 
     def session(self, segmenter: Segmenter) -> Session:
         """A new per-video session of ``segmenter`` with these options' ``max_size``, ``mem_gap`` and ``memory``."""

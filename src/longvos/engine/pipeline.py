@@ -29,10 +29,10 @@ from longvos.io.errors import InputError, LongvosError, VideoReadError
 from longvos.io.masks import read_index_mask, write_index_png, write_object_png, write_probs_npz
 from longvos.io.overlay import OverlayWriter
 from longvos.io.palette import DAVIS_PALETTE
-from longvos.io.prompts import Box
 from longvos.io.video import Frame, FrameSource, open_video
 from longvos.io.writer import BackgroundWriter, atomic_write
 from longvos.models.registry import DEFAULT_MODEL
+from longvos.prompts import Box
 
 __all__ = ["DEFAULT_MODEL", "DEFAULT_SNAPSHOT_EVERY", "SegmentOptions", "SegmentSummary", "SegmentationError",
            "segment_video"]
@@ -66,6 +66,7 @@ class SegmentSummary:
     notes: list[str] = field(default_factory=list)
     network_size: tuple[int, int] | None = None  # (height, width) the network saw
     threads: int | None = None  # torch intra-op CPU threads the run used
+    max_size: int | None = None  # the short-side cap the session resolved (pixels; None: native)
     restored_from: int = 0  # frames described by the model-state snapshot a resume restored (0: recomputed all)
 
     def __str__(self) -> str:
@@ -89,6 +90,7 @@ def segment_video(
     overlay: str | Path | None = None,
     resume: bool = False,
     overwrite: bool = False,
+    records: bool = True,
     on_frame: Callable[[Frame, StepResult], None] | None = None,
     **changes: Any,
 ) -> SegmentSummary:
@@ -97,7 +99,8 @@ def segment_video(
     ``segment_video(video, mask, out, max_size=320)``).
 
     ``masks`` is one mask for the first frame processed, or ``{frame_index: mask}`` with masks for objects that
-    appear later (key ``None``: the first frame processed); a mask is a PNG path or an index-map array.
+    appear later (key ``None``: the first frame processed); a mask is a PNG path, an index-map array, or an
+    :class:`~longvos.io.masks.IndexMask` (an index map with the palette the outputs take).
     ``boxes`` instead make the first mask with GrabCut.
     Writes ``out_dir/<frame name>.png`` (palette PNG with the first mask's palette, else DAVIS), plus
     ``objects/<id>/<frame>.png`` with ``per_object`` and ``probs/<frame>.npz`` with ``save_probs``, and an
@@ -114,6 +117,9 @@ def segment_video(
     ``threads`` sets torch's intra-op CPU threads for the run (restored afterwards); ``None`` keeps the current
     count, except that a resume uses the count the interrupted run recorded (another count may change the bytes;
     an explicit ``threads`` that differs from it is used, with a warning).
+    ``records=False`` writes the masks alone, without the progress record, output list and state snapshots that
+    make a run resumable and its folder longvos's own (the evaluation's prediction folders hold masks only): the
+    folder is then neither checked nor cleared, and ``resume`` is refused.
     Raises :class:`~longvos.io.errors.InputError` for bad input (before anything runs) and
     :class:`SegmentationError` if the run stops part-way.
     """
@@ -135,7 +141,7 @@ def segment_video(
     palette = next((prompts[i].palette for i in order if i in prompts and prompts[i].palette is not None),
                    DAVIS_PALETTE)
     overlay_writer = OverlayWriter(overlay, getattr(source, "fps", DEFAULT_FPS), palette) if overlay else None
-    segmenter = options.load_model()
+    segmenter = options.load_segmenter()
     session = options.session(segmenter)  # the video's size cap and memory interval
     if not session.state_is_fixed_size:
         snapshot_every = 0  # a growing state: snapshots too would grow, each rewritten whole (quadratic writes)
@@ -144,6 +150,8 @@ def segment_video(
 
     if resume and overwrite:
         raise InputError("--resume and --overwrite exclude each other: continue the run, or replace its files")
+    if resume and not records:
+        raise InputError("resume needs the records that records=False leaves out")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # What must match for --resume to continue a run (the device and overlay may change): the options' settings as
@@ -175,17 +183,19 @@ def segment_video(
                           f"the frames may differ in bits from an uninterrupted run (omit the thread count to "
                           f"reuse {record.threads})", UserWarning, stacklevel=2)
     else:
-        prepare_output_folder(out_dir, overwrite)  # never mix this run's files with another run's
-        (out_dir / STATE_FILE).unlink(missing_ok=True)  # another run's state snapshot
+        if records:
+            prepare_output_folder(out_dir, overwrite)  # never mix this run's files with another run's
+            (out_dir / STATE_FILE).unlink(missing_ok=True)  # another run's state snapshot
         record = RunProgress(settings)
     threads_before = torch.get_num_threads()
     record.threads = threads or threads_before
-    record.save(out_dir)
-    if overlay is not None and out_dir.resolve() in Path(overlay).resolve().parents:
-        log_outputs(out_dir, Path(overlay).resolve().relative_to(out_dir.resolve()).as_posix())
+    if records:
+        record.save(out_dir)
+        if overlay is not None and out_dir.resolve() in Path(overlay).resolve().parents:
+            log_outputs(out_dir, Path(overlay).resolve().relative_to(out_dir.resolve()).as_posix())
 
     run = _Run(source, session, prompts, out_dir, palette, record, options.per_object, options.save_probs,
-               snapshot_every or 0, settings_digest(settings))
+               snapshot_every or 0, settings_digest(settings), records)
     reset_device_peak(segmenter.device)
     resumed_after = record.completed
     started = time.perf_counter()
@@ -197,28 +207,32 @@ def segment_video(
     finally:
         torch.set_num_threads(threads_before)
     seconds = time.perf_counter() - started
-    record.done = True
-    record.save(out_dir)
-    (out_dir / STATE_FILE).unlink(missing_ok=True)  # a finished run is never resumed
     frames = run.frames_done - resumed_after  # fewer than asked when the video stream ends early
+    if records:
+        record.done, record.frames, record.seconds = True, frames, round(seconds, 3)
+        record.save(out_dir)
+        (out_dir / STATE_FILE).unlink(missing_ok=True)  # a finished run is never resumed
     return SegmentSummary(
         frames=frames, seconds=seconds, fps=frames / seconds if seconds else 0.0,
         model_fps=frames / run.model_seconds if run.model_seconds else 0.0, peak_rss_bytes=peak_rss_bytes(),
         peak_device_bytes=device_peak_bytes(segmenter.device), state_bytes=run.state_bytes,
         object_ids=session.object_ids, out_dir=out_dir, resumed_after=resumed_after,
         network_size=session.network_size, restored_from=run.restored, threads=record.threads,
+        max_size=session.max_size,
     )
 
 
 class _Run:
-    """The frame loop of one ``segment_video`` call, with its writer jobs, state snapshots and exact resume."""
+    """The frame loop of one ``segment_video`` call (the one frame loop of longvos's runs: segment, batch, app and
+    eval), with its writer jobs, state snapshots and exact resume. Without ``records`` the progress record is kept
+    in memory only, and no output list or snapshot is written."""
 
     def __init__(self, source: FrameSource, session: Session, prompts: dict[int, PromptMask], out_dir: Path,
                  palette: np.ndarray, record: RunProgress, per_object: bool, save_probs: bool,
-                 snapshot_every: int = 0, digest: str = ""):
+                 snapshot_every: int = 0, digest: str = "", records: bool = True):
         self.source, self.session, self.prompts, self.out_dir = source, session, prompts, out_dir
         self.palette, self.record, self.per_object, self.save_probs = palette, record, per_object, save_probs
-        self.snapshot_every, self.digest = snapshot_every, digest
+        self.snapshot_every, self.digest, self.records = snapshot_every if records else 0, digest, records
         self.model_seconds = 0.0
         self.snapshot_seconds = 0.0  # main-thread time spent taking snapshots (the writer writes them)
         self.state_bytes = 0
@@ -264,8 +278,9 @@ class _Run:
             reason = ("interrupted" if interrupted else str(err) if isinstance(err, InputError)
                       else f"{type(err).__name__}: {err}")
             done = self.record.completed  # read after the writer has drained
-            raise SegmentationError(f"stopped {where}: {reason}; {done} frame(s) complete in {self.out_dir} "
-                                    f"(run again with resume to continue)", done, interrupted) from err
+            advice = " (run again with resume to continue)" if self.records else ""
+            raise SegmentationError(f"stopped {where}: {reason}; {done} frame(s) complete in {self.out_dir}{advice}",
+                                    done, interrupted) from err
 
     def _segment(self, position: int, frame: Frame, writer: BackgroundWriter, overlay: OverlayWriter | None,
                  on_frame: Callable[[Frame, StepResult], None] | None) -> None:
@@ -330,13 +345,15 @@ class _Run:
     def _write_job(self, position: int, frame: Frame, result: StepResult,
                    overlay: OverlayWriter | None) -> Callable[[], None]:
         """Everything written for one frame, ending with the progress record (so it only counts finished files)."""
-        out_dir, name, ids, palette, record = self.out_dir, frame.name, result.mask, self.palette, self.record
+        out_dir, name, ids, palette, record, records = (self.out_dir, frame.name, result.mask, self.palette,
+                                                        self.record, self.records)
         per_object_ids = list(result.object_ids) if self.per_object else []
         image = frame.image if overlay is not None else None
 
         def job() -> None:
-            log_outputs(out_dir, f"{name}.png", *(f"objects/{o}/{name}.png" for o in per_object_ids),
-                        *([f"probs/{name}.npz"] if result.probs is not None else []))
+            if records:
+                log_outputs(out_dir, f"{name}.png", *(f"objects/{o}/{name}.png" for o in per_object_ids),
+                            *([f"probs/{name}.npz"] if result.probs is not None else []))
             atomic_write(out_dir / f"{name}.png", lambda path: write_index_png(path, ids, palette))
             for object_id in per_object_ids:
                 folder = out_dir / "objects" / str(object_id)
@@ -349,7 +366,8 @@ class _Run:
             if overlay is not None:
                 overlay.write(image, ids)
             record.completed, record.last_frame = position + 1, name
-            record.save(out_dir)
+            if records:
+                record.save(out_dir)
 
         return job
 

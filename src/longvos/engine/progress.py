@@ -13,6 +13,10 @@ describes and the settings digest of its run. The writer writes it (atomically) 
 before the next frame's, then records it in the progress record, so the snapshot never describes a frame that the
 record does not count; a resume restores it and recomputes the frames from there on (rewriting none that are
 complete), which gives the same bytes as an uninterrupted run.
+
+The batch tool keeps no record of its own: each video's folder holds this record, which ``batch --resume`` reads to
+skip finished videos (:func:`longvos.batch.runner.item_settings`). ``done`` is set only after the last frame's files,
+with the frames that run segmented and its seconds.
 """
 from __future__ import annotations
 
@@ -44,6 +48,8 @@ class RunProgress:
     #: torch intra-op CPU threads the frames were computed with (not a setting: a resume reuses it unless told
     #: otherwise, since another count may change the bytes)
     threads: int | None = None
+    frames: int = 0  # once done: frames segmented by the run that finished (after those a resume found complete)
+    seconds: float = 0.0  # once done: that run's wall time
 
     def save(self, out_dir: Path) -> None:
         record = {"version": FORMAT_VERSION, **asdict(self)}
@@ -54,13 +60,15 @@ class RunProgress:
         """The saved record, or ``None`` if there is none or it is unreadable (then the run starts over)."""
         try:
             record = json.loads((out_dir / PROGRESS_FILE).read_text())
-        except (OSError, ValueError):
+            if record.get("version") != FORMAT_VERSION:
+                return None
+            threads = record.get("threads")
+            return cls(record["settings"], int(record["completed"]), record.get("last_frame"), bool(record["done"]),
+                       int(record.get("snapshot", 0)),
+                       int(threads) if isinstance(threads, int) and threads > 0 else None,
+                       int(record.get("frames", 0)), float(record.get("seconds", 0.0)))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return None
-        if record.get("version") != FORMAT_VERSION:
-            return None
-        threads = record.get("threads")
-        return cls(record["settings"], int(record["completed"]), record.get("last_frame"), bool(record["done"]),
-                   int(record.get("snapshot", 0)), int(threads) if isinstance(threads, int) and threads > 0 else None)
 
 
 def settings_digest(settings: dict[str, Any]) -> str:

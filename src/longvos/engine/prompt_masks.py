@@ -9,11 +9,11 @@ import numpy as np
 
 from longvos.engine.objects import to_index_map
 from longvos.io.errors import InputError
-from longvos.io.masks import read_index_mask
+from longvos.io.masks import IndexMask, read_index_mask
 from longvos.io.video import FrameSource
 from longvos.prompts import Box, grabcut_mask
 
-MaskInput = str | Path | np.ndarray
+MaskInput = str | Path | np.ndarray | IndexMask  # a PNG, an index map, or an index map with its palette
 
 
 @dataclass
@@ -52,11 +52,13 @@ def load_prompts(source: FrameSource, masks: MaskInput | dict[int | None, MaskIn
             read = read_index_mask(mask, source.frame_size, what=what)
             prompts[int(frame_index)] = PromptMask(read.ids, read.palette, str(Path(mask).resolve()))
         else:
-            ids = to_index_map(mask, source.frame_size, f"mask for {what}")
+            palette = mask.palette if isinstance(mask, IndexMask) else None
+            ids = to_index_map(mask.ids if isinstance(mask, IndexMask) else mask, source.frame_size,
+                               f"mask for {what}")
             if not ids.any():
                 raise InputError(f"mask for {what} has no object (all background)")
             digest = hashlib.sha1(np.ascontiguousarray(ids).tobytes()).hexdigest()[:16]
-            prompts[int(frame_index)] = PromptMask(ids, None, f"array:{digest}")
+            prompts[int(frame_index)] = PromptMask(ids, palette, f"array:{digest}")
     if boxes:
         if first_frame in prompts:
             raise InputError(f"frame {first_frame} has both a mask and boxes; give one or the other")
@@ -68,4 +70,6 @@ def load_prompts(source: FrameSource, masks: MaskInput | dict[int | None, MaskIn
 
 
 def _describe(mask: MaskInput) -> str:
+    if isinstance(mask, IndexMask):
+        mask = mask.ids
     return str(mask) if isinstance(mask, (str, Path)) else f"array {getattr(mask, 'shape', '')}"

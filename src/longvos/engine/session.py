@@ -58,7 +58,7 @@ class Session:
         # them puts the object boundaries where the official decoder puts them.
         self._align_corners = bool(model.align_corners)
         self._closed = False
-        self.reset()
+        self.reset_state()
 
     @property
     def network_size(self) -> tuple[int, int] | None:
@@ -67,9 +67,9 @@ class Session:
 
     # -- lifecycle --------------------------------------------------------------------------------------------
 
-    def reset(self) -> None:
+    def reset_state(self) -> None:
         """Forget everything (objects, memory, staged masks, frame size): as good as a new session."""
-        self._check_open("reset")
+        self._check_open("reset_state")
         self.state: TrackerState = self._new_state()
         self.frames_processed = 0
         self._frame_hw: tuple[int, int] | None = None
@@ -86,8 +86,8 @@ class Session:
 
     def _new_state(self) -> TrackerState:
         if self.memory is None:
-            return self.model.init_state(self.mem_gap)
-        return self.model.init_state(self.mem_gap, memory=self.memory)
+            return self.model.new_state(self.mem_gap)
+        return self.model.new_state(self.mem_gap, memory=self.memory)
 
     @property
     def state_is_fixed_size(self) -> bool:
@@ -140,10 +140,11 @@ class Session:
         self._staged_ids[selected] = index_map[selected]
         self._staged_objects = [i for i in self._staged_objects if i not in chosen] + chosen
 
-    def remove_objects(self, ids: Iterable[int]) -> None:
-        """Stop tracking objects (and drop their staged masks). Unknown ids are an error."""
-        self._check_open("remove_objects")
-        ids = [int(i) for i in ids]
+    def remove_object(self, obj_id: int | Iterable[int]) -> None:
+        """Stop tracking an object (or the objects of an iterable of ids) and drop its staged mask. Unknown ids
+        are an error."""
+        self._check_open("remove_object")
+        ids = [int(i) for i in obj_id] if isinstance(obj_id, Iterable) else [int(obj_id)]
         tracked = set(self.state.object_ids)
         unknown = [i for i in ids if i not in tracked and i not in self._staged_objects]
         if unknown:
@@ -226,7 +227,7 @@ class Session:
         if snapshot.get("model") != name:
             raise SessionError(f"a state snapshot of model {snapshot.get('model')!r} cannot be restored into {name!r}")
         state = from_snapshot(snapshot["state"], self.device)
-        self.reset()
+        self.reset_state()
         self.state = state
         self.frames_processed = int(snapshot["frames_processed"])
         self._frame_hw = None if snapshot["frame_hw"] is None else tuple(snapshot["frame_hw"])

@@ -28,7 +28,7 @@ from tqdm import tqdm
 
 from longvos.device import DEFAULT_DTYPE, resolve_device, resolve_dtype
 from longvos.engine.resources import format_bytes
-from longvos.engine.segmenter import Segmenter, load_model
+from longvos.engine.segmenter import Segmenter, load_segmenter
 from longvos.engine.session import Session
 from longvos.eval.clip import Clip, ping_pong
 from longvos.eval.measure import SPEED_PROTOCOL, PeakMemory, environment
@@ -202,8 +202,8 @@ def run_benchmark(designs: Sequence[Design], clip: Clip, *, lengths: Sequence[in
             if not interleave:
                 loaded.clear()  # a design's peak memory counts its own model only
             # Speed and memory do not depend on the weights: a model without any runs with random ones.
-            loaded[design.model] = load_model(design.model, checkpoint, device=device, dtype=dtype,
-                                              allow_random_weights=True)
+            loaded[design.model] = load_segmenter(design.model, checkpoint, device=device, dtype=dtype,
+                                                  allow_random_weights=True)
         segmenter = loaded[design.model]
         # Record the interval the sessions actually use (it decides how fast "growing" grows).
         report.mem_gaps[design.label] = segmenter.model.default_mem_gap if mem_gap is None else mem_gap

@@ -8,13 +8,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from longvos.engine.frames import shrunk_size
 from longvos.eval.dataset import resolve_sequence_names
 from longvos.eval.masks import ground_truth_ids
 from longvos.io.davis import DavisLayout
 from longvos.io.errors import InputError
-from longvos.io.video import ImageSequenceSource
 from longvos.io.masks import read_index_mask
-from longvos.io.video import open_video
+from longvos.io.video import ImageSequenceSource, open_video
 
 
 @dataclass(frozen=True)
@@ -36,10 +36,9 @@ class Clip:
         if not first_mask.any():
             raise InputError(f"{mask_name}: the clip's first mask has no object")
         height, width = first_mask.shape
-        new_wh = None
-        if size and min(height, width) > size:
-            scale = size / min(height, width)
-            new_wh = (max(1, round(width * scale)), max(1, round(height * scale)))
+        new_hw = shrunk_size(height, width, size)  # the session's own rule, done once here
+        new_wh = None if new_hw == (height, width) else new_hw[::-1]
+        if new_wh is not None:
             first_mask = cv2.resize(first_mask, new_wh, interpolation=cv2.INTER_NEAREST)
         kept = []
         for index, frame in enumerate(frames):

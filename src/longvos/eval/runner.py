@@ -1,10 +1,11 @@
 """Run a model over every sequence of a DAVIS-layout dataset, writing one palette PNG per frame, and time it.
 
-Each sequence starts at its first annotated frame (earlier frames have no object to track, as in the LVOS
-protocol). Every object is given to the model once, on the first annotated frame where it appears: the first-frame
-objects at the start and, with ``late_objects`` (LVOS, YouTube-VOS), objects that enter later when they enter.
-Without it, later objects are left out, as the DAVIS protocol (which scores first-frame objects only) assumes.
-Nothing else from the ground truth reaches the model.
+Each sequence runs through :func:`~longvos.engine.pipeline.segment_video`, the engine's one frame loop (as
+``longvos segment`` does), writing masks only (no resume records). It starts at the sequence's first annotated frame
+(earlier frames have no object to track, as in the LVOS protocol). Every object is given to the model once, on the
+first annotated frame where it appears: the first-frame objects at the start and, with ``late_objects`` (LVOS,
+YouTube-VOS), objects that enter later when they enter. Without it, later objects are left out, as the DAVIS protocol
+(which scores first-frame objects only) assumes. Nothing else from the ground truth reaches the model.
 
 Speed follows the papers' protocol: FPS = frames / device-synchronised time of the model step and memory update,
 over non-reference frames (the first frame of each sequence is excluded). Reading and resizing frames, upsampling
@@ -17,20 +18,17 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
-from longvos.engine.frames import MaxSize, resolve_max_size
+from longvos.engine.options import SegmentOptions
+from longvos.engine.pipeline import SegmentSummary, segment_video
 from longvos.engine.resources import format_bytes
-from longvos.engine.segmenter import Segmenter
 from longvos.eval.masks import ground_truth_ids, present_ids
 from longvos.eval.measure import SPEED_PROTOCOL, PeakMemory, environment
 from longvos.io.davis import DavisLayout
 from longvos.io.errors import InputError
-from longvos.io.video import ImageSequenceSource
-from longvos.io.masks import write_index_png
+from longvos.io.masks import IndexMask
 from longvos.io.palette import palette_to_array
-from longvos.io.writer import BackgroundWriter, atomic_write
-
+from longvos.io.video import ImageSequenceSource
 
 
 @dataclass
@@ -98,26 +96,29 @@ class RunReport:
                 f"{format_bytes(self.peak_state_bytes)}")
 
 
-def run_model(segmenter: Segmenter, layout: DavisLayout, sequences: list[str], pred_root: Path, *,
-              max_size: MaxSize = "auto", late_objects: bool = True, progress: bool = False) -> RunReport:
-    """Predict every frame of ``sequences`` into ``pred_root/<sequence>/<frame>.png`` and measure the run."""
-    max_size = resolve_max_size(max_size, segmenter.model.default_max_size)
-    report = RunReport(segmenter.name, max_size, environment(segmenter.device, segmenter.dtype))
+def run_model(options: SegmentOptions, layout: DavisLayout, sequences: list[str], pred_root: Path, *,
+              late_objects: bool = True) -> RunReport:
+    """Predict every frame of ``sequences`` into ``pred_root/<sequence>/<frame>.png`` as ``options`` say (the model,
+    loaded once, its size cap and memory; ``progress``) and measure the run."""
+    segmenter = options.load_segmenter()
+    options = options.replace(model=segmenter, checkpoint=None)
     meter = PeakMemory(segmenter.device).start()
-    writer = BackgroundWriter()
-    try:
-        for name in sequences:
-            report.sequences.append(_run_sequence(segmenter, layout, name, pred_root / name, writer,
-                                                  max_size=max_size, late_objects=late_objects, progress=progress))
-        writer.flush()
-    finally:
-        writer.close()
-    report.memory = meter.read()
+    environment_now = environment(segmenter.device, segmenter.dtype)
+    runs, max_size, device_peaks = [], None, []
+    for name in sequences:
+        run, summary = _run_sequence(options, layout, name, pred_root / name, late_objects)
+        runs.append(run)
+        max_size = summary.max_size
+        if summary.peak_device_bytes is not None:  # each video restarts the device's peak counter
+            device_peaks.append(summary.peak_device_bytes)
+    report = RunReport(segmenter.name, max_size, environment_now, runs, meter.read())
+    if device_peaks:
+        report.memory["peak_device_bytes"] = max(device_peaks)
     return report
 
 
-def _run_sequence(segmenter: Segmenter, layout: DavisLayout, name: str, out_dir: Path, writer: BackgroundWriter,
-                  *, max_size: int | None, late_objects: bool, progress: bool) -> SequenceRun:
+def _run_sequence(options: SegmentOptions, layout: DavisLayout, name: str, out_dir: Path,
+                  late_objects: bool) -> tuple[SequenceRun, SegmentSummary]:
     annotations = layout.annotation_paths(name)
     source = ImageSequenceSource.from_folder(layout.frames_dir(name))
     names = [source.frame_name(i) for i in range(source.num_frames)]
@@ -125,37 +126,32 @@ def _run_sequence(segmenter: Segmenter, layout: DavisLayout, name: str, out_dir:
     if start is None:
         raise InputError(f"{layout.annotations_root / name}: no annotation matches a frame name of "
                          f"{layout.frames_dir(name)} (sequence {name})")
-    out_dir.mkdir(parents=True, exist_ok=True)
     palette = _palette_of(annotations[names[start]])
-    run = SequenceRun(name)
+    prompts: dict[int, IndexMask] = {}  # each object once, on its first annotated frame, alone in its mask
     known_ids: set[int] = set()
-    with segmenter.session(max_size=max_size) as session, \
-            tqdm(total=len(names) - start, desc=name, unit="frame", disable=not progress, leave=False) as bar:
-        for frame in source.frames(start):
-            mask_HW, new_ids = None, []
-            if frame.name in annotations and (late_objects or frame.index == start):
-                gt_HW = ground_truth_ids(annotations[frame.name])
-                new_ids = [i for i in present_ids(gt_HW) if i not in known_ids]
-                mask_HW = gt_HW if new_ids else None  # only objects the model has not been given yet
-                known_ids.update(new_ids)
-            if frame.index == start and not new_ids:
-                raise InputError(f"{annotations[frame.name]}: the first annotation of sequence {name} has no object")
-            result = session.step(frame.image, mask_HW, new_ids or None)
-            if frame.index > start:  # the reference frame is not timed (papers' protocol)
-                run.timed_frames += 1
-                run.model_seconds += result.model_seconds
-            run.frames += 1
-            run.peak_state_bytes = max(run.peak_state_bytes, session.memory_bytes())
-            writer.submit(_png_job(out_dir / f"{frame.name}.png", result.mask, palette))
-            bar.update()
-    return run
+    for index in range(start, len(names) if late_objects else start + 1):
+        if names[index] not in annotations:
+            continue
+        gt_HW = ground_truth_ids(annotations[names[index]])
+        new_ids = [i for i in present_ids(gt_HW) if i not in known_ids]
+        if index == start and not new_ids:
+            raise InputError(f"{annotations[names[index]]}: the first annotation of sequence {name} has no object")
+        if new_ids:  # only objects the model has not been given yet
+            prompts[index] = IndexMask(np.where(np.isin(gt_HW, new_ids), gt_HW, 0), palette)
+            known_ids.update(new_ids)
+    run = SequenceRun(name)
+
+    def timed(frame, result) -> None:
+        if frame.index > start:  # the reference frame is not timed (papers' protocol)
+            run.timed_frames += 1
+            run.model_seconds += result.model_seconds
+
+    summary = segment_video(source, prompts, out_dir, options, start=start, records=False, on_frame=timed)
+    run.frames, run.peak_state_bytes = summary.frames, summary.state_bytes
+    return run, summary
 
 
 def _palette_of(annotation: Path) -> np.ndarray:
     """The ground truth's own palette, so that predictions look like the annotations (DAVIS colours otherwise)."""
     with Image.open(annotation) as image:
         return palette_to_array(image.getpalette() if image.mode == "P" else None)
-
-
-def _png_job(path: Path, ids_HW: np.ndarray, palette: np.ndarray):
-    return lambda: atomic_write(path, lambda temporary: write_index_png(temporary, ids_HW, palette))

@@ -13,11 +13,3 @@ __all__ = [
     "write_index_png", "write_object_png", "write_probs_npz",
 ]
 
-
-def __getattr__(name: str):
-    """``longvos.io.grabcut_mask`` / ``parse_box``: older names of :mod:`longvos.prompts` functions (imported on use,
-    as ``longvos.prompts`` itself imports ``longvos.io``)."""
-    if name in ("grabcut_mask", "parse_box"):
-        from longvos import prompts
-        return getattr(prompts, name)
-    raise AttributeError(f"module 'longvos.io' has no attribute {name!r}")

@@ -9,7 +9,8 @@ To add a family, add its module to :data:`FAMILY_MODULES` and decorate its build
     @register_model("livos-r50", family="livos", description="LiVOS, ResNet-50")
     def build_livos_r50(**overrides) -> VOSModel: ...
 
-``family`` also selects the official-checkpoint converter (registered in :mod:`longvos.checkpoints` by the family's ``official.py``).
+``family`` also selects the official-checkpoint converter (registered in :mod:`longvos.checkpoints` by the family's
+``official.py``).
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ DEFAULT_MODEL = "mavos-lite"
 PAPER_MAX_SIZE = 480
 
 #: Modules whose import registers a family's models.
-FAMILY_MODULES: list[str] = ["longvos.models.aot.zoo", "longvos.models.livos.zoo"]
+FAMILY_MODULES: list[str] = ["longvos.models.aot.zoo", "longvos.models.livos.model"]
 
 ModelBuilder = Callable[..., "VOSModel"]
 

@@ -5,13 +5,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from longvos.models.layers import onednn
+
 
 class ConvGroupNorm(nn.Module):
     """``k x k`` convolution ('same' padding) followed by GroupNorm(8); the decoder applies ReLU after it."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, groups: int = 8):
         super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2)
+        self.conv = (onednn.PointwiseConv2d(in_channels, out_channels) if kernel_size == 1
+                     else nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2))
         self.gn = nn.GroupNorm(groups, out_channels)
 
     def forward(self, x_BCHW: torch.Tensor) -> torch.Tensor:
@@ -34,10 +37,10 @@ class FPNDecoder(nn.Module):
         self.fuse_s16 = ConvGroupNorm(hidden_dim, hidden_dim, 3)
         self.fuse_s8 = ConvGroupNorm(hidden_dim, hidden_dim // 2, 3)
         self.fuse_s4 = ConvGroupNorm(hidden_dim // 2, hidden_dim // 2, 3)
-        self.adapter_s16 = nn.Conv2d(s16_channels, hidden_dim, 1)
-        self.adapter_s8 = nn.Conv2d(s8_channels, hidden_dim, 1)
-        self.adapter_s4 = nn.Conv2d(s4_channels, hidden_dim // 2, 1)
-        self.classifier = nn.Conv2d(hidden_dim // 2, num_classes, 1)
+        self.adapter_s16 = onednn.PointwiseConv2d(s16_channels, hidden_dim)
+        self.adapter_s8 = onednn.PointwiseConv2d(s8_channels, hidden_dim)
+        self.adapter_s4 = onednn.PointwiseConv2d(s4_channels, hidden_dim // 2)
+        self.classifier = onednn.PointwiseConv2d(hidden_dim // 2, num_classes)
         for param in self.parameters():  # official init
             if param.dim() > 1:
                 nn.init.xavier_uniform_(param)

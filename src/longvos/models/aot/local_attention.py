@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from longvos.models.layers import onednn
 from longvos.models.layers.attention import DepthwiseConvDropout, map_to_tokens
 
 # The official code subtracts these constants from the logits of out-of-image neighbours rather than assigning -inf
@@ -258,7 +259,7 @@ class LocalGatedPropagation(nn.Module):
         self.window = 2 * max_dis + 1
         self.relative_emb_k = nn.Conv2d(qk_dim, self.window * self.window, kernel_size=1)
         self.dw_conv = DepthwiseConvDropout(value_dim, dropout=dropout)
-        self.projection = nn.Linear(value_dim, out_dim)
+        self.projection = onednn.Linear(value_dim, out_dim)
 
     def forward(
         self,
@@ -286,7 +287,7 @@ class LocalGatedPropagation(nn.Module):
 
         # relative_emb_k is a 1x1 convolution, i.e. a linear map per token; applied as one, it gives the token
         # layout the tiles are gathered from.
-        relative_bias_BNJ = F.linear(
+        relative_bias_BNJ = onednn.linear(
             map_to_tokens(query_BCHW), self.relative_emb_k.weight.flatten(1), self.relative_emb_k.bias
         )
         scaled_query_BCHW = query_BCHW / self.qk_dim**0.5

@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from longvos.models.aot import official
+from longvos.models.layers import onednn
+from longvos.models.layers.attention import tokens_to_map
 from longvos.models.layers.depthwise import DepthwiseConv2d
 from longvos.models.layers.drop import DropPath
 
@@ -36,11 +38,11 @@ class FocalModulatedCrossAttention(nn.Module):
             raise ValueError(f"MCA: dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads = num_heads
         self.focal_level = focal_level
-        self.q = nn.Linear(dim, dim, bias=False)
-        self.k = nn.Linear(dim, dim, bias=False)
-        self.proj = nn.Linear(dim, dim)
-        self.f_context = nn.Linear(dim, dim + focal_level + 1)
-        self.h = nn.Conv2d(dim, dim, kernel_size=1)
+        self.q = onednn.Linear(dim, dim, bias=False)
+        self.k = onednn.Linear(dim, dim, bias=False)
+        self.proj = onednn.Linear(dim, dim)
+        self.f_context = onednn.Linear(dim, dim + focal_level + 1)
+        self.h = onednn.PointwiseConv2d(dim, dim)
         # Each level widens the receptive field: kernels 3, 5, 7, ... applied one after the other.
         self.focal_layers = nn.ModuleList(
             nn.Sequential(
@@ -54,15 +56,18 @@ class FocalModulatedCrossAttention(nn.Module):
         self, context_BNC: torch.Tensor, hw: tuple[int, int]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The modulator ``(B, C, H, W)`` and the gates ``(B, focal_level + 1, H, W)`` of the (normalised) context."""
-        batch, _, channels = context_BNC.shape
-        height, width = hw
-        projected_BCHW = self.f_context(context_BNC).reshape(batch, height, width, -1).permute(0, 3, 1, 2)
-        level_BCHW, gates_BGHW = projected_BCHW.split((channels, self.focal_level + 1), dim=1)
+        channels = context_BNC.shape[-1]
+        # f_context's value rows and gate rows as two products: each result is a whole token matrix, i.e. a
+        # channels-last map that the depthwise convolutions and the 1x1 conv h read without a layout copy.
+        weight, bias = self.f_context.weight, self.f_context.bias
+        level_BCHW = tokens_to_map(onednn.linear(context_BNC, weight[:channels], bias[:channels]), hw)
+        gates_BGHW = tokens_to_map(onednn.linear(context_BNC, weight[channels:], bias[channels:]), hw)
 
-        gated_context_BCHW = torch.zeros_like(level_BCHW)
+        gated_context_BCHW = None
         for level, focal_layer in enumerate(self.focal_layers):
             level_BCHW = focal_layer(level_BCHW)
-            gated_context_BCHW = gated_context_BCHW + level_BCHW * gates_BGHW[:, level : level + 1]
+            gated_BCHW = level_BCHW * gates_BGHW[:, level : level + 1]
+            gated_context_BCHW = gated_BCHW if gated_context_BCHW is None else gated_context_BCHW + gated_BCHW
         global_BC11 = F.gelu(level_BCHW.mean(dim=(2, 3), keepdim=True))
         gated_context_BCHW = gated_context_BCHW + global_BC11 * gates_BGHW[:, self.focal_level :]
         return self.h(gated_context_BCHW), gates_BGHW
@@ -78,14 +83,17 @@ class FocalModulatedCrossAttention(nn.Module):
         scale = query_BhNd.shape[-1] ** -0.5
         return torch.softmax(query_BhNd @ key_BhNd.transpose(-2, -1) * scale, dim=-1)
 
-    def forward(self, new_BNC: torch.Tensor, context_BNC: torch.Tensor, hw: tuple[int, int]) -> torch.Tensor:
-        """Attention branch ``proj(A · values)``, ``(B, N_new, C)``; both inputs already layer-normalised."""
+    def forward(self, new_BNC: torch.Tensor, context_BNC: torch.Tensor, hw: tuple[int, int],
+                residual_BNC: torch.Tensor | None = None) -> torch.Tensor:
+        """Attention branch ``proj(A · values)``, ``(B, N_new, C)``; both inputs already layer-normalised.
+        ``residual_BNC``, if given, is added to the result (by the oneDNN product when it can)."""
         modulator_BCHW, _ = self.focal_modulator(context_BNC, hw)
         values_BhNd = official.mca_modulator_as_values(modulator_BCHW, self.num_heads)
         query_BhNd, key_BhNd = self._heads(self.q(new_BNC)), self._heads(self.k(context_BNC))
         # Default scale is head_dim ** -0.5, as in the official block; SDPA is exact in fp32.
         attended_BhNd = F.scaled_dot_product_attention(query_BhNd, key_BhNd, values_BhNd)
-        return self.proj(attended_BhNd.transpose(1, 2).flatten(2))
+        return onednn.linear(attended_BhNd.transpose(1, 2).flatten(2), self.proj.weight, self.proj.bias,
+                             residual=residual_BNC)
 
 
 class _Mlp(nn.Module):
@@ -93,11 +101,13 @@ class _Mlp(nn.Module):
 
     def __init__(self, dim: int, hidden_dim: int) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden_dim)
-        self.fc2 = nn.Linear(hidden_dim, dim)
+        self.fc1 = onednn.Linear(dim, hidden_dim)
+        self.fc2 = onednn.Linear(hidden_dim, dim)
 
-    def forward(self, tokens_BNC: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(tokens_BNC)))
+    def forward(self, tokens_BNC: torch.Tensor, residual_BNC: torch.Tensor | None = None) -> torch.Tensor:
+        """``fc2(gelu(fc1(x)))``, plus ``residual_BNC`` if given (added by the oneDNN product when it can)."""
+        hidden_BNH = onednn.linear(tokens_BNC, self.fc1.weight, self.fc1.bias, "gelu")
+        return onednn.linear(hidden_BNH, self.fc2.weight, self.fc2.bias, residual=residual_BNC)
 
 
 class ModulatedCrossAttention(nn.Module):
@@ -131,8 +141,13 @@ class ModulatedCrossAttention(nn.Module):
         values are computed as an image.
         """
         self._check_inputs(new_BNC, context_BNC, hw)
-        fused_BNC = new_BNC + self.drop_path(self.attn(self.norm_l(new_BNC), self.norm_c(context_BNC), hw))
-        return fused_BNC + self.drop_path(self.mlp(self.norm2(fused_BNC)))
+        new_normed_BNC, context_normed_BNC = self.norm_l(new_BNC), self.norm_c(context_BNC)
+        if self.drop_path.training and self.drop_path.drop_prob > 0:
+            fused_BNC = new_BNC + self.drop_path(self.attn(new_normed_BNC, context_normed_BNC, hw))
+            return fused_BNC + self.drop_path(self.mlp(self.norm2(fused_BNC)))
+        # DropPath is the identity: the residual adds go into the products.
+        fused_BNC = self.attn(new_normed_BNC, context_normed_BNC, hw, residual_BNC=new_BNC)
+        return self.mlp(self.norm2(fused_BNC), residual_BNC=fused_BNC)
 
     @torch.no_grad()
     def reset_to_identity(self) -> None:

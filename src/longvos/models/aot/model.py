@@ -32,6 +32,7 @@ from longvos.models.aot.propagation import GatedPropagationStack, Propagation
 from longvos.models.aot.state import AOTState, mask_empty_slots, soft_aggregate
 from longvos.models.base import VOSModel, check_frame, check_masks
 from longvos.models.encoders import build_encoder
+from longvos.models.layers import onednn
 from longvos.models.layers.attention import map_to_tokens, tokens_to_map
 
 _MASK_THRESHOLD = 0.5  # a user mask claims a pixel where it is above this
@@ -51,6 +52,19 @@ def winning_channel(probs_KHW: torch.Tensor) -> torch.Tensor:
     rather than ``argmax(dim=0)``: on CPU the latter reduces over the outer dimension ~10x slower (80 ms instead of
     8 ms for background + one object at 480p on one thread)."""
     return probs_KHW.max(dim=0).indices
+
+
+def channels_last(x_BCHW: torch.Tensor) -> torch.Tensor:
+    """``x`` with the standard channels-last strides ``(C*H*W, 1, W*C, C)``, copied only if it has other ones.
+
+    ``contiguous(memory_format=channels_last)`` is not enough: it keeps any strides that already count as
+    channels-last, and a batch-1 frame made as ``hwc.permute(2, 0, 1)[None]`` has batch stride 3, which the
+    convolutions do not take for channels-last; they then run, and return, channels-first (at 480p the MobileNetV2
+    encoder took 1.5x as long)."""
+    batch, channels, height, width = x_BCHW.shape
+    if x_BCHW.stride() == (channels * height * width, 1, width * channels, channels):
+        return x_BCHW
+    return x_BCHW.clone(memory_format=torch.channels_last)
 
 
 @dataclass
@@ -77,7 +91,7 @@ class AOTModel(VOSModel):
         d_model = config.d_model
         self.encoder = build_encoder(config.encoder, pretrained=pretrained_encoder)
         s4_channels, s8_channels, s16_channels, embedding_channels = self.encoder.channels
-        self.encoder_projection = nn.Conv2d(embedding_channels, d_model, kernel_size=1)
+        self.encoder_projection = onednn.PointwiseConv2d(embedding_channels, d_model)
         nn.init.xavier_uniform_(self.encoder_projection.weight)
         self.identity = IdentityEmbedding(config.num_classes, d_model, config.align_corners, config.max_stride)
         self.propagation = GatedPropagationStack(config)
@@ -112,7 +126,7 @@ class AOTModel(VOSModel):
         return self.long_term_design(state.memory).constant_size
 
     def long_term_design(self, name: str | None = None) -> LongTermMemory:
-        """The long-term memory design ``name`` (None: the config's), which a video may choose (``init_state``);
+        """The long-term memory design ``name`` (None: the config's), which a video may choose (``new_state``);
         ``ValueError`` for an unknown design or ``mca`` on a model without MCA blocks."""
         if name is None:
             return self.long_term_memory
@@ -126,8 +140,9 @@ class AOTModel(VOSModel):
         # Channels-last: oneDNN's depthwise convolutions run ~3x faster on NHWC maps than on NCHW ones, and the
         # mobile encoders are mostly depthwise and 1x1 convolutions: MobileNetV2 and EfficientNet-Lite at 480p on
         # one CPU thread are 1.2-1.4x faster (ResNet-50 and Swin about the same). The decoder then gets channels-last
-        # shortcuts, which it runs as fast. Results only differ by float rounding.
-        normalised_B3HW = self.normalise(image_B3HW).contiguous(memory_format=torch.channels_last)
+        # shortcuts, which it runs as fast, and the 1x1 convolutions read the maps as token matrices (layers/onednn).
+        # Results only differ by float rounding.
+        normalised_B3HW = channels_last(self.normalise(image_B3HW))
         s4_BCHW, s8_BCHW, s16_BCHW, deep_BCHW = self.encoder(normalised_B3HW)
         return ImageFeatures(s4_BCHW, s8_BCHW, s16_BCHW, self.encoder_projection(deep_BCHW))
 
@@ -199,7 +214,7 @@ class AOTModel(VOSModel):
     def input_size(self, height: int, width: int) -> tuple[int, int]:
         return network_input_size(self.config, height, width)
 
-    def init_state(self, mem_gap: int | None = None, memory: str | None = None) -> AOTState:
+    def new_state(self, mem_gap: int | None = None, memory: str | None = None) -> AOTState:
         mem_gap = self.config.mem_gap if mem_gap is None else int(mem_gap)
         if mem_gap < 1:
             raise ValueError(f"mem_gap must be >= 1 frame, got {mem_gap}")

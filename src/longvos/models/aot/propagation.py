@@ -24,6 +24,7 @@ from torch import nn
 from longvos.models.aot.config import AOTConfig
 from longvos.models.aot.local_attention import LocalGatedPropagation
 from longvos.models.aot.memory import LayerMemory
+from longvos.models.layers import onednn
 from longvos.models.layers.attention import GatedPropagation, GatedSelfPropagation, tokens_to_map
 from longvos.models.layers.drop import DropPath
 
@@ -58,14 +59,14 @@ class GatedPropagationLayer(nn.Module):
         self.qk_dim, self.value_dim = qk_dim, value_dim
 
         self.visual_norm = nn.LayerNorm(d_model)
-        self.query_value = nn.Linear(d_model, qk_dim + value_dim)
-        self.visual_gate = nn.Linear(d_model, value_dim)
+        self.query_value = onednn.Linear(d_model, qk_dim + value_dim)
+        self.visual_gate = onednn.Linear(d_model, value_dim)
         if first:
-            self.id_value = nn.Linear(d_model, value_dim)
+            self.id_value = onednn.Linear(d_model, value_dim)
         else:
             self.id_norm = nn.LayerNorm(d_model)
-            self.id_value = nn.Linear(2 * d_model, value_dim)
-            self.id_gate = nn.Linear(d_model, value_dim)
+            self.id_value = onednn.Linear(2 * d_model, value_dim)
+            self.id_gate = onednn.Linear(d_model, value_dim)
 
         # Memory values are [visual | identity] (2 * value_dim); outputs are [visual | identity] (2 * d_model).
         self.long_term = GatedPropagation(2 * value_dim, 2 * d_model, dwconv_dropout=config.dwconv_dropout)
@@ -81,7 +82,7 @@ class GatedPropagationLayer(nn.Module):
     def memory_from(self, parts: FrameParts, id_emb_BNC: torch.Tensor) -> LayerMemory:
         """This layer's memory of a frame: keys, and values with the identity fused from the frame's mask."""
         id_source_BNC = id_emb_BNC if parts.id_input_BNC is None else torch.cat([parts.id_input_BNC, id_emb_BNC], -1)
-        id_value_BNC = F.silu(self.id_value(id_source_BNC))
+        id_value_BNC = onednn.linear(id_source_BNC, self.id_value.weight, self.id_value.bias, "silu")
         # The key is a slice of the query/value projection: copy it so the memory does not keep the whole output.
         return LayerMemory(parts.key_BNC.contiguous(), torch.cat([parts.value_BNC, id_value_BNC], dim=-1))
 
@@ -91,15 +92,19 @@ class GatedPropagationLayer(nn.Module):
                 ) -> tuple[torch.Tensor, torch.Tensor, FrameParts, LayerMemory | None]:
         """Returns the new visual and identity tokens, this frame's parts and, on a reference frame, its memory."""
         normed_BNC = self.visual_norm(visual_BNC)
-        query_BNQ, value_BNV = self.query_value(normed_BNC).split([self.qk_dim, self.value_dim], dim=-1)
-        value_BNV = F.silu(value_BNV)
-        visual_gate_BNV = self.visual_gate(normed_BNC)
+        # One projection makes queries (= keys) and values; computed as two products (row slices of the weight), so
+        # that the values get their SiLU fused and the keys come out contiguous for the memory.
+        weight, bias = self.query_value.weight, self.query_value.bias
+        query_BNQ = onednn.linear(normed_BNC, weight[: self.qk_dim], bias[: self.qk_dim])
+        value_BNV = onednn.linear(normed_BNC, weight[self.qk_dim :], bias[self.qk_dim :], "silu")
+        visual_gate_BNV = onednn.linear(normed_BNC, self.visual_gate.weight, self.visual_gate.bias, "silu")
         if identity_BNC is None:  # layer 0: no identity yet, the identity half of the read-out is not gated
             id_input_BNC = None
-            gate_BNG = torch.cat([F.silu(visual_gate_BNV), torch.ones_like(visual_gate_BNV)], dim=-1)
+            gate_BNG = torch.cat([visual_gate_BNV, torch.ones_like(visual_gate_BNV)], dim=-1)
         else:
             id_input_BNC = self.id_norm(identity_BNC)
-            gate_BNG = F.silu(torch.cat([visual_gate_BNV, self.id_gate(id_input_BNC)], dim=-1))
+            id_gate_BNV = onednn.linear(id_input_BNC, self.id_gate.weight, self.id_gate.bias, "silu")
+            gate_BNG = torch.cat([visual_gate_BNV, id_gate_BNV], dim=-1)
         parts = FrameParts(query_BNQ, value_BNV, id_input_BNC)  # keys are the queries
 
         own_memory = None

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from longvos.models.layers import onednn
 from longvos.models.layers.depthwise import conv2d
 from longvos.models.layers.drop import DropPath
 from longvos.models.layers.norm import FrozenBatchNorm2d, NormFactory
@@ -53,14 +54,16 @@ class SameConv2d(nn.Conv2d):
                          groups=groups, bias=False)
 
     def forward(self, x_BCHW: torch.Tensor) -> torch.Tensor:
+        return conv2d(self.same_pad(x_BCHW), self.weight, None, self.stride, (0, 0), self.dilation, self.groups)
+
+    def same_pad(self, x_BCHW: torch.Tensor) -> torch.Tensor:
+        """The input padded for "SAME" (unchanged where no padding is needed, e.g. 1x1 convolutions)."""
         pads: list[int] = []
         for size, kernel, stride, dilation in zip(reversed(x_BCHW.shape[-2:]), reversed(self.kernel_size),
                                                   reversed(self.stride), reversed(self.dilation)):
             total = max((math.ceil(size / stride) - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
             pads += [total // 2, total - total // 2]
-        if any(pads):
-            x_BCHW = F.pad(x_BCHW, pads)
-        return conv2d(x_BCHW, self.weight, None, self.stride, (0, 0), self.dilation, self.groups)
+        return F.pad(x_BCHW, pads) if any(pads) else x_BCHW
 
 
 class ConvBNAct(nn.Module):
@@ -73,8 +76,15 @@ class ConvBNAct(nn.Module):
         self.bn = norm_layer(out_channels)
         self.act = nn.ReLU6(inplace=True) if activation else nn.Identity()
 
-    def forward(self, x_BCHW: torch.Tensor) -> torch.Tensor:
-        return self.act(self.bn(self.conv(x_BCHW)))
+    def forward(self, x_BCHW: torch.Tensor, residual_BCHW: torch.Tensor | None = None) -> torch.Tensor:
+        """``act(bn(conv(x)))``, plus ``residual_BCHW`` (only without an activation) if given."""
+        if onednn.usable(x_BCHW, self.conv.weight) and onednn.foldable(self.bn):
+            # Inference on CPU: the norm folded into the convolution, activation and residual fused
+            # (layers/onednn; a 1x1 convolution runs as a oneDNN product on the channels-last map).
+            activation = "relu6" if isinstance(self.act, nn.ReLU6) else None
+            return onednn.conv_bn(self.conv, self.bn, self.conv.same_pad(x_BCHW), activation, residual_BCHW)
+        out = self.act(self.bn(self.conv(x_BCHW)))
+        return out if residual_BCHW is None else out + residual_BCHW
 
 
 class MBConv(nn.Module):
@@ -93,6 +103,8 @@ class MBConv(nn.Module):
 
     def forward(self, x_BCHW: torch.Tensor) -> torch.Tensor:
         out = x_BCHW if self.expand is None else self.expand(x_BCHW)
+        if self.use_residual and (not self.drop_path.training or self.drop_path.drop_prob == 0.0):
+            return self.project(self.depthwise(out), residual_BCHW=x_BCHW)  # DropPath is the identity
         out = self.project(self.depthwise(out))
         return x_BCHW + self.drop_path(out) if self.use_residual else out
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from longvos.models.layers import onednn
 from longvos.models.layers.norm import FrozenBatchNorm2d, NormFactory
 
 # (expansion t, output channels c, repeats n, stride s) of each inverted-residual group, width multiplier 1.0.
@@ -40,6 +41,13 @@ class ConvBNReLU6(nn.Sequential):
             nn.ReLU6(inplace=True),
         )
 
+    def forward(self, x_BCHW: torch.Tensor) -> torch.Tensor:
+        conv, norm = self[0], self[1]
+        if not (onednn.usable(x_BCHW, conv.weight) and onednn.foldable(norm)):
+            return super().forward(x_BCHW)
+        # Inference on CPU: the norm folded into the convolution, the ReLU6 fused (1x1) or in place (3x3).
+        return onednn.conv_bn(conv, norm, x_BCHW, "relu6")
+
 
 class InvertedResidual(nn.Module):
     """Expand (1x1) -> depthwise 3x3 -> linear project (1x1), with a residual when shapes allow."""
@@ -61,6 +69,14 @@ class InvertedResidual(nn.Module):
         self.conv = nn.Sequential(*layers)
 
     def forward(self, x_BCHW: torch.Tensor) -> torch.Tensor:
+        project, norm = self.conv[-2], self.conv[-1]
+        if onednn.usable(x_BCHW, project.weight) and onednn.foldable(norm):
+            # Inference on CPU (see ConvBNReLU6): the projection with its norm folded in and the residual added by
+            # the same oneDNN call.
+            hidden_BCHW = x_BCHW
+            for block in self.conv[:-2]:
+                hidden_BCHW = block(hidden_BCHW)
+            return onednn.conv_bn(project, norm, hidden_BCHW, residual_BOHW=x_BCHW if self.use_residual else None)
         if self.use_residual:
             return x_BCHW + self.conv(x_BCHW)
         return self.conv(x_BCHW)

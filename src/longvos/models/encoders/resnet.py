@@ -17,6 +17,7 @@ from typing import Type, Union
 import torch
 from torch import nn
 
+from longvos.models.layers import onednn
 from longvos.models.layers.norm import FrozenBatchNorm2d, NormFactory
 
 
@@ -36,6 +37,10 @@ class BasicBlock(nn.Module):
         self.downsample = downsample
 
     def forward(self, x_BCHW: torch.Tensor) -> torch.Tensor:
+        if _folds(self, x_BCHW):
+            residual = x_BCHW if self.downsample is None else onednn.conv_bn(*self.downsample, x_BCHW)
+            out = onednn.conv_bn(self.conv1, self.bn1, x_BCHW, "relu")
+            return onednn.conv_bn(self.conv2, self.bn2, out, "relu", residual_BOHW=residual)
         residual = x_BCHW if self.downsample is None else self.downsample(x_BCHW)
         out = self.relu(self.bn1(self.conv1(x_BCHW)))
         out = self.bn2(self.conv2(out))
@@ -60,11 +65,23 @@ class Bottleneck(nn.Module):
         self.downsample = downsample
 
     def forward(self, x_BCHW: torch.Tensor) -> torch.Tensor:
+        if _folds(self, x_BCHW):
+            residual = x_BCHW if self.downsample is None else onednn.conv_bn(*self.downsample, x_BCHW)
+            out = onednn.conv_bn(self.conv1, self.bn1, x_BCHW, "relu")
+            out = onednn.conv_bn(self.conv2, self.bn2, out, "relu")
+            return onednn.conv_bn(self.conv3, self.bn3, out, "relu", residual_BOHW=residual)
         residual = x_BCHW if self.downsample is None else self.downsample(x_BCHW)
         out = self.relu(self.bn1(self.conv1(x_BCHW)))
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         return self.relu(out + residual)
+
+
+def _folds(block: nn.Module, x_BCHW: torch.Tensor) -> bool:
+    """Inference on CPU (:mod:`longvos.models.layers.onednn`): every norm of the block folds into its convolution,
+    1x1 convolutions run as oneDNN products on channels-last maps, ReLUs and the residual add are fused."""
+    norms = [module for name, module in block.named_modules() if name.startswith(("bn", "downsample.1"))]
+    return onednn.usable(x_BCHW, block.conv1.weight) and all(onednn.foldable(norm) for norm in norms)
 
 
 ResidualBlock = Type[Union[BasicBlock, Bottleneck]]
@@ -124,7 +141,10 @@ class ResNetEncoder(nn.Module):
                 nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, image_BCHW: torch.Tensor) -> list[torch.Tensor]:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(image_BCHW))))
+        if onednn.usable(image_BCHW, self.conv1.weight) and onednn.foldable(self.bn1):
+            x = self.maxpool(onednn.conv_bn(self.conv1, self.bn1, image_BCHW, "relu"))
+        else:
+            x = self.maxpool(self.relu(self.bn1(self.conv1(image_BCHW))))
         maps: list[torch.Tensor] = []
         for index in range(1, self.num_stages + 1):
             x = getattr(self, f"layer{index}")(x)

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from longvos.models.layers import onednn
 from longvos.models.layers.depthwise import DepthwiseConv2d
 
 
@@ -42,7 +43,7 @@ _CPU_MIN_QUERY_ROWS = 256
 
 
 def attend(query_BNC: torch.Tensor, key_BMC: torch.Tensor, value_BMV: torch.Tensor,
-           dropout_p: float = 0.0) -> torch.Tensor:
+           dropout_p: float = 0.0, gate_BNV: torch.Tensor | None = None) -> torch.Tensor:
     """Single-head ``softmax(q k^T / sqrt(C)) v`` over all M memory tokens. Exact (no top-k, no length rescaling:
     the official models switch those off).
 
@@ -54,16 +55,20 @@ def attend(query_BNC: torch.Tensor, key_BMC: torch.Tensor, value_BMV: torch.Tens
     memory frame and 1.15-1.3x with five to twenty. Each query row's softmax is computed whole, so blocking changes
     no result; the blocks bound the extra memory to ``_CPU_SCORE_BLOCK_BYTES`` (or 256 rows of scores) where the
     unfused SDPA would hold all of it (224 MB with twenty 480p memory frames).
+
+    ``gate_BNV``, if given, multiplies the result (on CPU inside the value product, see ``layers/onednn``).
     """
     if query_BNC.device.type != "cpu" or dropout_p > 0.0:
-        return F.scaled_dot_product_attention(query_BNC, key_BMC, value_BMV, dropout_p=dropout_p)
+        read_BNV = F.scaled_dot_product_attention(query_BNC, key_BMC, value_BMV, dropout_p=dropout_p)
+        return read_BNV if gate_BNV is None else read_BNV * gate_BNV
     batch, num_queries, channels = query_BNC.shape
     num_keys = key_BMC.shape[1]
     score_row_bytes = batch * num_keys * query_BNC.element_size()
     rows = max(_CPU_MIN_QUERY_ROWS, _CPU_SCORE_BLOCK_BYTES // score_row_bytes)
     scaled_query_BNC = query_BNC * channels ** -0.5
     key_BCM = key_BMC.transpose(1, 2)
-    blocks = [torch.bmm(torch.softmax(torch.bmm(scaled_query_BNC[:, start:start + rows], key_BCM), dim=-1), value_BMV)
+    blocks = [onednn.matmul(torch.softmax(onednn.matmul(scaled_query_BNC[:, start:start + rows], key_BCM), dim=-1),
+                            value_BMV, None if gate_BNV is None else gate_BNV[:, start:start + rows])
               for start in range(0, num_queries, rows)]
     return blocks[0] if len(blocks) == 1 else torch.cat(blocks, dim=1)
 
@@ -95,13 +100,12 @@ class GatedPropagation(nn.Module):
         super().__init__()
         self.attn_dropout = attn_dropout
         self.dw_conv = DepthwiseConvDropout(value_dim, dropout=dwconv_dropout)
-        self.projection = nn.Linear(value_dim, out_dim)
+        self.projection = onednn.Linear(value_dim, out_dim)
 
     def forward(self, query_BNC: torch.Tensor, key_BMC: torch.Tensor, value_BMV: torch.Tensor,
                 gate_BNV: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
         dropout_p = self.attn_dropout if self.training else 0.0
-        read_BNV = attend(query_BNC, key_BMC, value_BMV, dropout_p)
-        return self.gated_output(read_BNV * gate_BNV, grid_hw)
+        return self.gated_output(attend(query_BNC, key_BMC, value_BMV, dropout_p, gate_BNV), grid_hw)
 
     def gated_output(self, gated_BNV: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
         """The shared tail of every gated propagation (global or local): depthwise conv, then projection."""
@@ -121,15 +125,22 @@ class GatedSelfPropagation(GatedPropagation):
         if in_dim % 2 or value_dim % 2:
             raise ValueError("self-propagation needs even input and value widths (two branches)")
         branch_in, branch_value = in_dim // 2, value_dim // 2
-        self.query_key = nn.Linear(in_dim, qk_dim)
-        self.value_visual = nn.Linear(branch_in, branch_value)
-        self.value_id = nn.Linear(branch_in, branch_value)
-        self.gate_visual = nn.Linear(branch_in, branch_value)
-        self.gate_id = nn.Linear(branch_in, branch_value)
+        self.query_key = onednn.Linear(in_dim, qk_dim)
+        self.value_visual = onednn.Linear(branch_in, branch_value)
+        self.value_id = onednn.Linear(branch_in, branch_value)
+        self.gate_visual = onednn.Linear(branch_in, branch_value)
+        self.gate_id = onednn.Linear(branch_in, branch_value)
 
     def forward(self, tokens_BNC: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:  # type: ignore[override]
         query_key_BNQ = self.query_key(tokens_BNC)
         visual_BNC, identity_BNC = tokens_BNC.chunk(2, dim=-1)
-        value_BNV = F.silu(torch.cat([self.value_visual(visual_BNC), self.value_id(identity_BNC)], dim=-1))
-        gate_BNV = F.silu(torch.cat([self.gate_visual(visual_BNC), self.gate_id(identity_BNC)], dim=-1))
+        value_BNV = torch.cat([_linear_silu(self.value_visual, visual_BNC), _linear_silu(self.value_id, identity_BNC)],
+                              dim=-1)
+        gate_BNV = torch.cat([_linear_silu(self.gate_visual, visual_BNC), _linear_silu(self.gate_id, identity_BNC)],
+                             dim=-1)
         return super().forward(query_key_BNQ, query_key_BNQ, value_BNV, gate_BNV, grid_hw)
+
+
+def _linear_silu(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """``silu(layer(x))``, the SiLU fused into the product on the oneDNN path."""
+    return onednn.linear(x, layer.weight, layer.bias, "silu")

@@ -1,4 +1,5 @@
-"""LiVOS: Cutie's architecture with its softmax memory replaced by gated linear matching.
+"""LiVOS: Cutie's architecture with its softmax memory replaced by gated linear matching; its configuration, the
+model, and its registration as ``livos-r50`` (the official ``LIVOS(model_type='base')``, ResNet-50 image encoder).
 
 The model holds weights only and exposes stateless verbs; :class:`LiVOSState` holds one video. One frame:
 
@@ -13,25 +14,107 @@ The model holds weights only and exposes stateless verbs; :class:`LiVOSState` ho
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from longvos.models.base import VOSModel, check_frame, check_masks
+from longvos.models.base import ModelConfig, VOSModel, check_frame, check_masks
 from longvos.models.encoders import build_encoder
-from longvos.models.livos import linear_matching
-from longvos.models.livos.config import LiVOSConfig
-from longvos.models.livos.decoder import MaskDecoder
-from longvos.models.livos.given_masks import merge_given_masks
-from longvos.models.livos.linear_matching import GateProjection, KeyProjection
-from longvos.models.livos.mask_encoder import EncodedMask, MaskEncoder
-from longvos.models.livos.object_summarizer import ObjectSummarizer
-from longvos.models.livos.object_transformer import ObjectTransformer
-from longvos.models.livos.padding import Padding, pad, stride_padding, unpad
-from longvos.models.livos.pixel_fusion import PixelFuser
-from longvos.models.livos.soft_aggregation import soft_aggregate_logits
-from longvos.models.livos.state import LiVOSState
+from longvos.models.livos import official as _official  # noqa: F401  (registers the checkpoint key map)
+from longvos.models.livos.layers import Padding, pad, soft_aggregate_logits, stride_padding, unpad
+from longvos.models.livos.memory import (GateProjection, KeyProjection, LiVOSState, ObjectSummarizer,
+                                         key_feature_map, read_memory, write_memory)
+from longvos.models.livos.network import EncodedMask, MaskDecoder, MaskEncoder, ObjectTransformer, PixelFuser
+from longvos.models.registry import register_model
+
+#: LiVOS's only memory design, under the name other tools (``bench --memory``) label it with.
+MEMORY_DESIGN = "linear"
+
+
+def check_memory_choice(memory: str | None, mem_gap: int | None) -> None:
+    """LiVOS has one memory design and writes it on every frame: any other ``memory`` or ``mem_gap`` is a
+    ``ValueError`` (at build and when a video's state is made)."""
+    if memory not in (None, MEMORY_DESIGN):
+        raise ValueError(f"LiVOS has one memory design, the gated linear state ({MEMORY_DESIGN!r}); "
+                         f"memory={memory!r} does not apply")
+    if mem_gap not in (None, 1):
+        raise ValueError(f"LiVOS writes its memory on every frame; mem_gap={mem_gap} does not apply")
+
+
+@dataclass(frozen=True)
+class LiVOSConfig(ModelConfig):
+    """Typed configuration of a LiVOS model; the defaults are the official ``LIVOS(model_type='base')``."""
+
+    family: ClassVar[str] = "LiVOS"
+
+    image_encoder: str = "resnet50"  # to layer3: features at strides 4, 8, 16
+    mask_encoder: str = "resnet18"  # 5-channel input (RGB, this object, the other objects)
+    key_dim: int = 64  # matching keys: the rows of each object's state S
+    value_dim: int = 256  # mask values (the columns of S), read-out and object-transformer width
+    pixel_dim: int = 256  # pixel-feature projection (also the key projection's hidden width)
+    sensory_dim: int = 256
+    num_queries: int = 16  # object queries / summaries per object (half foreground, half background)
+    num_blocks: int = 3  # object-transformer blocks
+    num_heads: int = 8
+    ff_dim: int = 2048
+    decoder_dims: tuple[int, int] = (128, 128)  # mask-decoder widths at strides 8 and 4
+    pe_scale: float = 32.0  # positional encoding: coordinates span [0, pe_scale]
+    pe_temperature: float = 128.0
+    stride: int = 16  # frames are zero-padded to a multiple of this
+
+    def __post_init__(self) -> None:
+        if self.value_dim % self.num_heads:
+            raise ValueError(f"value_dim ({self.value_dim}) must be divisible by num_heads ({self.num_heads})")
+        if self.value_dim % 4:
+            raise ValueError(f"value_dim must be a multiple of 4 (2-D sine encoding), got {self.value_dim}")
+        if self.num_queries < 2 or self.num_queries % 2:
+            raise ValueError(f"num_queries must be even and >= 2 (fg/bg halves), got {self.num_queries}")
+
+    @property
+    def summary_dim(self) -> int:
+        """Width of one object-memory summary: ``value_dim`` weighted sums plus the area."""
+        return self.value_dim + 1
+
+
+def merge_given_masks(
+    prob_BKHW: torch.Tensor, object_ids: list[int], given: dict[int, torch.Tensor]
+) -> tuple[torch.Tensor, list[int]]:
+    """Let the given masks win where they are set; the prediction fills in the rest.
+
+    ``prob_BKHW``: ``(1, 1 + N, H, W)`` probabilities, channel 0 background then ``object_ids``.
+    ``given``: object id -> ``(H, W)`` mask in [0, 1]. A given id already in ``object_ids`` is *re-anchored*
+    (its channel becomes the given mask); any other id is new and gets a channel appended, in ``given`` order.
+
+    The channels that were not given share ``1 - union(given)`` in proportion to their predicted probabilities.
+    With only new objects this is a plain scaling by ``1 - union``, which for binary masks is exactly the official
+    LiVOS rule for objects added mid-video (zero every channel under the new mask, then append it). Re-anchored
+    objects first give their predicted mass back to the others (renormalised). The channels sum to one when the
+    given masks do not overlap.
+
+    Returns the merged ``(1, 1 + N', H, W)`` map and the ids that were new, in channel order.
+    """
+    masks_MHW = torch.stack([mask.to(prob_BKHW) for mask in given.values()])
+    keep_HW = 1 - masks_MHW.sum(dim=0).clamp(0, 1)
+    reanchored = [1 + object_ids.index(object_id) for object_id in given if object_id in object_ids]
+    if reanchored:
+        rest_BKHW = prob_BKHW.clone()
+        rest_BKHW[:, reanchored] = 0
+        total_B1HW = rest_BKHW.sum(dim=1, keepdim=True)
+        # Where the re-anchored objects held all the mass, what remains goes to the background.
+        background_BKHW = torch.zeros_like(rest_BKHW)
+        background_BKHW[:, 0] = 1
+        prob_BKHW = torch.where(total_B1HW > 0, rest_BKHW / total_B1HW.clamp_min(1e-12), background_BKHW)
+    merged_BKHW = prob_BKHW * keep_HW
+    appended, new_ids = [], []
+    for object_id, mask_HW in zip(given, masks_MHW):
+        if object_id in object_ids:
+            merged_BKHW[:, 1 + object_ids.index(object_id)] = mask_HW
+        else:
+            appended.append(mask_HW[None, None])
+            new_ids.append(object_id)
+    return torch.cat([merged_BKHW, *appended], dim=1), new_ids
 
 
 @dataclass
@@ -99,12 +182,8 @@ class LiVOS(VOSModel):
         official pipeline does, so the frame is used as given."""
         return height, width
 
-    def init_state(self, mem_gap: int | None = None, memory: str | None = None) -> LiVOSState:
-        if mem_gap not in (None, 1):
-            raise ValueError(f"LiVOS writes its memory on every frame; mem_gap={mem_gap} does not apply")
-        if memory not in (None, "linear"):  # its one design (longvos.models.livos.zoo.MEMORY_DESIGN)
-            raise ValueError(f"LiVOS has one memory design, the gated linear state ('linear'); memory={memory!r} "
-                             f"does not apply")
+    def new_state(self, mem_gap: int | None = None, memory: str | None = None) -> LiVOSState:
+        check_memory_choice(memory, mem_gap)
         return LiVOSState()
 
     def step(
@@ -145,14 +224,14 @@ class LiVOS(VOSModel):
             features_8_BCHW=features_8,
             features_4_BCHW=features_4,
             pixels_BChw=self.pixel_proj(features_16),
-            phi_key_BKhw=linear_matching.key_feature_map(self.key_proj(features_16)),
+            phi_key_BKhw=key_feature_map(self.key_proj(features_16)),
             gate_BV=self.gate_proj(features_16),
             padding=padding,
         )
 
     def read_memory(self, state: LiVOSState, frame: FrameFeatures) -> torch.Tensor:
         """The normalised linear-matching read-out ``(1, N, V, h, w)`` for the frame's key."""
-        return linear_matching.read_memory(frame.phi_key_BKhw, state.matching_BNKV, state.key_sum_BNKhw)
+        return read_memory(frame.phi_key_BKhw, state.matching_BNKV, state.key_sum_BNKhw)
 
     def segment(self, state: LiVOSState, frame: FrameFeatures, readout_BNChw: torch.Tensor) -> Segmentation:
         """Decode a read-out into probabilities; does not change ``state``."""
@@ -188,7 +267,7 @@ class LiVOS(VOSModel):
         encoded = self.encode_mask(state, frame, masks_BNHW)
         masks_BNhw = F.interpolate(masks_BNHW.float(), size=frame.grid_size, mode="area")
         state.sensory_BNChw = encoded.sensory_BNCHW.float()
-        state.matching_BNKV, state.key_sum_BNKhw = linear_matching.write_memory(
+        state.matching_BNKV, state.key_sum_BNKhw = write_memory(
             state.matching_BNKV, state.key_sum_BNKhw, frame.phi_key_BKhw, encoded.value_BNCHW, frame.gate_BV
         )
         state.object_memory_BNQC = state.object_memory_BNQC + self.object_summarizer(masks_BNhw, encoded.value_BNCHW)
@@ -206,3 +285,12 @@ class LiVOS(VOSModel):
                 f"frame size changed mid-video: the state was built for a {state.grid_size} feature grid "
                 f"(stride {self.config.stride}), this frame gives {frame.grid_size}; resize all frames alike"
             )
+
+
+# -- the named models -------------------------------------------------------------------------------------------
+
+@register_model("livos-r50", family="livos",
+                description="LiVOS, ResNet-50 image / ResNet-18 mask encoder (official `livos-*-480p` weights)")
+def build_livos_r50(memory: str | None = None, mem_gap: int | None = None, **overrides: Any) -> LiVOS:
+    check_memory_choice(memory, mem_gap)
+    return LiVOS(LiVOSConfig().replace(**overrides), name="livos-r50")

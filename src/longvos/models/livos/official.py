@@ -9,8 +9,8 @@ Both are registered with :mod:`longvos.checkpoints` (family ``"livos"``), which 
 strictly against the model.
 
 Numerical quirks the official code has and that we reproduce on purpose are documented where they live: the
-scalar read-out normaliser (``linear_matching.py``), the float32 clamp of soft aggregation (``soft_aggregation.py``)
-and padding before normalisation (``padding.py``).
+scalar read-out normaliser (``memory.py``), the float32 clamp of soft aggregation and padding before normalisation
+(``layers.py``).
 """
 from __future__ import annotations
 
