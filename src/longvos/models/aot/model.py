@@ -54,19 +54,6 @@ def winning_channel(probs_KHW: torch.Tensor) -> torch.Tensor:
     return probs_KHW.max(dim=0).indices
 
 
-def channels_last(x_BCHW: torch.Tensor) -> torch.Tensor:
-    """``x`` with the standard channels-last strides ``(C*H*W, 1, W*C, C)``, copied only if it has other ones.
-
-    ``contiguous(memory_format=channels_last)`` is not enough: it keeps any strides that already count as
-    channels-last, and a batch-1 frame made as ``hwc.permute(2, 0, 1)[None]`` has batch stride 3, which the
-    convolutions do not take for channels-last; they then run, and return, channels-first (at 480p the MobileNetV2
-    encoder took 1.5x as long)."""
-    batch, channels, height, width = x_BCHW.shape
-    if x_BCHW.stride() == (channels * height * width, 1, width * channels, channels):
-        return x_BCHW
-    return x_BCHW.clone(memory_format=torch.channels_last)
-
-
 @dataclass
 class ImageFeatures:
     """Encoder output of a frame: decoder shortcuts at strides 4, 8, 16, and the projected stride-16 embedding."""
@@ -142,7 +129,9 @@ class AOTModel(VOSModel):
         # one CPU thread are 1.2-1.4x faster (ResNet-50 and Swin about the same). The decoder then gets channels-last
         # shortcuts, which it runs as fast, and the 1x1 convolutions read the maps as token matrices (layers/onednn).
         # Results only differ by float rounding.
-        normalised_B3HW = channels_last(self.normalise(image_B3HW))
+        # (A frame made as ``hwc.permute(2, 0, 1)[None]`` has batch stride 3, which the convolutions do not take for
+        # channels-last: they then ran channels-first, and the MobileNetV2 encoder took 2x as long at 480p.)
+        normalised_B3HW = onednn.channels_last(self.normalise(image_B3HW))
         s4_BCHW, s8_BCHW, s16_BCHW, deep_BCHW = self.encoder(normalised_B3HW)
         return ImageFeatures(s4_BCHW, s8_BCHW, s16_BCHW, self.encoder_projection(deep_BCHW))
 

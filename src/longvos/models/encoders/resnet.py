@@ -142,7 +142,9 @@ class ResNetEncoder(nn.Module):
 
     def forward(self, image_BCHW: torch.Tensor) -> list[torch.Tensor]:
         if onednn.usable(image_BCHW, self.conv1.weight) and onednn.foldable(self.bn1):
-            x = self.maxpool(onednn.conv_bn(self.conv1, self.bn1, image_BCHW, "relu"))
+            # Channels-last maps from here on, so that every 1x1 convolution is a oneDNN product on the map's token
+            # matrix (layers/onednn); the outputs keep that layout.
+            x = self.maxpool(onednn.conv_bn(self.conv1, self.bn1, onednn.channels_last(image_BCHW), "relu"))
         else:
             x = self.maxpool(self.relu(self.bn1(self.conv1(image_BCHW))))
         maps: list[torch.Tensor] = []

@@ -137,6 +137,18 @@ def matmul(a_BNK: torch.Tensor, b_BKM: torch.Tensor, multiplier_BNM: torch.Tenso
     return items[0].unsqueeze(0) if len(items) == 1 else torch.stack(items)
 
 
+def channels_last(x_BCHW: torch.Tensor) -> torch.Tensor:
+    """``x`` with the standard channels-last strides ``(C*H*W, 1, W*C, C)``, copied only if it has other ones.
+
+    ``contiguous(memory_format=channels_last)`` is not enough: it keeps any strides that already count as
+    channels-last, and a batch-1 frame made as ``hwc.permute(2, 0, 1)[None]`` has batch stride 3, which the
+    convolutions do not take for channels-last; they then run, and return, channels-first."""
+    batch, channels, height, width = x_BCHW.shape
+    if x_BCHW.stride() == (channels * height * width, 1, width * channels, channels):
+        return x_BCHW
+    return x_BCHW.clone(memory_format=torch.channels_last)
+
+
 def channels_last_tokens(x_BCHW: torch.Tensor) -> torch.Tensor | None:
     """The ``(B, H, W, C)`` view of a channels-last map, or None if the map is not laid out so."""
     tokens_BHWC = x_BCHW.permute(0, 2, 3, 1)
