@@ -3,7 +3,7 @@
 On CPU, PyTorch sends fp32 ``F.linear``/``bmm`` to MKL and most batch-1 1x1 convolutions to its reference
 ``_slow_conv2d_forward`` (im2col + MKL, plus layout copies for channels-last maps). oneDNN's inner product, the kernel
 ``torch.compile``'s CPU backend calls for linear layers (``torch.ops.mkldnn._linear_pointwise``), runs the same
-products faster on this project's machine (AMD EPYC with AVX-512, one thread; docs/benchmarks.md):
+products faster on this project's machine (AMD EPYC with AVX-512, one thread, measured interleaved):
 
 - 1.1-1.2x on the E-LSTT/MCA shapes (1674 tokens, 256-3348 wide), 1.4x on attention scores with 128-wide keys;
 - 3-5x on the small-channel 1x1 convolutions of the MobileNetV2 encoder (16 -> 96 at 241x425 took 61 ms on the
