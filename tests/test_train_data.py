@@ -157,6 +157,29 @@ def test_paste_gives_overlay_objects_fresh_ids_and_occludes():
     assert merged.frames[0][0, :, 0].tolist() == [0, 9, 9, 0]
 
 
+def test_paste_as_background_occludes_without_adding_objects():
+    base = TrainingClip([np.zeros((4, 4, 3), np.uint8)], [np.array([[1, 1, 0, 0]] * 4, np.uint8)])
+    overlay = TrainingClip([np.full((4, 4, 3), 9, np.uint8)], [np.array([[0, 1, 1, 255]] * 4, np.uint8)])
+    merged = paste(base, overlay, as_background=True)
+    assert merged.labels[0][0].tolist() == [1, 0, 0, 0]  # the look-alike covers object 1 and is background
+    assert merged.frames[0][0, :, 0].tolist() == [0, 9, 9, 0]
+
+
+@pytest.mark.parametrize("distractor_prob", [0.0, 1.0])
+def test_distractors_are_red_object_pixels_labelled_background(tiny_root, distractor_prob):
+    """The photos are red exactly on their object: a look-alike copy shows as red pixels labelled background."""
+    clips = TrainingClips(tiny_config(tiny_root, static_fraction=1.0, static_merge_prob=0.0,
+                                      distractor_prob=distractor_prob), seed=3)
+    with_lookalike = 0
+    for index in range(6):
+        sample = clips[index]
+        image = sample["images"][0].permute(1, 2, 0).numpy()
+        red = (image[..., 0] > 0.6) & (image[..., 2] < 0.4)
+        with_lookalike += int((eroded(red) & (sample["labels"][0].numpy() == 0)).sum() >= 20)
+        assert (sample["labels"][0].numpy() == 1).any()  # the target itself is still given
+    assert with_lookalike == 0 if distractor_prob == 0.0 else with_lookalike >= 4
+
+
 def test_select_objects_drops_invisible_and_excess_objects():
     reference = np.array([[1, 1, 1, 2], [3, 3, 3, 255]], np.uint8)  # object 2 has one pixel
     later = np.array([[4, 2, 1, 3], [0, 0, 0, 255]], np.uint8)       # object 4 appears only later

@@ -29,11 +29,12 @@ def object_ids(label: np.ndarray) -> list[int]:
     return [int(v) for v in np.unique(label) if v not in (0, VOID)]
 
 
-def paste(base: TrainingClip, overlay: TrainingClip) -> TrainingClip:
+def paste(base: TrainingClip, overlay: TrainingClip, as_background: bool = False) -> TrainingClip:
     """Composite the overlay's objects over the base clip, frame by frame, under fresh ids.
 
     Only object pixels are pasted: the overlay's background and void pixels leave the base untouched, so the base's
     labels stay exact there. Pasted objects occlude whatever they cover, which is the point (occlusion training).
+    With ``as_background`` the pasted pixels are labelled background: a distractor the model must not follow.
     """
     if len(base.frames) != len(overlay.frames):
         raise ValueError("paste needs clips of the same length")
@@ -43,8 +44,9 @@ def paste(base: TrainingClip, overlay: TrainingClip) -> TrainingClip:
     if offset + len(incoming) >= VOID:
         raise ValueError("too many objects to composite into one clip")
     remap = np.zeros(256, dtype=np.uint8)
-    for new_id, old_id in enumerate(incoming, start=offset + 1):
-        remap[old_id] = new_id
+    if not as_background:
+        for new_id, old_id in enumerate(incoming, start=offset + 1):
+            remap[old_id] = new_id
     frames, labels = [], []
     for frame, label, top_frame, top_label in zip(base.frames, base.labels, overlay.frames, overlay.labels):
         on_top = (top_label > 0) & (top_label != VOID)

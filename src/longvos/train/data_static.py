@@ -2,7 +2,8 @@
 
 One photo becomes a clip by a random walk of small homographies (rotation, shift, zoom, shear, perspective), so the
 object moves, turns and deforms from frame to frame. Compositing the object(s) of a second photo, moving on their
-own walk, makes multi-object clips with occlusion (the "dynamic merge").
+own walk, makes multi-object clips with occlusion (the "dynamic merge"). Pasting a second copy of the photo's own
+object(s) as background makes a look-alike distractor (``data.distractor_prob``).
 
 Layout of a static set: ``<set>/images/<name>.jpg`` with ``<set>/masks/<name>.png`` (index PNG, 255 = void).
 """
@@ -35,7 +36,12 @@ class StaticClipSource:
         return len(self.pairs)
 
     def sample(self, rng: np.random.Generator, size: int) -> TrainingClip:
-        clip = self.clip_from(int(rng.integers(len(self.pairs))), rng, size)
+        index = int(rng.integers(len(self.pairs)))
+        clip = self.clip_from(index, rng, size)
+        if rng.random() < self.cfg.distractor_prob:
+            # The same object(s) again, on a walk of their own and labelled background: a look-alike (the other red
+            # car, a second dancer) that appearance alone cannot tell apart, so only where the target was can.
+            clip = paste(clip, self.clip_from(index, rng, size), as_background=True)
         if rng.random() < self.cfg.static_merge_prob:
             clip = paste(clip, self.clip_from(int(rng.integers(len(self.pairs))), rng, size))
         return clip
