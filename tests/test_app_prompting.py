@@ -1,6 +1,7 @@
-"""Clicks -> mask through the shared GrabCut prompt code (on real DAVIS frames), its determinism, and the web app's
-marks (:mod:`longvos.app.marks`): corner clicks make boxes, clicks go to the object being marked, ids are object
-positions, Undo (uploaded masks included), and the `segment --box` command of the same marks."""
+"""Clicks -> mask through the shared GrabCut prompt code (on real DAVIS frames), its determinism, its cost on large
+frames (GrabCut works on a copy of about 1 MP), and the web app's marks (:mod:`longvos.app.marks`): corner clicks
+make boxes, clicks go to the object being marked, ids are object positions, a bounded number of objects, Undo
+(uploaded masks included), and the `segment --box` command of the same marks."""
 from __future__ import annotations
 
 import cv2
@@ -8,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from longvos.app.marks import BOX, NEGATIVE, POSITIVE, Marks, ObjectMarks, draw_marks
+from longvos.app.marks import BOX, MAX_MARKED_OBJECTS, NEGATIVE, POSITIVE, Marks, ObjectMarks, draw_marks
 from longvos.io.errors import InputError
 from longvos.io.masks import read_index_mask
-from longvos.prompts import ObjectPrompt, grabcut_mask, prompt_mask
+from longvos.prompts import GRABCUT_MAX_PIXELS, ObjectPrompt, grabcut_mask, prompt_mask
 
 
 def frame_and_truth(dev_dir, sequence: str) -> tuple[np.ndarray, np.ndarray]:
@@ -75,6 +76,52 @@ def test_two_objects_get_ids_in_order_and_clicks_must_lie_in_the_frame(dev_dir):
         prompt_mask(image, [ObjectPrompt(points=((430, 10, True),))])
     with pytest.raises(InputError, match="needs a box or at least one click on it"):
         ObjectPrompt(points=((5, 5, False),))
+
+
+def test_grabcut_works_on_a_copy_of_about_a_megapixel_of_a_large_frame(monkeypatch):
+    """A 6 MP frame: every GrabCut call gets at most about 1 MP; the mask comes back at full size, finds the objects,
+    stays inside a box, and keeps the disks under the clicks exact."""
+    import longvos.prompts as prompts
+
+    height, width = 2000, 3000
+    rng = np.random.default_rng(0)
+    ys, xs = np.mgrid[:height, :width]
+    image = (np.array([90, 140, 70]) + rng.integers(-12, 13, (height, width, 3))).astype(np.uint8)
+    ellipse = ((xs - 900) / 400.0) ** 2 + ((ys - 700) / 250.0) ** 2 <= 1
+    square = (ys >= 1300) & (ys < 1700) & (xs >= 2000) & (xs < 2500)
+    image[ellipse], image[square] = (230, 30, 40), (30, 40, 230)
+    inputs = []
+    real_grabcut = prompts.cv2.grabCut
+
+    def watched_grabcut(img, *args):
+        inputs.append(img.shape[:2])
+        return real_grabcut(img, *args)
+
+    monkeypatch.setattr(prompts.cv2, "grabCut", watched_grabcut)
+    box = (450, 400, 1360, 1000)
+    negative = (470, 420)  # inside the box, off the ellipse
+    ids = prompt_mask(image, [ObjectPrompt(box=box, points=((*negative, False),)),
+                              ObjectPrompt(points=((2250, 1500, True),)),
+                              ObjectPrompt(box=(100, 1800, 104, 1804))])  # the smallest box there is
+    assert len(inputs) == 3 and all(h * w <= GRABCUT_MAX_PIXELS for h, w in inputs), inputs
+    assert ids.shape == (height, width)
+    assert iou(ids == 1, ellipse) > 0.95 and iou(ids == 2, square) > 0.95
+    outside = np.ones((height, width), bool)
+    outside[box[1]:box[3], box[0]:box[2]] = False
+    assert not (ids == 1)[outside].any()  # a box bounds its object, at full size
+    assert not (ids[negative[1] - 15:negative[1] + 16, negative[0] - 15:negative[0] + 16] == 1).any()
+    tiny = np.argwhere(ids == 3)
+    assert len(tiny) and tiny.min(0).tolist() >= [1800, 100] and tiny.max(0).tolist() <= [1803, 103]
+
+
+def test_at_most_32_objects_can_be_marked():
+    assert MAX_MARKED_OBJECTS == 32  # each is a GrabCut run on the image worker all sessions share
+    marks = Marks().set_box((0, 0, 10, 10))
+    for index in range(1, MAX_MARKED_OBJECTS):
+        marks = marks.new_object().set_box((index, 0, index + 10, 10))
+    assert len(marks.prompts()[0]) == MAX_MARKED_OBJECTS
+    with pytest.raises(InputError, match="at most 32 objects can be marked"):
+        marks.new_object()
 
 
 # -- the web app's marks --------------------------------------------------------------------------------------------

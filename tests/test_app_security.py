@@ -1,9 +1,11 @@
 """The web app's security and robustness guarantees, over HTTP on 127.0.0.1 only, on small synthetic clips (no shared
 data; the bundled mavos-lite at 48 px): no uploaded name reaches a header, a file name or a zip entry, and no request
-text reaches a response header; uploads and other request bodies are bounded, must state their size and are cut off
-when they stall or overrun it; uploads and requests in flight are bounded; only the routes the page uses are served;
-the work folder has a disk quota (the zip included; nothing is deleted for room that cannot be made), and a path a
-client names is never taken for an upload; sessions that upload the same file do not break each other;
+text reaches a response header; uploads and other request bodies are bounded (the headers of an upload's parts too),
+must state their size and are cut off when they stall, trickle past their deadline or overrun it; uploads and
+requests in flight are bounded; only the routes the page uses are served; the work folder has a disk quota (the zip
+included; an upload deletes no other session's video; nothing is deleted for room that cannot be made; the job list
+is read under its lock), and a path a client names is never taken for an upload; the app writes nothing the zip does
+not hold; a click runs GrabCut for the object it edits only; sessions that upload the same file do not break each other;
 segmentations run one at a time behind a bounded queue, each within a time limit; images and videos are measured
 before they are decoded or indexed; errors are one line naming no server path; stopping the app cancels the running
 job, waits for it and deletes the work folder (also when the job does not stop), and nothing is written outside it,
@@ -33,7 +35,7 @@ import numpy as np
 import pytest
 from PIL import ImageFile
 
-from longvos.app.workspace import TooLarge, Workspace, disk_usage, public_message
+from longvos.app.workspace import TooLarge, Workspace, disk_usage, format_size, public_message
 from longvos.io.errors import InputError
 
 from conftest import app_client, app_file, optional_import, serving_app, start_app
@@ -282,22 +284,94 @@ def test_uploads_are_bounded_and_must_state_their_size(segmenter, tmp_path):
         assert lines[0] == "HTTP/1.1 200 OK"
 
 
-def test_the_work_folder_has_a_disk_quota(segmenter, long_clip, tmp_path):
+def test_the_work_folder_has_a_disk_quota_and_an_upload_never_deletes_another_video(segmenter, long_clip, tmp_path):
+    from longvos.app.guard import WORK_FOLDER_FULL
+
     with serving(segmenter, workdir=tmp_path) as app:
         first = marked_session(app, long_clip)
-        per_video = disk_usage(app.workspace.root)  # the video, its first-frame mask and preview
-        app.workspace.quota_bytes = quota = int(2.5 * per_video)
-        lines, body = raw_exchange(app, upload_request(-1, size=3 * per_video))
-        assert lines[0].startswith("HTTP/1.1 413") and b"quota" in body
-        second, third = (marked_session(app, long_clip) for _ in range(2))
-        assert app_error(lambda: first.predict(api_name="/segment")) == (  # the oldest made room
-            "this video is no longer on the server (deleted to make room); upload it again")
-        assert third.predict("8,12,40,36", api_name="/set_box")[1] == "1 object ready; marking object 1."
-        assert disk_usage(app.workspace.root) <= quota and len(list(app.workspace.jobs_dir.iterdir())) == 2
+        [folder] = app.workspace.jobs_dir.iterdir()
+        per_video = disk_usage(folder)  # the video, its first frame, first-frame mask and preview
+        # Room for one more video, not two (the work folder holds more than the jobs: Matplotlib's cache, ...).
+        app.workspace.quota_bytes = quota = disk_usage(app.workspace.root) + int(1.5 * per_video)
+        # Refused from the stated size (the body is not sent: a server closing on an unread body resets it).
+        lines, body = raw_exchange(app, post(app, "/gradio_api/upload", b"", UPLOAD_TYPE, length=quota + 1))
+        assert lines[0].startswith("HTTP/1.1 413") and body == (
+            f"the file is over the work folder's quota of {format_size(quota)}\n".encode())
+        second = marked_session(app, long_clip)
+        jobs = sorted(app.workspace.jobs_dir.iterdir())
+        # A third video does not fit beside them: refused with a fixed message, and the idle videos of the other
+        # sessions stay (the bytes it claims may never arrive).
+        lines, body = raw_exchange(app, post(app, "/gradio_api/upload", b"", UPLOAD_TYPE, length=per_video))
+        assert lines[0].startswith("HTTP/1.1 507") and body == f"{WORK_FOLDER_FULL}\n".encode(), (lines, body)
+        assert sorted(app.workspace.jobs_dir.iterdir()) == jobs and len(jobs) == 2
+        assert first.predict("8,12,40,36", api_name="/set_box")[1] == "1 object ready; marking object 1."
+        assert disk_usage(app.workspace.root) <= quota and app.workspace._reserved == 0
         # Outputs count too: a run that would take the folder over its quota (others idle: deleted first) stops.
-        message = app_error(lambda: third.predict(api_name="/segment"))
+        message = app_error(lambda: second.predict(api_name="/segment"))
         assert re.match(r"stopped after \d+ of 240 frames: the outputs: the work folder is full", message), message
         assert len(list(app.workspace.jobs_dir.iterdir())) == 1
+        assert app_error(lambda: first.predict(api_name="/segment")) == (  # the idle one made room for the run
+            "this video is no longer on the server (deleted to make room); upload it again")
+
+
+def test_an_edit_runs_grabcut_for_the_edited_object_only(clip, tmp_path, monkeypatch):
+    """Each object's GrabCut result is kept by its marks: a click recomputes the object it edits, no other one, and
+    the first-frame mask is still exactly what the shared prompt code makes of all the marks."""
+    import longvos.app.ui as ui
+    from longvos.app.marks import POSITIVE, Marks
+    from longvos.io.masks import read_index_mask
+    from longvos.prompts import prompt_mask
+
+    workspace = Workspace(tmp_path)
+    job = workspace.create_job(upload_into(workspace, clip))
+    page = ui.AppPage(workspace, runner=None)
+    computed = []
+    real_object_foreground = ui.object_foreground
+
+    def counted(image, prompt, object_id, *args, **kwargs):
+        computed.append(object_id)
+        return real_object_foreground(image, prompt, object_id, *args, **kwargs)
+
+    monkeypatch.setattr(ui, "object_foreground", counted)
+
+    def edited(marks, step, *args) -> Marks:
+        computed.clear()
+        return step(job.id, marks, *args)[0]
+
+    marks = edited(Marks(), page.type_box, "8,12,40,36")
+    assert computed == [1]
+    marks = edited(marks, lambda job_id, marks: page.edit(Marks.new_object, job_id, marks))
+    assert computed == []  # object 1 is unchanged
+    marks = edited(marks, page.type_box, "2,2,20,20")
+    assert computed == [2]
+    for x, y in [(10, 10), (12, 8)]:
+        marks = edited(marks, page.click, POSITIVE, type("Select", (), {"index": (x, y)})())
+        assert computed == [2]  # the object being marked, not object 1
+    marks = edited(marks, lambda job_id, marks: page.edit(Marks.undo, job_id, marks))
+    assert computed == []  # marks seen before
+    prompts, object_ids = marks.prompts()
+    expected = prompt_mask(np.asarray(ui.Image.open(job.first_frame_path).convert("RGB")), prompts, object_ids)
+    assert np.array_equal(read_index_mask(job.prompt_path).ids, expected)
+    # Another job with the same marks has its own results.
+    other = workspace.create_job(upload_into(workspace, clip, digest="cd" * 32))
+    computed.clear()
+    page.type_box(other.id, Marks(), "8,12,40,36")
+    assert computed == [1]
+
+
+def test_the_cache_of_grabcut_results_is_bounded():
+    from longvos.app.ui import ForegroundCache
+
+    cache = ForegroundCache(max_bytes=3 * 600)  # 3 results of 80x60 (600 bytes each, one bit a pixel)
+    masks = {key: np.random.default_rng(key).random((60, 80)) > 0.5 for key in range(5)}
+    for key in range(3):
+        cache.put(key, masks[key])
+    assert np.array_equal(cache.get(0, (60, 80)), masks[0])  # now the most recently used
+    cache.put(3, masks[3])
+    assert cache.get(1, (60, 80)) is None and len(cache) == 3 and cache.size == 1800  # the least recently used went
+    assert all(np.array_equal(cache.get(key, (60, 80)), masks[key]) for key in (0, 2, 3))
+    cache.put(9, np.ones((100, 200), bool))  # larger than the whole cache: not kept, nothing dropped for it
+    assert cache.get(9, (100, 200)) is None and len(cache) == 3
 
 
 def test_segmentations_run_one_at_a_time_and_the_queue_is_bounded(segmenter, clip, monkeypatch):
@@ -366,10 +440,10 @@ def test_errors_are_one_line_and_name_no_server_path(segmenter, clip, monkeypatc
         assert message == "masks/00001.png: disk full; while writing thing.txt"
         assert len(public_message("x" * 5000)) == 500
 
-        def broken_prompt_mask(*_args, **_kwargs):
+        def broken_grabcut(*_args, **_kwargs):
             raise ZeroDivisionError(f"{root}/somewhere")
 
-        monkeypatch.setattr(ui, "prompt_mask", broken_prompt_mask)
+        monkeypatch.setattr(ui, "object_foreground", broken_grabcut)
         client = app_client(app)
         from gradio_client import handle_file
 
@@ -644,6 +718,69 @@ def test_stalled_bodies_are_cut_off_and_uploads_and_requests_at_once_are_bounded
         assert raw_exchange(app, post(app, "/gradio_api/upload", upload, UPLOAD_TYPE))[0][0] == "HTTP/1.1 200 OK"
 
 
+def test_a_trickling_upload_is_cut_off_at_its_deadline_and_releases_its_slot(segmenter, monkeypatch):
+    """Bytes now and then, each well within the chunk timeout: the whole body still has a deadline (a base plus its
+    size at a minimum rate), so a trickle cannot hold an upload slot and its reservation for long."""
+    import longvos.app.guard as guard
+
+    monkeypatch.setattr(guard, "BODY_BASE_SECONDS", 3.0)
+    monkeypatch.setattr(guard, "MIN_BODY_RATE", 1 << 30)  # 5 KB adds nothing: the deadline is 3 s
+    upload = multipart(("files", "v.mp4", bytes(5000)))
+    with serving(segmenter) as app:
+        state = guard_of(app)
+        assert (state.body_base_seconds, state.chunk_timeout) == (3.0, 30.0)
+        started = time.monotonic()
+        connection = send_only(app, post(app, "/gradio_api/upload", upload[:200], UPLOAD_TYPE, length=len(upload)))
+        wait_for(lambda: state.uploads == 1 and app.workspace._reserved == len(upload), "the upload did not start")
+        sent = 200
+        # A byte every 0.2 s (the whole body would take 16 minutes), until just before the deadline: no byte is on
+        # its way when the server answers and closes. Without the deadline, the chunk timeout would cut it off
+        # 30 s after the last byte.
+        while time.monotonic() - started < 2.5:
+            connection.sendall(upload[sent:sent + 1])
+            sent += 1
+            time.sleep(0.2)
+        lines, body = read_answer(connection)
+        elapsed = time.monotonic() - started
+        assert lines[0].startswith("HTTP/1.1 408") and body == (
+            b"the request body arrived too slowly (not all of it within 3 s)\n"), (lines, body)
+        assert 3 <= elapsed < 20 and sent < len(upload), (elapsed, sent)
+        wait_for(lambda: state.uploads == 0 and state.requests == 0, "the upload still holds its slot")
+        assert app.workspace._reserved == 0
+        assert raw_exchange(app, post(app, "/gradio_api/upload", upload, UPLOAD_TYPE))[0][0] == "HTTP/1.1 200 OK"
+
+
+def test_the_headers_of_a_part_of_an_upload_are_bounded(app):
+    """A part's headers, which the guard's parser and Gradio's keep in memory, are cut off (413) past 8 KiB in all,
+    and past python-multipart's own limits of a header line and of headers per part where it has them."""
+    from longvos.app.guard import MAX_PART_HEADER_BYTES, _FieldWatch
+
+    def part(headers: str) -> bytes:
+        return (f'--b\r\nContent-Disposition: form-data; name="files"; filename="v.mp4"\r\n{headers}'
+                f"Content-Type: video/mp4\r\n\r\n").encode() + bytes(100) + b"\r\n--b--\r\n"
+
+    over = b"the headers of a part of an upload are over 8 KiB\n"
+    parser_limit = b"a part of an upload has a header line too long or too many headers\n"
+    before = work_files(app)
+    for headers, refusals in [
+        ("".join(f"X-Pad-{index}: {'x' * 3000}\r\n" for index in range(3)), {over}),  # lines within any limit
+        (f"X-Pad: {'x' * (9 << 10)}\r\n", {over, parser_limit}),  # one long line
+        ("".join(f"X-Pad-{index}: {'x' * 100}\r\n" for index in range(100)), {over, parser_limit}),  # many
+    ]:
+        lines, body = raw_exchange(app, post(app, "/gradio_api/upload", part(headers), UPLOAD_TYPE))
+        assert lines[0].startswith("HTTP/1.1 413") and body in refusals, (lines, body)
+    assert work_files(app) == before and guard_of(app).uploads == 0 and app.workspace._reserved == 0
+    headers = "".join(f"X-Pad-{index}: {'x' * 2000}\r\n" for index in range(3))
+    lines, body = raw_exchange(app, post(app, "/gradio_api/upload", part(headers), UPLOAD_TYPE))
+    assert lines[0] == "HTTP/1.1 200 OK", (lines, body)  # within the limits
+    # What the guard buffers of a part's headers stays within the limit, however the body is cut into chunks.
+    watch = _FieldWatch(b"b", 1 << 10)
+    body = part("".join(f"X-Pad-{index}: {'x' * 3000}\r\n" for index in range(6)))
+    fed = [watch.feed(body[start:start + 100]) for start in range(0, len(body), 100)]
+    assert False in fed and fed.index(False) <= MAX_PART_HEADER_BYTES // 100 + 2 and watch.over == over[:-1].decode()
+    assert len(watch._header) + len(watch._disposition) <= MAX_PART_HEADER_BYTES
+
+
 def test_a_body_longer_than_it_said_is_cut_off(tmp_path):
     """h11 frames a body by its Content-Length; the guard counts it all the same, and cuts off one that runs over."""
     import asyncio
@@ -778,11 +915,65 @@ def test_no_idle_job_is_deleted_for_room_the_disk_cannot_give(clip, tmp_path, mo
     disk = {"free": workspace_module.DISK_MARGIN_BYTES - 100_000}  # but the disk is short even with both gone
     monkeypatch.setattr(workspace_module.shutil, "disk_usage", lambda path: type("Usage", (), disk))
     with pytest.raises(TooLarge, match="would leave less than 256 MiB free on the server's disk"):
-        workspace.reserve(5000, "the upload")
+        workspace.reserve(5000, "the outputs")
     assert [workspace.job(job.id) for job in jobs] == jobs and workspace._reserved == 0
     disk["free"] = 1 << 40
-    workspace.reserve(5000, "the upload")  # now an idle job makes room, the oldest
+    workspace.reserve(5000, "the outputs")  # now an idle job makes room, the oldest
     assert [job.id in workspace._jobs for job in jobs] == [False, True] and workspace._reserved == 5000
+
+
+def test_the_job_list_is_read_under_the_lock_while_room_is_made(clip, tmp_path, monkeypatch):
+    """Making room measures the idle jobs outside the lock (it walks their folders): their folders are taken under
+    it, so a job deleted meanwhile (its session ended) is neither an error nor counted."""
+    import longvos.app.workspace as workspace_module
+
+    workspace = Workspace(tmp_path)
+    jobs = [workspace.create_job(upload_into(workspace, clip, digest=f"{index}" * 64)) for index in range(3)]
+
+    class Guarded(dict):
+        def __getitem__(self, key):
+            assert workspace._lock.locked(), "the job list was read outside the lock"
+            return super().__getitem__(key)
+
+        def __contains__(self, key):
+            assert workspace._lock.locked(), "the job list was read outside the lock"
+            return super().__contains__(key)
+
+    workspace._jobs = Guarded(workspace._jobs)
+    real_disk_usage = workspace_module.disk_usage
+
+    def measured(folder):
+        if folder == jobs[0].folder:  # while the oldest is measured, the second one's session ends
+            workspace.discard(jobs[1].id)
+        return real_disk_usage(folder)
+
+    monkeypatch.setattr(workspace_module, "disk_usage", measured)
+    workspace.quota_bytes = real_disk_usage(workspace.root) + 1000  # 5 KB more: the oldest idle job must go
+    workspace.reserve(5000, "the outputs")
+    with workspace._lock:
+        assert [job.id in workspace._jobs for job in jobs] == [False, False, True] and workspace._reserved == 5000
+
+
+def test_the_app_writes_no_per_object_masks_or_probabilities(segmenter, clip, tmp_path):
+    """Options that would write ``objects/`` and ``probs/`` (which the zip does not hold, but the quota counts) are
+    turned off for the app's runs."""
+    from longvos.app.runner import JobRunner
+    from longvos.engine.options import SegmentOptions
+    from longvos.io.masks import write_index_png
+
+    workspace = Workspace(tmp_path)
+    job = workspace.create_job(upload_into(workspace, clip))
+    ids = np.zeros((job.height, job.width), np.uint8)
+    ids[14:34, 8:28] = 1
+    write_index_png(job.prompt_path, ids)
+    options = SegmentOptions(model=segmenter, max_size=MAX_SIZE, per_object=True, save_probs=True)
+    runner = JobRunner(workspace, options)
+    assert runner.options.per_object is False and runner.options.save_probs is False
+    runner.run(job)
+    written = sorted(str(path.relative_to(job.folder)) for path in job.folder.rglob("*") if path.is_dir())
+    assert written == ["masks"], written
+    with zipfile.ZipFile(job.zip_path) as archive:
+        assert archive.namelist() == [f"masks/{index:05d}.png" for index in range(6)]
 
 
 def test_the_zip_is_held_in_the_quota_before_it_is_written(segmenter, clip, tmp_path):

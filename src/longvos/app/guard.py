@@ -13,10 +13,13 @@ needs on top (Gradio's own CORS rules only hide responses from other sites' scri
   system's temporary folder);
 - a request body has a stated size (``Content-Length``; a ``Transfer-Encoding`` is refused with 411, as h11 would
   let ``chunked`` override the stated size): an upload at most ``max_upload_bytes``, which must fit the work
-  folder's disk quota (a reservation is held while it streams in), anything else at most :data:`MAX_BODY_BYTES`
+  folder's disk quota as it is (a reservation is held while it streams in; an upload never deletes another
+  session's video to make room: a full work folder refuses it, 507), anything else at most :data:`MAX_BODY_BYTES`
   (413). The body is counted as it arrives and cut off past its stated size; in an upload, a form field that is not
-  a file (Gradio keeps those in memory) is cut off past :data:`MAX_FIELD_BYTES`. A body that stops arriving for
-  ``chunk_timeout`` seconds is cut off (408);
+  a file (Gradio keeps those in memory) is cut off past :data:`MAX_FIELD_BYTES`, and the headers of a part past
+  :data:`MAX_PART_HEADER_BYTES` (413). A body that stops arriving for ``chunk_timeout`` seconds, or that has not
+  all arrived by its deadline (:data:`BODY_BASE_SECONDS` plus its size at :data:`MIN_BODY_RATE`: a trickle cannot
+  hold an upload slot and its reservation for long), is cut off (408);
 - at most ``max_uploads`` uploads and ``max_requests`` requests are served at once (more: 503);
 - responses carry only the headers in :data:`RESPONSE_HEADERS` (Gradio copies request headers into the response of
   a ``Range`` request, and its CORS layer echoes request headers): no request text reaches a response header.
@@ -27,9 +30,11 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import math
 import re
 import socket
 import sys
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Awaitable, Callable
@@ -44,10 +49,18 @@ WILDCARD_HOSTS = frozenset({"", "0.0.0.0", "::"})
 MAX_BODY_BYTES = 1 << 20
 #: Largest form field of an upload that is not a file (Gradio keeps such fields in memory).
 MAX_FIELD_BYTES = 64 << 10
+#: Largest headers of one part of an upload (its Content-Disposition, Content-Type, ...), all together.
+MAX_PART_HEADER_BYTES = 8 << 10
 MAX_UPLOADS = 4
 MAX_REQUESTS = 64
 #: Seconds a request body may go without a byte arriving.
 CHUNK_TIMEOUT = 30.0
+#: A whole request body must have arrived within this many seconds plus its stated size at :data:`MIN_BODY_RATE`.
+BODY_BASE_SECONDS = 60.0
+#: Slowest average rate (bytes per second) a request body may arrive at, past :data:`BODY_BASE_SECONDS`.
+MIN_BODY_RATE = 256 << 10
+#: The refusal of an upload that does not fit the work folder's quota (or the disk) as it is: fixed text.
+WORK_FOLDER_FULL = "the work folder is full; try again when a video has finished or been closed"
 _GET = ("GET", "HEAD")
 #: What is served: (methods, path pattern). The page (``/``, its config, assets and theme), Gradio's client
 #: (``/gradio_api/info``), the event queue (join, its event stream, cancel), the session heartbeat, uploads and their
@@ -132,7 +145,9 @@ class RequestGuard:
                  max_upload_bytes: int, host: str = "127.0.0.1", public_names: Iterable[str] = (),
                  max_body_bytes: int | None = None, max_field_bytes: int | None = None,
                  max_uploads: int | None = None, max_requests: int | None = None,
-                 chunk_timeout: float | None = None, verbose: bool = False):
+                 chunk_timeout: float | None = None, body_base_seconds: float | None = None,
+                 min_body_rate: float | None = None, max_part_header_bytes: int | None = None,
+                 verbose: bool = False):
         self.app, self.workspace = app, workspace
         self.allow_remote, self.max_upload_bytes, self.verbose = allow_remote, max_upload_bytes, verbose
         self.host_names = served_host_names(host, public_names) if allow_remote else frozenset()
@@ -141,6 +156,9 @@ class RequestGuard:
         self.max_uploads = MAX_UPLOADS if max_uploads is None else max_uploads
         self.max_requests = MAX_REQUESTS if max_requests is None else max_requests
         self.chunk_timeout = CHUNK_TIMEOUT if chunk_timeout is None else chunk_timeout
+        self.body_base_seconds = BODY_BASE_SECONDS if body_base_seconds is None else body_base_seconds
+        self.min_body_rate = MIN_BODY_RATE if min_body_rate is None else min_body_rate
+        self.max_part_header_bytes = MAX_PART_HEADER_BYTES if max_part_header_bytes is None else max_part_header_bytes
         self.uploads = self.requests = 0  # in flight (only changed on the event loop's thread)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -184,7 +202,11 @@ class RequestGuard:
             return await self._upload(scope, receive, send, length, headers.get("content-type", ""))
         if length > self.max_body_bytes:
             return await _refuse(scope, send, 413, f"a request body is at most {format_size(self.max_body_bytes)}")
-        await self._serve(scope, _Body(receive, length, self.chunk_timeout), send)
+        await self._serve(scope, self._body(receive, length), send)
+
+    def _body(self, receive: Receive, length: int, watch: _FieldWatch | None = None) -> _Body:
+        """The body of a request that states ``length`` bytes, with its chunk timeout and its overall deadline."""
+        return _Body(receive, length, self.chunk_timeout, self.body_base_seconds + length / self.min_body_rate, watch)
 
     def _served(self, method: str, path: str) -> bool:
         if not any(method in methods and pattern.fullmatch(path) for methods, pattern in ROUTES):
@@ -208,13 +230,17 @@ class RequestGuard:
                                                    f"has finished")
         self.uploads += 1
         try:
-            try:  # measuring the work folder walks it: off the event loop
-                await asyncio.to_thread(self.workspace.reserve, length, "the upload")
-            except TooLarge as err:
-                return await _refuse(scope, send, 413, str(err))
+            try:  # measuring the work folder walks it: off the event loop. Bytes that may never arrive delete
+                # no other session's video: only room the work folder has (stale uploads aside) is reserved.
+                await asyncio.to_thread(self.workspace.reserve, length, "the upload", evict=False)
+            except TooLarge:
+                if length > self.workspace.quota_bytes:
+                    return await _refuse(scope, send, 413, f"the file is over the work folder's quota of "
+                                                           f"{format_size(self.workspace.quota_bytes)}")
+                return await _refuse(scope, send, 507, WORK_FOLDER_FULL)
             try:
-                body = _Body(receive, length, self.chunk_timeout, _FieldWatch.of(content_type, self.max_field_bytes))
-                await self._serve(scope, body, send)
+                watch = _FieldWatch.of(content_type, self.max_field_bytes, self.max_part_header_bytes)
+                await self._serve(scope, self._body(receive, length, watch), send)
             finally:
                 self.workspace.release(length)  # the file is on disk now (and counted there), or was never written
         finally:
@@ -248,11 +274,14 @@ class RequestGuard:
 
 class _Body:
     """The request body as it arrives (an ASGI ``receive``): counted against its stated ``length``, each chunk
-    awaited at most ``timeout`` seconds, upload fields checked by ``watch``. Where one of these fails, the app gets
-    a disconnect and :attr:`cut` holds the refusal (status, message)."""
+    awaited at most ``timeout`` seconds and the whole body at most ``deadline`` seconds (from when this is made),
+    upload fields checked by ``watch``. Where one of these fails, the app gets a disconnect and :attr:`cut` holds
+    the refusal (status, message)."""
 
-    def __init__(self, receive: Receive, length: int, timeout: float, watch: _FieldWatch | None = None):
+    def __init__(self, receive: Receive, length: int, timeout: float, deadline: float = math.inf,
+                 watch: _FieldWatch | None = None):
         self.receive, self.length, self.timeout, self.watch = receive, length, timeout, watch
+        self.deadline, self.ends = deadline, time.monotonic() + deadline
         self.received = 0
         self.complete = False  # the whole body arrived: from here on, receive only waits for a disconnect
         self.cut: tuple[int, str] | None = None
@@ -262,9 +291,13 @@ class _Body:
             return {"type": "http.disconnect"}
         if self.complete:
             return await self.receive()
+        left = self.ends - time.monotonic()
         try:
-            message = await asyncio.wait_for(self.receive(), self.timeout)
+            message = await asyncio.wait_for(self.receive(), max(0.0, min(self.timeout, left)))
         except asyncio.TimeoutError:
+            if left < self.timeout:
+                return self._cut(408, f"the request body arrived too slowly (not all of it within "
+                                      f"{self.deadline:.0f} s)")
             return self._cut(408, f"the request body stopped arriving (nothing for {self.timeout:g} s)")
         if message["type"] != "http.request":
             return message
@@ -273,8 +306,7 @@ class _Body:
         if self.received > self.length:
             return self._cut(413, "the request body is longer than its Content-Length")
         if self.watch is not None and chunk and not self.watch.feed(chunk):
-            return self._cut(413, f"a form field of an upload that is not a file is over "
-                                  f"{format_size(self.watch.limit)}")
+            return self._cut(413, self.watch.over)
         if not message.get("more_body", False):
             self.complete = True
         return message
@@ -286,12 +318,15 @@ class _Body:
 
 class _FieldWatch:
     """Follows a multipart upload as it streams in and tells when a part without a file name (a plain form field,
-    which Gradio keeps in memory) grows past ``limit`` bytes."""
+    which Gradio keeps in memory) grows past ``limit`` bytes, or the headers of a part (which the parser buffers,
+    and so does this) past ``header_limit`` bytes; :attr:`over` is then the refusal's message."""
 
-    def __init__(self, boundary: bytes, limit: int):
+    def __init__(self, boundary: bytes, limit: int, header_limit: int = MAX_PART_HEADER_BYTES):
         from python_multipart.multipart import MultipartParser
 
-        self.limit, self.field_bytes, self.in_field, self.over = limit, 0, False, False
+        self.limit, self.header_limit, self.field_bytes, self.in_field = limit, header_limit, 0, False
+        self.over: str | None = None
+        self.header_bytes = 0  # of the part's headers so far, names and values
         self._disposition = b""
         self._header = b""
         self.parser = MultipartParser(boundary, {
@@ -300,31 +335,44 @@ class _FieldWatch:
             "on_headers_finished": self._headers_finished, "on_part_data": self._part_data})
 
     @classmethod
-    def of(cls, content_type: str, limit: int) -> _FieldWatch | None:
+    def of(cls, content_type: str, limit: int, header_limit: int = MAX_PART_HEADER_BYTES) -> _FieldWatch | None:
         """A watch for a body of ``content_type``; None where it is not multipart (Gradio refuses it)."""
         from python_multipart.multipart import parse_options_header
 
         kind, options = parse_options_header(content_type)
         boundary = options.get(b"boundary")
-        return cls(boundary, limit) if kind == b"multipart/form-data" and boundary else None
+        return cls(boundary, limit, header_limit) if kind == b"multipart/form-data" and boundary else None
 
     def feed(self, chunk: bytes) -> bool:
-        """False once a field is over the limit (a broken body is left to Gradio, which refuses it)."""
+        """False once a field or a part's headers are over their limit (a broken body is left to Gradio, which
+        refuses it)."""
         if not self.over:
             try:
                 self.parser.write(chunk)
-            except Exception:  # noqa: BLE001 - python-multipart's parse errors: Gradio answers them
+            except Exception as err:  # noqa: BLE001 - python-multipart's parse errors: Gradio answers them
                 self.parser.callbacks = {}
+                if str(err).startswith("Maximum header"):  # its own limits (recent versions): refused here too
+                    self.over = "a part of an upload has a header line too long or too many headers"
         return not self.over
 
     def _part_begin(self) -> None:
-        self.field_bytes, self.in_field, self._disposition = 0, False, b""
+        self.field_bytes, self.in_field, self._disposition, self._header = 0, False, b"", b""
+        self.header_bytes = 0
+
+    def _header_data(self, size: int) -> bool:
+        """Count ``size`` bytes of the part's headers; False (and :attr:`over` set) past the limit."""
+        self.header_bytes += size
+        if self.header_bytes > self.header_limit and not self.over:
+            self.over = f"the headers of a part of an upload are over {format_size(self.header_limit)}"
+            self.parser.callbacks = {}  # nothing more is buffered: the request is cut off
+        return not self.over
 
     def _header_field(self, data: bytes, start: int, end: int) -> None:
-        self._header += data[start:end]
+        if self._header_data(end - start):
+            self._header += data[start:end]
 
     def _header_value(self, data: bytes, start: int, end: int) -> None:
-        if self._header.lower() == b"content-disposition":
+        if self._header_data(end - start) and self._header.lower() == b"content-disposition":
             self._disposition += data[start:end]
 
     def _header_end(self) -> None:
@@ -338,7 +386,8 @@ class _FieldWatch:
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         if self.in_field:
             self.field_bytes += end - start
-            self.over = self.over or self.field_bytes > self.limit
+            if self.field_bytes > self.limit and not self.over:
+                self.over = f"a form field of an upload that is not a file is over {format_size(self.limit)}"
 
 
 def _netloc(url: str) -> str:

@@ -15,10 +15,13 @@ import numpy as np
 from longvos.io.errors import InputError
 from longvos.io.overlay import render_overlay
 from longvos.io.palette import DAVIS_PALETTE
-from longvos.prompts import MAX_OBJECTS, MAX_POINTS, Box, ObjectPrompt, Point
+from longvos.prompts import MAX_POINTS, Box, ObjectPrompt, Point
 
 BOX, POSITIVE, NEGATIVE = "box", "positive", "negative"  # the tools
 MAX_UNDO = 100
+#: Objects a user may mark (well below the masks' 254 ids): each is a GrabCut run, on the one image worker all
+#: sessions share. A mask file may hold more.
+MAX_MARKED_OBJECTS = 32
 
 
 @dataclass(frozen=True)
@@ -75,8 +78,8 @@ class Marks:
         """Start the next object (the current one stays, unless it has no marks yet: then it is the one to mark)."""
         if not self.objects[self.current].marked:
             return self
-        if len(self.objects) >= MAX_OBJECTS:
-            raise InputError(f"at most {MAX_OBJECTS} objects")
+        if len(self.objects) >= MAX_MARKED_OBJECTS:
+            raise InputError(f"at most {MAX_MARKED_OBJECTS} objects can be marked (a mask file may hold more)")
         return self._edit(objects=(*self.objects, ObjectMarks()), current=len(self.objects))
 
     def from_mask_file(self, name: str) -> Marks:

@@ -2,7 +2,7 @@
 
 The run is the library's normal path (:func:`longvos.engine.pipeline.segment_video` with one
 :class:`~longvos.engine.options.SegmentOptions` for every job), so the zip holds exactly the PNGs that
-``segment_video`` writes for the same first mask. Gradio calls :meth:`Segmenter.run` on its worker thread, one run
+``segment_video`` writes for the same first mask. Gradio calls :meth:`JobRunner.run` on its worker thread, one run
 at a time (the queue's concurrency limit); :meth:`JobRunner.stop` (the server is stopping) and the per-job time
 limit end a run after the frame it is on. Progress goes up to ``frames / (frames + 1)`` while frames are segmented,
 and stays below 1 while the zip is written: the page shows 100% only once the zip is ready.
@@ -40,8 +40,9 @@ class JobRunner:
     ``max_seconds`` long (``None``: no limit)."""
 
     def __init__(self, workspace: Workspace, options: SegmentOptions, max_seconds: float | None = None):
-        # Never a snapshot: a job is never resumed; never a terminal progress bar: the page shows progress.
-        self.options = options.replace(snapshot_every=0, progress=False)
+        # Never a snapshot: a job is never resumed; never a terminal progress bar: the page shows progress. Never
+        # per-object masks or probabilities either: the zip holds neither, yet they would count against the quota.
+        self.options = options.replace(snapshot_every=0, progress=False, per_object=False, save_probs=False)
         self.workspace, self.max_seconds = workspace, max_seconds
         self._stopping = threading.Event()
         self._active = 0

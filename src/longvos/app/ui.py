@@ -4,7 +4,9 @@ on (+) and off (-) an object, a typed box, or a mask PNG), object after object; 
 
 Each browser session keeps two small values between events: its job id and its :class:`~longvos.app.marks.Marks`.
 Every mark turns into the first-frame mask at once, through the shared prompt code (GrabCut, as behind
-``segment --box``), written to the job's ``prompt.png``: the file the run starts from, and the preview shows. Marks
+``segment --box``), written to the job's ``prompt.png``: the file the run starts from, and the preview shows. Each
+object's GrabCut result is kept (:class:`ForegroundCache`, keyed by the object's marks), so an edit runs GrabCut for
+the object it changed only; GrabCut itself works on a copy of the frame of about 1 MP at most. Marks
 are drawn on the first frame decoded at upload (``first.png``): a click never decodes the video. A change of the
 marks, and the start of a run, clear the results of an earlier run from the page. The uploaded video is never sent
 back to its own component (Gradio would probe it, and re-encode it where ffmpeg is installed).
@@ -20,7 +22,9 @@ import re
 import secrets
 import shutil
 import sys
+import threading
 import traceback
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -34,9 +38,12 @@ from longvos.app.workspace import Job, Workspace, image_size, public_message
 from longvos.io.errors import InputError, LongvosError
 from longvos.io.masks import read_index_mask, write_index_png
 from longvos.io.writer import atomic_write
-from longvos.prompts import parse_box, prompt_mask
+from longvos.prompts import ObjectPrompt, compose_mask, object_foreground, parse_box, scaled_for_grabcut
 
 MAX_MASK_BYTES = 64 << 20
+#: GrabCut results kept for the objects of all sessions (one bit a pixel: an 8K frame's object takes 4 MiB), so that
+#: a click runs GrabCut for the object it edits only; the least recently used go first.
+FOREGROUND_CACHE_BYTES = 128 << 20
 #: Events that decode frames or run GrabCut (memory-heavy) run one at a time, across all sessions, in the order they
 #: came; more wait in the queue. One at a time also keeps a session's marks in order: Gradio would otherwise run two
 #: quick clicks of one session at once, and the second would start from the marks before the first.
@@ -54,6 +61,7 @@ class AppPage:
 
     def __init__(self, workspace: Workspace, runner: JobRunner):
         self.workspace, self.runner = workspace, runner
+        self.foregrounds = ForegroundCache(FOREGROUND_CACHE_BYTES)
 
     # -- layout ---------------------------------------------------------------------------------------------------
 
@@ -193,11 +201,28 @@ class AppPage:
         else:
             prompts, object_ids = marks.prompts()
             if prompts:
-                ids = prompt_mask(_first_frame(job), prompts, object_ids)
+                ids = self._prompt_mask(job, prompts, object_ids)
                 atomic_write(job.prompt_path, lambda path: write_index_png(path, ids))
             else:
                 job.prompt_path.unlink(missing_ok=True)
         return (*self._show(job, marks), *_no_results())
+
+    def _prompt_mask(self, job: Job, prompts: list[ObjectPrompt], object_ids: list[int]) -> np.ndarray:
+        """What :func:`~longvos.prompts.prompt_mask` makes of ``prompts`` on the first frame, with GrabCut run only
+        for the objects whose marks have no result in :attr:`foregrounds` yet."""
+        shape = (job.height, job.width)
+        image = small = None
+        foregrounds = []
+        for prompt, object_id in zip(prompts, object_ids):
+            foreground = self.foregrounds.get((job.id, prompt), shape)
+            if foreground is None:
+                if image is None:  # the frame, and GrabCut's smaller copy of it, once per event
+                    image = _first_frame(job)
+                    small = scaled_for_grabcut(image)
+                foreground = object_foreground(image, prompt, object_id, small=small)
+                self.foregrounds.put((job.id, prompt), foreground)
+            foregrounds.append(foreground)
+        return compose_mask(shape, foregrounds, object_ids)
 
     def _show(self, job: Job, marks: Marks) -> tuple[Any, ...]:
         """The updates of the marking panel: the marks, the preview image, the status line, the list of objects and
@@ -246,6 +271,40 @@ class AppPage:
                 raise page_error(err) from None
 
         return wrapped
+
+
+class ForegroundCache:
+    """GrabCut results (boolean arrays, kept one bit a pixel) by key (a job and an object's marks), at most
+    ``max_bytes`` of them; the least recently used go first. Shared by the sessions (thread-safe)."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes, self.size = max_bytes, 0
+        self._entries: OrderedDict[Any, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: Any, shape: tuple[int, int]) -> np.ndarray | None:
+        with self._lock:
+            packed = self._entries.get(key)
+            if packed is None:
+                return None
+            self._entries.move_to_end(key)
+        return np.unpackbits(packed, count=shape[0] * shape[1]).reshape(shape).astype(bool)
+
+    def put(self, key: Any, foreground: np.ndarray) -> None:
+        packed = np.packbits(foreground, axis=None)
+        if packed.nbytes > self.max_bytes:
+            return
+        with self._lock:
+            old = self._entries.pop(key, None)
+            self.size -= 0 if old is None else old.nbytes
+            self._entries[key] = packed
+            self.size += packed.nbytes
+            while self.size > self.max_bytes:
+                _, dropped = self._entries.popitem(last=False)
+                self.size -= dropped.nbytes
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
 
 def _first_frame(job: Job) -> np.ndarray:

@@ -12,8 +12,9 @@ kept, from a fixed list) and its name in the cache is deleted (its folder too on
 the same content share that folder), so the uploaded name is not kept anywhere. Only a path of the form
 ``root/<sha256>/<name>`` is taken as an upload: any other path a client names is refused and never touched. Job ids
 are random (the folder names are in the file URLs). The quota counts everything under ``root`` (hard links once); to
-make room, stale uploads and then the oldest idle jobs are deleted, never a job that is being segmented, and only
-where that makes enough room (on the disk as well as in the quota).
+make room, stale uploads and then (for a run's outputs, not for an upload still streaming in) the oldest idle jobs
+are deleted, never a job that is being segmented, and only where that makes enough room (on the disk as well as in
+the quota).
 """
 from __future__ import annotations
 
@@ -115,11 +116,12 @@ class Workspace:
 
     # -- the quota ------------------------------------------------------------------------------------------------
 
-    def reserve(self, length: int, what: str) -> None:
+    def reserve(self, length: int, what: str, *, evict: bool = True) -> None:
         """Hold ``length`` bytes of the quota for what is about to be written (:meth:`release` once it is on disk),
-        deleting stale uploads and the oldest idle jobs to make room where that is enough (never first deleting
-        and then refusing); :class:`TooLarge` where it cannot fit the quota, or would leave less than
-        :data:`DISK_MARGIN_BYTES` free on the disk."""
+        deleting stale uploads and (with ``evict``) the oldest idle jobs to make room where that is enough (never
+        first deleting and then refusing); :class:`TooLarge` where it cannot fit the quota, or would leave less than
+        :data:`DISK_MARGIN_BYTES` free on the disk. An upload reserves without ``evict``: bytes that may never
+        arrive must not delete other sessions' videos."""
         if length > self.quota_bytes:
             raise TooLarge(f"{what}: {format_size(length)} is over the work folder's quota of "
                            f"{format_size(self.quota_bytes)}")
@@ -127,17 +129,18 @@ class Workspace:
         while True:
             # Measured outside the lock (walks the folder): other requests go on meanwhile.
             used, free = disk_usage(self.root), shutil.disk_usage(self.root).free
-            with self._lock:
-                idle = [job_id for job_id in self._jobs if job_id not in self._busy]
+            with self._lock:  # the folders are taken under the lock (a job may go meanwhile), measured outside it
+                folders = {job_id: job.folder for job_id, job in self._jobs.items()
+                           if job_id not in self._busy} if evict else {}
             stale = [(path, size) for path, size in self._stale_uploads() if path not in deleted]
-            sizes = {job_id: disk_usage(self._jobs[job_id].folder) for job_id in idle if job_id in self._jobs}
+            sizes = {job_id: disk_usage(folder) for job_id, folder in folders.items()}
             with self._lock:
                 over_quota = used + self._reserved + length - self.quota_bytes
                 short_of_disk = self._reserved + length + DISK_MARGIN_BYTES - free
                 if over_quota <= 0 and short_of_disk <= 0:
                     self._reserved += length
                     return
-                idle = [job_id for job_id in idle if job_id in self._jobs and job_id not in self._busy]
+                idle = [job_id for job_id in sizes if job_id in self._jobs and job_id not in self._busy]
                 room = sum(size for _, size in stale) + sum(sizes[job_id] for job_id in idle)
                 if short_of_disk > room:
                     raise TooLarge(f"{what}: {format_size(length)} would leave less than "
@@ -273,9 +276,6 @@ class Workspace:
         shutil.rmtree(self.root, ignore_errors=True)
 
     # -- under the lock -------------------------------------------------------------------------------------------
-
-    def _oldest_idle_job(self) -> str | None:
-        return next((job_id for job_id in self._jobs if job_id not in self._busy), None)
 
     def _delete(self, job_id: str) -> None:
         job = self._jobs.pop(job_id)
