@@ -26,7 +26,7 @@ from longvos.engine.segmenter import load_segmenter
 from longvos.io.masks import read_index_mask
 from longvos.io.video import open_video
 
-from conftest import annotation, copy_clip, seeded_checkpoint
+from conftest import annotation, copy_clip, seeded_checkpoint, write_mp4
 
 MODEL, MAX_SIZE = "mavos-lite", 64
 
@@ -178,3 +178,45 @@ def test_killed_worker_fails_only_its_video_and_resume_finishes_it(dev_dir, chec
     assert {name: (out / "car-shadow" / name).stat().st_mtime_ns for name in recorded} == \
         {name: written[name] for name in recorded}
     assert json.loads((out / "car-shadow" / PROGRESS_FILE).read_text())["done"] is True
+
+
+def test_a_worker_opens_and_indexes_each_video_once(checkpoint, tmp_path, monkeypatch):
+    """The worker opens the video (to fail before any folder exists and to size the progress display) and
+    segment_video reuses that source: a video file is opened and its packets demuxed for the frame count once, not
+    twice. The run is still recorded under the video's path, with its fingerprint, as a resume expects."""
+    from longvos.batch.items import WorkItem
+    from longvos.batch.workers import VideoWorker
+    from longvos.io.video import VideoFileSource
+
+    rng = np.random.default_rng(0)
+    video = write_mp4([rng.integers(0, 255, (48, 64, 3), dtype=np.uint8) for _ in range(5)], tmp_path / "v.mp4")
+    mask = np.zeros((48, 64), np.uint8)
+    mask[10:30, 10:40] = 1
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    calls = {"open": 0, "index": 0}
+    real_init, real_index = VideoFileSource.__init__, VideoFileSource._build_index
+
+    def counted_init(self, *args, **kwargs):
+        calls["open"] += 1
+        real_init(self, *args, **kwargs)
+
+    def counted_index(self):
+        calls["index"] += 1
+        real_index(self)
+
+    monkeypatch.setattr(VideoFileSource, "__init__", counted_init)
+    monkeypatch.setattr(VideoFileSource, "_build_index", counted_index)
+    threads = torch.get_num_threads()
+    try:
+        worker = VideoWorker(BatchOptions(model=MODEL, checkpoint=str(checkpoint), max_size=MAX_SIZE), "cpu",
+                             "cpu#0", threads=1)
+        events = []
+        result = worker.process(WorkItem("v", str(video), str(tmp_path / "mask.png")), str(tmp_path / "out"),
+                                False, events.append)
+    finally:
+        torch.set_num_threads(threads)
+    assert result.status == "done" and result.frames == 5, result
+    assert calls == {"open": 1, "index": 1}
+    assert [event.total_frames for event in events if isinstance(event, VideoStarted)] == [5]
+    settings = RunProgress.load(tmp_path / "out" / "v").settings
+    assert settings["video"] == str(video.resolve()) and settings["video_fingerprint"] is not None

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -141,3 +142,104 @@ def test_max_size_option_rejects_other_values(capsys):
         with pytest.raises(SystemExit):
             main(["segment", "video.mp4", "--mask", "mask.png", "--out", "out", "--max-size", bad])
         assert why in capsys.readouterr().err
+
+
+
+# -- the saved config must agree with the model it loads into -------------------------------------------------------
+
+def _with_config(source: Path, destination: Path, drop: tuple[str, ...] = (), **changes) -> Path:
+    """A copy of a longvos checkpoint whose saved config has ``changes`` (and lacks the fields in ``drop``)."""
+    checkpoint = torch.load(source, map_location="cpu", weights_only=True)
+    config = {key: value for key, value in checkpoint["config"].items() if key not in drop}
+    checkpoint["config"] = {**config, **changes}
+    torch.save(checkpoint, destination)
+    return destination
+
+
+@pytest.fixture(scope="module")
+def small_checkpoint(tmp_path_factory) -> Path:
+    torch.manual_seed(1)
+    path = tmp_path_factory.mktemp("config") / "deaot.pth"
+    save_model(create_model("deaot-mnv2", d_model=32), path)
+    return path
+
+
+def test_a_config_that_changes_no_shape_is_refused_not_loaded_into_another_model(small_checkpoint, tmp_path):
+    """mca_heads and droppath change no tensor shape: weights trained with other values loaded silently into the
+    registry's model. Now one rule (config_differences) refuses them, naming every differing field."""
+    other = _with_config(small_checkpoint, tmp_path / "other.pth", droppath=0.2, mca_heads=2)
+    with pytest.raises(CheckpointError) as caught:
+        load_checkpoint(create_model("deaot-mnv2", d_model=32), other)
+    message = str(caught.value)
+    assert "droppath: checkpoint 0.2 vs model 0.1" in message and "mca_heads: checkpoint 2 vs model 4" in message
+    assert "\n" not in message and "model_from_checkpoint" in message
+    rebuilt = model_from_checkpoint(other)  # built from the saved config: the same rule finds nothing to refuse
+    assert rebuilt.config.droppath == 0.2 and rebuilt.config.mca_heads == 2
+    chosen = model_from_checkpoint(other, mca_heads=4)  # a field the caller sets on purpose is its choice
+    assert chosen.config.mca_heads == 4 and chosen.config.droppath == 0.2
+
+
+def test_per_video_fields_and_fields_a_checkpoint_does_not_name_are_not_binding(small_checkpoint, tmp_path):
+    """memory and mem_gap are chosen per video (exported training weights carry none, or the training value);
+    a checkpoint saved before a config field existed keeps the model's value for it."""
+    for changes in ({"memory": "ref+prev", "mem_gap": 2}, {"drop": ("memory", "mem_gap", "max_stride")}):
+        path = _with_config(small_checkpoint, tmp_path / "ok.pth", **changes)
+        model = create_model("deaot-mnv2", d_model=32)
+        assert load_checkpoint(model, path).ok and model.config.memory == "growing"
+    unknown = _with_config(small_checkpoint, tmp_path / "unknown.pth", future_switch=True)
+    with pytest.raises(CheckpointError, match=r"future_switch: checkpoint True vs model \(no such field\)"):
+        load_checkpoint(create_model("deaot-mnv2", d_model=32), unknown)
+
+
+def test_load_segmenter_and_the_cli_apply_the_same_config_rule(tmp_path, capsys):
+    """load_segmenter used to build the registry model and load any checkpoint whose shapes fit; it goes through
+    load_checkpoint's rule now, and the CLI prints it as one line. The bundled weights still load."""
+    from longvos.engine.segmenter import bundled_checkpoint, load_segmenter
+
+    bundled = bundled_checkpoint("mavos-lite")
+    assert load_segmenter("mavos-lite", device="cpu").weights["path"] == str(bundled.resolve())
+    other = _with_config(bundled, tmp_path / "other.pt", mca_heads=2)  # MAVOS's MCA heads: no shape changes
+    with pytest.raises(CheckpointError, match="mca_heads: checkpoint 2 vs model 4"):
+        load_segmenter("mavos-lite", other, device="cpu")
+    import numpy as np
+    from PIL import Image
+
+    (tmp_path / "clip").mkdir()
+    Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(tmp_path / "clip" / "00000.png")
+    mask = np.zeros((48, 64), np.uint8)
+    mask[10:20, 10:20] = 1
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    code = main(["segment", str(tmp_path / "clip"), "--mask", str(tmp_path / "mask.png"), "--out",
+                 str(tmp_path / "out"), "--checkpoint", str(other), "--device", "cpu", "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1 and "mca_heads: checkpoint 2 vs model 4" in err, err
+
+
+# -- every checkpoint file is written atomically --------------------------------------------------------------------
+
+def test_a_checkpoint_write_that_fails_part_way_leaves_the_old_file_and_no_fragment(small_checkpoint, tmp_path,
+                                                                                   monkeypatch):
+    """save_checkpoint (convert, download, export) and training checkpoints go through write_checkpoint_file: a save
+    killed part-way leaves the file that was there, and no truncated file under the real name."""
+    from longvos.checkpoints import save_checkpoint, write_checkpoint_file
+
+    real_save = torch.save
+    target = tmp_path / "weights" / "model.pt"
+    save_checkpoint(target, {"w": torch.ones(3)}, "deaot-mnv2")
+    before = target.read_bytes()
+
+    def killed_half_way(obj, path, *args, **kwargs):
+        real_save(obj, path, *args, **kwargs)
+        Path(path).write_bytes(Path(path).read_bytes()[:100])  # truncated, then the process dies
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", killed_half_way)
+    for write in (lambda: save_checkpoint(target, {"w": torch.zeros(3)}, "deaot-mnv2"),
+                  lambda: write_checkpoint_file({"step": 1}, target)):
+        with pytest.raises(KeyboardInterrupt):
+            write()
+        assert target.read_bytes() == before and sorted(target.parent.iterdir()) == [target]
+    new = tmp_path / "new" / "model.pt"
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(new, {"w": torch.zeros(3)}, "deaot-mnv2")
+    assert not new.exists() and list(new.parent.iterdir()) == []

@@ -141,3 +141,46 @@ def test_eval_model_with_sparse_annotations_and_a_late_object(tmp_path, capsys, 
     else:
         assert all(2 not in read_raw_ids(path) for path in predictions)
         assert frames_scored == {"s_1": 3}
+
+
+def test_eval_model_predictions_never_mix_two_runs(tmp_path, capsys, one_thread, monkeypatch):
+    """runs/eval/<model>/predictions is shared by every run of a model: a sequence folder holding an earlier run's
+    frames (here more of them, with other content) ends up holding exactly this run's frames, and a run that stops
+    part-way leaves the earlier folder as it was, with no partial folder beside it."""
+    import longvos.eval.runner as runner
+
+    data = sparse_late_object_dataset(tmp_path / "data")
+    clean, out = tmp_path / "clean", tmp_path / "out"
+    args = ["eval", str(data), "--model", "mavos-lite", "--max-size", "0", "-j", "1", "--quiet"]
+    assert main([*args, "--out", str(clean)]) == 0, capsys.readouterr().err
+    earlier = out / "predictions" / "s"
+    earlier.mkdir(parents=True)
+    stale = np.zeros((48, 64), np.uint8)
+    stale[:, :32] = 1
+    for t in range(12):  # an earlier run over a longer version of the sequence
+        Image.fromarray(stale).save(earlier / f"{t:05d}.png")
+    stale_files = {path.name: path.read_bytes() for path in earlier.iterdir()}
+
+    real = runner.segment_video
+
+    def interrupted(*call, on_frame, **options):
+        def stop(frame, result):
+            on_frame(frame, result)
+            if frame.index == 4:
+                raise KeyboardInterrupt
+        return real(*call, on_frame=stop, **options)
+
+    monkeypatch.setattr(runner, "segment_video", interrupted)
+    assert main([*args, "--out", str(out)]) == 130
+    assert "interrupted" in capsys.readouterr().err
+    assert {path.name: path.read_bytes() for path in earlier.iterdir()} == stale_files  # untouched
+    assert sorted(path.name for path in earlier.parent.iterdir()) == ["s"]  # no partial folder left
+
+    monkeypatch.setattr(runner, "segment_video", real)
+    assert main([*args, "--out", str(out)]) == 0, capsys.readouterr().err
+    written = {path.name: path.read_bytes() for path in earlier.iterdir()}
+    expected = {path.name: path.read_bytes() for path in (clean / "predictions" / "s").iterdir()}
+    assert sorted(written) == [f"{t:05d}.png" for t in range(8)] and written == expected
+    assert sorted(path.name for path in earlier.parent.iterdir()) == ["s"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["global"] == json.loads((clean / "summary.json").read_text())["global"]

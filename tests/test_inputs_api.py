@@ -348,3 +348,19 @@ def test_a_paused_propagation_generator_says_how_to_release_earlier_frames(lite,
     next(generator)
     del generator  # garbage-collected: the propagation ends too
     assert 3 in lite.add_new_mask(state, 0, 3, other)[1]  # frame 0 again: no longer refused
+
+
+def test_init_state_takes_the_memory_design_like_session(lite, tmp_path):
+    """init_state(video, max_size, mem_gap, memory) opens the same session as session(max_size, mem_gap, memory)."""
+    from longvos.io.errors import InputError
+
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    Image.fromarray(np.zeros((48, 64, 3), np.uint8)).save(folder / "00000.png")
+    default = lite.init_state(folder, max_size=48)
+    growing = lite.init_state(folder, max_size=48, mem_gap=3, memory="growing")
+    assert default.session.memory is None and default.session.state_is_fixed_size  # mavos-lite's own: mca
+    assert growing.session.memory == "growing" and growing.session.state.memory == "growing"
+    assert not growing.session.state_is_fixed_size and growing.session.mem_gap == growing.session.state.mem_gap == 3
+    with pytest.raises(InputError, match="unknown memory design 'nope'"):
+        lite.init_state(folder, memory="nope")

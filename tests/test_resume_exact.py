@@ -370,3 +370,73 @@ def test_resume_with_changed_bundled_or_downloaded_weights_is_refused(tmp_path, 
     weights.write_bytes(original)  # the weights the run started with: it continues
     summary = segment_video(tmp_path / "clip", mask, out, resume=True, **run)
     assert summary.resumed_after >= 2 and len(pngs(out)) == 6
+
+
+# -- a snapshot that cannot be restored: the resume recomputes from the first frame, as exactly --------------------
+
+def _drop(key: str):
+    return lambda session: session.pop(key)
+
+
+#: Damage done to the session part of a snapshot that still belongs to its run (same settings digest and frame count).
+UNUSABLE_SNAPSHOTS = {
+    "intact": None,  # the control: the snapshot is restored, nothing is recomputed
+    "lacking frame_hw": _drop("frame_hw"),
+    "of another model": lambda session: session.update(model="deaot-mnv2"),
+    "a state lacking its passes": lambda session: session["state"].pop("passes"),
+    "another network size": lambda session: session.update(network_hw=[session["network_hw"][0] + 32,
+                                                                        session["network_hw"][1]]),
+    "another frame size": lambda session: session.update(frame_hw=[session["frame_hw"][0] * 2,
+                                                                    session["frame_hw"][1]]),
+}
+
+
+@pytest.fixture(scope="module")
+def interrupted_with_snapshot(tmp_path_factory):
+    """A clean run of a 6-frame clip, and the same run stopped after 4 frames with a snapshot of those 4 (the
+    bundled mavos-lite, loaded once)."""
+    from longvos.engine.pipeline import SegmentationError, segment_video
+    from longvos.engine.progress import RunProgress
+    from longvos.engine.segmenter import load_segmenter
+
+    root = tmp_path_factory.mktemp("unusable")
+    mask = make_clip(root / "clip", frames=6)
+    run = dict(model=load_segmenter("mavos-lite", device="cpu"), max_size=64, progress=False, snapshot_every=2,
+               threads=1)
+    segment_video(root / "clip", mask, root / "clean", **run)
+    with pytest.raises(SegmentationError):
+        segment_video(root / "clip", mask, root / "stopped", on_frame=stop_after(4), **run)
+    record = RunProgress.load(root / "stopped")
+    assert record.completed == 4 and record.snapshot == 4, record
+    return root, mask, run
+
+
+@pytest.mark.parametrize("damage", UNUSABLE_SNAPSHOTS.values(), ids=UNUSABLE_SNAPSHOTS.keys())
+def test_resume_with_an_unusable_snapshot_recomputes_from_the_start_byte_identical(interrupted_with_snapshot,
+                                                                                   tmp_path, damage):
+    import shutil
+    import warnings
+
+    from longvos.engine.pipeline import segment_video
+
+    root, mask, run = interrupted_with_snapshot
+    out = tmp_path / "out"
+    shutil.copytree(root / "stopped", out)
+    if damage is not None:
+        data = torch.load(out / STATE_FILE, weights_only=True)
+        damage(data["session"])
+        torch.save(data, out / STATE_FILE)  # still this run's snapshot: its digest and frame count are untouched
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summary = segment_video(root / "clip", mask, out, resume=True, **run)
+    messages = [str(warning.message) for warning in caught]
+    assert summary.resumed_after == 4 and summary.frames == 2
+    if damage is None:
+        assert summary.restored_from == 4 and not messages, messages
+    else:
+        assert summary.restored_from == 0  # recomputed from the first frame
+        assert any("snapshot cannot be restored" in m and "recomputing the 4 complete frame(s)" in m
+                   for m in messages), messages
+        assert not any("differs from the one written before" in m for m in messages), messages
+    assert md5s(out) == md5s(root / "clean") and len(pngs(out)) == 6
+    assert not (out / STATE_FILE).exists()

@@ -105,6 +105,27 @@ def test_any_user_ids_and_int32_masks(segmenter, swan):
     assert np.array_equal(second.mask == 3, second.probs[0] > 0.5)  # probs follow object_ids order
 
 
+@pytest.mark.parametrize("ids, expected", [
+    ([7, 255], np.uint8),  # every id < 256
+    ([3, 256], np.int32),
+    ([3, 2 ** 31], np.int64),  # never a type that would wrap an id
+])
+def test_mask_dtype_is_the_narrowest_for_the_ids_on_the_frame(segmenter, ids, expected):
+    """A frame's mask has the narrowest type for the ids it holds: an object whose id needs a wider type and that is
+    absent from the frame (covered by another) does not widen it."""
+    frame = np.zeros((48, 64, 3), np.uint8)
+    given = np.zeros((48, 64), np.int64)
+    given[4:20, 4:20], given[24:40, 30:60] = ids
+    session = segmenter.session(max_size=None)
+    first = session.step(frame, given)
+    assert first.mask.dtype == expected and np.array_equal(first.mask, given)
+    covered = np.zeros((48, 64), np.int64)
+    covered[24:40, 30:60] = ids[0]  # the first object now covers the second, which leaves the frame
+    second = session.step(frame, covered, objects=[ids[0]])
+    assert session.object_ids == ids and second.mask.dtype == np.uint8 and ids[1] not in second.mask
+    assert np.array_equal(second.mask, covered)
+
+
 def test_objects_argument_selects_from_the_mask(segmenter, swan):
     image, mask = swan
     ids = mask * 2

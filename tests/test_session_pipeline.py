@@ -53,3 +53,26 @@ def test_interruption_keeps_complete_frames_and_resume_continues(dev_dir, tmp_pa
     assert (read_index_mask(tmp_path / "00005.png").ids == last_complete).mean() > 0.995
     from longvos.io.video import open_video
     assert len(open_video(tmp_path / "overlay.mp4")) == 6  # the overlay covers the frames before the resume too
+
+
+@pytest.mark.parametrize("call, message", [
+    (dict(resume=True, overwrite=True), "--resume and --overwrite exclude each other"),
+    (dict(resume=True, records=False), "resume needs the records that records=False leaves out"),
+    (dict(threads=0), "threads must be at least 1, got 0"),
+    (dict(max_size=-5), "max_size must be 0 (native) or a positive number of pixels, got -5"),
+    (dict(snapshot_every=-1), "snapshot_every must be >= 0 frames"),
+])
+def test_bad_options_are_refused_before_the_model_or_the_video_is_opened(tmp_path, monkeypatch, call, message):
+    """Option errors need neither the model (seconds to load) nor the video: they come first, as one line."""
+    from longvos.engine.options import SegmentOptions
+    from longvos.io.errors import InputError
+
+    def no_loading(*_args, **_kwargs):
+        raise AssertionError("loaded before the options were checked")
+
+    monkeypatch.setattr(SegmentOptions, "load_segmenter", no_loading)
+    monkeypatch.setattr("longvos.engine.pipeline.open_video", no_loading)
+    with pytest.raises(InputError) as caught:
+        segment_video(tmp_path / "no-video", None, tmp_path / "out", progress=False, **call)
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+    assert not (tmp_path / "out").exists()

@@ -3,7 +3,9 @@
 **The longvos format** is ``{"longvos_checkpoint": 1, "model": name, "config": {...}, "state_dict": {...}}`` in our
 key names (:func:`save_checkpoint`, :func:`save_model`, :func:`load_checkpoint`, :func:`model_from_checkpoint`).
 Every file is read with ``torch.load(weights_only=True)`` on the CPU, and weights with NaN or infinite values are
-refused (:func:`check_finite`).
+refused (:func:`check_finite`). Every file is written through :func:`write_checkpoint_file` (a temporary name,
+renamed when complete). A checkpoint's saved config must agree with the model it loads into, per-video fields
+(memory design and interval) aside (:func:`config_differences`).
 
 **Official checkpoints** are accepted as ``{'state_dict': ...}``, ``{'model': ...}``, ``{'weights': ...}`` (LiVOS
 training checkpoints) or a raw state_dict, with or without a DataParallel ``module.`` prefix. The official loaders
@@ -16,9 +18,9 @@ the two kinds apart by the format marker.
 
 **Training checkpoints** hold everything needed to continue bit-for-bit where a run stopped: the model, its EMA, the
 optimiser and AMP scaler states, the step, the torch RNG state and the run's config. Files are written to a
-temporary name and renamed, so a run killed mid-save (a session ending, an out-of-memory kill) never leaves a
-truncated checkpoint behind; only the newest ``keep`` are kept. :func:`export_weights` turns one into a longvos
-checkpoint.
+temporary name and renamed (:func:`write_checkpoint_file`), so a run killed mid-save (a session ending, an
+out-of-memory kill) never leaves a truncated checkpoint behind; only the newest ``keep`` are kept.
+:func:`export_weights` turns one into a longvos checkpoint.
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ import torch
 from torch import nn
 
 from longvos.io.errors import LongvosError
+from longvos.io.writer import atomic_write
 from longvos.models.base import VOSModel
 from longvos.models.registry import create_model, list_models, model_entry
 
@@ -93,16 +96,24 @@ def _config_dict(model: torch.nn.Module) -> dict[str, Any] | None:
     return dataclasses.asdict(config) if dataclasses.is_dataclass(config) else None
 
 
+def write_checkpoint_file(obj: Any, path: str | os.PathLike[str]) -> None:
+    """``torch.save`` to a temporary name beside ``path``, renamed onto it when complete
+    (:func:`longvos.io.writer.atomic_write`): the one way any checkpoint file is written, so that a process killed
+    mid-save (a session ending, an out-of-memory kill, Ctrl-C in ``longvos convert``) never leaves a truncated file
+    under the real name."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, lambda temporary: torch.save(obj, temporary))
+
+
 def save_checkpoint(path: str | os.PathLike[str], state_dict: Mapping[str, torch.Tensor], model_name: str,
                     config: Mapping[str, Any] | None = None, half: bool = False) -> None:
-    """Write a longvos checkpoint; ``half`` stores floating tensors in float16 (they load back as float32)."""
+    """Write a longvos checkpoint (atomically); ``half`` stores floating tensors in float16 (they load back as
+    float32)."""
     tensors = {key: value.detach().to("cpu", torch.float16 if half and value.is_floating_point() else value.dtype)
                for key, value in state_dict.items()}
-    directory = os.path.dirname(os.fspath(path))
-    if directory:
-        os.makedirs(directory, exist_ok=True)
-    torch.save({FORMAT_MARKER: FORMAT_VERSION, "model": model_name, "config": dict(config or {}),
-                "state_dict": tensors}, path)
+    write_checkpoint_file({FORMAT_MARKER: FORMAT_VERSION, "model": model_name, "config": dict(config or {}),
+                           "state_dict": tensors}, path)
 
 
 def save_model(model: VOSModel, path: str | os.PathLike[str], half: bool = False) -> None:
@@ -112,26 +123,71 @@ def save_model(model: VOSModel, path: str | os.PathLike[str], half: bool = False
     save_checkpoint(path, model.state_dict(), model.name, _config_dict(model), half=half)
 
 
+#: Config fields chosen per video, not by the weights (the long-term memory design and interval: see
+#: :meth:`longvos.engine.segmenter.Segmenter.session`); a checkpoint's saved values for them are not binding.
+PER_SESSION_FIELDS = frozenset({"memory", "mem_gap"})
+
+
+def config_differences(saved: Mapping[str, Any] | None, model: torch.nn.Module,
+                       ignore: frozenset[str] | set[str] = frozenset()) -> list[str]:
+    """The fields in which a checkpoint's saved model config differs from ``model``'s, as ``"name: checkpoint X vs
+    model Y"`` (empty: they agree, or either has no config). The one rule of every load, whichever way the model
+    was built: fields that change no tensor shape (AOT's ``mca_heads``, LiVOS's ``num_heads`` or ``pe_scale``, the
+    drop rates) would otherwise load silently into a model configured otherwise. :data:`PER_SESSION_FIELDS` and
+    ``ignore`` are not compared; a field the checkpoint does not name (saved by an older version) keeps the model's
+    value."""
+    current = _config_dict(model)
+    if not saved or current is None:
+        return []
+    skipped = PER_SESSION_FIELDS | set(ignore)
+    return [f"{name}: checkpoint {value!r} vs model {current[name]!r}" if name in current
+            else f"{name}: checkpoint {value!r} vs model (no such field)"
+            for name, value in sorted(saved.items())
+            if name not in skipped and (name not in current or _plain(value) != _plain(current[name]))]
+
+
+def _plain(value: Any) -> Any:
+    """Tuples as lists (a config's tuple may come back from a file as either)."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    return value
+
+
 def load_checkpoint(model: VOSModel, source: Source) -> KeyReport:
     """Load a longvos checkpoint or an official one (auto-detected) into ``model``, strictly.
 
-    Raises :class:`CheckpointError` naming every missing, unexpected or mis-shaped key; weights load only when
-    the report is clean. Half-precision checkpoints are cast to the model's parameter dtypes.
+    Raises :class:`CheckpointError` naming every missing, unexpected or mis-shaped key, or, for a longvos
+    checkpoint, every field in which its saved config differs from ``model.config`` (:func:`config_differences`);
+    weights load only when both are clean. Half-precision checkpoints are cast to the model's parameter dtypes.
     """
-    checkpoint = read_checkpoint(source)
-    what = f"checkpoint {source}" if not isinstance(source, Mapping) else "checkpoint"
+    return _load(model, read_checkpoint(source), f"checkpoint {source}" if not isinstance(source, Mapping)
+                 else "checkpoint")
+
+
+def _load(model: VOSModel, checkpoint: Mapping[str, Any], what: str,
+          chosen: frozenset[str] | set[str] = frozenset()) -> KeyReport:
+    """:func:`load_checkpoint` of a checkpoint already read; ``chosen``: config fields the caller set on purpose."""
     expected = model_shapes(model)
     if is_longvos_checkpoint(checkpoint):
         state_dict = dict(checkpoint["state_dict"])
         report = check_keys(state_dict, expected)
         if not report.ok and checkpoint.get("model") != model.name:
             what += f" (saved from {checkpoint.get('model')!r}, loading into {model.name!r})"
+        report.raise_if_incomplete(what)
+        differences = config_differences(checkpoint.get("config"), model, chosen)
+        if differences:
+            raise CheckpointError(f"{what} was saved from a {checkpoint.get('model')!r} model configured otherwise "
+                                  f"than this {model.name!r} model: {'; '.join(differences)} (build the model from "
+                                  f"the checkpoint with longvos.checkpoints.model_from_checkpoint, or pass the "
+                                  f"checkpoint of this configuration)")
     else:
         if not model.name:
             raise CheckpointError("an official checkpoint needs the model's registry name to pick the converter")
         state_dict, report = map_official_keys(official_state_dict(checkpoint), model_entry(model.name).family,
                                                expected)
-    report.raise_if_incomplete(what)
+        report.raise_if_incomplete(what)
     check_finite(state_dict, what)
     targets = model.state_dict()
     model.load_state_dict({key: value.to(targets[key].dtype) for key, value in state_dict.items()}, strict=True)
@@ -139,13 +195,15 @@ def load_checkpoint(model: VOSModel, source: Source) -> KeyReport:
 
 
 def model_from_checkpoint(source: Source, **overrides: Any) -> VOSModel:
-    """Build the model a longvos checkpoint was saved from (registry name + saved config) and load its weights."""
+    """Build the model a longvos checkpoint was saved from (registry name + saved config, with ``overrides`` of
+    single fields) and load its weights."""
     checkpoint = read_checkpoint(source)
     if not is_longvos_checkpoint(checkpoint):
         raise CheckpointError("not a longvos checkpoint (no model name inside); use create_model(name) and "
                               "load_checkpoint(model, path), or convert it with `longvos convert`")
     model = create_model(checkpoint["model"], **{**checkpoint.get("config", {}), **overrides})
-    load_checkpoint(model, checkpoint)
+    _load(model, checkpoint, f"checkpoint {source}" if not isinstance(source, Mapping) else "checkpoint",
+          set(overrides))
     return model
 
 
@@ -343,13 +401,6 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return checkpoints[-1] if checkpoints else None
 
 
-def atomic_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, temporary)
-    os.replace(temporary, path)
-
-
 def save_training_checkpoint(
     run_dir: Path,
     step: int,
@@ -362,7 +413,7 @@ def save_training_checkpoint(
 ) -> Path:
     path = checkpoint_path(run_dir, step)
     model_config = getattr(model, "config", None)
-    atomic_save({
+    write_checkpoint_file({
         "model_config": dataclasses.asdict(model_config) if dataclasses.is_dataclass(model_config) else {},
         "step": step,
         "model": model.state_dict(),

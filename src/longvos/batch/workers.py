@@ -109,38 +109,41 @@ class VideoWorker:
 
         if item.mask is None:
             raise InputError("no first-frame mask")
-        with open_video(item.video) as source:  # a missing or unreadable video fails before any folder exists
+        # Opened (a video file indexed) once: a missing or unreadable video fails before any folder exists, its
+        # frame count sizes the progress display, and segment_video reuses it (the run is recorded under the path).
+        with open_video(item.video) as source:
             total = source.num_frames - item.frame
-        folder = output_folder(out_root, item)
-        if not resume:  # run_batch has cleared longvos's files (--overwrite): what is left there is someone else's
-            refuse_used_folder(folder, "longvos never writes beside files it did not write: move them, or use "
-                                       "another --out")
-        folder.mkdir(parents=True, exist_ok=True)
-        earlier = RunProgress.load(folder) if resume else None  # frames an interrupted run already finished
-        already = earlier.completed if earlier is not None else 0
-        emit(VideoStarted(item.name, self.label, max(total - already, 0), os.getpid()))
-        counter = _FrameCounter(item.name, emit)
-        options = self.options
-        try:
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always", VideoTruncatedWarning)
-                # Never overwrite=True: run_batch has refused (or, with --overwrite, cleared) earlier results, so
-                # the folder is empty; anything in it is not longvos's and is refused. segment_video's progress
-                # record is the video's record: the runner reads it to skip finished videos on --resume.
-                # The loaded model carries the checkpoint; each video's session takes max_size, memory and mem_gap.
-                run = options.replace(model=segmenter, checkpoint=None, start=item.frame, progress=False,
-                                      threads=None if options.threads_chosen else self.threads)  # None: resume's
-                summary = segment_video(
-                    item.video, {item.frame: item.mask}, folder, run, resume=resume, overwrite=False,
-                    overlay=folder / f"overlay.{options.overlay}" if options.overlay else None, on_frame=counter,
-                )
-        except SegmentationError as err:
-            raise InputError(str(err)) from None  # its message already says where it stopped and how to resume
-        notes = [str(warning.message) for warning in caught if issubclass(warning.category, VideoTruncatedWarning)]
-        for warning in caught:  # one line each in the runner's display, not a traceback-style line per process
-            emit(WorkerNote(self.label, str(warning.message)))
-        counter.flush()
-        return summary.frames, "; ".join(notes), summary.threads or torch.get_num_threads()
+            folder = output_folder(out_root, item)
+            if not resume:  # run_batch has cleared longvos's files (--overwrite): what is left there is someone else's
+                refuse_used_folder(folder, "longvos never writes beside files it did not write: move them, or use "
+                                           "another --out")
+            folder.mkdir(parents=True, exist_ok=True)
+            earlier = RunProgress.load(folder) if resume else None  # frames an interrupted run already finished
+            already = earlier.completed if earlier is not None else 0
+            emit(VideoStarted(item.name, self.label, max(total - already, 0), os.getpid()))
+            counter = _FrameCounter(item.name, emit)
+            options = self.options
+            try:
+                with warnings.catch_warnings(record=True) as caught:
+                    warnings.simplefilter("always", VideoTruncatedWarning)
+                    # Never overwrite=True: run_batch has refused (or, with --overwrite, cleared) earlier results, so
+                    # the folder is empty; anything in it is not longvos's and is refused. segment_video's progress
+                    # record is the video's record: the runner reads it to skip finished videos on --resume.
+                    # The loaded model carries the checkpoint; each video's session takes max_size, memory and mem_gap.
+                    run = options.replace(model=segmenter, checkpoint=None, start=item.frame, progress=False,
+                                          threads=None if options.threads_chosen else self.threads)  # None: resume's
+                    summary = segment_video(
+                        item.video, {item.frame: item.mask}, folder, run, resume=resume, overwrite=False,
+                        overlay=folder / f"overlay.{options.overlay}" if options.overlay else None, on_frame=counter,
+                        source=source,
+                    )
+            except SegmentationError as err:
+                raise InputError(str(err)) from None  # its message already says where it stopped and how to resume
+            notes = [str(warning.message) for warning in caught if issubclass(warning.category, VideoTruncatedWarning)]
+            for warning in caught:  # one line each in the runner's display, not a traceback-style line per process
+                emit(WorkerNote(self.label, str(warning.message)))
+            counter.flush()
+            return summary.frames, "; ".join(notes), summary.threads or torch.get_num_threads()
 
 
 class _FrameCounter:

@@ -3,7 +3,8 @@
 DATA_ROOT is in the DAVIS layout (`JPEGImages/<seq>/`, `Annotations/<seq>/`; sparse annotations are fine). With
 `--pred`, the PNGs in `DIR/<seq>/` are scored. With `--model`, the model first runs over every sequence (given the
 first annotated frame's objects, and with `--objects all` also each later object on the frame it appears), its
-masks are written to `OUT/predictions/<seq>/`, and its speed and peak memory are measured with the papers'
+masks are written to `OUT/predictions/<seq>/` (each sequence's folder replaced as a whole once every sequence is
+done, so that it never mixes two runs' masks), and its speed and peak memory are measured with the papers'
 protocol. Prints a table and writes `global_results.csv`, `per-sequence_results.csv` (one row per object) and
 `summary.json` into OUT.
 """

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from longvos.engine.frames import check_max_size
 from longvos.engine.options import DEFAULT_SNAPSHOT_EVERY, SegmentOptions
 from longvos.engine.outputs import log_outputs, prepare_output_folder
 from longvos.engine.progress import (STATE_FILE, RunProgress, encode_state, load_state, mask_digest,
@@ -25,7 +26,7 @@ from longvos.engine.progress import (STATE_FILE, RunProgress, encode_state, load
 from longvos.engine.prompt_masks import MaskInput, PromptMask, load_prompts
 from longvos.engine.resources import device_peak_bytes, format_bytes, peak_rss_bytes, reset_device_peak
 from longvos.engine.session import Session, StepResult
-from longvos.io.errors import InputError, LongvosError, VideoReadError
+from longvos.io.errors import InputError, LongvosError, VideoReadError, one_line
 from longvos.io.masks import read_index_mask, write_index_png, write_object_png, write_probs_npz
 from longvos.io.overlay import OverlayWriter
 from longvos.io.palette import DAVIS_PALETTE
@@ -92,6 +93,7 @@ def segment_video(
     overwrite: bool = False,
     records: bool = True,
     on_frame: Callable[[Frame, StepResult], None] | None = None,
+    source: FrameSource | None = None,
     **changes: Any,
 ) -> SegmentSummary:
     """Segment frames ``options.start <= index < options.end`` of ``video`` into ``out_dir`` as ``options`` say
@@ -120,14 +122,19 @@ def segment_video(
     ``records=False`` writes the masks alone, without the progress record, output list and state snapshots that
     make a run resumable and its folder longvos's own (the evaluation's prediction folders hold masks only): the
     folder is then neither checked nor cleared, and ``resume`` is refused.
+    ``source`` is ``video`` (a path) already opened with :func:`~longvos.io.video.open_video`, reused instead of
+    opening (and, for a video file, indexing) it again; the run is recorded under the path, as without it.
     Raises :class:`~longvos.io.errors.InputError` for bad input (before anything runs) and
     :class:`SegmentationError` if the run stops part-way.
     """
     options = (options or SegmentOptions()).replace(**changes)
     snapshot_every, threads = options.snapshot_every, options.threads
-    if snapshot_every is not None and snapshot_every < 0:
-        raise InputError(f"snapshot_every must be >= 0 frames (0: no snapshots), got {snapshot_every}")
-    source = open_video(video)
+    _check_options(options, resume, overwrite, records)  # before anything slow (the video, the model) is opened
+    if source is not None and (isinstance(video, FrameSource)
+                               or source.description not in (str(video), str(Path(video)))):
+        raise InputError(f"source= must be the video opened from the path given as video ({video}), not "
+                         f"{source.description}")
+    source = open_video(video) if source is None else source
     start, stop = source.clamp_range(options.start, options.end)
     reverse = options.reverse
     if reverse:
@@ -145,13 +152,7 @@ def segment_video(
     session = options.session(segmenter)  # the video's size cap and memory interval
     if not session.state_is_fixed_size:
         snapshot_every = 0  # a growing state: snapshots too would grow, each rewritten whole (quadratic writes)
-    if threads is not None and threads < 1:
-        raise InputError(f"threads must be at least 1, got {threads}")
 
-    if resume and overwrite:
-        raise InputError("--resume and --overwrite exclude each other: continue the run, or replace its files")
-    if resume and not records:
-        raise InputError("resume needs the records that records=False leaves out")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # What must match for --resume to continue a run (the device and overlay may change): the options' settings as
@@ -222,6 +223,22 @@ def segment_video(
     )
 
 
+def _check_options(options: SegmentOptions, resume: bool, overwrite: bool, records: bool) -> None:
+    """The checks of a run's options that need neither the video nor the model: one :class:`InputError` line."""
+    if options.snapshot_every is not None and options.snapshot_every < 0:
+        raise InputError(f"snapshot_every must be >= 0 frames (0: no snapshots), got {options.snapshot_every}")
+    if options.threads is not None and options.threads < 1:
+        raise InputError(f"threads must be at least 1, got {options.threads}")
+    if resume and overwrite:
+        raise InputError("--resume and --overwrite exclude each other: continue the run, or replace its files")
+    if resume and not records:
+        raise InputError("resume needs the records that records=False leaves out")
+    try:
+        check_max_size(options.max_size)
+    except ValueError as err:
+        raise InputError(str(err)) from None
+
+
 class _Run:
     """The frame loop of one ``segment_video`` call (the one frame loop of longvos's runs: segment, batch, app and
     eval), with its writer jobs, state snapshots and exact resume. Without ``records`` the progress record is kept
@@ -244,9 +261,9 @@ class _Run:
     def execute(self, order: range, overlay: OverlayWriter | None, max_pending: int,
                 on_frame: Callable[[Frame, StepResult], None] | None, advance: Callable[[int], None]) -> None:
         completed, self.total = self.record.completed, len(order)
-        self.restored = self._restore() if completed else 0
-        position = self.restored  # the frame being worked on, counted in processing order
+        position = 0  # the frame being worked on, counted in processing order
         try:
+            self.restored = self._restore() if completed else 0
             with BackgroundWriter(max_pending) as writer:
                 # Frames before the restored state are decoded again only to redraw them into a new overlay video;
                 # complete frames after it are recomputed (to bring the state up to date), never rewritten.
@@ -315,18 +332,26 @@ class _Run:
 
     def _restore(self) -> int:
         """Restore the interrupted run's state snapshot; returns the frames it describes (0: there is no usable
-        one, and the run is recomputed from its first frame, which gives the same bytes, only slower)."""
+        one, and the run is recomputed from its first frame, which gives the same bytes, only slower). A snapshot
+        that cannot be restored (damaged, lacking a field, of another model or frame size) is not an error: the
+        session is reset and the run recomputed, with a warning naming the reason."""
         data = load_state(self.out_dir, self.session.device, self.digest, self.record)
         if data is None:
             return 0
         try:
-            if int(data["session"]["frames_processed"]) != int(data["completed"]):
-                return 0
-            self.session.restore(data["session"])
-        except (KeyError, TypeError, ValueError):  # a snapshot this model cannot use
-            self.session.reset()
+            completed, snapshot = int(data["completed"]), data["session"]
+            if int(snapshot["frames_processed"]) != completed:
+                raise ValueError(f"it describes {snapshot['frames_processed']} frames, its header {completed}")
+            if snapshot["frame_hw"] is not None and tuple(snapshot["frame_hw"]) != tuple(self.source.frame_size):
+                raise ValueError(f"its frames are {snapshot['frame_hw']}, the video's {list(self.source.frame_size)}")
+            self.session.restore(snapshot)
+        except Exception as err:  # noqa: BLE001 - any unusable snapshot: recomputing from the start is always exact
+            self.session.reset_state()  # a restore that failed part-way may have replaced some of the state
+            warnings.warn(f"{self.out_dir / STATE_FILE}: the model-state snapshot cannot be restored "
+                          f"({type(err).__name__}: {one_line(err)}); recomputing the {self.record.completed} complete "
+                          f"frame(s) from the first one instead (same result, slower)", UserWarning, stacklevel=2)
             return 0
-        return int(data["completed"])
+        return completed
 
     def _recompute(self, frame: Frame, writer: BackgroundWriter, overlay: OverlayWriter | None) -> None:
         """Step a frame that is already complete on disk (after a resume), to bring the state up to date."""

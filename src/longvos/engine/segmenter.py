@@ -70,9 +70,10 @@ class Segmenter:
     # -- SAM2's offline verbs (see the module docstring) ---------------------------------------------------
 
     def init_state(self, video: str | Path | FrameSource, max_size: MaxSize = "auto",
-                   mem_gap: int | None = None) -> VideoState:
-        """Open ``video`` lazily (nothing is decoded) and return its state for the verbs below."""
-        session = self.session(max_size, mem_gap)
+                   mem_gap: int | None = None, memory: str | None = None) -> VideoState:
+        """Open ``video`` lazily (nothing is decoded) and return its state for the verbs below; ``max_size``,
+        ``mem_gap`` and ``memory`` are those of :meth:`session`."""
+        session = self.session(max_size, mem_gap, memory)
         return VideoState(open_video(video), session)
 
     def add_new_mask(self, state: VideoState, frame_idx: int, obj_id: int, mask: MaskLike) -> tuple[int, list[int]]:

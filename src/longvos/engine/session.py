@@ -191,7 +191,10 @@ class Session:
         probs_KHW = upsample_probs(probs_KHW, frame_hw, self._align_corners)
         if given_ids is not None:
             probs_KHW = _impose_given(probs_KHW, torch.from_numpy(given_ids).to(probs_KHW.device), object_ids)
-        lookup = np.asarray([0] + object_ids, dtype=np.int64)
+        # The id of each channel in the narrowest type that holds them all, so that the full-resolution gather
+        # below is already narrow (uint8 for ids < 256: no copy in compact_ids); compact_ids then narrows further
+        # only where the largest ids are absent from this frame.
+        lookup = compact_ids(np.asarray([0] + object_ids, dtype=np.int64))
         # .max(dim).indices: on CPU, argmax over a leading dim is ~10x slower for the same result.
         ids = compact_ids(lookup[probs_KHW.max(dim=0).indices.cpu().numpy()])
         self.frames_processed += 1
@@ -226,12 +229,21 @@ class Session:
             raise SessionError(f"model {name} cannot restore a state snapshot")
         if snapshot.get("model") != name:
             raise SessionError(f"a state snapshot of model {snapshot.get('model')!r} cannot be restored into {name!r}")
+        # Every field is read and checked before anything is replaced: a snapshot that fails leaves the session as
+        # it was.
+        frames_processed = int(snapshot["frames_processed"])
+        frame_hw = None if snapshot["frame_hw"] is None else tuple(int(n) for n in snapshot["frame_hw"])
+        network_hw = None if snapshot["network_hw"] is None else tuple(int(n) for n in snapshot["network_hw"])
+        expected_hw = None if frame_hw is None else tuple(self.model.input_size(*shrunk_size(*frame_hw,
+                                                                                               self.max_size)))
+        if network_hw != expected_hw:
+            raise SessionError(f"a state snapshot taken at network size {network_hw} cannot be restored into a session "
+                               f"that sees its {frame_hw} frames at {expected_hw} (another max_size)")
         state = from_snapshot(snapshot["state"], self.device)
         self.reset_state()
         self.state = state
-        self.frames_processed = int(snapshot["frames_processed"])
-        self._frame_hw = None if snapshot["frame_hw"] is None else tuple(snapshot["frame_hw"])
-        self._network_hw = None if snapshot["network_hw"] is None else tuple(snapshot["network_hw"])
+        self.frames_processed = frames_processed
+        self._frame_hw, self._network_hw = frame_hw, network_hw
 
     def _run_model(self, image_3HW: torch.Tensor, given_ids: np.ndarray | None) -> tuple[torch.Tensor, float]:
         """``model.step`` under inference mode and the session's autocast policy; returns (probs, seconds)."""

@@ -13,6 +13,7 @@ masks to the original size and writing PNGs are not timed. Peak memory is measur
 """
 from __future__ import annotations
 
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from longvos.io.errors import InputError
 from longvos.io.masks import IndexMask
 from longvos.io.palette import palette_to_array
 from longvos.io.video import ImageSequenceSource
+from longvos.io.writer import commit_folder, partial_folder
 
 
 @dataclass
@@ -99,18 +101,31 @@ class RunReport:
 def run_model(options: SegmentOptions, layout: DavisLayout, sequences: list[str], pred_root: Path, *,
               late_objects: bool = True) -> RunReport:
     """Predict every frame of ``sequences`` into ``pred_root/<sequence>/<frame>.png`` as ``options`` say (the model,
-    loaded once, its size cap and memory; ``progress``) and measure the run."""
+    loaded once, its size cap and memory; ``progress``) and measure the run.
+
+    Each sequence is written into a hidden folder beside its own (``.<sequence>.partial``); only when every sequence
+    is complete does each replace its folder as a whole. A sequence's folder therefore never mixes this run's masks
+    with an earlier run's (stale frames of a longer or other run included), and a run that stops part-way leaves
+    the earlier run's folders as they were (and its partial folders removed)."""
     segmenter = options.load_segmenter()
     options = options.replace(model=segmenter, checkpoint=None)
     meter = PeakMemory(segmenter.device).start()
     environment_now = environment(segmenter.device, segmenter.dtype)
-    runs, max_size, device_peaks = [], None, []
-    for name in sequences:
-        run, summary = _run_sequence(options, layout, name, pred_root / name, late_objects)
-        runs.append(run)
-        max_size = summary.max_size
-        if summary.peak_device_bytes is not None:  # each video restarts the device's peak counter
-            device_peaks.append(summary.peak_device_bytes)
+    runs, max_size, device_peaks, staged = [], None, [], []
+    try:
+        for name in sequences:
+            staged.append((partial_folder(pred_root / name), pred_root / name))
+            run, summary = _run_sequence(options, layout, name, staged[-1][0], late_objects)
+            runs.append(run)
+            max_size = summary.max_size
+            if summary.peak_device_bytes is not None:  # each video restarts the device's peak counter
+                device_peaks.append(summary.peak_device_bytes)
+    except BaseException:
+        for partial, _ in staged:
+            shutil.rmtree(partial, ignore_errors=True)
+        raise
+    for partial, folder in staged:
+        commit_folder(partial, folder)
     report = RunReport(segmenter.name, max_size, environment_now, runs, meter.read())
     if device_peaks:
         report.memory["peak_device_bytes"] = max(device_peaks)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import queue
+import shutil
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -30,6 +31,30 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+def partial_folder(path: str | Path) -> Path:
+    """A new, empty folder beside ``path`` (``.<name>.partial``) to fill and then :func:`commit_folder` onto it, so
+    that ``path`` never holds a mixture of an old and a new set of files. A leftover of an interrupted run is
+    deleted first."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}{PARTIAL_MARK}")
+    shutil.rmtree(temporary, ignore_errors=True)
+    temporary.mkdir(parents=True)
+    return temporary
+
+
+def commit_folder(temporary: str | Path, path: str | Path) -> None:
+    """Put the complete folder ``temporary`` (from :func:`partial_folder`) in place of ``path``, replacing whatever
+    folder was there as a whole: readers see the old folder, then (after a moment with none) the new one, never a
+    mixture."""
+    temporary, path = Path(temporary), Path(path)
+    replaced = path.with_name(f".{path.name}.replaced")
+    shutil.rmtree(replaced, ignore_errors=True)
+    if path.exists():
+        os.replace(path, replaced)
+    os.replace(temporary, path)
+    shutil.rmtree(replaced, ignore_errors=True)
 
 
 _STOP = object()
