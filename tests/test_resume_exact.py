@@ -326,6 +326,26 @@ def test_growing_memory_takes_no_snapshots_and_still_resumes_exactly(tmp_path):
     assert md5s(out) == md5s(tmp_path / "clean") and len(pngs(out)) == 8
 
 
+def test_naming_the_models_own_memory_design_resumes_a_run_that_named_none(tmp_path):
+    from longvos.engine.pipeline import SegmentationError, segment_video
+    from longvos.engine.segmenter import load_segmenter
+    from longvos.io.errors import InputError
+
+    segmenter = load_segmenter("mavos-lite", device="cpu")
+    mask = make_clip(tmp_path / "clip", frames=6)
+    run = dict(model=segmenter, max_size=64, progress=False)
+    segment_video(tmp_path / "clip", mask, tmp_path / "clean", **run)
+    out = tmp_path / "out"
+    with pytest.raises(SegmentationError):
+        segment_video(tmp_path / "clip", mask, out, on_frame=stop_after(3), **run)
+    model = segmenter.model
+    summary = segment_video(tmp_path / "clip", mask, out, resume=True, memory=model.default_memory,
+                            mem_gap=model.default_mem_gap, **run)
+    assert summary.resumed_after >= 2 and md5s(out) == md5s(tmp_path / "clean")
+    with pytest.raises(InputError, match="other settings"):  # another design is another run
+        segment_video(tmp_path / "clip", mask, out, resume=True, memory="ref+prev", **run)
+
+
 # -- the weights file is part of the settings --------------------------------------------------------------------------
 
 def test_resume_with_changed_bundled_or_downloaded_weights_is_refused(tmp_path, monkeypatch):

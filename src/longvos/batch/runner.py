@@ -11,6 +11,8 @@ other settings fails with the difference, and an unfinished one continues throug
 """
 from __future__ import annotations
 
+import functools
+
 import csv
 import io
 import sys
@@ -201,6 +203,11 @@ def item_settings(item: WorkItem, options: BatchOptions) -> dict[str, Any]:
         settings["max_size"] = resolve_max_size(options.max_size, model_entry(options.model).max_size)
     except ValueError:  # a bad size or model: every video fails with the reason
         pass
+    if options.memory is not None or options.mem_gap is not None:
+        # segment_video records the model's own design and interval as None, named or not
+        own_memory, own_mem_gap = _own_memory(options.model)
+        settings["memory"] = None if options.memory == own_memory else options.memory
+        settings["mem_gap"] = None if options.mem_gap == own_mem_gap else options.mem_gap
     return {**settings, "video": str(Path(item.video).resolve()),
             "masks": {frame: None if item.mask is None else str(Path(item.mask).resolve())},
             "mask_sha256": {frame: mask_sha256(item.mask)}, "video_fingerprint": video_fingerprint(item.video),
@@ -236,6 +243,18 @@ def _recorded(folder: Path, settings: dict[str, Any]) -> tuple[RunProgress | Non
     if record is None:
         return None, None
     return record, settings_difference({key: record.settings.get(key) for key in settings}, settings)
+
+
+@functools.lru_cache(maxsize=8)
+def _own_memory(model_name: str) -> tuple[str | None, int | None]:
+    """``(default_memory, default_mem_gap)`` of a registered model (built once, random weights, no file read)."""
+    from longvos.models.registry import create_model
+
+    try:
+        model = create_model(model_name)
+    except (KeyError, ValueError):  # an unknown model: every video fails with the reason
+        return None, None
+    return model.default_memory, model.default_mem_gap
 
 
 def resume_conflict(folder: Path, settings: dict[str, Any]) -> str | None:

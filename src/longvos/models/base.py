@@ -64,6 +64,12 @@ class VOSModel(nn.Module, abc.ABC):
         return False
 
     @property
+    def default_memory(self) -> str | None:
+        """The model's own long-term memory design (what ``new_state(memory=None)`` uses); ``None`` for a model with
+        one design only."""
+        return None
+
+    @property
     def default_mem_gap(self) -> int | None:
         """The model's own long-term memory interval in frames (what ``new_state(None)`` uses); ``None`` for a
         model without one (one that writes its memory on every frame)."""

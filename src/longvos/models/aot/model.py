@@ -101,6 +101,10 @@ class AOTModel(VOSModel):
         return self.config.align_corners
 
     @property
+    def default_memory(self) -> str:
+        return self.config.memory
+
+    @property
     def default_mem_gap(self) -> int:
         return self.config.mem_gap
 
