@@ -180,6 +180,22 @@ def test_distractors_are_red_object_pixels_labelled_background(tiny_root, distra
     assert with_lookalike == 0 if distractor_prob == 0.0 else with_lookalike >= 4
 
 
+def test_an_entering_distractor_is_absent_from_the_reference_frame(tiny_root):
+    clips = TrainingClips(tiny_config(tiny_root, static_fraction=1.0, static_merge_prob=0.0, distractor_prob=1.0,
+                                      distractor_enters=True), seed=3)
+    later = 0
+    for index in range(6):
+        sample = clips[index]
+        lookalike = []
+        for image, label in zip(sample["images"], sample["labels"]):
+            image = image.permute(1, 2, 0).numpy()
+            red = (image[..., 0] > 0.6) & (image[..., 2] < 0.4)
+            lookalike.append(int((eroded(red) & (label.numpy() == 0)).sum()))
+        assert lookalike[0] < 20  # the reference frame shows the target alone
+        later += max(lookalike[1:]) >= 20
+    assert later >= 4
+
+
 def test_select_objects_drops_invisible_and_excess_objects():
     reference = np.array([[1, 1, 1, 2], [3, 3, 3, 255]], np.uint8)  # object 2 has one pixel
     later = np.array([[4, 2, 1, 3], [0, 0, 0, 255]], np.uint8)       # object 4 appears only later

@@ -69,6 +69,7 @@ class DataConfig:
     static_merge_prob: float = 1.0      # paste another still image's object(s) over the clip
     video_merge_prob: float = 0.3       # paste another video's objects over the clip
     distractor_prob: float = 0.0        # paste a still's own object(s) again, elsewhere, as background (look-alikes)
+    distractor_enters: bool = False     # the look-alike appears only from a random frame after the reference
     min_object_pixels: int = 100        # an object counts only if it has this many pixels on the reference frame
     workers: int = 2                    # DataLoader worker processes per training process
     augment: AugmentConfig = field(default_factory=AugmentConfig)

@@ -41,7 +41,11 @@ class StaticClipSource:
         if rng.random() < self.cfg.distractor_prob:
             # The same object(s) again, on a walk of their own and labelled background: a look-alike (the other red
             # car, a second dancer) that appearance alone cannot tell apart, so only where the target was can.
-            clip = paste(clip, self.clip_from(index, rng, size), as_background=True)
+            lookalike = self.clip_from(index, rng, size)
+            if self.cfg.distractor_enters:  # absent from the reference frame: it walks in later (car-shadow's car)
+                enter = int(rng.integers(1, self.cfg.clip_len))
+                lookalike.labels[:enter] = [np.zeros_like(label) for label in lookalike.labels[:enter]]
+            clip = paste(clip, lookalike, as_background=True)
         if rng.random() < self.cfg.static_merge_prob:
             clip = paste(clip, self.clip_from(int(rng.integers(len(self.pairs))), rng, size))
         return clip
