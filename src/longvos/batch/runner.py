@@ -191,6 +191,8 @@ def item_settings(item: WorkItem, options: BatchOptions) -> dict[str, Any]:
     from longvos.models.registry import model_entry
 
     frame = str(item.frame)
+    if options.memory is not None or options.mem_gap is not None:  # segment_video records the model's own as None
+        options = options.with_own_memory_as_none(*_own_memory(options.model))
     settings = options.replace(checkpoint=None, start=item.frame).resume_settings()
     del settings["stop"]  # the end of the video, clamped by the worker
     if str(options.dtype).lower() == "auto":
@@ -203,11 +205,6 @@ def item_settings(item: WorkItem, options: BatchOptions) -> dict[str, Any]:
         settings["max_size"] = resolve_max_size(options.max_size, model_entry(options.model).max_size)
     except ValueError:  # a bad size or model: every video fails with the reason
         pass
-    if options.memory is not None or options.mem_gap is not None:
-        # segment_video records the model's own design and interval as None, named or not
-        own_memory, own_mem_gap = _own_memory(options.model)
-        settings["memory"] = None if options.memory == own_memory else options.memory
-        settings["mem_gap"] = None if options.mem_gap == own_mem_gap else options.mem_gap
     return {**settings, "video": str(Path(item.video).resolve()),
             "masks": {frame: None if item.mask is None else str(Path(item.mask).resolve())},
             "mask_sha256": {frame: mask_sha256(item.mask)}, "video_fingerprint": video_fingerprint(item.video),

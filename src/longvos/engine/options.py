@@ -84,6 +84,12 @@ class SegmentOptions:
         return {(f.metadata["record"] if isinstance(f.metadata["record"], str) else f.name): getattr(self, f.name)
                 for f in fields(self) if f.metadata.get("record")}
 
+    def with_own_memory_as_none(self, own_memory: str | None, own_mem_gap: int | None) -> SegmentOptions:
+        """These options with ``memory``/``mem_gap`` set to ``None`` where they name the model's own design or
+        interval: naming them is the same run as naming none (how runs are recorded for ``resume``)."""
+        return self.replace(memory=None if self.memory == own_memory else self.memory,
+                            mem_gap=None if self.mem_gap == own_mem_gap else self.mem_gap)
+
     def load_segmenter(self) -> Segmenter:
         """The :class:`~longvos.engine.segmenter.Segmenter` these options name: ``model`` itself if it is loaded,
         else the registered model with ``checkpoint`` (or its bundled weights)."""

@@ -158,14 +158,10 @@ def segment_video(
     # What must match for --resume to continue a run (the device and overlay may change): the options' settings as
     # they resolved, and what identifies the inputs.
     checkpoint = None if options.checkpoint is None else str(Path(options.checkpoint).resolve())
-    model = segmenter.model
     settings = {
-        **options.replace(model=segmenter.name, checkpoint=checkpoint, dtype=str(segmenter.dtype),
-                          max_size=session.max_size, start=start, end=stop,
-                          # naming the model's own design or interval is the same run as naming none
-                          memory=None if options.memory == model.default_memory else options.memory,
-                          mem_gap=None if options.mem_gap == model.default_mem_gap else options.mem_gap,
-                          ).resume_settings(),
+        **options.with_own_memory_as_none(segmenter.model.default_memory, segmenter.model.default_mem_gap).replace(
+            model=segmenter.name, checkpoint=checkpoint, dtype=str(segmenter.dtype), max_size=session.max_size,
+            start=start, end=stop).resume_settings(),
         "video": source.description if isinstance(video, FrameSource) else str(Path(source.description).resolve()),
         "num_frames": source.num_frames, "weights": segmenter.weights,
         "masks": {str(i): p.origin for i, p in sorted(prompts.items())},
