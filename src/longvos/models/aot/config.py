@@ -1,21 +1,24 @@
 """Typed configuration of an AOT-family model (DeAOT, MAVOS and our own smaller variants)."""
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import ClassVar
+
+from longvos.models.base import ModelConfig
 
 #: Long-term memory designs (see :mod:`longvos.models.aot.memory`).
 MEMORY_DESIGNS = ("growing", "ref+prev", "mca")
 
 
 @dataclass(frozen=True)
-class AOTConfig:
+class AOTConfig(ModelConfig):
     """Every width and switch of an AOT-family model; the official models are instances with the paper's values.
 
     ``attention_dim`` is the query/key width of the single-head attentions; the official models derive it as
     ``d_model // 2``, which is what ``None`` means.
     """
+
+    family: ClassVar[str] = "AOT"
 
     encoder: str = "mobilenetv2"
     d_model: int = 256
@@ -62,15 +65,3 @@ class AOTConfig:
     def num_classes(self) -> int:
         """Decoder output channels: background + one per object slot."""
         return self.max_objects + 1
-
-    def replace(self, **changes: Any) -> "AOTConfig":
-        """A copy with some fields changed; unknown field names give a clear error."""
-        known = {f.name for f in dataclasses.fields(self)}
-        unknown = sorted(set(changes) - known)
-        if unknown:
-            raise TypeError(f"unknown AOT config field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return dataclasses.replace(self, **changes)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain types only, so it can sit in a ``weights_only`` checkpoint."""
-        return dataclasses.asdict(self)
