@@ -1010,6 +1010,67 @@ def test_long_videos_are_refused_from_the_header_before_they_are_indexed(app, cl
         "the video is longer than the limit of 5 frames")
 
 
+
+def tiny_mkv_with_a_lying_header(path: Path, frames: int) -> Path:
+    """``frames`` 2x2 grey frames (rawvideo, so nothing is encoded) in an mkv whose Segment Duration then claims
+    40 ms: a header that undercounts, as an upload can have."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("rawvideo", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 2, 2, "gray"
+        frame = av.VideoFrame.from_ndarray(np.zeros((2, 2), np.uint8), format="gray")
+        for index in range(frames):
+            frame.pts = index
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    data = bytearray(path.read_bytes())
+    duration = data.find(b"\x44\x89\x88")  # the Duration element: an 8-byte float, in milliseconds
+    assert duration > 0
+    data[duration + 3:duration + 11] = struct.pack(">d", 40.0)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_a_video_whose_header_undercounts_is_refused_after_at_most_limit_plus_one_packets(tmp_path, monkeypatch):
+    """The header check passes (it says 1 frame); counting the 400 packets must stop past the limit, not walk
+    them all (with 300,000 tiny packets that walk took minutes and its index megabytes, per upload)."""
+    from longvos.app.workspace import listed_frames
+    from longvos.io.video import VideoFileSource
+
+    video = tiny_mkv_with_a_lying_header(tmp_path / "lying.mkv", 400)
+    assert listed_frames(video, 50) <= 50  # the header lies: only the packets tell
+    demuxed = []
+    real_open = VideoFileSource._open
+
+    class Counted:  # the container, with every packet it demuxes counted
+        def __init__(self, container):
+            self._container = container
+
+        def __getattr__(self, name):
+            return getattr(self._container, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc_info):
+            self._container.close()
+
+        def demux(self, *args, **kwargs):
+            for packet in self._container.demux(*args, **kwargs):
+                demuxed.append(packet.size)
+                yield packet
+
+    monkeypatch.setattr(VideoFileSource, "_open", lambda self: Counted(real_open(self)))
+    workspace = Workspace(tmp_path / "work", max_video_frames=50)
+    with pytest.raises(TooLarge, match="^the video is longer than the limit of 50 frames$"):
+        workspace.create_job(upload_into(workspace, video, name="lying.mkv"))
+    assert 0 < len(demuxed) <= 51, len(demuxed)
+    assert list(workspace.jobs_dir.iterdir()) == []
+    demuxed.clear()
+    assert VideoFileSource(video).num_frames == 400 and len(demuxed) == 401  # no limit: every packet (and flush)
+
+
 # -- the environment, and a second app in one process ---------------------------------------------------------------
 
 def test_importing_the_app_changes_no_environment():

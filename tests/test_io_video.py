@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from longvos.io.errors import VideoReadError
-from longvos.io.video import REVERSE_CHUNK_FRAMES, natural_sort_key, open_video
+from longvos.io.video import REVERSE_CHUNK_FRAMES, VideoFileSource, VideoTooLong, natural_sort_key, open_video
 
 from conftest import write_mp4
 
@@ -117,3 +117,20 @@ def test_out_of_range_frames_are_refused(mp4):
         source.read(40)
     with pytest.raises(VideoReadError, match="empty or outside"):
         list(source.frames(30, 50))
+
+
+def test_a_frame_limit_stops_the_count_past_it_and_changes_nothing_within_it(tmp_path):
+    """``max_frames`` (for untrusted uploads) refuses a longer video after reading ``max_frames + 1`` packets; a
+    video at the limit indexes, seeks and reads backwards exactly as without one."""
+    rng = np.random.default_rng(0)
+    video = write_mp4([rng.integers(0, 255, (32, 48, 3), dtype=np.uint8) for _ in range(12)], tmp_path / "v.mp4")
+    free = VideoFileSource(video)
+    assert free.max_frames is None and free.num_frames == 12
+    with pytest.raises(VideoTooLong, match=r"v\.mp4: the video is longer than 11 frames") as refused:
+        VideoFileSource(video, max_frames=11).num_frames  # noqa: B018
+    assert isinstance(refused.value, VideoReadError) and refused.value.limit == 11
+    bounded = VideoFileSource(video, max_frames=12)
+    assert bounded.num_frames == 12 and np.array_equal(bounded._timestamps, free._timestamps)
+    expected = [frame.image for frame in free.frames()]
+    assert [f.index for f in bounded.frames(3, 9, reverse=True)] == list(range(8, 2, -1))
+    assert all(np.array_equal(f.image, expected[f.index]) for f in bounded.frames(5, 12))

@@ -37,10 +37,11 @@ import av
 from PIL import Image
 
 from longvos.io.errors import InputError, one_line
-from longvos.io.video import VIDEO_EXTENSIONS, open_video
+from longvos.io.video import VIDEO_EXTENSIONS, VideoFileSource, VideoTooLong
 
 MAX_VIDEO_PIXELS = 7680 * 4320  # 8K UHD: larger frames are refused before the first one is decoded
-#: Longer videos are refused from the container's header, before their frames are indexed (about 2.3 h at 24 fps).
+#: Longer videos are refused from the container's header, before their frames are indexed (about 2.3 h at 24 fps), or
+#: where the header undercounts, once the count of their packets passes it (the rest of the file is not read).
 MAX_VIDEO_FRAMES = 200_000
 DISK_MARGIN_BYTES = 256 << 20  # an upload must leave this much of the disk free
 STALE_UPLOAD_SECONDS = 600  # an upload not taken into a job within this time is deleted when room is needed
@@ -165,7 +166,9 @@ class Workspace:
     def create_job(self, upload: str | Path) -> Job:
         """A job from a video Gradio received at ``upload`` (in its cache, see :meth:`upload_path`): linked into a
         new job folder and checked (a frame size within ``max_video_pixels`` and a length within
-        ``max_video_frames``, read from the header; the first frame decodes, and is kept as ``first.png``)."""
+        ``max_video_frames``, read from the header, then from at most ``max_video_frames + 1`` packets, so that a
+        header that undercounts costs no more than a video at the limit; the first frame decodes, and is kept as
+        ``first.png``)."""
         upload = self.upload_path(upload)
         suffix = upload.suffix.lower()
         if suffix not in VIDEO_EXTENSIONS:
@@ -177,7 +180,8 @@ class Workspace:
         video = folder / f"input{suffix}"
         try:
             self.adopt_upload(upload, video)
-            with open_video(video) as source:
+            # Bounded: counting the frames stops past the limit, whatever the container claims (VideoTooLong).
+            with VideoFileSource(video, max_frames=self.max_video_frames) as source:
                 height, width = source.frame_size
                 if height * width > self.max_video_pixels:  # checked before anything is decoded
                     raise TooLarge(f"frames of {width}x{height} are over the limit of "
@@ -185,9 +189,11 @@ class Workspace:
                 too_long = TooLarge(f"the video is longer than the limit of {self.max_video_frames} frames")
                 if listed_frames(video, self.max_video_frames) > self.max_video_frames:  # before any indexing
                     raise too_long
+                try:  # a header that undercounted: at most max_video_frames + 1 packets are read to find out
+                    source.num_frames  # noqa: B018 - builds the (bounded) index before anything else reads the file
+                except VideoTooLong:
+                    raise too_long from None
                 first = source.read(0)  # decodes: a file that only looks like a video fails here, not mid-run
-                if source.num_frames > self.max_video_frames:  # a header that undercounted
-                    raise too_long
                 Image.fromarray(first.image).save(folder / "first.png", compress_level=1)
                 job = Job(job_id, folder, video, source.num_frames, height, width,
                           float(getattr(source, "fps", 24.0)))
@@ -310,7 +316,8 @@ def _delete_path(path: str) -> None:
 
 def listed_frames(video: Path, limit: int) -> int:
     """The frames the container of ``video`` lists (its header, or its duration x frame rate); where the header
-    tells neither, its packets are counted, up to ``limit + 1`` (nothing is decoded)."""
+    tells neither, its packets are counted, up to ``limit + 1`` (nothing is decoded; more than ``limit + 1`` packets
+    in all, empty ones included, also counts as over the limit, so that the walk is bounded whatever the file)."""
     try:
         with av.open(str(video)) as container:
             stream = container.streams.video[0]
@@ -321,11 +328,12 @@ def listed_frames(video: Path, limit: int) -> int:
                        else container.duration / av.time_base if container.duration else None)
             if rate and seconds:
                 return math.ceil(seconds * float(rate) - 1e-6)
-            count = 0
+            count = walked = 0
             for packet in container.demux(stream):
+                walked += 1
                 count += packet.size > 0
-                if count > limit:
-                    break
+                if count > limit or walked > limit + 1:  # a stream at the limit ends with one empty flush packet
+                    return limit + 1
             return count
     except (av.FFmpegError, OSError, IndexError) as err:
         raise InputError(f"the video: cannot read its header: {one_line(err)}") from None

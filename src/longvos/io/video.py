@@ -9,7 +9,8 @@ The readers: :class:`ImageSequenceSource` (a folder of jpg/png in natural sort o
 reverse reading use a timestamp index built from the packets alone (no decoding), made on first need. The packet
 count is what the container lists; a damaged or truncated file can decode fewer frames. When decoding ends before
 the listed count, ``num_frames`` becomes the count that decodes and one :class:`VideoTruncatedWarning` names the last
-frame that decoded.
+frame that decoded. For a file nobody vouches for (an upload), ``VideoFileSource(path, max_frames=N)`` bounds that
+pass: it stops after ``N + 1`` packets and raises :class:`VideoTooLong` instead of walking the rest of the file.
 """
 from __future__ import annotations
 
@@ -209,12 +210,27 @@ class VideoTruncatedWarning(UserWarning):
     """The video stream ends before the frame count its container lists (a truncated or damaged file)."""
 
 
-class VideoFileSource(FrameSource):
-    """A video stream read with PyAV; memory stays at a few frames whatever the length."""
+class VideoTooLong(VideoReadError):
+    """The video stream has more packets (frames) than the ``max_frames`` its :class:`VideoFileSource` was given;
+    only ``max_frames + 1`` of them were read to know it."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, message: str, limit: int):
+        super().__init__(message)
+        self.limit = limit
+
+
+class VideoFileSource(FrameSource):
+    """A video stream read with PyAV; memory stays at a few frames whatever the length.
+
+    With ``max_frames``, the pass over the packets that counts the frames stops once the stream has more than
+    ``max_frames`` (:class:`VideoTooLong`), so an untrusted file costs at most ``max_frames + 1`` packets of work and
+    index whatever its container claims; without it (the default) every packet is counted.
+    """
+
+    def __init__(self, path: str | Path, *, max_frames: int | None = None):
         self.path = Path(path)
         self.description = str(self.path)
+        self.max_frames = max_frames
         with self._open() as container:
             stream = container.streams.video[0]
             self._size = (stream.codec_context.height, stream.codec_context.width)
@@ -237,17 +253,27 @@ class VideoFileSource(FrameSource):
         return container
 
     def _build_index(self) -> None:
-        """Count frames and record their timestamps by demuxing packets (cheap: nothing is decoded)."""
+        """Count frames and record their timestamps by demuxing packets (cheap: nothing is decoded). The list holds
+        one small int per frame (about 40 bytes each while it is built, 8 in the sorted array that is kept).
+
+        With :attr:`max_frames`, a frame packet past the limit, or more packets in all than a stream at the limit
+        has (``max_frames`` and the empty flush packet: empty packets must not make the walk unbounded either),
+        means :class:`VideoTooLong`, and nothing is recorded: at most ``max_frames + 2`` packets are read."""
+        limit = self.max_frames
         timestamps: list[int] = []
         count = 0
+        empty = 0
         try:
             with self._open() as container:
                 for packet in container.demux(container.streams.video[0]):
                     if packet.size == 0:  # the flush packet at the end of the stream
-                        continue
-                    count += 1
-                    if packet.pts is not None:
-                        timestamps.append(packet.pts)
+                        empty += 1
+                    else:
+                        count += 1
+                        if packet.pts is not None:
+                            timestamps.append(packet.pts)
+                    if limit is not None and (count > limit or count + empty > limit + 1):
+                        raise VideoTooLong(f"{self.path}: the video is longer than {limit} frames", limit)
         except av.FFmpegError as err:
             raise VideoReadError(f"{self.path}: cannot read the video stream: {err}") from None
         if count == 0:
