@@ -43,10 +43,24 @@ def refuse_used_folder(folder: Path, advice: str, keep: tuple[str, ...] = ()) ->
         raise InputError(f"{folder} is not empty ({shown}): {advice}")
 
 
+def check_output_folder(out_dir: str | Path, name: str = "out_dir") -> Path:
+    """Refuse (one :class:`InputError` line, ``name`` being how the caller calls the folder, e.g. ``--out``) an
+    output folder that cannot be made: an existing file, or a path under one. Needs neither the video nor the model,
+    so callers run it before they load anything. Returns ``out_dir`` as a :class:`Path`."""
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise InputError(f"{name} {out_dir} is a file, not a folder")
+    above = next((folder for folder in out_dir.parents if folder.exists()), None)
+    if above is not None and not above.is_dir():
+        raise InputError(f"{name} {out_dir}: {above} is a file, not a folder")
+    return out_dir
+
+
 def prepare_output_folder(out_dir: Path, overwrite: bool) -> None:
     """Make ``out_dir`` ready for a new run: refuse it if it holds files (unless ``overwrite``), clear what longvos
     wrote there, and (with ``overwrite``) refuse it if files longvos did not write remain, so that no output ever
     replaces them. Raises :class:`InputError` with one line."""
+    check_output_folder(out_dir)
     if not overwrite:
         refuse_used_folder(out_dir, "use --resume to continue the run there, --overwrite to replace the files "
                                     "longvos wrote there, or another output folder")

@@ -8,12 +8,16 @@ from pathlib import Path
 import numpy as np
 
 from longvos.engine.objects import to_index_map
-from longvos.io.errors import InputError
+from longvos.io.errors import InputError, MaskError
 from longvos.io.masks import IndexMask, read_index_mask
 from longvos.io.video import FrameSource
 from longvos.prompts import Box, grabcut_mask
 
 MaskInput = str | Path | np.ndarray | IndexMask  # a PNG, an index map, or an index map with its palette
+
+#: The largest object id ``segment_video`` can write: its masks are PNGs, palette (ids < 256) or 16-bit grey
+#: (:func:`longvos.io.masks.write_index_png`). A session (``Segmenter.session``) takes ids up to 2^63-1.
+MAX_OUTPUT_ID = 65535
 
 
 @dataclass
@@ -59,6 +63,7 @@ def load_prompts(source: FrameSource, masks: MaskInput | dict[int | None, MaskIn
                 raise InputError(f"mask for {what} has no object (all background)")
             digest = hashlib.sha1(np.ascontiguousarray(ids).tobytes()).hexdigest()[:16]
             prompts[int(frame_index)] = PromptMask(ids, palette, f"array:{digest}")
+        _check_output_ids(prompts[int(frame_index)].ids, f"mask {_describe(mask)} for {what}")
     if boxes:
         if first_frame in prompts:
             raise InputError(f"frame {first_frame} has both a mask and boxes; give one or the other")
@@ -67,6 +72,14 @@ def load_prompts(source: FrameSource, masks: MaskInput | dict[int | None, MaskIn
     if not prompts:
         raise InputError("nothing to segment: give a mask (--mask) or boxes (--box) for the first frame")
     return prompts
+
+
+def _check_output_ids(ids: np.ndarray, what: str) -> None:
+    """Refuse, before any model loads, object ids the output PNGs cannot hold (they would fail at the first write)."""
+    top = int(ids.max()) if ids.size else 0
+    if top > MAX_OUTPUT_ID:
+        raise MaskError(f"{what}: object id {top} cannot be written as a mask PNG (segment_video's outputs hold ids "
+                        f"1..{MAX_OUTPUT_ID}; renumber the objects, or use a session, which takes any id)")
 
 
 def _describe(mask: MaskInput) -> str:

@@ -41,11 +41,13 @@ def render_overlay(image: np.ndarray, ids: np.ndarray, palette: np.ndarray | Non
 class OverlayWriter:
     """Streams overlay frames into a video file (one frame in, one frame encoded; nothing is kept)."""
 
-    def __init__(self, path: str | Path, fps: float, palette: np.ndarray | None = None):
-        self.path = Path(path)
+    def __init__(self, path: str | Path, fps: float, palette: np.ndarray | None = None, *,
+                 out_dir: str | Path | None = None):
+        """Check the destination at once (see :func:`check_overlay_path`; ``out_dir`` is the output folder the run
+        creates, which may hold the overlay before it exists) and pick the encoder; nothing is written until the
+        first frame."""
+        self.path = check_overlay_path(path, out_dir)
         suffix = self.path.suffix.lower()
-        if suffix not in _CODECS:
-            raise InputError(f"{self.path}: overlay must be one of {', '.join(sorted(_CODECS))}")
         self.palette = palette
         self._rate = Fraction(fps).limit_denominator(1001)
         self._codec = next((c for c in _CODECS[suffix] if _has_encoder(c)), None)
@@ -56,7 +58,13 @@ class OverlayWriter:
         self._temporary = self.path.with_name(f".{self.path.stem}{PARTIAL_MARK}{self.path.suffix}")
 
     def _start(self, height: int, width: int) -> None:
-        self._container = av.open(str(self._temporary), mode="w")
+        if not self.path.parent.is_dir():  # a folder the caller was to create, or one removed since the check
+            raise InputError(f"overlay {self.path}: folder {self.path.parent} does not exist")
+        try:
+            self._container = av.open(str(self._temporary), mode="w")
+        except (OSError, av.FFmpegError, ValueError) as err:
+            raise InputError(f"overlay {self.path}: cannot write {self._temporary.name} in "
+                             f"{self.path.parent}: {_reason(err)}") from err
         self._stream = self._container.add_stream(self._codec, rate=self._rate)
         # 4:2:0 chroma needs even sizes; odd frames get their last row/column repeated.
         self._stream.height, self._stream.width = height + height % 2, width + width % 2
@@ -93,6 +101,41 @@ class OverlayWriter:
                 pass
             self._container = None
         self._temporary.unlink(missing_ok=True)
+
+
+def check_overlay_path(path: str | Path, out_dir: str | Path | None = None) -> Path:
+    """Refuse (one :class:`InputError` line naming ``path``) an overlay destination that cannot be written: a
+    folder, a suffix without a video container (mp4/mov/mkv/webm), a parent that is a file, missing or not
+    writable. A missing parent is accepted where the run creates it: ``out_dir`` or a folder above it (the run makes
+    ``out_dir`` with its parents); with ``out_dir=None`` a missing parent is left to the caller to create, and the
+    first frame written refuses it if it still does not exist. Returns ``path`` as a :class:`Path`."""
+    path = Path(path)
+    if path.is_dir():
+        raise InputError(f"overlay {path} is a folder: give the video file to write, e.g. {path / 'overlay.mp4'}")
+    if path.suffix.lower() not in _CODECS:
+        raise InputError(f"{path}: overlay must be one of {', '.join(sorted(_CODECS))}")
+    parent = path.parent
+    existing = next(folder for folder in (parent, *parent.parents) if folder.exists() or folder == folder.parent)
+    if existing.exists() and not existing.is_dir():
+        raise InputError(f"overlay {path}: {existing} is a file, not a folder")
+    if existing != parent:  # the parent does not exist
+        made = out_dir is None or _is_same_or_above(parent, Path(out_dir))
+        if not made:
+            raise InputError(f"overlay {path}: folder {parent} does not exist")
+    elif not os.access(parent, os.W_OK | os.X_OK):
+        raise InputError(f"overlay {path}: folder {parent} is not writable")
+    return path
+
+
+def _is_same_or_above(folder: Path, out_dir: Path) -> bool:
+    folder, out_dir = Path(os.path.abspath(folder)), Path(os.path.abspath(out_dir))
+    return folder == out_dir or folder in out_dir.parents
+
+
+def _reason(err: BaseException) -> str:
+    """An OS or FFmpeg error's reason without the path it may repeat (the message names the file already)."""
+    reason = getattr(err, "strerror", None) or str(err)
+    return " ".join(str(reason).split()) or type(err).__name__
 
 
 def _has_encoder(name: str) -> bool:
