@@ -19,8 +19,8 @@ from longvos.batch.items import VideoStarted
 from longvos.cli.main import main
 from longvos.engine.pipeline import SegmentationError, segment_video
 from longvos.io.errors import InputError
-from longvos.io.masks import write_index_png
-from longvos.io.overlay import OverlayWriter
+from longvos.io.masks import read_index_mask, write_index_png
+from longvos.io.overlay import OverlayWriter, render_overlay
 from longvos.io.video import open_video
 
 pytestmark = pytest.mark.usefixtures("one_thread_module")
@@ -379,3 +379,100 @@ def test_an_interrupted_batch_leaves_no_stale_summary(clip, tmp_path):
         run_batch(manifest, out, BatchOptions(max_size=64, threads=1), devices=["cpu"], workers=1, resume=True,
                   progress=False, on_event=interrupt)
     assert not (out / "batch-summary.csv").exists()  # no summary that contradicts the folders
+
+
+# ------------------------------------------------------------ 5. resume edge cases: records, overlays, lost masks
+def decoded(path: Path) -> list[np.ndarray]:
+    return [frame.image.astype(int) for frame in open_video(path).frames()]
+
+
+def test_resume_of_a_complete_run_with_an_overlay_draws_it_from_the_saved_masks(clip, truncated, tmp_path, capsys):
+    """The overlay drawn on the resume of a complete run shows what the run's own overlay showed; of a truncated
+    mp4 (fewer frames than its container lists), it has the frames written."""
+    for (video, mask), name in ((clip, "whole"), (truncated, "cut")):
+        out = tmp_path / name
+        args = ["segment", str(video), "--mask", str(mask), "--out", str(out), "--end", "8", *FAST]
+        assert main([*args, "--overlay", str(tmp_path / f"{name}-during.mp4")]) == 0
+        written = frame_pngs(out)
+        capsys.readouterr()
+        record = (out / ".longvos-progress.json").read_bytes()
+
+        assert main([*args, "--resume", "--overlay", str(out / "after.mp4")]) == 0
+        stdout, stderr = capsys.readouterr()
+        assert "already complete" in stdout and "after.mp4" in stdout and f"{len(written)} saved mask(s)" in stdout
+        assert "segmented" not in stdout and "Traceback" not in stderr
+        after, during = decoded(out / "after.mp4"), decoded(tmp_path / f"{name}-during.mp4")
+        assert len(after) == len(written) == len(during)
+        assert frame_pngs(out) == written and (out / ".longvos-progress.json").read_bytes() == record
+        assert "after.mp4" in (out / ".longvos-outputs").read_text()  # --overwrite deletes it with the masks
+        assert not list(out.glob(".*partial*"))
+        if name == "whole":  # (the last frames of the cut file may decode differently each time: damaged data)
+            # Encoding is lossy (and not bit-repeatable): each overlay is compared with the overlay drawn exactly
+            # from the source frames and the saved masks.
+            for image, png, a, b in zip(decoded(video), written, after, during):
+                saved = read_index_mask(out / png, (HEIGHT, WIDTH), allow_empty=True)
+                exact = render_overlay(image.astype(np.uint8), saved.ids, saved.palette).astype(int)
+                assert np.abs(a - exact).mean() < np.abs(b - exact).mean() + 1.0, png
+                inside = saved.ids != 0
+                if inside.any():  # the masks are drawn: far closer to the exact overlay than to the bare frame
+                    assert np.abs(a - exact)[inside].mean() < np.abs(a - image.astype(int))[inside].mean() / 2, png
+    assert len(written) < 8  # the cut file decodes fewer frames than --end asks for
+
+
+def test_resume_with_an_unreadable_progress_record_names_it(clip, tmp_path, capsys):
+    video, mask = clip
+    out = tmp_path / "out"
+    args = ["segment", str(video), "--mask", str(mask), "--out", str(out), "--end", "3", *FAST]
+    assert main(args) == 0
+    record = out / ".longvos-progress.json"
+    text = record.read_text()
+    capsys.readouterr()
+    for damaged in (text[: len(text) // 2], "", "[1, 2]", text.replace('"version": 1', '"version": 0')):
+        record.write_text(damaged)
+        assert main([*args, "--resume"]) == 1
+        stderr = capsys.readouterr().err
+        lines = stderr.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in stderr, stderr
+        assert str(record) in lines[0] and "cannot be read" in lines[0] and "--overwrite" in lines[0], stderr
+        assert "use --resume" not in lines[0], stderr
+        with pytest.raises(InputError, match="progress record of the run there cannot be read"):
+            segment_video(video, mask, out, max_size=64, end=3, device="cpu", progress=False, resume=True)
+    assert frame_pngs(out) == ["00000.png", "00001.png", "00002.png"]  # nothing deleted
+    assert main([*args, "--overwrite"]) == 0  # what the line advises works
+
+    foreign = tmp_path / "foreign"  # --resume into a folder that holds no run: not told to use --resume
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    capsys.readouterr()
+    assert main(["segment", str(video), "--mask", str(mask), "--out", str(foreign), "--resume", *FAST]) == 1
+    stderr = capsys.readouterr().err
+    assert len(stderr.strip().splitlines()) == 1 and "no longvos run to resume" in stderr, stderr
+    assert "use --resume" not in stderr and (foreign / "notes.txt").read_text() == "mine"
+
+
+def test_a_mask_for_a_listed_frame_that_does_not_decode_is_reported_unused(truncated, tmp_path, capsys):
+    video, mask = truncated
+    listed, decodable = open_video(video).num_frames, len(list(open_video(video).frames()))
+    assert decodable < listed
+    late = tmp_path / "late.png"
+    ids = np.zeros((HEIGHT, WIDTH), np.uint8)
+    ids[5:15, 70:90] = 2  # an object that only this mask has
+    write_index_png(late, ids)
+    out = tmp_path / "out"
+    code = main(["segment", str(video), "--mask", str(mask), "--mask", f"{late}@{decodable}", "--out", str(out),
+                 *FAST])
+    stdout, stderr = capsys.readouterr()
+    assert code == 0, stderr
+    warning_lines = [line for line in stderr.splitlines() if "warning" in line]
+    assert len(warning_lines) == 2 and "ends early" in warning_lines[0], stderr
+    unused = warning_lines[1]
+    assert f"frame {decodable} ({late.resolve()})" in unused and "never used" in unused, unused
+    assert f"ends at frame {decodable - 1} " in unused and "object(s) 2 were never segmented" in unused, unused
+    assert f"segmented {decodable} frames" in stdout and "1 object(s)" in stdout, stdout
+
+    with warnings.catch_warnings(record=True) as caught:  # the library says the same, and its summary agrees
+        warnings.simplefilter("always")
+        summary = segment_video(video, {None: mask, decodable: late}, tmp_path / "lib", max_size=64, device="cpu",
+                                progress=False)
+    assert summary.frames == decodable and summary.object_ids == [1]
+    assert sum("never used" in str(w.message) for w in caught) == 1, [str(w.message) for w in caught]

@@ -398,6 +398,14 @@ def _drop(key: str):
     return lambda session: session.pop(key)
 
 
+def _reshape_memory(which: str, part: int, change):
+    """Replace the key (``part`` 0) or value (1) of the first layer of the first pass's ``which`` memory."""
+    def damage(session: dict) -> None:
+        pair = session["state"]["passes"][0]["memory"][which][0]
+        pair[part] = change(pair[part])
+    return damage
+
+
 #: Damage done to the session part of a snapshot that still belongs to its run (same settings digest and frame count).
 UNUSABLE_SNAPSHOTS = {
     "intact": None,  # the control: the snapshot is restored, nothing is recomputed
@@ -408,6 +416,52 @@ UNUSABLE_SNAPSHOTS = {
                                                                         session["network_hw"][1]]),
     "another frame size": lambda session: session.update(frame_hw=[session["frame_hw"][0] * 2,
                                                                     session["frame_hw"][1]]),
+    # fields of the wrong type
+    "frames_processed not a number": lambda session: session.update(frames_processed="four"),
+    "frame_hw not a list": lambda session: session.update(frame_hw=120),
+    "passes not a list": lambda session: session["state"].update(passes=7),
+    "a memory layer that is a string": lambda session: session["state"]["passes"][0]["memory"].update(
+        long_term="x"),
+    # tensors of the wrong shape for the model's state
+    "a long-term key with other channels": _reshape_memory("long_term", 0, lambda t: t[..., :-8]),
+    "a long-term value with other channels": _reshape_memory("long_term", 1, lambda t: t[..., :-8]),
+    "a short-term key with more tokens": _reshape_memory("short_term", 0, lambda t: torch.cat([t, t], dim=1)),
+    "a short-term value with another batch": _reshape_memory("short_term", 1, lambda t: torch.cat([t, t], dim=0)),
+    "a memory tensor that is a scalar": _reshape_memory("long_term", 0, lambda t: torch.tensor(1.0)),
+    "another memory grid": lambda session: session["state"]["passes"][0]["memory"].update(grid_hw=[3, 10]),
+}
+
+
+def _whole(change):
+    """Damage done to the whole snapshot (its header included), keeping it a file torch.load reads."""
+    def damage(path: Path) -> None:
+        data = torch.load(path, weights_only=True)
+        change(data)
+        torch.save(data, path)
+    return damage
+
+
+def _session(change):
+    return _whole(lambda data: change(data["session"]))
+
+
+#: Damage done to the snapshot file itself: every way a snapshot can be unusable, each recomputed with one warning.
+UNUSABLE_SNAPSHOT_FILES = {
+    **{name: None if damage is None else _session(damage) for name, damage in UNUSABLE_SNAPSHOTS.items()},
+    "truncated": lambda path: path.write_bytes(path.read_bytes()[:200]),
+    "not a torch file": lambda path: path.write_text("{}"),
+    "empty": lambda path: path.write_bytes(b""),
+    "missing while the record names it": lambda path: path.unlink(),
+    "completed not a number": _whole(lambda data: data.update(completed="four")),
+    "completed a list": _whole(lambda data: data.update(completed=[4])),
+    "completed None": _whole(lambda data: data.update(completed=None)),
+    "a list": lambda path: torch.save([1, 2], path),
+    "lacking its header": _whole(lambda data: (data.clear(), data.update(version=1))),
+    "session not a dict": _whole(lambda data: data.update(session="x")),
+    "of another run": _whole(lambda data: data.update(settings_sha256="0" * 64)),
+    "of a newer version": _whole(lambda data: data.update(version=99)),
+    "describing more frames than are complete": _whole(lambda data: (data.update(completed=6),
+                                                                      data["session"].update(frames_processed=6))),
 }
 
 
@@ -431,7 +485,7 @@ def interrupted_with_snapshot(tmp_path_factory):
     return root, mask, run
 
 
-@pytest.mark.parametrize("damage", UNUSABLE_SNAPSHOTS.values(), ids=UNUSABLE_SNAPSHOTS.keys())
+@pytest.mark.parametrize("damage", UNUSABLE_SNAPSHOT_FILES.values(), ids=UNUSABLE_SNAPSHOT_FILES.keys())
 def test_resume_with_an_unusable_snapshot_recomputes_from_the_start_byte_identical(interrupted_with_snapshot,
                                                                                    tmp_path, damage):
     import shutil
@@ -443,9 +497,7 @@ def test_resume_with_an_unusable_snapshot_recomputes_from_the_start_byte_identic
     out = tmp_path / "out"
     shutil.copytree(root / "stopped", out)
     if damage is not None:
-        data = torch.load(out / STATE_FILE, weights_only=True)
-        damage(data["session"])
-        torch.save(data, out / STATE_FILE)  # still this run's snapshot: its digest and frame count are untouched
+        damage(out / STATE_FILE)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         summary = segment_video(root / "clip", mask, out, resume=True, **run)
@@ -455,8 +507,9 @@ def test_resume_with_an_unusable_snapshot_recomputes_from_the_start_byte_identic
         assert summary.restored_from == 4 and not messages, messages
     else:
         assert summary.restored_from == 0  # recomputed from the first frame
-        assert any("snapshot cannot be restored" in m and "recomputing the 4 complete frame(s)" in m
-                   for m in messages), messages
+        unusable = [m for m in messages if "snapshot cannot be restored" in m]
+        assert len(unusable) == 1 and "recomputing the 4 complete frame(s)" in unusable[0], messages
+        assert STATE_FILE in unusable[0] and "\n" not in unusable[0], messages
         assert not any("differs from the one written before" in m for m in messages), messages
     assert md5s(out) == md5s(root / "clean") and len(pngs(out)) == 6
     assert not (out / STATE_FILE).exists()

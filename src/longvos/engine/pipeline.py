@@ -7,6 +7,7 @@ and form a prefix of the frames in processing order, which ``resume=True`` conti
 """
 from __future__ import annotations
 
+import copy
 import time
 import warnings
 from collections.abc import Callable
@@ -20,9 +21,10 @@ from tqdm import tqdm
 
 from longvos.engine.frames import check_max_size
 from longvos.engine.options import DEFAULT_SNAPSHOT_EVERY, SegmentOptions
-from longvos.engine.outputs import log_outputs, prepare_output_folder
-from longvos.engine.progress import (STATE_FILE, RunProgress, encode_state, load_state, mask_digest,
-                                     settings_difference, settings_digest, video_fingerprint)
+from longvos.engine.outputs import check_output_folder, log_outputs, prepare_output_folder, refuse_used_folder
+from longvos.engine.progress import (PROGRESS_FILE, STATE_FILE, RunProgress, UnusableSnapshot, encode_state,
+                                     load_state, mask_digest, settings_difference, settings_digest,
+                                     video_fingerprint)
 from longvos.engine.prompt_masks import MaskInput, PromptMask, load_prompts
 from longvos.engine.resources import device_peak_bytes, format_bytes, peak_rss_bytes, reset_device_peak
 from longvos.engine.session import Session, StepResult
@@ -30,7 +32,7 @@ from longvos.io.errors import InputError, LongvosError, VideoReadError, one_line
 from longvos.io.masks import read_index_mask, write_index_png, write_object_png, write_probs_npz
 from longvos.io.overlay import OverlayWriter
 from longvos.io.palette import DAVIS_PALETTE
-from longvos.io.video import Frame, FrameSource, open_video
+from longvos.io.video import Frame, FrameSource, VideoTruncatedWarning, open_video
 from longvos.io.writer import BackgroundWriter, atomic_write
 from longvos.models.registry import DEFAULT_MODEL
 from longvos.prompts import Box
@@ -115,7 +117,10 @@ def segment_video(
     uninterrupted one (on the same device, dtype and thread count). A model whose state grows with the video (DeAOT's
     ``growing`` memory, see :attr:`~longvos.models.base.VOSModel.state_is_fixed_size`) takes no snapshots (they
     would grow too, and be rewritten every time): its resume recomputes from the first frame, as exactly. A resume
-    whose inputs changed (other video, other mask content, other weights file content, other options) is refused.
+    whose inputs changed (other video, other mask content, other weights file content, other options) is refused,
+    as is one whose progress record cannot be read. A ``resume`` of a complete run segments nothing; with
+    ``overlay`` it draws that video from the saved masks. Masks for frames after the end of a video stream that
+    ends early were never used: one warning names them.
     ``threads`` sets torch's intra-op CPU threads for the run (restored afterwards); ``None`` keeps the current
     count, except that a resume uses the count the interrupted run recorded (another count may change the bytes;
     an explicit ``threads`` that differs from it is used, with a warning).
@@ -130,6 +135,8 @@ def segment_video(
     options = (options or SegmentOptions()).replace(**changes)
     snapshot_every, threads = options.snapshot_every, options.threads
     _check_options(options, resume, overwrite, records)  # before anything slow (the video, the model) is opened
+    check_output_folder(out_dir)
+    record = _earlier_run(Path(out_dir)) if resume else None
     if source is not None and (isinstance(video, FrameSource)
                                or source.description not in (str(video), str(Path(video)))):
         raise InputError(f"source= must be the video opened from the path given as video ({video}), not "
@@ -147,7 +154,8 @@ def segment_video(
     prompts = load_prompts(source, masks, boxes, (start, stop), order[0])
     palette = next((prompts[i].palette for i in order if i in prompts and prompts[i].palette is not None),
                    DAVIS_PALETTE)
-    overlay_writer = OverlayWriter(overlay, getattr(source, "fps", DEFAULT_FPS), palette) if overlay else None
+    overlay_writer = OverlayWriter(overlay, getattr(source, "fps", DEFAULT_FPS), palette,
+                                   out_dir=out_dir) if overlay else None
     segmenter = options.load_segmenter()
     session = options.session(segmenter)  # the video's size cap and memory interval
     if not session.state_is_fixed_size:
@@ -169,15 +177,20 @@ def segment_video(
         "frame_size": list(source.frame_size),
         "video_fingerprint": None if isinstance(video, FrameSource) else video_fingerprint(video),
     }
-    record = RunProgress.load(out_dir) if resume else None
     if record is not None:
         difference = settings_difference(record.settings, settings)
         if difference:
             raise InputError(f"{out_dir} holds a run with other settings ({difference}); use another output folder "
                              f"or --overwrite to replace it")
         if record.done:
-            return SegmentSummary(0, 0.0, 0.0, 0.0, peak_rss_bytes(), None, 0, [], out_dir, record.completed,
-                                  ["already complete"])
+            notes = ["already complete"]
+            if overlay_writer is not None:  # drawn from the masks on disk: nothing is segmented or rewritten
+                _log_overlay(out_dir, overlay)
+                run = _Run(source, session, prompts, out_dir, palette, record, False, False)
+                run.execute(order[:record.completed], overlay_writer, options.max_pending_writes, None,
+                            lambda _frames: None, redraw=True)
+                notes.append(f"overlay {overlay} drawn from its {run.frames_done} saved mask(s)")
+            return SegmentSummary(0, 0.0, 0.0, 0.0, peak_rss_bytes(), None, 0, [], out_dir, record.completed, notes)
         if threads is None:
             threads = record.threads  # the count the written frames (and the snapshot) were computed with
         elif record.threads is not None and threads != record.threads and record.completed:
@@ -185,6 +198,9 @@ def segment_video(
                           f"the frames may differ in bits from an uninterrupted run (omit the thread count to "
                           f"reuse {record.threads})", UserWarning, stacklevel=2)
     else:
+        if resume:  # a folder that holds no run (no progress record) is a new run's, unless it holds other files
+            refuse_used_folder(out_dir, f"it holds no longvos run to resume (no {PROGRESS_FILE}): use --overwrite to "
+                                        f"replace the files longvos wrote there, or another output folder")
         if records:
             prepare_output_folder(out_dir, overwrite)  # never mix this run's files with another run's
             (out_dir / STATE_FILE).unlink(missing_ok=True)  # another run's state snapshot
@@ -193,8 +209,7 @@ def segment_video(
     record.threads = threads or threads_before
     if records:
         record.save(out_dir)
-        if overlay is not None and out_dir.resolve() in Path(overlay).resolve().parents:
-            log_outputs(out_dir, Path(overlay).resolve().relative_to(out_dir.resolve()).as_posix())
+        _log_overlay(out_dir, overlay)
 
     run = _Run(source, session, prompts, out_dir, palette, record, options.per_object, options.save_probs,
                snapshot_every or 0, settings_digest(settings), records)
@@ -210,6 +225,7 @@ def segment_video(
         torch.set_num_threads(threads_before)
     seconds = time.perf_counter() - started
     frames = run.frames_done - resumed_after  # fewer than asked when the video stream ends early
+    _warn_unused_prompts(source, order, run.frames_done, prompts, session.object_ids)
     if records:
         record.done, record.frames, record.seconds = True, frames, round(seconds, 3)
         record.save(out_dir)
@@ -222,6 +238,44 @@ def segment_video(
         network_size=session.network_size, restored_from=run.restored, threads=record.threads,
         max_size=session.max_size,
     )
+
+
+def _earlier_run(out_dir: Path) -> RunProgress | None:
+    """The progress record of the run ``resume`` continues (``None``: there is none); one :class:`InputError` line
+    naming the record if it cannot be read."""
+    try:
+        return RunProgress.read(out_dir)
+    except ValueError as err:
+        raise InputError(f"{out_dir / PROGRESS_FILE}: the progress record of the run there cannot be read "
+                         f"({one_line(err)}), so it cannot be resumed: use --overwrite to start the run again, or "
+                         f"another output folder") from None
+
+
+def _log_overlay(out_dir: Path, overlay: str | Path | None) -> None:
+    """Note an overlay video written inside the output folder among the run's outputs (--overwrite deletes it)."""
+    if overlay is not None and out_dir.resolve() in Path(overlay).resolve().parents:
+        log_outputs(out_dir, Path(overlay).resolve().relative_to(out_dir.resolve()).as_posix())
+
+
+def _warn_unused_prompts(source: FrameSource, order: range, done: int, prompts: dict[int, PromptMask],
+                         tracked: list[int]) -> None:
+    """One warning naming the masks for frames the run never reached because the video stream ended early (its
+    container listed more frames than decode), and the objects that therefore were never segmented."""
+    unused = [index for index in order[done:] if index in prompts]
+    if not unused:
+        return
+    masks = ", ".join(f"frame {index} ({_describe_origin(prompts[index].origin)})" for index in unused)
+    new = sorted({int(i) for index in unused for i in np.unique(prompts[index].ids) if i} - set(tracked))
+    ended = (f"the video stream ends at frame {order[done - 1]} ({_name_or_index(source, order[done - 1])})"
+             if done else "no frame of the video stream decodes")
+    lost = f", so object(s) {', '.join(map(str, new))} were never segmented" if new else ""
+    warnings.warn(f"{source.description}: the mask{'s' if len(unused) > 1 else ''} for {masks} "
+                  f"{'were' if len(unused) > 1 else 'was'} never used: {ended}, before "
+                  f"{'them' if len(unused) > 1 else 'it'}{lost}", VideoTruncatedWarning, stacklevel=3)
+
+
+def _describe_origin(origin: str) -> str:
+    return "an array" if origin.startswith("array:") else origin
 
 
 def _check_options(options: SegmentOptions, resume: bool, overwrite: bool, records: bool) -> None:
@@ -260,11 +314,14 @@ class _Run:
         self.frames_done = 0  # frames complete in processing order, once execute returns
 
     def execute(self, order: range, overlay: OverlayWriter | None, max_pending: int,
-                on_frame: Callable[[Frame, StepResult], None] | None, advance: Callable[[int], None]) -> None:
+                on_frame: Callable[[Frame, StepResult], None] | None, advance: Callable[[int], None],
+                redraw: bool = False) -> None:
+        """Segment the frames of ``order`` not yet complete. ``redraw``: every frame of ``order`` is complete,
+        and only the ``overlay`` is drawn, from the saved masks (nothing is segmented or written but the video)."""
         completed, self.total = self.record.completed, len(order)
         position = 0  # the frame being worked on, counted in processing order
         try:
-            self.restored = self._restore() if completed else 0
+            self.restored = len(order) if redraw else self._restore(order) if completed else 0
             with BackgroundWriter(max_pending) as writer:
                 # Frames before the restored state are decoded again only to redraw them into a new overlay video;
                 # complete frames after it are recomputed (to bring the state up to date), never rewritten.
@@ -331,28 +388,51 @@ class _Run:
 
         writer.submit(job)
 
-    def _restore(self) -> int:
+    def _restore(self, order: range) -> int:
         """Restore the interrupted run's state snapshot; returns the frames it describes (0: there is no usable
         one, and the run is recomputed from its first frame, which gives the same bytes, only slower). A snapshot
-        that cannot be restored (damaged, lacking a field, of another model or frame size) is not an error: the
-        session is reset and the run recomputed, with a warning naming the reason."""
-        data = load_state(self.out_dir, self.session.device, self.digest, self.record)
-        if data is None:
-            return 0
+        that cannot be used (missing though the record names it, unreadable, damaged, lacking a field or with one of
+        the wrong type, of another model or frame size, with tensors the model cannot step with) is not an error:
+        the session is reset and the run recomputed, with one warning naming the reason. Tensors are checked by
+        stepping the frame after the snapshot once on a copy of it (a model step raises on a wrong shape); the
+        run then steps that frame again from the snapshot itself."""
         try:
-            completed, snapshot = int(data["completed"]), data["session"]
+            data = load_state(self.out_dir, self.session.device, self.digest, self.record)
+            if data is None:
+                return 0
+            completed, snapshot = data["completed"], data["session"]
             if int(snapshot["frames_processed"]) != completed:
                 raise ValueError(f"it describes {snapshot['frames_processed']} frames, its header {completed}")
             if snapshot["frame_hw"] is not None and tuple(snapshot["frame_hw"]) != tuple(self.source.frame_size):
                 raise ValueError(f"its frames are {snapshot['frame_hw']}, the video's {list(self.source.frame_size)}")
+            frame = self._next_frame(order, completed)
+            if frame is not None:
+                self.session.restore(copy.deepcopy(snapshot))  # the step may change the state's tensors in place
+                prompt = self.prompts.get(frame.index)
+                mask = self.session.step(frame.image, None if prompt is None else prompt.ids).mask
+                if tuple(mask.shape) != tuple(self.source.frame_size):
+                    raise ValueError(f"the frame after it steps to a {mask.shape} mask, not "
+                                     f"{tuple(self.source.frame_size)}")
             self.session.restore(snapshot)
         except Exception as err:  # noqa: BLE001 - any unusable snapshot: recomputing from the start is always exact
             self.session.reset_state()  # a restore that failed part-way may have replaced some of the state
-            warnings.warn(f"{self.out_dir / STATE_FILE}: the model-state snapshot cannot be restored "
-                          f"({type(err).__name__}: {one_line(err)}); recomputing the {self.record.completed} complete "
-                          f"frame(s) from the first one instead (same result, slower)", UserWarning, stacklevel=2)
+            reason = one_line(err) if isinstance(err, UnusableSnapshot) else f"{type(err).__name__}: {one_line(err)}"
+            warnings.warn(f"{self.out_dir / STATE_FILE}: the model-state snapshot cannot be restored ({reason[:300]}); "
+                          f"recomputing the {self.record.completed} complete frame(s) from the first one instead "
+                          f"(same result, slower)", UserWarning, stacklevel=2)
             return 0
         return completed
+
+    def _next_frame(self, order: range, position: int) -> Frame | None:
+        """The frame at ``position`` in processing order, or ``None`` where there is none that decodes (the run
+        ends there; its loop reports a stream that ends early)."""
+        if position >= len(order):
+            return None
+        try:
+            frame = self.source.read(order[position])
+        except Exception:  # noqa: BLE001 - not the snapshot's fault: the frame loop reads it again and reports it
+            return None
+        return frame if frame.index == order[position] else None
 
     def _recompute(self, frame: Frame, writer: BackgroundWriter, overlay: OverlayWriter | None) -> None:
         """Step a frame that is already complete on disk (after a resume), to bring the state up to date."""

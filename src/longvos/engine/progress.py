@@ -59,16 +59,41 @@ class RunProgress:
     def load(cls, out_dir: Path) -> RunProgress | None:
         """The saved record, or ``None`` if there is none or it is unreadable (then the run starts over)."""
         try:
-            record = json.loads((out_dir / PROGRESS_FILE).read_text())
-            if record.get("version") != FORMAT_VERSION:
-                return None
+            return cls.read(out_dir)
+        except ValueError:
+            return None
+
+    @classmethod
+    def read(cls, out_dir: Path) -> RunProgress | None:
+        """The saved record, or ``None`` if there is none; raises :class:`ValueError` with the reason (one line) if
+        there is one that cannot be read (damaged, truncated, or written by another longvos version)."""
+        try:
+            text = (out_dir / PROGRESS_FILE).read_text()
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError) as err:
+            raise ValueError(f"cannot read it: {err.strerror if isinstance(err, OSError) else err}") from None
+        try:
+            record = json.loads(text)
+        except ValueError as err:
+            raise ValueError(f"it is not valid JSON: {err}" if text.strip() else "it is empty") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"it holds a JSON {type(record).__name__}, not a record")
+        if record.get("version") != FORMAT_VERSION:
+            raise ValueError(f"it has format version {record.get('version')!r}, this longvos reads version "
+                             f"{FORMAT_VERSION} (written by another longvos version)")
+        try:
             threads = record.get("threads")
+            if not isinstance(record["settings"], dict):
+                raise TypeError("settings")
             return cls(record["settings"], int(record["completed"]), record.get("last_frame"), bool(record["done"]),
                        int(record.get("snapshot", 0)),
                        int(threads) if isinstance(threads, int) and threads > 0 else None,
                        int(record.get("frames", 0)), float(record.get("seconds", 0.0)))
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            return None
+        except KeyError as err:
+            raise ValueError(f"it lacks the field {err}") from None
+        except (ValueError, TypeError, AttributeError) as err:
+            raise ValueError(f"a field has the wrong type ({err})") from None
 
 
 def settings_digest(settings: dict[str, Any]) -> str:
@@ -148,22 +173,44 @@ def encode_state(snapshot: dict[str, Any], completed: int, digest: str) -> bytes
     return buffer.getvalue()
 
 
+class UnusableSnapshot(ValueError):
+    """A state snapshot that cannot be used (its message says why, as one clause): the run is recomputed."""
+
+
 def load_state(out_dir: Path, device: Any, digest: str, record: RunProgress) -> dict[str, Any] | None:
     """The state snapshot in ``out_dir`` if it belongs to the run with settings ``digest`` and agrees with its
     ``record``: it describes no more frames than the record counts complete, and no fewer than the snapshot the
-    record names (newer is possible: a kill between writing it and noting it). Else ``None`` (the run is then
-    recomputed from its start, which gives the same bytes, only slower)."""
+    record names (newer is possible: a kill between writing it and noting it). ``None`` when there is no snapshot
+    and the record names none; :class:`UnusableSnapshot` (with the reason) for any other snapshot, or for a missing
+    one that the record names (the run is then recomputed from its start, which gives the same bytes, only slower).
+    Only the header is checked here; the session part is checked when it is restored."""
     import torch
 
+    path = out_dir / STATE_FILE
     try:
-        data = torch.load(out_dir / STATE_FILE, map_location=device, weights_only=True)
+        data = torch.load(path, map_location=device, weights_only=True)
     except FileNotFoundError:
+        if record.snapshot:
+            raise UnusableSnapshot(f"the file is missing, though the progress record names a snapshot of "
+                                   f"{record.snapshot} frame(s)") from None
         return None
-    except Exception:  # noqa: BLE001 - an unreadable snapshot is not used: the resume recomputes instead
-        return None
-    if (not isinstance(data, dict) or data.get("version") != STATE_VERSION or data.get("settings_sha256") != digest
-            or not max(record.snapshot, 1) <= int(data.get("completed", 0)) <= record.completed):
-        return None
+    except Exception as err:  # noqa: BLE001 - an unreadable snapshot is not used: the resume recomputes instead
+        reason = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        raise UnusableSnapshot(f"it cannot be read: {reason[:200]}") from None
+    if not isinstance(data, dict):
+        raise UnusableSnapshot(f"it holds a {type(data).__name__}, not a snapshot")
+    if data.get("version") != STATE_VERSION:
+        raise UnusableSnapshot(f"it has version {data.get('version')!r}, this longvos reads version {STATE_VERSION}")
+    if data.get("settings_sha256") != digest:
+        raise UnusableSnapshot("it belongs to a run with other settings")
+    completed = data.get("completed")
+    if not isinstance(completed, int) or isinstance(completed, bool):
+        raise UnusableSnapshot(f"its frame count {completed!r} is not a whole number")
+    if not max(record.snapshot, 1) <= completed <= record.completed:
+        raise UnusableSnapshot(f"it describes {completed} frame(s), where the progress record counts "
+                               f"{record.completed} complete and names a snapshot of {record.snapshot}")
+    if not isinstance(data.get("session"), dict):
+        raise UnusableSnapshot("it holds no session state")
     return data
 
 
