@@ -476,3 +476,34 @@ def test_a_mask_for_a_listed_frame_that_does_not_decode_is_reported_unused(trunc
                                 progress=False)
     assert summary.frames == decodable and summary.object_ids == [1]
     assert sum("never used" in str(w.message) for w in caught) == 1, [str(w.message) for w in caught]
+
+
+def test_overwrite_deletes_a_file_whose_name_holds_a_line_break_and_nothing_it_seems_to_name(tmp_path):
+    """A frame named ``x<newline>keep.txt`` gives an output of that name; the output list must not read it as two
+    names (``x`` and ``keep.txt``), or ``--overwrite`` would delete the user's ``keep.txt``."""
+    from longvos.engine.outputs import clear_outputs, log_outputs
+    out = tmp_path / "out"
+    out.mkdir()
+    odd = "x\nkeep.txt"
+    log_outputs(out, odd, "00001.png")
+    (out / odd).write_bytes(b"mask")
+    (out / "00001.png").write_bytes(b"mask")
+    (out / "keep.txt").write_text("the user's")
+    (out / "x").write_text("the user's too")
+    removed = {path.name for path in clear_outputs(out)}
+    assert removed == {odd, "00001.png", ".longvos-outputs"}
+    assert (out / "keep.txt").read_text() == "the user's" and (out / "x").is_file()
+
+
+def test_an_output_list_of_plain_lines_is_still_read(tmp_path):
+    """Lists written before names were JSON-quoted (one plain name per line) still name their files."""
+    from longvos.engine.outputs import clear_outputs
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".longvos-outputs").write_text("00000.png\nobjects/1/00000.png\n")
+    (out / "00000.png").write_bytes(b"mask")
+    (out / "objects" / "1").mkdir(parents=True)
+    (out / "objects" / "1" / "00000.png").write_bytes(b"mask")
+    (out / "mine.png").write_bytes(b"user")
+    clear_outputs(out)
+    assert sorted(path.name for path in out.rglob("*")) == ["mine.png"]

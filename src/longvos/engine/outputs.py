@@ -1,13 +1,15 @@
 """Which files of an output folder longvos wrote, so that a new run never mixes its outputs with an older run's.
 
-Before a frame's files are written, the writer appends their paths (relative to the folder, one per line) to
-``<out>/.longvos-outputs``; the list therefore always covers what a run left on disk, even after a crash. A new run
-(not ``resume``) refuses a folder that holds anything but longvos's own records; with ``overwrite`` it first deletes
-exactly the files that list names, plus longvos's records and temporary files, leaves everything else alone, and
-refuses the folder if anything else remains (an output never replaces a file longvos did not write).
+Before a frame's files are written, the writer appends their paths (relative to the folder, one JSON string per line,
+so that a frame name holding a line break cannot name another file) to ``<out>/.longvos-outputs``; the list therefore
+always covers what a run left on disk, even after a crash. A new run (not ``resume``) refuses a folder that holds
+anything but longvos's own records; with ``overwrite`` it first deletes exactly the files that list names, plus
+longvos's records and temporary files, leaves everything else alone, and refuses the folder if anything else remains
+(an output never replaces a file longvos did not write).
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from longvos.engine import progress
@@ -23,7 +25,7 @@ def log_outputs(out_dir: Path, *relative: str) -> None:
     """Record that the files ``relative`` (to ``out_dir``) are about to be written."""
     if relative:
         with open(out_dir / OUTPUTS_FILE, "a", encoding="utf-8") as log:
-            log.write("".join(f"{name}\n" for name in relative))
+            log.write("".join(f"{json.dumps(name)}\n" for name in relative))
 
 
 #: What a refused folder's message advises when ``--overwrite`` has already deleted longvos's files there.
@@ -106,7 +108,15 @@ def _logged_names(out_dir: Path) -> list[str] | None:
         text = (out_dir / OUTPUTS_FILE).read_text(encoding="utf-8", errors="replace")
     except FileNotFoundError:
         return None
-    return [line for line in dict.fromkeys(text.splitlines()) if line and not line.startswith("/")]
+    names = []
+    for line in dict.fromkeys(text.split("\n")):  # not splitlines(): a JSON string holds no bare "\n", but may hold
+        try:                                      # other characters that splitlines() breaks at
+            name = json.loads(line) if line.startswith('"') else line  # plain lines: lists of older versions
+        except ValueError:
+            continue  # a line cut short by a crash names nothing
+        if isinstance(name, str) and name and not name.startswith("/"):
+            names.append(name)
+    return names
 
 
 def _names_from_record(out_dir: Path) -> list[str]:
