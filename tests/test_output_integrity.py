@@ -427,7 +427,9 @@ def test_resume_with_an_unreadable_progress_record_names_it(clip, tmp_path, caps
     record = out / ".longvos-progress.json"
     text = record.read_text()
     capsys.readouterr()
-    for damaged in (text[: len(text) // 2], "", "[1, 2]", text.replace('"version": 1', '"version": 0')):
+    completed = json.loads(text)["completed"]
+    for damaged in (text[: len(text) // 2], "", "[1, 2]", text.replace('"version": 1', '"version": 0'),
+                    text.replace(f'"completed": {completed}', '"completed": 1e400'), "[" * 100_000):
         record.write_text(damaged)
         assert main([*args, "--resume"]) == 1
         stderr = capsys.readouterr().err
@@ -507,3 +509,31 @@ def test_an_output_list_of_plain_lines_is_still_read(tmp_path):
     (out / "mine.png").write_bytes(b"user")
     clear_outputs(out)
     assert sorted(path.name for path in out.rglob("*")) == ["mine.png"]
+
+
+def test_resume_of_a_truncated_video_stopped_after_its_last_decodable_frame_completes(truncated, tmp_path):
+    """The snapshot lies where the stream ends early (the container lists more frames): checking it reads past the
+    end, which shortens the video; the resume must then find no frame left and finish, not ask for frames that do
+    not decode. Its masks equal an uninterrupted run's."""
+    video, mask = truncated
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        decodable = len(list(open_video(video).frames()))
+    options = dict(max_size=64, device="cpu", progress=False, snapshot_every=decodable)
+
+    def stop_at_the_last(frame, result):
+        if frame.index == decodable - 1:
+            raise KeyboardInterrupt
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        segment_video(video, mask, tmp_path / "whole", **options)
+        with pytest.raises(SegmentationError):
+            segment_video(video, mask, tmp_path / "resumed", on_frame=stop_at_the_last, **options)
+        summary = segment_video(video, mask, tmp_path / "resumed", resume=True, **options)
+    assert summary.restored_from == decodable and summary.frames == 0
+    assert json.loads((tmp_path / "resumed" / ".longvos-progress.json").read_text())["done"] is True
+    names = frame_pngs(tmp_path / "whole")
+    assert len(names) == decodable and frame_pngs(tmp_path / "resumed") == names
+    for name in names:
+        assert (tmp_path / "resumed" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes()

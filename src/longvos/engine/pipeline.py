@@ -327,7 +327,11 @@ class _Run:
                 # complete frames after it are recomputed (to bring the state up to date), never rewritten.
                 todo = order if overlay is not None else order[self.restored:]
                 position = len(order) - len(todo)
-                frames = self.source.frames(min(todo), max(todo) + 1, order.step < 0) if todo else iter(())
+                # A stream that ends early may have been found out since the range was set (the snapshot check
+                # reads the frame after the snapshot): ask only for frames that decode; the loop ends there.
+                stop = min(max(todo) + 1, self.source.num_frames) if todo else 0
+                frames = self.source.frames(min(todo), stop, order.step < 0) if todo and min(todo) < stop \
+                    else iter(())
                 for frame in frames:
                     if frame.index != order[position]:  # frames missing from the decoded stream
                         raise VideoReadError(f"{self.source.description}: frame {order[position]} is missing from "

@@ -75,6 +75,8 @@ class RunProgress:
             raise ValueError(f"cannot read it: {err.strerror if isinstance(err, OSError) else err}") from None
         try:
             record = json.loads(text)
+        except RecursionError:
+            raise ValueError("it is not a record (nested too deeply)") from None
         except ValueError as err:
             raise ValueError(f"it is not valid JSON: {err}" if text.strip() else "it is empty") from None
         if not isinstance(record, dict):
@@ -92,7 +94,7 @@ class RunProgress:
                        int(record.get("frames", 0)), float(record.get("seconds", 0.0)))
         except KeyError as err:
             raise ValueError(f"it lacks the field {err}") from None
-        except (ValueError, TypeError, AttributeError) as err:
+        except (ValueError, TypeError, AttributeError, OverflowError) as err:
             raise ValueError(f"a field has the wrong type ({err})") from None
 
 
