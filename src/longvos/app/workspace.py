@@ -166,7 +166,7 @@ class Workspace:
     def create_job(self, upload: str | Path) -> Job:
         """A job from a video Gradio received at ``upload`` (in its cache, see :meth:`upload_path`): linked into a
         new job folder and checked (a frame size within ``max_video_pixels`` and a length within
-        ``max_video_frames``, read from the header, then from at most ``max_video_frames + 1`` packets, so that a
+        ``max_video_frames``, read from the header, then from at most ``max_video_frames + 1`` frame packets, so that a
         header that undercounts costs no more than a video at the limit; the first frame decodes, and is kept as
         ``first.png``)."""
         upload = self.upload_path(upload)
@@ -189,7 +189,7 @@ class Workspace:
                 too_long = TooLarge(f"the video is longer than the limit of {self.max_video_frames} frames")
                 if listed_frames(video, self.max_video_frames) > self.max_video_frames:  # before any indexing
                     raise too_long
-                try:  # a header that undercounted: at most max_video_frames + 1 packets are read to find out
+                try:  # a header that undercounted: at most max_video_frames + 1 frame packets are read to find out
                     source.num_frames  # noqa: B018 - builds the (bounded) index before anything else reads the file
                 except VideoTooLong:
                     raise too_long from None
@@ -316,8 +316,8 @@ def _delete_path(path: str) -> None:
 
 def listed_frames(video: Path, limit: int) -> int:
     """The frames the container of ``video`` lists (its header, or its duration x frame rate); where the header
-    tells neither, its packets are counted, up to ``limit + 1`` (nothing is decoded; more than ``limit + 1`` packets
-    in all, empty ones included, also counts as over the limit, so that the walk is bounded whatever the file)."""
+    tells neither, its packets are counted, up to ``limit + 1`` (nothing is decoded; more than ``limit + 1`` empty
+    packets also counts as over the limit, so that the walk is bounded whatever the file)."""
     try:
         with av.open(str(video)) as container:
             stream = container.streams.video[0]
@@ -328,11 +328,11 @@ def listed_frames(video: Path, limit: int) -> int:
                        else container.duration / av.time_base if container.duration else None)
             if rate and seconds:
                 return math.ceil(seconds * float(rate) - 1e-6)
-            count = walked = 0
+            count = empty = 0
             for packet in container.demux(stream):
-                walked += 1
                 count += packet.size > 0
-                if count > limit or walked > limit + 1:  # a stream at the limit ends with one empty flush packet
+                empty += packet.size == 0
+                if count > limit or empty > limit + 1:  # at most 2 * limit + 2 packets are read
                     return limit + 1
             return count
     except (av.FFmpegError, OSError, IndexError) as err:

@@ -10,7 +10,8 @@ reverse reading use a timestamp index built from the packets alone (no decoding)
 count is what the container lists; a damaged or truncated file can decode fewer frames. When decoding ends before
 the listed count, ``num_frames`` becomes the count that decodes and one :class:`VideoTruncatedWarning` names the last
 frame that decoded. For a file nobody vouches for (an upload), ``VideoFileSource(path, max_frames=N)`` bounds that
-pass: it stops after ``N + 1`` packets and raises :class:`VideoTooLong` instead of walking the rest of the file.
+pass: it stops after ``N + 1`` frame packets (or ``N + 2`` empty ones) and raises :class:`VideoTooLong` instead of
+walking the rest of the file.
 """
 from __future__ import annotations
 
@@ -212,9 +213,9 @@ class VideoTruncatedWarning(UserWarning):
 
 class VideoTooLong(VideoReadError):
     """The video stream has more packets (frames) than the ``max_frames`` its :class:`VideoFileSource` was given;
-    only ``max_frames + 1`` of them were read to know it."""
+    at most ``max_frames + 1`` frame packets (and ``max_frames + 2`` empty ones) were read to know it."""
 
-    def __init__(self, message: str, limit: int):
+    def __init__(self, message: str, limit: int | None = None):  # limit optional: exceptions pickle their message
         super().__init__(message)
         self.limit = limit
 
@@ -223,8 +224,8 @@ class VideoFileSource(FrameSource):
     """A video stream read with PyAV; memory stays at a few frames whatever the length.
 
     With ``max_frames``, the pass over the packets that counts the frames stops once the stream has more than
-    ``max_frames`` (:class:`VideoTooLong`), so an untrusted file costs at most ``max_frames + 1`` packets of work and
-    index whatever its container claims; without it (the default) every packet is counted.
+    ``max_frames`` (:class:`VideoTooLong`), so an untrusted file costs at most ``2 * max_frames + 2`` packets of work
+    and index whatever its container claims; without it (the default) every packet is counted.
     """
 
     def __init__(self, path: str | Path, *, max_frames: int | None = None):
@@ -256,9 +257,9 @@ class VideoFileSource(FrameSource):
         """Count frames and record their timestamps by demuxing packets (cheap: nothing is decoded). The list holds
         one small int per frame (about 40 bytes each while it is built, 8 in the sorted array that is kept).
 
-        With :attr:`max_frames`, a frame packet past the limit, or more packets in all than a stream at the limit
-        has (``max_frames`` and the empty flush packet: empty packets must not make the walk unbounded either),
-        means :class:`VideoTooLong`, and nothing is recorded: at most ``max_frames + 2`` packets are read."""
+        With :attr:`max_frames`, a frame packet past the limit, or more empty packets than frames allowed (empty
+        packets, which some files hold between frames, must not make the walk unbounded either), means
+        :class:`VideoTooLong`, and nothing is recorded: at most ``2 * max_frames + 2`` packets are read."""
         limit = self.max_frames
         timestamps: list[int] = []
         count = 0
@@ -272,8 +273,11 @@ class VideoFileSource(FrameSource):
                         count += 1
                         if packet.pts is not None:
                             timestamps.append(packet.pts)
-                    if limit is not None and (count > limit or count + empty > limit + 1):
+                    if limit is not None and count > limit:
                         raise VideoTooLong(f"{self.path}: the video is longer than {limit} frames", limit)
+                    if limit is not None and empty > limit + 1:
+                        raise VideoTooLong(f"{self.path}: the video stream holds more than {limit + 1} empty "
+                                           f"packets (more than a video of {limit} frames can)", limit)
         except av.FFmpegError as err:
             raise VideoReadError(f"{self.path}: cannot read the video stream: {err}") from None
         if count == 0:
