@@ -1039,7 +1039,7 @@ def test_a_video_whose_header_undercounts_is_refused_after_at_most_limit_plus_on
     from longvos.io.video import VideoFileSource
 
     video = tiny_mkv_with_a_lying_header(tmp_path / "lying.mkv", 400)
-    assert listed_frames(video, 50) <= 50  # the header lies: only the packets tell
+    assert listed_frames(video) <= 50  # the header lies: only the packets tell
     demuxed = []
     real_open = VideoFileSource._open
 

@@ -187,7 +187,7 @@ class Workspace:
                     raise TooLarge(f"frames of {width}x{height} are over the limit of "
                                    f"{self.max_video_pixels / 1e6:g} megapixels")
                 too_long = TooLarge(f"the video is longer than the limit of {self.max_video_frames} frames")
-                if listed_frames(video, self.max_video_frames) > self.max_video_frames:  # before any indexing
+                if listed_frames(video) > self.max_video_frames:  # from the header, before any packet is read
                     raise too_long
                 try:  # a header that undercounted: at most max_video_frames + 1 frame packets are read to find out
                     source.num_frames  # noqa: B018 - builds the (bounded) index before anything else reads the file
@@ -314,10 +314,10 @@ def _delete_path(path: str) -> None:
             pass
 
 
-def listed_frames(video: Path, limit: int) -> int:
-    """The frames the container of ``video`` lists (its header, or its duration x frame rate); where the header
-    tells neither, its packets are counted, up to ``limit + 1`` (nothing is decoded; more than ``limit + 1`` empty
-    packets also counts as over the limit, so that the walk is bounded whatever the file)."""
+def listed_frames(video: Path) -> int:
+    """The frames the container of ``video`` lists (its header, or its duration x frame rate); 0 where it tells
+    neither (then only the bounded count of :class:`~longvos.io.video.VideoFileSource` can tell). Nothing is
+    demuxed or decoded."""
     try:
         with av.open(str(video)) as container:
             stream = container.streams.video[0]
@@ -326,15 +326,7 @@ def listed_frames(video: Path, limit: int) -> int:
             rate = stream.average_rate or stream.guessed_rate
             seconds = (float(stream.duration * stream.time_base) if stream.duration and stream.time_base
                        else container.duration / av.time_base if container.duration else None)
-            if rate and seconds:
-                return math.ceil(seconds * float(rate) - 1e-6)
-            count = empty = 0
-            for packet in container.demux(stream):
-                count += packet.size > 0
-                empty += packet.size == 0
-                if count > limit or empty > limit + 1:  # at most 2 * limit + 2 packets are read
-                    return limit + 1
-            return count
+            return math.ceil(seconds * float(rate) - 1e-6) if rate and seconds else 0
     except (av.FFmpegError, OSError, IndexError) as err:
         raise InputError(f"the video: cannot read its header: {one_line(err)}") from None
 

@@ -57,7 +57,6 @@ def run(args: argparse.Namespace) -> int:
     # Heavy imports (torch, PyAV) happen only when the command actually runs.
     from longvos.engine.outputs import check_output_folder
     from longvos.engine.pipeline import segment_video
-    from longvos.io.overlay import check_overlay_path
     from longvos.prompts import parse_box
 
     masks: dict[int | None, Path] = {}
@@ -66,11 +65,9 @@ def run(args: argparse.Namespace) -> int:
         if frame in masks:
             raise CommandError(f"two masks for {'the first frame' if frame is None else f'frame {frame}'}")
         masks[frame] = path
-    # Where the outputs go, checked before the video is read or the model loaded (a run that could not write them
-    # would otherwise only fail after segmenting the whole video).
+    # Checked here only to name the flag; segment_video checks the folder (and the overlay path) before the model
+    # loads as well, so a run that could not write its outputs never fails after segmenting the whole video.
     check_output_folder(args.out, "--out")
-    if args.overlay is not None:
-        check_overlay_path(args.overlay, out_dir=args.out)  # inside --out: the run creates that folder
     apply_threads(args.threads)
     snapshot = {} if args.snapshot_every is None else {"snapshot_every": args.snapshot_every}
     options = segment_options(args, start=args.start, end=args.end, reverse=args.reverse, per_object=args.per_object,
