@@ -27,6 +27,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=None, help="where eval reports go (default: a temporary folder)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--memory", default=None, help="memory design (default: the model's)")
+    parser.add_argument("--mem-gap", type=int, default=None, help="frames between memory updates (default: the model's)")
     parser.add_argument("--max-size", default="auto")
     args = parser.parse_args()
 
@@ -53,6 +54,8 @@ def main() -> int:
                        "--max-size", args.max_size, "--brief", "--quiet", "-j", "1"]
             if args.memory:
                 command += ["--memory", args.memory]
+            if args.mem_gap:
+                command += ["--mem-gap", str(args.mem_gap)]
             subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
             scores = object_scores(out)
             all_scores += scores
