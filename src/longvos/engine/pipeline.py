@@ -7,7 +7,6 @@ and form a prefix of the frames in processing order, which ``resume=True`` conti
 """
 from __future__ import annotations
 
-import copy
 import time
 import warnings
 from collections.abc import Callable
@@ -184,12 +183,19 @@ def segment_video(
                              f"or --overwrite to replace it")
         if record.done:
             notes = ["already complete"]
-            if overlay_writer is not None:  # drawn from the masks on disk: nothing is segmented or rewritten
+            # The overlay is drawn from the masks on disk: nothing is segmented or rewritten. A run of no frames (a
+            # range past the end of a stream that ends early) has none to draw, and its overlay is not written (the
+            # writer makes no file before its first frame).
+            drawn = 0
+            if overlay_writer is not None and record.completed:
                 _log_overlay(out_dir, overlay)
                 run = _Run(source, session, prompts, out_dir, palette, record, False, False)
                 run.execute(order[:record.completed], overlay_writer, options.max_pending_writes, None,
                             lambda _frames: None, redraw=True)
-                notes.append(f"overlay {overlay} drawn from its {run.frames_done} saved mask(s)")
+                drawn = run.frames_done
+            if overlay_writer is not None:
+                notes.append(f"overlay {overlay} drawn from its {drawn} saved mask(s)" if drawn else
+                             f"no overlay written to {overlay}: the run has no frames to draw")
             return SegmentSummary(0, 0.0, 0.0, 0.0, peak_rss_bytes(), None, 0, [], out_dir, record.completed, notes)
         if threads is None:
             threads = record.threads  # the count the written frames (and the snapshot) were computed with
@@ -312,6 +318,7 @@ class _Run:
         self.differed = False  # a recomputed frame differed from the one on disk (warned once)
         self.total = 0
         self.frames_done = 0  # frames complete in processing order, once execute returns
+        self.unreadable_mask: Path | None = None  # a saved mask that could not be read back (the run stopped)
 
     def execute(self, order: range, overlay: OverlayWriter | None, max_pending: int,
                 on_frame: Callable[[Frame, StepResult], None] | None, advance: Callable[[int], None],
@@ -321,14 +328,14 @@ class _Run:
         completed, self.total = self.record.completed, len(order)
         position = 0  # the frame being worked on, counted in processing order
         try:
-            self.restored = len(order) if redraw else self._restore(order) if completed else 0
+            self.restored = len(order) if redraw else self._restore() if completed else 0
             with BackgroundWriter(max_pending) as writer:
                 # Frames before the restored state are decoded again only to redraw them into a new overlay video;
                 # complete frames after it are recomputed (to bring the state up to date), never rewritten.
                 todo = order if overlay is not None else order[self.restored:]
                 position = len(order) - len(todo)
-                # A stream that ends early may have been found out since the range was set (the snapshot check
-                # reads the frame after the snapshot): ask only for frames that decode; the loop ends there.
+                # A stream that ends early may have been found out since the range was set (by an earlier read of
+                # the source): ask only for frames that decode; the loop ends there.
                 stop = min(max(todo) + 1, self.source.num_frames) if todo else 0
                 frames = self.source.frames(min(todo), stop, order.step < 0) if todo and min(todo) < stop \
                     else iter(())
@@ -357,9 +364,19 @@ class _Run:
             reason = ("interrupted" if interrupted else str(err) if isinstance(err, InputError)
                       else f"{type(err).__name__}: {err}")
             done = self.record.completed  # read after the writer has drained
-            advice = " (run again with resume to continue)" if self.records else ""
-            raise SegmentationError(f"stopped {where}: {reason}; {done} frame(s) complete in {self.out_dir}{advice}",
-                                    done, interrupted) from err
+            if self.unreadable_mask is not None:
+                # A resume would read the same saved mask again (to draw it, or to compare its recomputed frame).
+                advice = (f" (a resume would read the saved mask {self.unreadable_mask.name} again: use --overwrite "
+                          f"to segment the video again)")
+            elif redraw:  # a complete run: a resume draws the overlay again, and segments nothing
+                advice = (" (run again with resume to draw the overlay)" if interrupted else
+                          " (its masks are complete and untouched; run again with resume to draw the overlay once "
+                          "the cause is fixed)")
+            else:
+                advice = " (run again with resume to continue)" if self.records else ""
+            what = "the overlay of a complete run was not drawn: " if redraw else ""
+            raise SegmentationError(f"{what}stopped {where}: {reason}; {done} frame(s) complete in {self.out_dir}"
+                                    f"{advice}", done, interrupted) from err
 
     def _segment(self, position: int, frame: Frame, writer: BackgroundWriter, overlay: OverlayWriter | None,
                  on_frame: Callable[[Frame, StepResult], None] | None) -> None:
@@ -392,14 +409,15 @@ class _Run:
 
         writer.submit(job)
 
-    def _restore(self, order: range) -> int:
+    def _restore(self) -> int:
         """Restore the interrupted run's state snapshot; returns the frames it describes (0: there is no usable
         one, and the run is recomputed from its first frame, which gives the same bytes, only slower). A snapshot
         that cannot be used (missing though the record names it, unreadable, damaged, lacking a field or with one of
-        the wrong type, of another model or frame size, with tensors the model cannot step with) is not an error:
-        the session is reset and the run recomputed, with one warning naming the reason. Tensors are checked by
-        stepping the frame after the snapshot once on a copy of it (a model step raises on a wrong shape); the
-        run then steps that frame again from the snapshot itself."""
+        the wrong type, of another model or frame size, with a tensor of another dtype or shape than the model's
+        state has) is not an error: the session is reset and the run recomputed, with one warning naming the reason.
+        Tensors are checked without running the model: :meth:`Session.restore` has the model family's
+        ``from_snapshot`` check each one's type, dtype and shape against the model's dimensions and the session's
+        network size, so a resume steps each frame after the snapshot once, as the interrupted run would have."""
         try:
             data = load_state(self.out_dir, self.session.device, self.digest, self.record)
             if data is None:
@@ -409,14 +427,6 @@ class _Run:
                 raise ValueError(f"it describes {snapshot['frames_processed']} frames, its header {completed}")
             if snapshot["frame_hw"] is not None and tuple(snapshot["frame_hw"]) != tuple(self.source.frame_size):
                 raise ValueError(f"its frames are {snapshot['frame_hw']}, the video's {list(self.source.frame_size)}")
-            frame = self._next_frame(order, completed)
-            if frame is not None:
-                self.session.restore(copy.deepcopy(snapshot))  # the step may change the state's tensors in place
-                prompt = self.prompts.get(frame.index)
-                mask = self.session.step(frame.image, None if prompt is None else prompt.ids).mask
-                if tuple(mask.shape) != tuple(self.source.frame_size):
-                    raise ValueError(f"the frame after it steps to a {mask.shape} mask, not "
-                                     f"{tuple(self.source.frame_size)}")
             self.session.restore(snapshot)
         except Exception as err:  # noqa: BLE001 - any unusable snapshot: recomputing from the start is always exact
             self.session.reset_state()  # a restore that failed part-way may have replaced some of the state
@@ -426,17 +436,6 @@ class _Run:
                           f"(same result, slower)", UserWarning, stacklevel=2)
             return 0
         return completed
-
-    def _next_frame(self, order: range, position: int) -> Frame | None:
-        """The frame at ``position`` in processing order, or ``None`` where there is none that decodes (the run
-        ends there; its loop reports a stream that ends early)."""
-        if position >= len(order):
-            return None
-        try:
-            frame = self.source.read(order[position])
-        except Exception:  # noqa: BLE001 - not the snapshot's fault: the frame loop reads it again and reports it
-            return None
-        return frame if frame.index == order[position] else None
 
     def _recompute(self, frame: Frame, writer: BackgroundWriter, overlay: OverlayWriter | None) -> None:
         """Step a frame that is already complete on disk (after a resume), to bring the state up to date."""
@@ -450,7 +449,12 @@ class _Run:
             writer.submit(lambda image=frame.image, ids=result.mask: overlay.write(image, ids))
 
     def _saved_mask(self, name: str) -> np.ndarray:
-        return read_index_mask(self.out_dir / f"{name}.png", self.source.frame_size, allow_empty=True).ids
+        path = self.out_dir / f"{name}.png"
+        try:
+            return read_index_mask(path, self.source.frame_size, allow_empty=True).ids
+        except InputError:
+            self.unreadable_mask = path  # missing, damaged or of another size: named in the run's error
+            raise
 
     def _write_job(self, position: int, frame: Frame, result: StepResult,
                    overlay: OverlayWriter | None) -> Callable[[], None]:

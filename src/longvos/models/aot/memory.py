@@ -117,6 +117,9 @@ class LongTermMemory(Protocol):
     name: str
     #: Whether the memory stays the same size however long the video (``ref+prev`` and ``mca``).
     constant_size: bool
+    #: The most frames the long-term memory holds (``None``: no bound, it grows); a state snapshot with more is
+    #: refused.
+    max_frames: int | None
 
     def update(self, old: list[LayerMemory], new: list[LayerMemory], grid_hw: tuple[int, int]) -> list[LayerMemory]:
         """The long-term memory after memorising the frame ``new`` (one :class:`LayerMemory` per layer)."""
@@ -128,6 +131,7 @@ class GrowingMemory:
 
     name = "growing"
     constant_size = False
+    max_frames = None
 
     def update(self, old: list[LayerMemory], new: list[LayerMemory], grid_hw: tuple[int, int]) -> list[LayerMemory]:
         return [LayerMemory.cat([new_layer, old_layer]) for new_layer, old_layer in zip(new, old)]
@@ -138,6 +142,7 @@ class ReferencePlusPreviousMemory:
 
     name = "ref+prev"
     constant_size = True
+    max_frames = 2  # the reference frame, and the latest memorised frame after the first update
 
     def update(self, old: list[LayerMemory], new: list[LayerMemory], grid_hw: tuple[int, int]) -> list[LayerMemory]:
         frame_tokens = grid_hw[0] * grid_hw[1]
@@ -155,6 +160,7 @@ class ModulatedCrossAttentionMemory:
 
     name = "mca"
     constant_size = True
+    max_frames = 2  # the reference frame, and the dynamic frame after the first update
 
     def __init__(self, fusion: "MemoryFusion"):
         self.fusion = fusion

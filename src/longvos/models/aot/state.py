@@ -12,10 +12,14 @@ objects are all removed is dropped with its memory.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from longvos.models.aot.memory import AOTMemory, LayerMemory, storage_nbytes
+
+if TYPE_CHECKING:
+    from longvos.models.aot.model import AOTModel
 
 _PROBABILITY_CLAMP = 1e-5  # official soft aggregation clamps to [eps, 1 - eps] before taking logits
 #: Logit of decoder channels that hold no object (official values; it must stay finite in half precision).
@@ -104,8 +108,14 @@ class AOTState:
                 "input_hw": None if self.input_hw is None else list(self.input_hw), "memory": self.memory}
 
     @classmethod
-    def from_snapshot(cls, data: dict, device: torch.device | None = None) -> AOTState:
-        """The state :meth:`to_snapshot` described, its tensors on ``device``."""
+    def from_snapshot(cls, data: dict, device: torch.device | None = None, *, model: AOTModel | None = None,
+                      input_hw: tuple[int, int] | None = None, like: AOTState | None = None,
+                      dtype: torch.dtype | None = None) -> AOTState:
+        """The state :meth:`to_snapshot` described, its tensors on ``device`` (stored as they are: a tensor already
+        there is neither copied nor made contiguous). With ``model``, the snapshot is first checked against it
+        (:meth:`check_snapshot`, with ``input_hw``, ``like`` and ``dtype``): a ``ValueError`` names what is wrong."""
+        if model is not None:
+            cls.check_snapshot(data, model, input_hw, like=like, dtype=dtype)
         if data.get("kind") != cls.SNAPSHOT_KIND:
             raise ValueError(f"not an AOT-family state snapshot (kind {data.get('kind')!r})")
 
@@ -125,6 +135,84 @@ class AOTState:
                    object_ids=[int(i) for i in data["object_ids"]], passes=passes,
                    input_hw=None if data["input_hw"] is None else tuple(data["input_hw"]),
                    memory=None if data.get("memory") is None else str(data["memory"]))
+
+    @classmethod
+    def check_snapshot(cls, data: Any, model: AOTModel, input_hw: tuple[int, int] | None, *,
+                       like: AOTState | None = None, dtype: torch.dtype | None = None) -> None:
+        """Refuse a snapshot that ``model`` could not continue in a session that sees its frames at ``input_hw``
+        (``None``: no frame seen yet): a ``ValueError`` whose one line names the field and what was expected.
+
+        Every field must have its type; ``max_objects`` is the model's, and ``mem_gap`` and ``memory`` are those of
+        ``like`` (the session's fresh state) if given. Each pass has ``max_objects`` slots, retired slots among them
+        and free, at least one object, and the objects of all passes are ``object_ids``, each once. Its memory is
+        on the stride-``max_stride`` token grid of ``input_hw`` (``h x w``), with one key/value pair per E-LSTT layer,
+        batch 1 (one pass), in the shapes :meth:`GatedPropagationLayer.memory_from` makes them:
+        keys ``(1, frames * h*w, qk_dim)``, values ``(1, frames * h*w, 2 * value_dim)``, one frame in the
+        short-term memory and, in the long-term one, the same number in every layer, from 1 to what the memory
+        design holds. Tensors are float32 or, under autocast, ``dtype``.
+        """
+        config = model.config
+        if not isinstance(data, dict):
+            raise ValueError(f"the state is of type {type(data).__name__}, not an AOT-family state snapshot")
+        if data.get("kind") != cls.SNAPSHOT_KIND:
+            raise ValueError(f"not an AOT-family state snapshot (kind {data.get('kind')!r})")
+        max_objects = _whole(data, "max_objects", "max_objects")
+        if max_objects != config.max_objects:
+            raise ValueError(f"max_objects is {max_objects}, the model's is {config.max_objects}")
+        mem_gap = _whole(data, "mem_gap", "mem_gap")
+        if mem_gap < 1:
+            raise ValueError(f"mem_gap is {mem_gap}, expected at least 1 frame")
+        memory_design = data.get("memory")
+        if memory_design is not None and not isinstance(memory_design, str):
+            raise ValueError(f"memory is of type {type(memory_design).__name__}, expected a design name or None")
+        if like is not None:
+            if mem_gap != like.mem_gap:
+                raise ValueError(f"mem_gap is {mem_gap}, this session's is {like.mem_gap}")
+            if memory_design != like.memory:
+                raise ValueError(f"memory is {memory_design!r}, this session's is {like.memory!r}")
+        try:
+            max_frames = model.long_term_design(memory_design).max_frames
+        except ValueError as err:
+            raise ValueError(f"memory: {err}") from None
+        stored_hw = data.get("input_hw")
+        expected_hw = None if input_hw is None else [int(n) for n in input_hw]
+        if stored_hw != expected_hw:
+            raise ValueError(f"input_hw is {stored_hw!r}, expected {expected_hw!r} (the session's network size)")
+        object_ids = _list(data, "object_ids", "object_ids")
+        if not all(isinstance(i, int) and not isinstance(i, bool) for i in object_ids):
+            raise ValueError(f"object_ids {object_ids!r} are not all whole numbers")
+        if len(set(object_ids)) != len(object_ids):
+            raise ValueError(f"object_ids {object_ids} repeat an id")
+        passes = _list(data, "passes", "passes")
+        if passes and expected_hw is None:
+            raise ValueError(f"passes holds {len(passes)} pass(es) before any frame was seen (input_hw None)")
+        # The token grid: the identity bank's strided convolution lands on the encoder's grid, and it makes
+        # ceil(size / max_stride) tokens of a network input size (kernel max_stride + 1 with padding max_stride / 2
+        # for corner-aligned sizes, kernel max_stride without padding for multiples of it).
+        grid_hw = None if input_hw is None else [-(-int(n) // config.max_stride) for n in input_hw]
+        dtypes = _dtypes(dtype)
+        in_slots: list[int] = []
+        for index, stored in enumerate(passes):
+            where = f"passes[{index}]"
+            if not isinstance(stored, dict):
+                raise ValueError(f"{where} is of type {type(stored).__name__}, expected a dict")
+            slots = _list(stored, "slots", f"{where}.slots")
+            if len(slots) != max_objects:
+                raise ValueError(f"{where}.slots has {len(slots)} slot(s), expected max_objects = {max_objects}")
+            if not all(s is None or (isinstance(s, int) and not isinstance(s, bool)) for s in slots):
+                raise ValueError(f"{where}.slots {slots!r} are not all object ids or None")
+            if all(s is None for s in slots):
+                raise ValueError(f"{where}.slots hold no object (a pass without objects is dropped)")
+            in_slots.extend(s for s in slots if s is not None)
+            retired = _list(stored, "retired", f"{where}.retired")
+            if (not all(isinstance(r, int) and not isinstance(r, bool) and 0 <= r < max_objects for r in retired)
+                    or len(set(retired)) != len(retired)):
+                raise ValueError(f"{where}.retired {retired!r} are not distinct slot indices 0..{max_objects - 1}")
+            if any(slots[r] is not None for r in retired):
+                raise ValueError(f"{where}.retired {retired} names a slot that holds an object ({slots})")
+            _check_memory(stored.get("memory"), f"{where}.memory", config, grid_hw, max_frames, dtypes)
+        if sorted(in_slots) != sorted(object_ids):
+            raise ValueError(f"the passes' slots hold objects {sorted(in_slots)}, object_ids {sorted(object_ids)}")
 
     def live_slots(self, device: torch.device | None = None) -> torch.Tensor:
         """``(P, 1 + max_objects)`` bool: which decoder channels of each pass belong to a tracked object (or bg)."""
@@ -153,6 +241,86 @@ class AOTState:
             pass_index, slot = self.locate(object_id)
             table_PL[pass_index, 1 + index] = 1 + slot
         return table_PL[:, labels_HW.long()]
+
+
+# -- snapshot checks ---------------------------------------------------------------------------------------------
+
+def _whole(data: dict, key: str, where: str) -> int:
+    if key not in data:
+        raise ValueError(f"{where} is missing")
+    value = data[key]
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError(f"{where} is {value!r}, expected a whole number")
+    return value
+
+
+def _list(data: dict, key: str, where: str) -> list:
+    if key not in data:
+        raise ValueError(f"{where} is missing")
+    value = data[key]
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"{where} is of type {type(value).__name__}, expected a list")
+    return list(value)
+
+
+def _dtypes(dtype: torch.dtype | None) -> tuple[torch.dtype, ...]:
+    """The dtypes a memory tensor may have: float32 (the state's), and under autocast the compute dtype, in which
+    the layers' projections come out."""
+    return (torch.float32,) if dtype in (None, torch.float32) else (torch.float32, dtype)
+
+
+def _check_tensor(value: Any, where: str, shape: tuple[int, ...], dtypes: tuple[torch.dtype, ...]) -> None:
+    if not isinstance(value, torch.Tensor):
+        raise ValueError(f"{where} is of type {type(value).__name__}, expected a tensor of shape {shape}")
+    if tuple(value.shape) != shape:
+        raise ValueError(f"{where} has shape {tuple(value.shape)}, expected {shape}")
+    if value.dtype not in dtypes:
+        raise ValueError(f"{where} has dtype {value.dtype}, expected {' or '.join(map(str, dtypes))}")
+
+
+def _check_memory(memory: Any, where: str, config: Any, grid_hw: list[int] | None, max_frames: int | None,
+                  dtypes: tuple[torch.dtype, ...]) -> None:
+    """One pass's memory (see :meth:`AOTState.check_snapshot`)."""
+    if not isinstance(memory, dict):
+        raise ValueError(f"{where} is of type {type(memory).__name__}, expected a dict (every pass has a memory)")
+    if memory.get("grid_hw") != grid_hw:
+        raise ValueError(f"{where}.grid_hw is {memory.get('grid_hw')!r}, expected {grid_hw} (the stride-"
+                         f"{config.max_stride} grid of the network size)")
+    frame_step = _whole(memory, "frame_step", f"{where}.frame_step")
+    last_update_step = _whole(memory, "last_update_step", f"{where}.last_update_step")
+    if not 0 <= last_update_step <= frame_step:
+        raise ValueError(f"{where}.last_update_step is {last_update_step}, expected 0..frame_step ({frame_step})")
+    tokens = grid_hw[0] * grid_hw[1]
+    channels = (config.qk_dim, 2 * config.value_dim)
+
+    def layers(name: str) -> list:
+        stored = _list(memory, name, f"{where}.{name}")
+        if len(stored) != config.num_layers:
+            raise ValueError(f"{where}.{name} has {len(stored)} layer(s), expected num_layers = {config.num_layers}")
+        for index, pair in enumerate(stored):
+            if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+                raise ValueError(f"{where}.{name}[{index}] is not a [key, value] pair")
+        return stored
+
+    long_term, short_term = layers("long_term"), layers("short_term")
+    # The long-term frames, read from the first layer's key, which every other layer must then agree with.
+    first, first_where = long_term[0][0], f"{where}.long_term[0].key"
+    expected = (f"(1, frames * {tokens}, {config.qk_dim}) with "
+                f"{'1 or more' if max_frames is None else f'1 to {max_frames}'} long-term frame(s) of {tokens} tokens")
+    if not isinstance(first, torch.Tensor):
+        raise ValueError(f"{first_where} is of type {type(first).__name__}, expected a tensor of shape {expected}")
+    found = first.shape[1] if first.ndim == 3 else 0
+    frames = found // tokens if found % tokens == 0 else 0
+    if not 1 <= frames <= (max_frames or frames):
+        raise ValueError(f"{first_where} has shape {tuple(first.shape)}, expected {expected}")
+    # Every long-term update adds a frame until the design's bound, and the first one is the second frame.
+    if (frames == 1) != (last_update_step == 0):
+        raise ValueError(f"{where}.long_term holds {frames} frame(s) but last_update_step is {last_update_step} "
+                         f"(one frame exactly until the first long-term update, at a step after 0)")
+    for name, stored, count in (("long_term", long_term, frames), ("short_term", short_term, 1)):
+        for index, pair in enumerate(stored):
+            for part, tensor, width in zip(("key", "value"), pair, channels):
+                _check_tensor(tensor, f"{where}.{name}[{index}].{part}", (1, count * tokens, width), dtypes)
 
 
 def mask_empty_slots(logits_PKhw: torch.Tensor, live_PK: torch.Tensor) -> torch.Tensor:

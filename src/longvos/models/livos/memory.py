@@ -31,12 +31,19 @@ means) lets the object memory be a running sum; the object transformer divides b
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from longvos.models.livos.layers import SinePositionalEncoding2d
+
+if TYPE_CHECKING:
+    from longvos.models.livos.model import LiVOS
+
+#: The dtype of every tensor of a video's state (the matching maths and the sums run in float32 under any autocast).
+_STATE_DTYPE = torch.float32
 
 
 # -- gated linear matching --------------------------------------------------------------------------------------
@@ -241,8 +248,16 @@ class LiVOSState:
                 "grid_size": None if self.grid_size is None else list(self.grid_size)}
 
     @classmethod
-    def from_snapshot(cls, data: dict, device: torch.device | None = None) -> LiVOSState:
-        """The state :meth:`to_snapshot` described, its tensors on ``device``."""
+    def from_snapshot(cls, data: dict, device: torch.device | None = None, *, model: LiVOS | None = None,
+                      input_hw: tuple[int, int] | None = None, like: LiVOSState | None = None,
+                      dtype: torch.dtype | None = None) -> LiVOSState:
+        """The state :meth:`to_snapshot` described, its tensors on ``device`` (stored as they are: a tensor already
+        there is neither copied nor made contiguous). With ``model``, the snapshot is first checked against it
+        (:meth:`check_snapshot` with ``input_hw``); ``like`` and ``dtype`` are accepted for the session's one call to
+        every family and not needed here (a LiVOS state has no per-video settings, and its tensors are float32
+        under any autocast)."""
+        if model is not None:
+            cls.check_snapshot(data, model, input_hw)
         if data.get("kind") != cls.SNAPSHOT_KIND:
             raise ValueError(f"not a LiVOS state snapshot (kind {data.get('kind')!r})")
         names = {f.name for f in fields(cls)}
@@ -255,6 +270,68 @@ class LiVOSState:
             setattr(state, name, tensor.to(device))
         return state
 
+    @classmethod
+    def check_snapshot(cls, data: Any, model: LiVOS, input_hw: tuple[int, int] | None) -> None:
+        """Refuse a snapshot that ``model`` could not continue in a session that sees its frames at ``input_hw``
+        (``None``: no frame seen yet): a ``ValueError`` whose one line names the field and what was expected.
+
+        ``object_ids`` are distinct whole numbers. Before the first object (``grid_size`` None) there are neither
+        objects nor tensors; from then on ``grid_size`` is the stride-``stride`` grid of the padded frame
+        (``h x w``) and each of the five tensors is float32 with the shape :meth:`tensor_shapes` gives for
+        ``N = len(object_ids)`` and the model's widths (the shapes :meth:`allocate` creates them in).
+        """
+        config = model.config
+        if not isinstance(data, dict):
+            raise ValueError(f"the state is of type {type(data).__name__}, not a LiVOS state snapshot")
+        if data.get("kind") != cls.SNAPSHOT_KIND:
+            raise ValueError(f"not a LiVOS state snapshot (kind {data.get('kind')!r})")
+        object_ids = data.get("object_ids")
+        if not isinstance(object_ids, (list, tuple)) or not all(
+                isinstance(i, int) and not isinstance(i, bool) for i in object_ids):
+            raise ValueError(f"object_ids {object_ids!r} is not a list of whole numbers")
+        if len(set(object_ids)) != len(object_ids):
+            raise ValueError(f"object_ids {list(object_ids)} repeat an id")
+        tensors = data.get("tensors")
+        if not isinstance(tensors, dict):
+            raise ValueError(f"tensors is of type {type(tensors).__name__}, expected a dict of tensors by name")
+        grid_size = data.get("grid_size")
+        expected_grid = None if input_hw is None else [-(-int(n) // config.stride) for n in input_hw]
+        if grid_size is None:
+            if object_ids or tensors:
+                raise ValueError(f"grid_size is None (no object seen yet), but the state holds object_ids "
+                                 f"{list(object_ids)} and tensors {sorted(tensors)}")
+            return
+        if grid_size != expected_grid:
+            raise ValueError(f"grid_size is {grid_size!r}, expected {expected_grid} (the stride-{config.stride} "
+                             f"grid of the network size {None if input_hw is None else list(input_hw)})")
+        shapes = cls.tensor_shapes(tuple(grid_size), len(object_ids), config.key_dim, config.value_dim,
+                                   config.sensory_dim, config.num_queries, config.summary_dim)
+        unknown = sorted(set(tensors) - set(shapes), key=str)
+        if unknown:
+            raise ValueError(f"tensors has unknown entries {unknown}, expected {sorted(shapes)}")
+        for name, shape in shapes.items():
+            tensor = tensors.get(name)
+            if not isinstance(tensor, torch.Tensor):
+                raise ValueError(f"tensors.{name} is of type {type(tensor).__name__}, expected a tensor of shape "
+                                 f"{shape} (N = {len(object_ids)} objects)")
+            if tuple(tensor.shape) != shape:
+                raise ValueError(f"tensors.{name} has shape {tuple(tensor.shape)}, expected {shape} "
+                                 f"(N = {len(object_ids)} objects)")
+            if tensor.dtype != _STATE_DTYPE:
+                raise ValueError(f"tensors.{name} has dtype {tensor.dtype}, expected {_STATE_DTYPE}")
+
+    @staticmethod
+    def tensor_shapes(grid_size: tuple[int, int], num_objects: int, key_dim: int, value_dim: int, sensory_dim: int,
+                      num_queries: int, summary_dim: int) -> dict[str, tuple[int, ...]]:
+        """The shape of each of the state's tensors, by field name, for ``num_objects`` objects on a stride-16 grid
+        of ``grid_size``."""
+        height, width = grid_size
+        return {"matching_BNKV": (1, num_objects, key_dim, value_dim),
+                "key_sum_BNKhw": (1, num_objects, key_dim, height, width),
+                "sensory_BNChw": (1, num_objects, sensory_dim, height, width),
+                "object_memory_BNQC": (1, num_objects, num_queries, summary_dim),
+                "last_masks_BNhw": (1, num_objects, height, width)}
+
     @property
     def num_objects(self) -> int:
         return len(self.object_ids)
@@ -264,14 +341,10 @@ class LiVOSState:
         num_queries: int, summary_dim: int, device: torch.device,
     ) -> None:
         """Create empty (zero-object) tensors for a stride-16 grid of ``grid_size``."""
-        height, width = grid_size
-        zeros = dict(dtype=torch.float32, device=device)
         self.grid_size = grid_size
-        self.matching_BNKV = torch.zeros(1, 0, key_dim, value_dim, **zeros)
-        self.key_sum_BNKhw = torch.zeros(1, 0, key_dim, height, width, **zeros)
-        self.sensory_BNChw = torch.zeros(1, 0, sensory_dim, height, width, **zeros)
-        self.object_memory_BNQC = torch.zeros(1, 0, num_queries, summary_dim, **zeros)
-        self.last_masks_BNhw = torch.zeros(1, 0, height, width, **zeros)
+        shapes = self.tensor_shapes(grid_size, 0, key_dim, value_dim, sensory_dim, num_queries, summary_dim)
+        for name, shape in shapes.items():
+            setattr(self, name, torch.zeros(shape, dtype=_STATE_DTYPE, device=device))
 
     def append_objects(self, object_ids: list[int]) -> None:
         """Add empty (all-zero) slots for new objects: they start with no memory and a zero key sum, so their
