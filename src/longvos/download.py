@@ -11,13 +11,18 @@ checks its SHA-256 when one is known or given, converts it with the strict key r
 (every missing, unexpected or mis-shaped key refused), loads the result into the model once, and only then moves
 it into place atomically: ``$LONGVOS_HOME/checkpoints/<name>.pt`` (default ``~/.cache/longvos``). ``load_segmenter``
 looks there when no checkpoint is given, so that ``--model mavos-r50`` then works without ``--checkpoint``.
+A download holds a lock on its temporary files while it runs; one killed outright (which can clean nothing up) leaves
+them behind, and the next download of the same checkpoint removes those that no running download holds.
 """
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import re
+import stat
 import tempfile
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -27,10 +32,20 @@ from pathlib import Path
 
 from longvos.io.errors import InputError, one_line
 
+try:
+    import fcntl
+except ImportError:  # Windows: no advisory locks; stale temporary files are told by their age alone
+    fcntl = None
+
 #: The largest file ``download`` accepts by default (the official Swin-B checkpoints are a few hundred MB).
 DEFAULT_MAX_BYTES = 2 * 1024**3
 CHUNK_BYTES = 1 << 20
 TIMEOUT_SECONDS = 60
+#: A temporary file of a download is removed by the next download of the same checkpoint once it is this old and no
+#: running download holds its lock (the delay covers the moment between its creation and its locking). Where files
+#: cannot be locked, a running download cannot be told from a killed one: only files older than a day are removed.
+STALE_SECONDS = 60
+STALE_SECONDS_WITHOUT_LOCKS = 24 * 3600
 
 
 class DownloadError(InputError):
@@ -163,7 +178,7 @@ def fetch(url: str, destination: Path, *, max_bytes: int = DEFAULT_MAX_BYTES, pr
         response = urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS)
     except urllib.error.HTTPError as err:
         raise DownloadError(f"{url}: HTTP {err.code} {err.reason}") from None
-    except (urllib.error.URLError, OSError, ValueError) as err:
+    except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as err:  # e.g. a bad status line
         reason = getattr(err, "reason", err)
         raise DownloadError(f"{url}: cannot download ({reason})") from None
     digest, received = hashlib.sha256(), 0
@@ -185,8 +200,10 @@ def fetch(url: str, destination: Path, *, max_bytes: int = DEFAULT_MAX_BYTES, pr
             while True:
                 try:
                     chunk = response.read(CHUNK_BYTES)
-                except (OSError, ValueError) as err:  # http.client.IncompleteRead, resets, timeouts
-                    raise DownloadError(f"{url}: download broke off after {received} bytes ({err})") from None
+                except (OSError, ValueError, http.client.HTTPException) as err:  # resets, timeouts, and a body
+                    # cut short (http.client.IncompleteRead: a chunked body that stops mid-chunk, for one)
+                    raise DownloadError(f"{url}: truncated download, broke off after {received} bytes "
+                                        f"({one_line(err, 200)})") from None
                 if not chunk:
                     break
                 if received == 0 and chunk.lstrip()[:15].lower().startswith((b"<!doctype html", b"<html")):
@@ -223,14 +240,21 @@ def download_checkpoint(name: str, url: str | None = None, sha256: str | None = 
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise DownloadError(f"cannot create the checkpoint cache {folder}: {err.strerror or err}") from None
-    # Both temporary files live in the cache folder, so the final rename is atomic and a failure leaves nothing.
+    _remove_stale_temporaries(folder, name)
+    # Both temporary files live in the cache folder, so the final rename is atomic and a failure leaves nothing. Each
+    # stays open and locked until the end, so that another download tells them from a killed download's leftovers.
     temporary: list[Path] = []
+    held: list[int] = []
     try:
         for suffix in (".download", ".pt.part"):
             fd, temp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=suffix, dir=folder)
-            os.close(fd)
             temporary.append(Path(temp_name))
+            if _lock(fd):
+                held.append(fd)
+            else:
+                os.close(fd)
     except OSError as err:  # a cache folder that exists but cannot be written
+        _release(held)
         for leftover in temporary:
             leftover.unlink(missing_ok=True)
         raise DownloadError(f"cannot write to the checkpoint cache {folder}: {err.strerror or err}") from None
@@ -253,7 +277,70 @@ def download_checkpoint(name: str, url: str | None = None, sha256: str | None = 
                 leftover.unlink(missing_ok=True)
             except OSError:
                 pass
+        _release(held)
     return DownloadResult(target, digest, size, report, wanted is not None)
+
+
+def _lock(fd: int) -> bool:
+    """Take an exclusive lock on the open file ``fd`` (held until it is closed, or its process ends however it
+    ends); False where files cannot be locked. Windows keeps an open file from being renamed: no lock there."""
+    if fcntl is None:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # a file system without locks
+        return False
+    return True
+
+
+def _release(fds: list[int]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def _remove_stale_temporaries(folder: Path, name: str) -> list[Path]:
+    """Delete the temporary files of earlier downloads of ``name`` in ``folder`` that no running download holds:
+    those of a download killed outright (a checkpoint's worth of bytes each). Only files named as
+    :func:`download_checkpoint` names its own (``.<name>.<random>.download`` / ``.pt.part``) are looked at, and one
+    that cannot be examined is left alone. Returns what was deleted."""
+    pattern = re.compile(rf"\.{re.escape(name)}\.[A-Za-z0-9_]+\.(?:download|pt\.part)")
+    removed = []
+    try:
+        candidates = [entry for entry in folder.iterdir() if pattern.fullmatch(entry.name)]
+    except OSError:
+        return removed
+    now = time.time()
+    for path in candidates:
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except OSError:  # gone meanwhile, a link, not readable
+            continue
+        try:
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode):
+                continue
+            limit = STALE_SECONDS_WITHOUT_LOCKS
+            if fcntl is not None:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # taken: no running download holds the file
+                except BlockingIOError:
+                    continue  # a running download holds it
+                except OSError:
+                    pass  # a file system without locks: its age alone decides
+                else:
+                    limit = STALE_SECONDS
+            if now - info.st_mtime < limit:
+                continue
+            path.unlink()
+            removed.append(path)
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+    return removed
 
 
 def _convert(source: Path, destination: Path, name: str, family: str | None) -> str:

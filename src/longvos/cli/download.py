@@ -22,6 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from http.client import HTTPException  # a connection cut short (download_checkpoint names its URL)
+
     from longvos.download import (OFFICIAL_CHECKPOINTS, DownloadError, cache_dir, cached_checkpoint,
                                   download_checkpoint)
 
@@ -40,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
                                      progress=not args.quiet)
     except DownloadError as err:  # one line, or the converter's key report (one line per problem key)
         raise CommandError(str(err)) from None
-    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:  # never a traceback
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError, HTTPException) as err:  # never a traceback
         from longvos.io.errors import one_line
 
         raise CommandError(f"{args.name}: download failed: {one_line(err)}") from None

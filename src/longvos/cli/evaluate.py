@@ -4,7 +4,8 @@ DATA_ROOT is in the DAVIS layout (`JPEGImages/<seq>/`, `Annotations/<seq>/`; spa
 `--pred`, the PNGs in `DIR/<seq>/` are scored. With `--model`, the model first runs over every sequence (given the
 first annotated frame's objects, and with `--objects all` also each later object on the frame it appears), its
 masks are written to `OUT/predictions/<seq>/` (each sequence's folder replaced as a whole once every sequence is
-done, so that it never mixes two runs' masks), and its speed and peak memory are measured with the papers'
+done, so that it never mixes two runs' masks; a folder holding files longvos did not write, or an OUT holding
+anything but eval's outputs, is refused, never cleared), and its speed and peak memory are measured with the papers'
 protocol. Prints a table and writes `global_results.csv`, `per-sequence_results.csv` (one row per object) and
 `summary.json` into OUT.
 """
@@ -74,10 +75,14 @@ def run(args: argparse.Namespace) -> int:
     names = resolve_sequence_names(layout.annotations_root, _sequence_names(args.sequences))
     extra = {}
     if args.model is not None:
+        from longvos.eval.runner import check_eval_output_folder, log_reports
+
         out_dir = args.out or Path("runs") / "eval" / args.model
+        check_eval_output_folder(out_dir)  # never beside (or over) files longvos did not write
         pred_root = out_dir / "predictions"
         run_report = _run_model(args, layout, names, pred_root, progress)
         extra = {"run": run_report.to_dict()}
+        log_reports(out_dir)  # before they are written
     else:
         out_dir, pred_root, run_report = args.out or args.pred, args.pred, None
     sequences = find_sequences(layout.annotations_root, pred_root, names)

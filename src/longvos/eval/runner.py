@@ -21,10 +21,12 @@ import numpy as np
 from PIL import Image
 
 from longvos.engine.options import SegmentOptions
+from longvos.engine.outputs import _logged_names, check_output_folder, log_outputs, refuse_used_folder
 from longvos.engine.pipeline import SegmentSummary, segment_video
 from longvos.engine.resources import format_bytes
 from longvos.eval.masks import ground_truth_ids, present_ids
 from longvos.eval.measure import SPEED_PROTOCOL, PeakMemory, environment
+from longvos.eval.report import GLOBAL_CSV, PER_SEQUENCE_CSV, SUMMARY_JSON
 from longvos.io.davis import DavisLayout
 from longvos.io.errors import InputError
 from longvos.io.masks import IndexMask
@@ -106,7 +108,14 @@ def run_model(options: SegmentOptions, layout: DavisLayout, sequences: list[str]
     Each sequence is written into a hidden folder beside its own (``.<sequence>.partial``); only when every sequence
     is complete does each replace its folder as a whole. A sequence's folder therefore never mixes this run's masks
     with an earlier run's (stale frames of a longer or other run included), and a run that stops part-way leaves
-    the earlier run's folders as they were (and its partial folders removed)."""
+    the earlier run's folders as they were (and its partial folders removed).
+
+    The masks written are listed in ``pred_root.parent/.longvos-outputs`` (as ``<pred_root name>/<sequence>/<file>``;
+    the prediction folders themselves hold masks only). A sequence folder that holds anything else (files longvos
+    did not write, see :func:`check_prediction_folders`) is refused with one :class:`InputError` line before the
+    model loads, and again just before the folders are replaced: replacing the folder would delete them."""
+    pred_root = Path(pred_root)
+    check_prediction_folders(pred_root, layout, sequences)  # before anything slow (the model) is loaded
     segmenter = options.load_segmenter()
     options = options.replace(model=segmenter, checkpoint=None)
     meter = PeakMemory(segmenter.device).start()
@@ -120,6 +129,12 @@ def run_model(options: SegmentOptions, layout: DavisLayout, sequences: list[str]
             max_size = summary.max_size
             if summary.peak_device_bytes is not None:  # each video restarts the device's peak counter
                 device_peaks.append(summary.peak_device_bytes)
+        # A long run leaves time to put files into a folder it is about to replace: look again, then list the
+        # masks before they take their place (so that the list covers them even if the commit is cut short).
+        check_prediction_folders(pred_root, layout, sequences)
+        written = [f"{pred_root.name}/{folder.name}/{path.name}" for partial, folder in staged
+                   for path in sorted(partial.iterdir())]
+        _log_new_outputs(pred_root.parent, written)
     except BaseException:
         for partial, _ in staged:
             shutil.rmtree(partial, ignore_errors=True)
@@ -130,6 +145,59 @@ def run_model(options: SegmentOptions, layout: DavisLayout, sequences: list[str]
     if device_peaks:
         report.memory["peak_device_bytes"] = max(device_peaks)
     return report
+
+
+#: What ``longvos eval --model`` writes into its output folder (besides longvos's ``.longvos-*`` records).
+EVAL_OUTPUTS = ("predictions", GLOBAL_CSV, PER_SEQUENCE_CSV, SUMMARY_JSON)
+_FOREIGN_ADVICE = ("it holds files longvos did not write, which eval would delete when it replaces the folder with "
+                   "this run's masks: move them, or use another --out")
+
+
+def check_eval_output_folder(out_dir: Path) -> None:
+    """Refuse (one :class:`InputError` line) an output folder of ``longvos eval --model`` that holds anything but
+    what eval writes there: ``predictions/``, its reports (those the folder's output list names, where it has one)
+    and longvos's records. Needs neither the dataset nor the model."""
+    out_dir = check_output_folder(out_dir, "--out")
+    listed = _logged_names(out_dir)
+    keep = tuple(name for name in EVAL_OUTPUTS if listed is None or name == "predictions" or name in listed)
+    refuse_used_folder(out_dir, "eval writes its predictions/ and reports there and never beside other files: move "
+                                "them, or use another --out", keep=keep)
+
+
+def log_reports(out_dir: Path) -> None:
+    """List eval's reports among the outputs of ``out_dir`` (call it before they are written)."""
+    _log_new_outputs(Path(out_dir), [GLOBAL_CSV, PER_SEQUENCE_CSV, SUMMARY_JSON])
+
+
+def _log_new_outputs(out_dir: Path, names: list[str]) -> None:
+    """Add ``names`` to ``out_dir``'s output list, each once however often eval runs there."""
+    listed = set(_logged_names(out_dir) or ())
+    log_outputs(out_dir, *(name for name in names if name not in listed))
+
+
+def check_prediction_folders(pred_root: Path, layout: DavisLayout, sequences: list[str]) -> None:
+    """Refuse (one :class:`InputError` line naming the folder and what longvos did not write there) a
+    ``pred_root/<sequence>`` folder that :func:`run_model` would replace but that holds files longvos did not write.
+
+    Longvos's own are the files ``pred_root.parent/.longvos-outputs`` names. In a folder that list names nothing in
+    (an earlier longvos kept no list), they are the masks an evaluation names after frames: PNGs named after a frame
+    of the sequence, or numbered (the frames of a longer version of it)."""
+    pred_root = check_output_folder(pred_root, "the predictions folder")
+    listed = _logged_names(pred_root.parent) or []
+    for name in sequences:
+        folder = pred_root / name
+        if not folder.exists() and not folder.is_symlink():
+            continue
+        if folder.is_symlink() or not folder.is_dir():
+            raise InputError(f"{folder} is not a folder longvos made ({'a link' if folder.is_symlink() else 'a file'}"
+                             f"), and eval would replace it: move it, or use another --out")
+        prefix = f"{pred_root.name}/{name}/"
+        own = {entry[len(prefix):] for entry in listed if entry.startswith(prefix)}
+        if not own:
+            frames = {path.stem for path in layout.frames_dir(name).iterdir()}
+            own = {path.name for path in folder.glob("*.png") if path.stem in frames or path.stem.isdigit()}
+        own_files = tuple(entry for entry in own if "/" not in entry and (folder / entry).is_file())
+        refuse_used_folder(folder, _FOREIGN_ADVICE, keep=own_files)
 
 
 def _run_sequence(options: SegmentOptions, layout: DavisLayout, name: str, out_dir: Path,

@@ -1,0 +1,154 @@
+"""`longvos eval --model` never deletes or writes beside files longvos did not write: a prediction folder (or an --out
+folder) holding other files is refused in one line and left as it was; a rerun into its own output still works."""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from longvos.cli.main import main
+from longvos.engine.outputs import OUTPUTS_FILE
+
+
+def tiny_dataset(data: Path) -> Path:
+    """One sequence `seq` of 4 frames (48x64), annotated on every frame, one object."""
+    rng = np.random.default_rng(0)
+    for t in range(4):
+        for kind in ("JPEGImages", "Annotations"):
+            (data / kind / "seq").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(data / "JPEGImages" / "seq"
+                                                                                / f"{t:05d}.jpg")
+        ids = np.zeros((48, 64), np.uint8)
+        ids[5:20, 5 + t:20 + t] = 1
+        Image.fromarray(ids).convert("P").save(data / "Annotations" / "seq" / f"{t:05d}.png")
+    return data
+
+
+def run_eval(data: Path, out: Path) -> int:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # random weights
+        return main(["eval", str(data), "--model", "mavos-lite", "--max-size", "0", "--out", str(out), "-j", "1",
+                     "--quiet"])
+
+
+def contents(folder: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in folder.iterdir()}
+
+
+def one_line(err: str) -> str:
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1 and "Traceback" not in err, err
+    return lines[0]
+
+
+@pytest.fixture
+def data(tmp_path) -> Path:
+    return tiny_dataset(tmp_path / "data")
+
+
+def test_a_prediction_folder_with_foreign_files_is_refused_and_kept(data, tmp_path, capsys, one_thread):
+    out = tmp_path / "out"
+    assert run_eval(data, out) == 0, capsys.readouterr().err
+    capsys.readouterr()
+    folder = out / "predictions" / "seq"
+    assert sorted(contents(folder)) == [f"{t:05d}.png" for t in range(4)]  # masks only, the list is beside
+    (folder / "notes.txt").write_text("mine")
+    (folder / "other-method-00001.png").write_bytes(b"another method's mask")
+    before = contents(folder)
+    assert run_eval(data, out) == 1
+    line = one_line(capsys.readouterr().err)
+    assert str(folder) in line and "other-method-00001.png" in line and "longvos did not write" in line, line
+    assert contents(folder) == before  # nothing deleted, nothing written
+    assert sorted(path.name for path in folder.parent.iterdir()) == ["seq"]  # no partial folder left
+
+
+def test_a_rerun_into_its_own_output_replaces_its_masks_and_lists_each_once(data, tmp_path, capsys, one_thread):
+    out = tmp_path / "out"
+    assert run_eval(data, out) == 0, capsys.readouterr().err
+    listed = (out / OUTPUTS_FILE).read_text()
+    assert '"predictions/seq/00003.png"' in listed and '"summary.json"' in listed
+    first = contents(out / "predictions" / "seq")
+    assert run_eval(data, out) == 0, capsys.readouterr().err
+    assert contents(out / "predictions" / "seq") == first
+    assert (out / OUTPUTS_FILE).read_text() == listed  # the list does not grow with every run
+
+
+def test_a_folder_of_an_earlier_longvos_without_a_list(data, tmp_path, capsys, one_thread):
+    """An output folder from before the list: numbered PNGs are its masks (replaced), anything else is refused."""
+    out = tmp_path / "out"
+    folder = out / "predictions" / "seq"
+    folder.mkdir(parents=True)
+    for t in range(6):  # an earlier run over a longer version of the sequence
+        Image.fromarray(np.zeros((48, 64), np.uint8)).save(folder / f"{t:05d}.png")
+    (folder / "readme.md").write_text("mine")
+    before = contents(folder)
+    assert run_eval(data, out) == 1
+    line = one_line(capsys.readouterr().err)
+    assert str(folder) in line and "readme.md" in line and "00005.png" not in line, line
+    assert contents(folder) == before
+    (folder / "readme.md").unlink()
+    assert run_eval(data, out) == 0, capsys.readouterr().err
+    assert sorted(contents(folder)) == [f"{t:05d}.png" for t in range(4)]
+
+
+def test_an_out_folder_holding_other_files_is_refused_before_the_model_runs(data, tmp_path, capsys, monkeypatch):
+    import longvos.eval.runner as runner
+
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "thesis.tex").write_text("mine")
+    (out / "summary.json").write_text("{}")  # a report from an earlier eval (no list): eval's own name
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model must not run")
+
+    monkeypatch.setattr(runner, "segment_video", never)
+    assert run_eval(data, out) == 1
+    line = one_line(capsys.readouterr().err)
+    assert str(out) in line and "thesis.tex" in line and "summary.json" not in line, line
+    assert sorted(contents(out)) == ["summary.json", "thesis.tex"]
+
+
+def test_a_file_or_link_in_place_of_a_sequence_folder_is_refused(data, tmp_path, capsys, monkeypatch):
+    import longvos.eval.runner as runner
+
+    monkeypatch.setattr(runner, "segment_video", lambda *args, **kwargs: pytest.fail("the model must not run"))
+    out = tmp_path / "out"
+    (out / "predictions").mkdir(parents=True)
+    (out / "predictions" / "seq").write_text("mine")
+    assert run_eval(data, out) == 1
+    assert "predictions/seq is not a folder longvos made (a file)" in one_line(capsys.readouterr().err)
+    assert (out / "predictions" / "seq").read_text() == "mine"
+    (out / "predictions" / "seq").unlink()
+    (tmp_path / "elsewhere").mkdir()
+    (out / "predictions" / "seq").symlink_to(tmp_path / "elsewhere")
+    assert run_eval(data, out) == 1
+    assert "(a link)" in one_line(capsys.readouterr().err)
+    assert (out / "predictions" / "seq").is_symlink()
+
+
+def test_files_put_into_the_folder_during_the_run_are_never_deleted(data, tmp_path, capsys, one_thread,
+                                                                    monkeypatch):
+    """The folders are checked again just before they are replaced: a file added while the model ran survives."""
+    import longvos.eval.runner as runner
+
+    out = tmp_path / "out"
+    assert run_eval(data, out) == 0, capsys.readouterr().err
+    folder = out / "predictions" / "seq"
+    real = runner.segment_video
+
+    def meanwhile(*args, **kwargs):
+        summary = real(*args, **kwargs)
+        (folder / "added-meanwhile.txt").write_text("mine")
+        return summary
+
+    monkeypatch.setattr(runner, "segment_video", meanwhile)
+    before = contents(folder)
+    assert run_eval(data, out) == 1
+    line = one_line(capsys.readouterr().err)
+    assert str(folder) in line and "added-meanwhile.txt" in line, line
+    assert contents(folder) == {**before, "added-meanwhile.txt": b"mine"}
+    assert sorted(path.name for path in folder.parent.iterdir()) == ["seq"]  # the partial folder is removed
