@@ -17,10 +17,13 @@ deliberately drops) from its own ``official.py`` with :func:`register_official_k
 the two kinds apart by the format marker.
 
 **Training checkpoints** hold everything needed to continue bit-for-bit where a run stopped: the model, its EMA, the
-optimiser and AMP scaler states, the step, the torch RNG state and the run's config. Files are written to a
-temporary name and renamed (:func:`write_checkpoint_file`), so a run killed mid-save (a session ending, an
-out-of-memory kill) never leaves a truncated checkpoint behind; only the newest ``keep`` are kept.
-:func:`export_weights` turns one into a longvos checkpoint.
+optimiser and AMP scaler states, the step, the run's config and the random generators of every process (its CPU
+generator, and the generator of its CUDA device when it computes on one: ``rng``, a list by rank, gathered on rank 0
+in a distributed run; :func:`rng_state`, :func:`restore_rng`). Files are written to a temporary name and renamed
+(:func:`write_checkpoint_file`), so a run killed mid-save (a session ending, an out-of-memory kill) never leaves a
+truncated checkpoint behind; only the newest ``keep`` are kept. A resume is exact on the same device, dtype,
+process count and thread count; a checkpoint from before ``rng`` was saved restores process 0's CPU generator
+only. :func:`export_weights` turns one into a longvos checkpoint.
 """
 from __future__ import annotations
 
@@ -35,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Union
 import torch
 from torch import nn
 
-from longvos.io.errors import LongvosError
+from longvos.io.errors import LongvosError, one_line
 from longvos.io.writer import atomic_write
 from longvos.models.base import VOSModel
 from longvos.models.registry import create_model, list_models, model_entry
@@ -64,16 +67,25 @@ def _torch_load(path: str | os.PathLike[str]) -> Any:
 
 
 def read_checkpoint(source: Source) -> Mapping[str, Any]:
-    """A checkpoint object from a path (``torch.load(weights_only=True)`` on the CPU) or an object already loaded."""
+    """A checkpoint object from a path (``torch.load(weights_only=True)`` on the CPU) or an object already loaded.
+
+    A file that cannot be read (empty, truncated, not a torch file), or that holds something other than a dictionary
+    (a bare tensor, a list), is refused with one line naming it."""
     if isinstance(source, Mapping):
         return source
     path = os.fspath(source)
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint not found: {path}")
+    if os.path.getsize(path) == 0:
+        raise CheckpointError(f"cannot read checkpoint {path}: the file is empty")
     try:
-        return _torch_load(path)
+        checkpoint = _torch_load(path)
     except Exception as err:  # unpickling errors come in many types; the user needs the file name and the reason
-        raise CheckpointError(f"cannot read checkpoint {path}: {err}") from err
+        raise CheckpointError(f"cannot read checkpoint {path}: {one_line(err, 600)}") from err
+    if not isinstance(checkpoint, Mapping):
+        raise CheckpointError(f"not a checkpoint: {path} holds a {type(checkpoint).__name__}, not a dictionary of "
+                              f"tensors")
+    return checkpoint
 
 
 def check_finite(state_dict: Mapping[str, torch.Tensor], what: str = "checkpoint") -> None:
@@ -89,6 +101,19 @@ def check_finite(state_dict: Mapping[str, torch.Tensor], what: str = "checkpoint
 
 def is_longvos_checkpoint(checkpoint: Mapping[str, Any]) -> bool:
     return FORMAT_MARKER in checkpoint
+
+
+#: What every training checkpoint holds (:func:`save_training_checkpoint`).
+TRAINING_CHECKPOINT_KEYS = frozenset({"step", "model", "ema", "optimizer", "scaler", "config"})
+
+
+def is_training_checkpoint(checkpoint: Mapping[str, Any]) -> bool:
+    return TRAINING_CHECKPOINT_KEYS <= set(checkpoint)
+
+
+def _describe(source: Source) -> str:
+    """How messages name a checkpoint: its path, or "checkpoint" for an object already loaded."""
+    return "checkpoint" if isinstance(source, Mapping) else os.fspath(source)
 
 
 def _config_dict(model: torch.nn.Module) -> dict[str, Any] | None:
@@ -185,7 +210,7 @@ def _load(model: VOSModel, checkpoint: Mapping[str, Any], what: str,
     else:
         if not model.name:
             raise CheckpointError("an official checkpoint needs the model's registry name to pick the converter")
-        state_dict, report = map_official_keys(official_state_dict(checkpoint), model_entry(model.name).family,
+        state_dict, report = map_official_keys(official_state_dict(checkpoint, what), model_entry(model.name).family,
                                                expected)
         report.raise_if_incomplete(what)
     check_finite(state_dict, what)
@@ -265,8 +290,17 @@ class KeyReport:
             raise CheckpointError(f"{what} does not match the model:\n{self}")
 
 
-def official_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-    """The tensors of an official checkpoint: unwrap ``state_dict``/``model``, strip a ``module.`` prefix."""
+def official_state_dict(checkpoint: Mapping[str, Any], what: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """The tensors of an official checkpoint: unwrap ``state_dict``/``model``, strip a ``module.`` prefix.
+
+    A longvos checkpoint (model or training) is refused with one line saying what it is and how to use it: it needs
+    no conversion, and its tensors would otherwise be reported key by key as unexpected."""
+    if is_longvos_checkpoint(checkpoint):
+        raise CheckpointError(f"{what} is already a longvos checkpoint (of {checkpoint.get('model')!r}): it needs no "
+                              f"conversion; use it as it is (e.g. `longvos segment --checkpoint`)")
+    if is_training_checkpoint(checkpoint):
+        raise CheckpointError(f"{what} is a longvos training checkpoint, not an official one: write its weights with "
+                              f"`longvos train CONFIG --export PATH` (longvos.checkpoints.export_weights)")
     for wrapper in ("state_dict", "model", "weights"):
         if isinstance(checkpoint.get(wrapper), Mapping):
             checkpoint = checkpoint[wrapper]
@@ -274,8 +308,11 @@ def official_state_dict(checkpoint: Mapping[str, Any]) -> dict[str, torch.Tensor
     tensors = {}
     for key, value in checkpoint.items():
         if not isinstance(value, torch.Tensor):
-            raise CheckpointError(f"not a state_dict: entry {key!r} is a {type(value).__name__}, not a tensor")
+            raise CheckpointError(f"{what} is not a state_dict: entry {key!r} is a {type(value).__name__}, not a "
+                                  f"tensor")
         tensors[key[len("module."):] if key.startswith("module.") else key] = value
+    if not tensors:
+        raise CheckpointError(f"{what} holds no tensors")
     return tensors
 
 
@@ -355,7 +392,7 @@ def convert_checkpoint(source: Source, model_name: str, *, family: str | None = 
     unexpected and mis-shaped key; otherwise the report is returned for the caller to act on.
     """
     family = family or model_entry(model_name).family
-    official = official_state_dict(read_checkpoint(source))
+    official = official_state_dict(read_checkpoint(source), _describe(source))
     state_dict, report = map_official_keys(official, family, expected_shapes(model_name, **overrides))
     if strict:
         report.raise_if_incomplete(f"official checkpoint for {model_name}")
@@ -368,10 +405,10 @@ def convert_to_file(source: Source, destination: str | os.PathLike[str], model_n
     report is clean (raises :class:`CheckpointError` listing every problem key)."""
     family = family or model_entry(model_name).family
     meta_model = _meta_model(model_name)
-    official = official_state_dict(read_checkpoint(source))
+    official = official_state_dict(read_checkpoint(source), _describe(source))
     state_dict, report = map_official_keys(official, family, model_shapes(meta_model))
-    report.raise_if_incomplete(f"{source} as {model_name}")
-    check_finite(state_dict, f"{source}" if not isinstance(source, Mapping) else "checkpoint")
+    report.raise_if_incomplete(f"{_describe(source)} as {model_name}")
+    check_finite(state_dict, _describe(source))
     save_checkpoint(destination, state_dict, model_name, _config_dict(meta_model), half=half)
     return report
 
@@ -401,6 +438,40 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return checkpoints[-1] if checkpoints else None
 
 
+def rng_state(device: torch.device | str | None = None) -> dict[str, torch.Tensor]:
+    """This process's random generator states: ``"cpu"`` always, and ``"cuda"`` (the generator of ``device``) when
+    the process computes on a CUDA device. Both are uint8 tensors, so a checkpoint holding them loads with
+    ``torch.load(weights_only=True)``."""
+    state = {"cpu": torch.get_rng_state()}
+    device = torch.device(device) if device is not None else None
+    if device is not None and device.type == "cuda" and torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def restore_rng(state: Mapping[str, Any], rank: int = 0, device: torch.device | str | None = None) -> bool:
+    """Set this process's generators to those a training checkpoint saved for process ``rank``; False (nothing
+    changed) when it saved none for that rank (an older checkpoint holds only process 0's CPU generator, and a run
+    resumed with more processes than it had has no state for the new ones)."""
+    states = state.get("rng")
+    if isinstance(states, (list, tuple)) and rank < len(states):
+        entry = states[rank]
+    elif rank == 0 and isinstance(state.get("torch_rng"), torch.Tensor):
+        entry = {"cpu": state["torch_rng"]}
+    else:
+        return False
+    torch.set_rng_state(entry["cpu"])
+    device = torch.device(device) if device is not None else None
+    if "cuda" in entry and device is not None and device.type == "cuda" and torch.cuda.is_available():
+        torch.cuda.set_rng_state(entry["cuda"], device)
+    return True
+
+
+def _device_of(model: nn.Module) -> torch.device | None:
+    parameter = next(model.parameters(), None)
+    return parameter.device if parameter is not None else None
+
+
 def save_training_checkpoint(
     run_dir: Path,
     step: int,
@@ -410,9 +481,16 @@ def save_training_checkpoint(
     scaler: torch.amp.GradScaler,
     config: dict,
     keep: int,
+    rng_states: list[dict[str, torch.Tensor]] | None = None,
 ) -> Path:
+    """Write the checkpoint of ``step`` (atomically), then delete all but the newest ``keep``.
+
+    ``rng_states``: every process's :func:`rng_state`, by rank (a distributed run gathers them on rank 0, which
+    writes the file); by default this process's alone."""
     path = checkpoint_path(run_dir, step)
     model_config = getattr(model, "config", None)
+    if rng_states is None:
+        rng_states = [rng_state(_device_of(model))]
     write_checkpoint_file({
         "model_config": dataclasses.asdict(model_config) if dataclasses.is_dataclass(model_config) else {},
         "step": step,
@@ -420,7 +498,8 @@ def save_training_checkpoint(
         "ema": ema.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scaler": scaler.state_dict(),
-        "torch_rng": torch.get_rng_state(),
+        "torch_rng": rng_states[0]["cpu"],  # process 0's CPU generator, as older versions read it
+        "rng": list(rng_states),
         "config": config,
     }, path)
     for old in list_checkpoints(run_dir)[:-keep] if keep > 0 else []:
@@ -435,10 +514,12 @@ def read_training_checkpoint(path: Path) -> dict:
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise CheckpointError(f"cannot read checkpoint {path}: {reason}") from None
-    missing = {"step", "model", "ema", "optimizer", "scaler", "config"} - set(state)
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{path} is not a longvos training checkpoint (it holds a {type(state).__name__})")
+    missing = TRAINING_CHECKPOINT_KEYS - set(state)
     if missing:
         raise CheckpointError(f"{path} is not a longvos training checkpoint (missing {', '.join(sorted(missing))})")
-    return state
+    return dict(state)
 
 
 def restore_training(
@@ -447,14 +528,32 @@ def restore_training(
     ema: EMA,
     optimizer: torch.optim.Optimizer,
     scaler: torch.amp.GradScaler,
+    what: str = "checkpoint",
+    rng: bool = True,
 ) -> int:
-    """Load a checkpoint read by :func:`read_training_checkpoint` into the training objects; returns the step to resume at."""
-    model.load_state_dict(state["model"])
-    ema.load_state_dict(state["ema"])
-    optimizer.load_state_dict(state["optimizer"])
-    scaler.load_state_dict(state["scaler"])
-    if "torch_rng" in state:
-        torch.set_rng_state(state["torch_rng"])
+    """Load a checkpoint read by :func:`read_training_checkpoint` into the training objects; returns the step to
+    resume at. ``what`` names the checkpoint in errors: weights of another model (missing, unexpected or mis-shaped
+    tensors) or an optimiser of other parameter groups are refused with one line, before anything is loaded.
+    ``rng``: also restore process 0's random generators (:func:`restore_rng`; the training loop restores each
+    process's own)."""
+    for part, weights, target in (("model", state["model"], model), ("EMA", state["ema"].get("weights", {}),
+                                                                     ema.shadow)):
+        report = check_keys(weights, model_shapes(target))
+        if not report.ok:
+            problems = report.missing[:1] + report.unexpected[:1] + report.shape_mismatches[:1]
+            raise CheckpointError(
+                f"{what} holds the {part} weights of another model: {len(report.missing)} missing, "
+                f"{len(report.unexpected)} unexpected, {len(report.shape_mismatches)} with the wrong shape "
+                f"(e.g. {'; '.join(problems)}); resume only a checkpoint of this run's model")
+    try:
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        optimizer.load_state_dict(state["optimizer"])
+        scaler.load_state_dict(state["scaler"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as err:
+        raise CheckpointError(f"{what} does not fit this run's model and optimiser: {one_line(err, 300)}") from None
+    if rng:
+        restore_rng(state)
     return int(state["step"])
 
 

@@ -29,6 +29,7 @@ def run(args: argparse.Namespace) -> int:
             raise CommandError(f"--from {args.family} does not fit {args.model}, a {family} model")
         report = convert_to_file(args.src, args.dst, args.model, family=family, half=args.half)
     except (CheckpointError, ValueError) as err:
-        raise CommandError(f"{err}\nnothing written") from None
+        # A key report lists one problem key a line; any other refusal is one line, and stays one.
+        raise CommandError(f"{err}\nnothing written" if "\n" in str(err) else f"{err}; nothing written") from None
     print(f"{args.model}: {report} -> {args.dst}")
     return 0

@@ -144,6 +144,41 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+#: Keys a ``--resume`` may change: where and how the run is watched and computed, not what it computes. The
+#: documented ``--resume optim.steps=N`` (the learning-rate, top-k, teacher-forcing and reference-loss schedules
+#: stretch to the new length; the EMA keeps its saved decay, see :meth:`longvos.train.schedule.EMA.load_state_dict`),
+#: the stop, logging, checkpoint and progress options, thread and data-worker counts, the device, the folder itself
+#: (moved), and the options that only set the initial weights (``model.init``, ``model.pretrained_encoder``,
+#: ``model.mca_identity_init``: the checkpoint's weights replace what they give).
+#: Any other difference (seed, batch size, data, losses, model, optimiser) would continue another run than the one
+#: saved, and is refused (:func:`resume_differences`).
+RESUME_MAY_CHANGE = frozenset({
+    "optim.steps", "run.stop_after_steps", "run.out_dir", "run.device", "run.threads", "run.log_every",
+    "run.checkpoint_every", "run.keep_checkpoints", "run.tensorboard", "run.progress", "data.workers", "model.init",
+    "model.pretrained_encoder", "model.mca_identity_init",
+})
+
+
+def flatten_config(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config dict (:meth:`TrainConfig.to_dict`) as ``{"optim.lr": 0.0002, ...}``; tuples as lists."""
+    flat: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            flat.update(flatten_config(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = list(value) if isinstance(value, (list, tuple)) else value
+    return flat
+
+
+def resume_differences(saved: dict[str, Any], current: TrainConfig) -> list[tuple[str, Any, Any]]:
+    """The keys outside :data:`RESUME_MAY_CHANGE` whose value in ``current`` differs from the ``saved`` config (a
+    training checkpoint's ``config``), as ``(key, saved value, current value)``, in config order. A key the
+    checkpoint does not name (saved by an older version) is not compared."""
+    old, new = flatten_config(saved if isinstance(saved, dict) else {}), flatten_config(current.to_dict())
+    return [(key, old[key], value) for key, value in new.items()
+            if key not in RESUME_MAY_CHANGE and key in old and old[key] != value]
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Loading and overrides
 

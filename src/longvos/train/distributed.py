@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -57,3 +58,12 @@ def mean_over_processes(values: dict[str, float], state: Distributed) -> dict[st
     tensor = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=state.device)
     dist.all_reduce(tensor)
     return {k: float(v) / state.world_size for k, v in zip(keys, tensor.tolist())}
+
+
+def gather_objects(value: Any, state: Distributed) -> list[Any]:
+    """Every process's ``value`` (picklable), by rank, on every process: ``[value]`` alone without a group."""
+    if not state.enabled:
+        return [value]
+    gathered: list[Any] = [None] * state.world_size
+    dist.all_gather_object(gathered, value)
+    return gathered

@@ -8,9 +8,17 @@ from typing import Any
 
 from tqdm import tqdm
 
+from longvos.io.writer import atomic_write
+
 
 class TrainingLogger:
-    """Appends one row per logged step to ``log.csv`` (header written once, so resumed runs extend the same file)."""
+    """Appends one row per logged step to ``log.csv`` (header written once, so resumed runs extend the same file).
+
+    A run resumed at ``start_step`` first drops the rows of later steps (atomically): a run killed between two
+    checkpoints logged steps that the resumed run computes and logs again. TensorBoard event files cannot be cut
+    back (they are append-only); the writer is opened with ``purge_step``, so that TensorBoard hides the earlier
+    events of those steps when it reads the folder.
+    """
 
     def __init__(self, run_dir: Path, start_step: int, total_steps: int, tensorboard: bool, progress: bool):
         self.run_dir = Path(run_dir)
@@ -18,9 +26,8 @@ class TrainingLogger:
         self.csv_path = self.run_dir / "log.csv"
         self._columns: list[str] | None = None
         if self.csv_path.is_file() and self.csv_path.stat().st_size > 0:
-            with self.csv_path.open() as handle:
-                self._columns = next(csv.reader(handle), None)
-        self.writer = _tensorboard_writer(self.run_dir / "tensorboard") if tensorboard else None
+            self._columns = _cut_log(self.csv_path, start_step)
+        self.writer = _tensorboard_writer(self.run_dir / "tensorboard", start_step) if tensorboard else None
         self.bar = tqdm(total=total_steps, initial=start_step, desc="train", dynamic_ncols=True,
                         disable=not progress, smoothing=0.1)
 
@@ -48,15 +55,44 @@ class TrainingLogger:
             self.writer.close()
 
 
+def _cut_log(path: Path, last_step: int) -> list[str] | None:
+    """Drop the rows of ``path`` logged after ``last_step`` (rewriting the file atomically if any); its header."""
+    with path.open(newline="") as handle:
+        rows = list(csv.reader(handle))
+    if not rows:
+        return None
+    header, body = rows[0], rows[1:]
+    if "step" not in header:
+        return header
+    column = header.index("step")
+    kept = [row for row in body if not _after(row, column, last_step)]
+    if len(kept) < len(body):
+        def write(temporary: Path) -> None:
+            with temporary.open("w", newline="") as handle:
+                csv.writer(handle).writerows([header, *kept])
+
+        atomic_write(path, write)
+    return header
+
+
+def _after(row: list[str], column: int, step: int) -> bool:
+    try:
+        return int(row[column]) > step
+    except (IndexError, ValueError):  # an empty or foreign line: not ours to judge
+        return False
+
+
 def _format(value: Any) -> Any:
     return f"{value:.6g}" if isinstance(value, float) else value
 
 
-def _tensorboard_writer(folder: Path):
+def _tensorboard_writer(folder: Path, start_step: int = 0):
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:  # tensorboard is the optional extra longvos[train]
         warnings.warn("tensorboard is not installed (pip install 'longvos[train]'); logging to log.csv only",
                       stacklevel=3)
         return None
-    return SummaryWriter(log_dir=str(folder))
+    # purge_step: events of steps >= start_step + 1 already in the folder (logged after the checkpoint the run
+    # resumes from) are hidden when TensorBoard reads it.
+    return SummaryWriter(log_dir=str(folder), purge_step=start_step + 1)

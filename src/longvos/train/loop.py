@@ -6,8 +6,10 @@
 Runs as one process, or as many under ``torchrun`` (DistributedDataParallel; gloo on CPU, NCCL on GPU). Mixed
 precision: bf16 autocast (or fp16 with a GradScaler) on CUDA, bf16 autocast on a CPU with native bf16. Rank 0 logs and writes checkpoints; a run interrupted
 by SIGTERM/SIGINT saves a checkpoint at the end of the step it is in, and ``resume=True`` continues from the newest
-checkpoint in ``run.out_dir`` (model, EMA, optimiser, scaler, RNG and step all restored; data restart at the same
-sample index since samples are seeded by index).
+checkpoint in ``run.out_dir`` (model, EMA, optimiser, scaler, every process's random generators and the step all
+restored; data restart at the same sample index since samples are seeded by index). A resume refuses a config that
+differs from the checkpoint's outside :data:`~longvos.train.config.RESUME_MAY_CHANGE`, and a new run refuses a
+folder that already holds a run's checkpoints or log.
 """
 from __future__ import annotations
 
@@ -20,13 +22,13 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from longvos.checkpoints import (latest_checkpoint, read_training_checkpoint, restore_training,
-                                 save_training_checkpoint)
+from longvos.checkpoints import (CheckpointError, latest_checkpoint, list_checkpoints, read_training_checkpoint,
+                                 restore_rng, restore_training, rng_state, save_training_checkpoint)
 from longvos.device import bf16_is_fast
 from longvos.models.aot.model import AOTModel
 
 from . import distributed
-from .config import ConfigError, TrainConfig, describe_config
+from .config import RESUME_MAY_CHANGE, ConfigError, TrainConfig, describe_config, resume_differences
 from .data import build_loader
 from .logger import TrainingLogger
 from .losses import reference_loss_weight, top_k_fraction_at
@@ -58,8 +60,11 @@ def _train(config: TrainConfig, resume: bool, dist_state: distributed.Distribute
         checkpoint = latest_checkpoint(run_dir)
         if checkpoint is not None:
             checkpoint_state = read_training_checkpoint(checkpoint)
+            check_resume_config(checkpoint_state, config, checkpoint)
         elif dist_state.is_main:
             print(f"no checkpoint in {run_dir}/checkpoints; starting from step 0")
+    else:
+        check_new_run_folder(run_dir)
     start_step = int(checkpoint_state["step"]) if checkpoint_state is not None else 0
 
     # Same seed on every process: identical initial weights (DDP also broadcasts rank 0's at wrap time).
@@ -93,10 +98,13 @@ def _train(config: TrainConfig, resume: bool, dist_state: distributed.Distribute
                                          find_unused_parameters=True)
     torch.manual_seed(run.seed + 1000 * dist_state.rank)  # dropout and slot draws differ between processes
     if checkpoint_state is not None:
-        restore_training(checkpoint_state, model, ema, optimizer, scaler)
-        del checkpoint_state
-        if dist_state.enabled:  # the saved RNG state is rank 0's; the other processes need their own stream
+        restore_training(checkpoint_state, model, ema, optimizer, scaler, what=str(checkpoint), rng=False)
+        # Each process continues its own random streams (CPU, and its CUDA device's), saved by rank. A checkpoint
+        # without this rank's (an older one, or a run resumed with more processes) gives it a fresh stream: the
+        # run goes on, but not bit for bit as an uninterrupted one would.
+        if not restore_rng(checkpoint_state, dist_state.rank, device):
             torch.manual_seed(run.seed + 1000 * dist_state.rank + start_step)
+        del checkpoint_state
 
     logger = None
     if dist_state.is_main:
@@ -106,8 +114,11 @@ def _train(config: TrainConfig, resume: bool, dist_state: distributed.Distribute
     stop = _StopFlag()
 
     def checkpoint_now(at_step: int) -> None:
+        # Every process takes part (its random generators travel to rank 0); rank 0 writes the file.
+        rng_states = distributed.gather_objects(rng_state(device), dist_state)
         if dist_state.is_main:
-            save_training_checkpoint(run_dir, at_step, model, ema, optimizer, scaler, config.to_dict(), run.keep_checkpoints)
+            save_training_checkpoint(run_dir, at_step, model, ema, optimizer, scaler, config.to_dict(),
+                                     run.keep_checkpoints, rng_states=rng_states)
 
     model.train()
     step, window_start, window_steps = start_step, time.perf_counter(), 0
@@ -159,6 +170,31 @@ def _train(config: TrainConfig, resume: bool, dist_state: distributed.Distribute
         if logger is not None:
             logger.close()
     return model
+
+
+def check_new_run_folder(run_dir: Path) -> None:
+    """A new run (no ``--resume``) refuses a folder that holds another run's checkpoints or log: rotation would
+    delete its own younger checkpoints first, it would write into that run's log, and a later ``--resume`` would
+    continue the other run."""
+    found = [path.name for path in list_checkpoints(run_dir)[-1:]]
+    if (run_dir / "log.csv").is_file():
+        found.append("log.csv")
+    if found:
+        raise CheckpointError(f"run.out_dir {run_dir} already holds a training run ({', '.join(found)}): continue "
+                              f"it with --resume, or give this run another run.out_dir")
+
+
+def check_resume_config(state: dict, config: TrainConfig, checkpoint: Path) -> None:
+    """A resume continues the run it was saved from: any config difference outside
+    :data:`~longvos.train.config.RESUME_MAY_CHANGE` is refused with one line naming the first few keys, their
+    saved and current values, and the checkpoint."""
+    differences = resume_differences(state.get("config") or {}, config)
+    if differences:
+        shown = "; ".join(f"{key}: checkpoint {old!r} vs now {new!r}" for key, old, new in differences[:3])
+        more = f" and {len(differences) - 3} more" if len(differences) > 3 else ""
+        raise CheckpointError(
+            f"cannot resume from {checkpoint}: it was saved with another config ({shown}{more}); a resume may change "
+            f"only {', '.join(sorted(RESUME_MAY_CHANGE))} (start another run.out_dir for the rest)")
 
 
 def build_model(config: TrainConfig) -> AOTModel:

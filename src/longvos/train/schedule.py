@@ -65,6 +65,10 @@ class EMA:
         return {"decay": self.decay, "updates": self.updates, "weights": self.shadow.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
+        """The saved average, update count and decay. The saved decay wins over the one this EMA was built with, so
+        that a resume continues the average exactly as it was: a resume refuses a changed ``optim.ema_decay``
+        (:data:`longvos.train.config.RESUME_MAY_CHANGE`), and with the default rule (``optim.ema_decay = 0``) a
+        ``--resume optim.steps=N`` stretches the learning-rate schedules but keeps the decay the run started with."""
         self.decay = float(state["decay"])
         self.updates = int(state["updates"])
         self.shadow.load_state_dict(state["weights"])
