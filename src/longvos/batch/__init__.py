@@ -11,7 +11,8 @@ backends, local processes and Ray actors.
 from __future__ import annotations
 
 from longvos.batch.items import BatchOptions, VideoResult, WorkItem
-from longvos.batch.manifest import ManifestError, read_manifest
+from longvos.batch.manifest import ManifestError, ManifestWarning, read_manifest
 from longvos.batch.runner import BatchSummary, run_batch
 
-__all__ = ["BatchOptions", "BatchSummary", "ManifestError", "VideoResult", "WorkItem", "read_manifest", "run_batch"]
+__all__ = ["BatchOptions", "BatchSummary", "ManifestError", "ManifestWarning", "VideoResult", "WorkItem",
+           "read_manifest", "run_batch"]

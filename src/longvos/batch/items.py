@@ -12,8 +12,17 @@ from pathlib import Path
 from typing import Literal
 
 from longvos.engine.options import SegmentOptions, setting
+from longvos.io.errors import InputError
+from longvos.io.writer import PARTIAL_MARK
 
 Status = Literal["done", "skipped", "failed"]
+
+#: The batch's own file in ``--out``, beside the video folders.
+SUMMARY_FILE = "batch-summary.csv"
+#: The temporary name ``atomic_write`` gives the summary while it is written.
+SUMMARY_PARTIAL = f".{Path(SUMMARY_FILE).stem}{PARTIAL_MARK}{Path(SUMMARY_FILE).suffix}"
+#: How longvos's own records begin (progress record, output list, state snapshot).
+RECORD_START = ".longvos"
 
 
 @dataclass(frozen=True)
@@ -59,7 +68,24 @@ class VideoResult:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
 
 
+def name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a video's output folder under ``--out``, or ``None``: it must be one plain folder
+    name (never a path that leads out of ``--out``, nor ``--out`` itself), and none of the batch's own files there
+    (the summary, its temporary file, longvos's records; compared ignoring case, as some file systems do)."""
+    if not name or name in (".", "..") or any(char in name for char in "/\\\0"):
+        return f"name {name!r} must be a plain folder name"
+    folded = name.casefold()
+    if folded in (SUMMARY_FILE, SUMMARY_PARTIAL) or folded.startswith(RECORD_START):
+        return (f"name {name!r} is taken by the batch's own files in --out ({SUMMARY_FILE}, {SUMMARY_PARTIAL}, "
+                f"{RECORD_START}* records): give the video another name (a manifest's 'name' column)")
+    return None
+
+
 def output_folder(out_root: str | Path, item: WorkItem) -> Path:
+    """``out_root/<name>``; refuses (:class:`InputError`) a name that would lead elsewhere (:func:`name_problem`)."""
+    problem = name_problem(item.name)
+    if problem is not None:
+        raise InputError(problem)
     return Path(out_root) / item.name
 
 

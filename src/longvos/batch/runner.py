@@ -17,6 +17,7 @@ import csv
 import io
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -24,10 +25,10 @@ from typing import Any
 
 from tqdm import tqdm
 
-from longvos.batch.items import (BatchOptions, Event, FramesDone, VideoFinished, VideoResult, VideoStarted, WorkerNote,
-                                 WorkItem, output_folder)
-from longvos.batch.manifest import read_manifest, with_unique_names
-from longvos.engine.outputs import OUTPUTS_FILE, clear_outputs, refuse_used_folder
+from longvos.batch.items import (RECORD_START, SUMMARY_FILE, BatchOptions, Event, FramesDone, VideoFinished,
+                                 VideoResult, VideoStarted, WorkerNote, WorkItem, name_problem, output_folder)
+from longvos.batch.manifest import ManifestWarning, read_manifest, with_unique_names
+from longvos.engine.outputs import OUTPUTS_FILE, check_output_folder, clear_outputs, refuse_used_folder
 from longvos.engine.progress import (PROGRESS_FILE, RunProgress, mask_digest, settings_difference, video_fingerprint,
                                      weights_record)
 from longvos.io.errors import InputError
@@ -36,7 +37,6 @@ from longvos.io.writer import atomic_write
 
 BACKENDS = ("local", "ray")
 OVERLAY_FORMATS = ("mp4", "webm")
-SUMMARY_FILE = "batch-summary.csv"
 CSV_COLUMNS = ("name", "status", "frames", "seconds", "fps", "worker", "reason")
 
 
@@ -61,21 +61,26 @@ def run_batch(
     A video that fails is reported with its reason and never stops the others. With ``resume``, videos whose
     record is done with the same settings are skipped and interrupted ones continue from their last complete frame.
     Without ``resume``, a non-empty ``out_dir`` is refused unless ``overwrite``, which first deletes the files an
-    earlier longvos run wrote there (and nothing else). Writes ``out_dir/batch-summary.csv`` when the batch ends
-    (an earlier summary is removed when it starts) and returns the summary; raises :class:`InputError` only for
-    problems that concern every video (an unknown model or backend, a missing checkpoint, an unusable manifest).
+    earlier longvos run wrote there (and nothing else); with or without either, an ``out_dir`` holding anything but
+    video folders and the summary (a ``segment`` run, a user's file) is refused before anything is deleted or
+    written. Items whose name is not a plain folder name (or is one of the batch's own files) or whose paths
+    cannot be resolved fail with the reason, like faulty manifest rows. Writes ``out_dir/batch-summary.csv`` when
+    the batch ends (an earlier summary is removed when it starts) and returns the summary; raises
+    :class:`InputError` only for problems that concern every video (an unknown model or backend, a missing
+    checkpoint, an unusable manifest or output folder).
     """
     if backend not in BACKENDS:
         raise InputError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
     if resume and overwrite:
         raise InputError("--resume and --overwrite exclude each other: continue the batch, or replace its files")
     options = worker_options(_checked(options or BatchOptions()), devices, workers)
+    notes: list[str] = []
     if isinstance(items, (str, Path)):
-        items = read_manifest(items)
+        items = _read_manifest(items, notes)
     else:  # workers may run elsewhere (another process, a Ray node): give them absolute paths
-        items = with_unique_names([replace(item, video=str(Path(item.video).resolve()),
-                                           mask=item.mask and str(Path(item.mask).resolve())) for item in items])
-    out = Path(out_dir).resolve()
+        items = with_unique_names([_absolute(item, number) for number, item in enumerate(items, 1)])
+    out = Path(check_output_folder(out_dir, "--out")).resolve()
+    _refuse_foreign(out)  # another run's files, or a user's: never mixed with this batch, never deleted
     out.mkdir(parents=True, exist_ok=True)
     if not resume:
         _prepare_folder(out, overwrite)
@@ -87,6 +92,8 @@ def run_batch(
     todo = [item for item, result in zip(items, results) if result is None]
     position = {item.name: i for i, item in enumerate(items) if results[i] is None}
     display = ProgressDisplay(len(items), initial=len(items) - len(todo), enabled=progress)
+    for note in notes:
+        display.write(f"note: {note}")
     for result in results:
         if result is not None and result.status == "failed":
             display.write(f"failed: {result.name}: {result.reason}")
@@ -114,13 +121,65 @@ def run_batch(
     return summary
 
 
+def _read_manifest(path: str | Path, notes: list[str]) -> list[WorkItem]:
+    """:func:`read_manifest`, with what it skipped on purpose (comment lines) appended to ``notes`` for the display
+    instead of printed as Python warnings."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ManifestWarning)
+        items = read_manifest(path)
+    for warning in caught:
+        if issubclass(warning.category, ManifestWarning):
+            notes.append(str(warning.message))
+        else:  # not ours to turn into a note: passed on as it came
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    return items
+
+
+def _absolute(item: WorkItem, number: int) -> WorkItem:
+    """An item given through the API with absolute paths and an origin for messages ("item 3"); a path that cannot
+    be resolved (a NUL byte, a symlink loop) is the item's problem, as it is a manifest row's."""
+    item = replace(item, origin=item.origin or f"item {number}")
+    try:
+        return replace(item, video=str(Path(item.video).resolve()), mask=item.mask and str(Path(item.mask).resolve()))
+    except (OSError, RuntimeError, ValueError) as err:
+        return item if item.problem is not None else replace(item, problem=f"path cannot be used: {err}")
+
+
+def _is_video_folder(entry: Path) -> bool:
+    """Whether ``entry`` of a batch folder may be one of its video folders: a folder with a name a video may have.
+    What it holds is that video's concern: a worker refuses a video whose folder holds files longvos did not write,
+    and ``--resume`` a folder made with other settings."""
+    return entry.is_dir() and name_problem(entry.name) is None
+
+
+def _refuse_foreign(out: Path) -> None:
+    """Refuse (one :class:`InputError` line naming ``out`` and what is foreign there) a batch folder that holds
+    anything but the batch's video folders and its summary: a ``segment`` run's record and frames, a user's files.
+    Checked before anything is deleted or written, whatever ``resume`` and ``overwrite`` say: a batch never mixes
+    its files with another run's, and ``--overwrite`` never deletes what a batch did not write."""
+    if not out.is_dir():
+        return
+    records = sorted((entry.name != PROGRESS_FILE, entry.name) for entry in out.iterdir()
+                     if entry.name.startswith(RECORD_START))  # its progress record first, where it has one
+    if records:
+        raise InputError(f"{out} holds a `longvos segment` run ({records[0][1]}), not a batch's video folders: a "
+                         f"batch never mixes its files with another run's, nor deletes them (even with --overwrite); "
+                         f"use another --out")
+    own = tuple(entry.name for entry in out.iterdir()
+                if _is_video_folder(entry) or (entry.name == SUMMARY_FILE and entry.is_file()))
+    refuse_used_folder(out, f"a batch folder holds only video folders and {SUMMARY_FILE}; a batch never writes "
+                            f"beside other files (nor deletes them, even with --overwrite): move them, or use another "
+                            f"--out", keep=own)
+
+
 def _prepare_folder(out: Path, overwrite: bool) -> None:
     """Refuse a batch folder that holds files (unless ``overwrite``); with ``overwrite`` delete what longvos wrote
-    in its video folders. Files longvos did not write stay, and each worker refuses a video whose folder holds any."""
+    in its video folders (:func:`_refuse_foreign` has refused a batch folder holding anything else). Files longvos
+    did not write stay, and each worker refuses a video whose folder holds any."""
     if not overwrite:
         refuse_used_folder(out, "use --resume to continue the batch there, --overwrite to replace the files longvos "
                                 "wrote there, or another --out")
-    for folder in sorted(entry for entry in out.iterdir() if entry.is_dir()):
+    for folder in sorted(entry for entry in out.iterdir() if _is_video_folder(entry)):
         if not any((folder / name).is_file() for name in (PROGRESS_FILE, OUTPUTS_FILE)):
             continue  # not a video folder of a longvos batch: left alone (its video is refused if it has files)
         clear_outputs(folder)  # an overlay longvos wrote is in its output list; any other file stays
@@ -144,7 +203,8 @@ def worker_options(options: BatchOptions, devices: list[str] | None, workers: in
 def _known_result(item: WorkItem, out: Path, options: BatchOptions, resume: bool) -> VideoResult | None:
     """The result of an item that needs no worker: a manifest fault, a finished video, a conflicting folder."""
     if item.problem is not None:
-        return VideoResult(item.name, "failed", reason=f"{item.origin}: {item.problem}")
+        reason = f"{item.origin}: {item.problem}" if item.origin else item.problem
+        return VideoResult(item.name, "failed", reason=reason)
     if not resume:
         return None
     folder, settings = output_folder(out, item), item_settings(item, options)

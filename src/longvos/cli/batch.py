@@ -1,9 +1,10 @@
 """`longvos batch MANIFEST --out DIR`: segment many videos, each in isolation, resumable, locally or on Ray.
 
 MANIFEST is a CSV or JSONL file of (video, mask[, frame][, name]) rows, or a DAVIS-layout folder (JPEGImages/,
-Annotations/). Every video goes to DIR/<name>/; a video that fails is reported with its reason and the others go on.
-`--resume` skips videos that are complete and continues interrupted ones. Ends with a summary table (also written to
-DIR/batch-summary.csv); the exit code is 1 if any video failed.
+Annotations/); CSV lines starting with an unquoted # are comments (skipped, with a note). Every video goes to
+DIR/<name>/; a video that fails is reported with its reason and the others go on. `--resume` skips videos that are
+complete and continues interrupted ones. Ends with a summary table (also written to DIR/batch-summary.csv); the exit
+code is 1 if any video failed.
 """
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true",
                         help="reuse a non-empty --out: first delete the files an earlier longvos batch wrote there "
                              "(video folders' masks, overlays and records, the summary), leaving anything else; a video "
-                             "whose folder still holds other files is refused")
+                             "whose folder still holds other files is refused; a --out holding files beside its video "
+                             "folders and summary (a segment run's, say) is refused even with --overwrite")
     parser.add_argument("--overlay", choices=("mp4", "webm"), default=None,
                         help="also write DIR/<name>/overlay.<format>")
     add_model_options(parser)
