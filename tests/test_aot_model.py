@@ -49,7 +49,8 @@ def test_registry_lists_every_aot_model():
     assert {"mavos-mnv2", "mavos-r50", "mavos-swinb", "deaot-mnv2", "deaot-r50", "deaot-swinb", "mavos-lite"} <= names
 
 
-@pytest.mark.parametrize("name, memory, gap", [("mavos-mnv2", "mca", 10), ("deaot-r50", "growing", 5)])
+@pytest.mark.parametrize("name, memory, gap", [("mavos-mnv2", "mca", 10), ("deaot-r50", "growing", 5),
+                                              ("mavos-lite", "mca", 5)])
 def test_default_memory_design_and_gap(name, memory, gap):
     with torch.device("meta"):
         model = create_model(name)

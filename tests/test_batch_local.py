@@ -130,8 +130,8 @@ def test_resume_skips_complete_videos_without_starting_a_worker(first_batch, che
     assert code == 0, stdout
     assert "0 done, 2 skipped, 0 failed" in stdout and stdout.count("already complete") == 2
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.png")} == before
-    # Naming the model's own memory design and interval is the same run as naming none (mavos-lite: mca, 10).
-    code = main([*same_command, "--max-size", str(MAX_SIZE), "--memory", "mca", "--mem-gap", "10"])
+    # Naming the model's own memory design and interval is the same run as naming none (mavos-lite: mca, 5).
+    code = main([*same_command, "--max-size", str(MAX_SIZE), "--memory", "mca", "--mem-gap", "5"])
     stdout = capsys.readouterr().out
     assert code == 0 and "0 done, 2 skipped, 0 failed" in stdout, stdout
 

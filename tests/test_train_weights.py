@@ -18,7 +18,7 @@ def test_bundled_weights_are_a_small_fp16_longvos_checkpoint():
     # The training δ (2) is not baked in: a model rebuilt from the file uses the registry's test-time default.
     assert "mem_gap" not in checkpoint["config"]
     from longvos.checkpoints import model_from_checkpoint
-    assert model_from_checkpoint(WEIGHTS).config.mem_gap == 10
+    assert model_from_checkpoint(WEIGHTS).config.mem_gap == 5
 
 
 def mean_iou_on_dev(segmenter, dev_dir, sequence: str = "car-shadow", frames: int = 8) -> float:

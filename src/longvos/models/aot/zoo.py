@@ -30,9 +30,10 @@ AOT_MODELS: dict[str, ZooEntry] = {
     "deaot-r50": ZooEntry(_DEAOT.replace(encoder="resnet50"), "DeAOT-L, ResNet-50 (official `r50_deaotl`)"),
     "deaot-swinb": ZooEntry(_DEAOT.replace(encoder="swin_base", align_corners=False),
                             "DeAOT-L, Swin-B (official `swinb_deaotl`)"),
-    # Our default small model: MCA memory, half width; trained by longvos (no official weights) on 129-pixel crops.
-    # Of the short sides measured on DAVIS 2016 dev (200, 240, 320, 480; README model card) it is best at 320.
-    "mavos-lite": ZooEntry(_MAVOS.replace(encoder="efficientnet_lite0", d_model=128),
+    # Our default small model: MCA memory, half width; trained by longvos (no official weights), last on 321-pixel
+    # crops, so it sees frames at short side 320. Its memory interval, 5, was chosen on the validation split
+    # (docs/model-card.md), near how it was trained: memory written every 2 sampled frames, 2-10 video frames apart.
+    "mavos-lite": ZooEntry(_MAVOS.replace(encoder="efficientnet_lite0", d_model=128, mem_gap=5),
                            "MAVOS design, EfficientNet-Lite0, d_model 128 (longvos-trained)", max_size=320),
 }
 
