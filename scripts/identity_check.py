@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 
 from longvos import load_segmenter
+from longvos.eval.masks import ground_truth_ids
 from longvos.io.davis import DavisLayout
 
 
@@ -40,12 +41,17 @@ def main() -> int:
     args = parser.parse_args()
 
     layout = DavisLayout.of(args.data_root)
-    annotations = layout.annotation_paths(args.sequence)
-    start = min(annotations)  # the first annotated frame is the reference
-    frame_paths = [path for path in sorted(layout.frames_dir(args.sequence).iterdir()) if path.stem >= start]
-    frame_paths = frame_paths[: args.frames + 1]
-    reference = np.array(Image.open(annotations[start]))
-    ids, counts = np.unique(reference[(reference > 0) & (reference < 255)], return_counts=True)
+    annotations = layout.annotations(args.sequence)  # in temporal order; the first one is the reference
+    if not annotations:
+        sys.exit(f"{args.sequence}: no annotations in {layout.annotations_root / args.sequence}")
+    names = layout.frame_names(args.sequence)
+    images = {path.stem: path for path in layout.frames_dir(args.sequence).iterdir()}
+    start = annotations[0].stem
+    if start not in images:
+        sys.exit(f"{args.sequence}: the reference annotation {annotations[0].name} has no frame image")
+    frame_paths = [images[name] for name in names[names.index(start):][: args.frames + 1]]
+    reference = ground_truth_ids(annotations[0])
+    ids, counts = np.unique(reference[reference > 0], return_counts=True)
     if len(ids) < 2:
         sys.exit(f"{args.sequence}: its first annotated frame has {len(ids)} object(s); this check needs two or more")
     first, second = (int(i) for i in ids[np.argsort(-counts)[:2]])
@@ -65,7 +71,7 @@ def main() -> int:
     last, last_swapped = plain[-1], swapped[-1]
     moved = [np.mean(last_swapped[last == own] == other) for own, other in ((first, second), (second, first))
              if (last == own).any()]
-    truths = {name: np.array(Image.open(path)) for name, path in annotations.items()}
+    truths = {path.stem: ground_truth_ids(path) for path in annotations}
     scores = {int(obj): [] for obj in ids}
     for path, mask in zip(frame_paths[1:], plain[1:]):
         truth = truths.get(path.stem)
