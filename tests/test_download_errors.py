@@ -3,7 +3,6 @@ the temporary files a killed download left in the cache are removed by the next 
 never those a running download holds. Servers run on 127.0.0.1: no test reaches the internet."""
 from __future__ import annotations
 
-import fcntl
 import os
 import socketserver
 import threading
@@ -71,6 +70,7 @@ def _aged(path: Path, size: int = 1000, seconds: float = 2 * STALE_SECONDS) -> P
 
 def test_a_killed_downloads_temporary_files_are_removed_by_the_next_download(cut_chunk_url, cache, tmp_path):
     """Stale files of this checkpoint go; a running download's (locked), a fresh one and another model's stay."""
+    fcntl = pytest.importorskip("fcntl")  # inside the lock tests: the module is collected on Windows too
     cache.mkdir(parents=True)
     stale = [_aged(cache / f".{MODEL}.k1ll3d_x.download"), _aged(cache / f".{MODEL}.k1ll3d_y.pt.part")]
     running = _aged(cache / f".{MODEL}.running1.download")
@@ -94,6 +94,7 @@ def test_a_killed_downloads_temporary_files_are_removed_by_the_next_download(cut
 
 def test_a_running_download_locks_its_temporary_files(cut_chunk_url, cache, monkeypatch):
     """While a download runs, its temporary files are locked (so another download leaves them alone)."""
+    fcntl = pytest.importorskip("fcntl")
     import longvos.download as download
 
     seen = {}
@@ -117,3 +118,142 @@ def test_a_running_download_locks_its_temporary_files(cut_chunk_url, cache, monk
     assert sorted(name.rsplit(".", 1)[-1] for name in seen) == ["download", "part"]
     assert set(seen.values()) == {"locked"}, seen
     assert not list(cache.iterdir())
+
+
+class _Killed(Exception):
+    """Stands for a kill during the conversion (atomic_write cleans up after an exception; a kill cleans nothing)."""
+
+
+def test_a_download_killed_while_converting_leaves_nothing_the_next_one_keeps(cut_chunk_url, cache, monkeypatch):
+    """The converted checkpoint is written by atomic_write under its own temporary name (``..<name>.<random>
+    .pt.partial.part``): a download killed while converting leaves it (a checkpoint's worth of bytes), and the next
+    download removes it unless the download it belongs to still runs."""
+    fcntl = pytest.importorskip("fcntl")
+    import torch
+
+    import longvos.download as download
+    from longvos.checkpoints import write_checkpoint_file
+
+    written = []
+
+    def fetch(url, destination, **kwargs):
+        destination.write_bytes(b"fetched")
+        return "0" * 64, 7
+
+    def convert(source, destination, name, family):
+        write_checkpoint_file({"state_dict": {}}, destination)  # how _convert's save_model writes it
+
+    def save(obj, path):
+        written.append(Path(path).name)
+        Path(path).write_bytes(b"half a checkpoint")
+        raise _Killed
+
+    monkeypatch.setattr(download, "fetch", fetch)
+    monkeypatch.setattr(download, "_convert", convert)
+    monkeypatch.setattr(torch, "save", save)
+    with pytest.raises(_Killed):
+        download_checkpoint(MODEL, cut_chunk_url, progress=False)
+    (leftover,) = written
+    assert leftover.startswith(f"..{MODEL}.") and leftover.endswith(".pt.partial.part"), leftover
+    owner = cache / f".{MODEL}.{leftover[len(MODEL) + 3:-len('.pt.partial.part')]}.pt.part"
+
+    # Its download still runs (it holds the lock of its own .pt.part): both stay, however old.
+    partial = _aged(cache / leftover)
+    _aged(owner)
+    with open(owner, "rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert download._remove_stale_temporaries(cache, MODEL) == []
+    # Killed: both go; and so does one whose download file is gone already.
+    assert sorted(download._remove_stale_temporaries(cache, MODEL)) == sorted([owner, partial])
+    _aged(cache / leftover)
+    assert download._remove_stale_temporaries(cache, MODEL) == [partial]
+    # A fresh one stays (the moment between a download's start and its lock).
+    _aged(cache / leftover, seconds=0)
+    assert download._remove_stale_temporaries(cache, MODEL) == [] and partial.exists()
+
+
+class _WindowsLikeOs:
+    """``os`` as :mod:`longvos.download` sees it, except that a file it holds open cannot be deleted (Windows)."""
+
+    def __init__(self):
+        self.open_files: dict[int, Path] = {}
+
+    def __getattr__(self, name):
+        return getattr(os, name)
+
+    def open(self, path, flags, *args):
+        fd = os.open(path, flags, *args)
+        self.open_files[fd] = Path(path)
+        return fd
+
+    def close(self, fd):
+        self.open_files.pop(fd, None)
+        os.close(fd)
+
+
+def test_without_locks_a_stale_file_is_closed_before_it_is_deleted(cache, monkeypatch):
+    """Where files cannot be locked (Windows), the cleanup tells a stale file by its age alone, and must close it
+    before deleting it: Windows refuses to delete an open file."""
+    import longvos.download as download
+
+    cache.mkdir(parents=True)
+    fake_os = _WindowsLikeOs()
+    unlink = Path.unlink
+
+    def windows_unlink(path, missing_ok=False):
+        if path in fake_os.open_files.values():
+            raise PermissionError(13, "The process cannot access the file because it is being used", str(path))
+        unlink(path, missing_ok=missing_ok)
+
+    monkeypatch.setattr(download, "fcntl", None)
+    monkeypatch.setattr(download, "os", fake_os)
+    monkeypatch.setattr(Path, "unlink", windows_unlink)
+    day = download.STALE_SECONDS_WITHOUT_LOCKS
+    stale = [_aged(cache / f".{MODEL}.k1ll3d_x.download", seconds=2 * day),
+             _aged(cache / f"..{MODEL}.k1ll3d_y.pt.partial.part", seconds=2 * day)]
+    recent = _aged(cache / f".{MODEL}.running1.pt.part", seconds=day / 2)  # may be a running download's
+    assert sorted(download._remove_stale_temporaries(cache, MODEL)) == sorted(stale)
+    assert not any(path.exists() for path in stale) and recent.exists()
+    assert fake_os.open_files == {}  # nothing left open
+
+
+class _BusyLocks:
+    """``fcntl`` whose locks are held by another process for the first ``busy`` tries."""
+
+    LOCK_EX, LOCK_NB = 2, 4
+
+    def __init__(self, busy: int):
+        self.busy, self.tries = busy, 0
+
+    def flock(self, fd, operation):
+        self.tries += 1
+        if self.tries <= self.busy:
+            raise BlockingIOError(11, "Resource temporarily unavailable")
+
+
+def test_a_lock_held_for_a_moment_is_waited_for_not_taken_for_a_file_system_without_locks(tmp_path, monkeypatch):
+    """Another download's cleanup locks each temporary file it looks at, for a moment: a new download's own file may
+    be among them. BlockingIOError is an OSError, but it means "held", not "no locks here"."""
+    import longvos.download as download
+
+    busy = _BusyLocks(3)
+    monkeypatch.setattr(download, "fcntl", busy)
+    fd = os.open(tmp_path / "file", os.O_CREAT | os.O_RDWR)
+    try:
+        assert download._lock(fd) is True and busy.tries == 4
+    finally:
+        os.close(fd)
+
+
+def test_a_lock_held_for_long_fails_the_download_in_one_line_and_leaves_nothing(cut_chunk_url, cache, monkeypatch,
+                                                                                 capsys):
+    import longvos.download as download
+
+    monkeypatch.setattr(download, "fcntl", _BusyLocks(10**9))
+    monkeypatch.setattr(download, "LOCK_WAIT_SECONDS", 0.05)
+    with pytest.raises(DownloadError, match="cannot lock the temporary file .*another process holds it"):
+        download_checkpoint(MODEL, cut_chunk_url, progress=False)
+    assert not list(cache.iterdir())
+    assert main(["download", MODEL, "--url", cut_chunk_url, "--quiet"]) == 1
+    line = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(line) == 1 and "cannot lock the temporary file" in line[0], line

@@ -126,6 +126,23 @@ def test_the_keys_a_resume_may_change():
     assert resume_differences(older, load_config(None, [*TINY, "data.distractor_prob=0.5"])) == []
 
 
+def test_a_resume_may_reach_the_data_by_another_path(tmp_path):
+    """``data.root`` is where the data are, not which: another session may reach them by another path (a relative
+    "../shared/data/train" from another working directory, a remounted disk). Which sets a run uses still counts."""
+    from longvos.train.config import RESUME_MAY_CHANGE
+    from longvos.train.loop import check_resume_config
+
+    assert "data.root" in RESUME_MAY_CHANGE
+    saved = load_config(None, [*TINY, "data.root=../shared/data/train"])
+    moved = load_config(None, [*TINY, f"data.root={tmp_path / 'shared' / 'data' / 'train'}"])
+    assert resume_differences(saved.to_dict(), moved) == []
+    check_resume_config({"config": saved.to_dict()}, moved, tmp_path / "checkpoint.pt")  # not refused
+    other_sets = load_config(None, [*TINY, f"data.root={tmp_path}", "data.video_sets=davis2016-train-360p"])
+    assert [key for key, *_ in resume_differences(saved.to_dict(), other_sets)] == ["data.video_sets"]
+    with pytest.raises(CheckpointError, match="data.video_sets: checkpoint"):
+        check_resume_config({"config": saved.to_dict()}, other_sets, tmp_path / "checkpoint.pt")
+
+
 def test_another_models_checkpoint_is_one_checkpoint_error(tmp_path):
     model, ema, optimizer, scaler = small_run(width=8)
     path = save_training_checkpoint(tmp_path, 3, model, ema, optimizer, scaler, {}, keep=3)

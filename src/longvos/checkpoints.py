@@ -562,7 +562,8 @@ def export_weights(checkpoint: Path, destination: Path, use_ema: bool = True, ha
     the file, and the model computes in fp32 after loading).
 
     The saved model config leaves out the memory design and interval, which were set for training (δ = 2): a model
-    rebuilt from the file takes its registry defaults (δ = 10 for MAVOS) unless the caller overrides them.
+    rebuilt from the file takes its own registry defaults (which differ per model: see
+    :mod:`longvos.models.aot.zoo`) unless the caller overrides them.
     """
     state = read_training_checkpoint(Path(checkpoint))
     weights = state["ema"]["weights"] if use_ema else state["model"]

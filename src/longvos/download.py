@@ -12,7 +12,8 @@ checks its SHA-256 when one is known or given, converts it with the strict key r
 it into place atomically: ``$LONGVOS_HOME/checkpoints/<name>.pt`` (default ``~/.cache/longvos``). ``load_segmenter``
 looks there when no checkpoint is given, so that ``--model mavos-r50`` then works without ``--checkpoint``.
 A download holds a lock on its temporary files while it runs; one killed outright (which can clean nothing up) leaves
-them behind, and the next download of the same checkpoint removes those that no running download holds.
+them behind (and, killed while converting, the converted checkpoint's own temporary file), and the next download of
+the same checkpoint removes those that no running download holds.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from longvos.io.errors import InputError, one_line
+from longvos.io.writer import partial_path
 
 try:
     import fcntl
@@ -46,6 +48,12 @@ TIMEOUT_SECONDS = 60
 #: cannot be locked, a running download cannot be told from a killed one: only files older than a day are removed.
 STALE_SECONDS = 60
 STALE_SECONDS_WITHOUT_LOCKS = 24 * 3600
+#: How long a download waits for the lock of a temporary file it has just made, which another download's cleanup may
+#: hold for a moment while it looks at the file.
+LOCK_WAIT_SECONDS = 5.0
+#: The endings of a download's two temporary files (``.<name>.<random><ending>`` in the cache folder): the file as
+#: fetched, and the converted checkpoint before it is renamed into place.
+TEMPORARY_SUFFIXES = (".download", ".pt.part")
 
 
 class DownloadError(InputError):
@@ -246,10 +254,15 @@ def download_checkpoint(name: str, url: str | None = None, sha256: str | None = 
     temporary: list[Path] = []
     held: list[int] = []
     try:
-        for suffix in (".download", ".pt.part"):
+        for suffix in TEMPORARY_SUFFIXES:
             fd, temp_name = tempfile.mkstemp(prefix=f".{name}.", suffix=suffix, dir=folder)
             temporary.append(Path(temp_name))
-            if _lock(fd):
+            try:
+                locked = _lock(fd)
+            except BaseException:
+                os.close(fd)
+                raise
+            if locked:
                 held.append(fd)
             else:
                 os.close(fd)
@@ -257,6 +270,9 @@ def download_checkpoint(name: str, url: str | None = None, sha256: str | None = 
         _release(held)
         for leftover in temporary:
             leftover.unlink(missing_ok=True)
+        if isinstance(err, BlockingIOError):  # from _lock: held by another process for longer than a cleanup takes
+            raise DownloadError(f"cannot lock the temporary file {temporary[-1]}: another process holds it; try "
+                                f"again") from None
         raise DownloadError(f"cannot write to the checkpoint cache {folder}: {err.strerror or err}") from None
     part, converted = temporary
     target = cached_checkpoint_path(name)
@@ -283,14 +299,26 @@ def download_checkpoint(name: str, url: str | None = None, sha256: str | None = 
 
 def _lock(fd: int) -> bool:
     """Take an exclusive lock on the open file ``fd`` (held until it is closed, or its process ends however it
-    ends); False where files cannot be locked. Windows keeps an open file from being renamed: no lock there."""
+    ends); False where files cannot be locked. Windows keeps an open file from being renamed: no lock there.
+
+    A file just made may be locked for a moment by another download's cleanup (which locks each temporary file it
+    looks at, to tell a running download's from a killed one's): that is waited out (up to
+    :data:`LOCK_WAIT_SECONDS`, then :class:`BlockingIOError` is raised), never taken for a file system without
+    locks, which would leave this download's files unlocked for a cleanup to delete."""
     if fcntl is None:
         return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:  # a file system without locks
-        return False
-    return True
+    deadline = time.monotonic() + LOCK_WAIT_SECONDS
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # held by another process (a subclass of OSError: caught first)
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
+        except OSError:  # a file system without locks
+            return False
+        else:
+            return True
 
 
 def _release(fds: list[int]) -> None:
@@ -301,23 +329,45 @@ def _release(fds: list[int]) -> None:
             pass
 
 
+def _leftover_patterns(name: str) -> list[tuple[re.Pattern[str], str | None]]:
+    """How the temporary files of a download of ``name`` are named, as ``(pattern, owner)`` pairs: the download's
+    own two files (``.<name>.<random>.download`` / ``.pt.part``, ``owner`` None) and the temporary file
+    :func:`~longvos.io.writer.atomic_write` writes the converted checkpoint under (its
+    :func:`~longvos.io.writer.partial_path`, ``owner`` the ending of the download's file it belongs to). Each pattern's
+    one group is the random part of the name."""
+    patterns: list[tuple[re.Pattern[str], str | None]] = []
+    for suffix in TEMPORARY_SUFFIXES:
+        own = f".{name}.\0{suffix}"  # NUL stands for the random part: no file name holds it
+        for template, owner in ((own, None), (partial_path(own).name, suffix)):
+            before, after = template.split("\0")
+            patterns.append((re.compile(f"{re.escape(before)}([A-Za-z0-9_]+){re.escape(after)}"), owner))
+    return patterns
+
+
 def _remove_stale_temporaries(folder: Path, name: str) -> list[Path]:
     """Delete the temporary files of earlier downloads of ``name`` in ``folder`` that no running download holds:
     those of a download killed outright (a checkpoint's worth of bytes each). Only files named as
-    :func:`download_checkpoint` names its own (``.<name>.<random>.download`` / ``.pt.part``) are looked at, and one
-    that cannot be examined is left alone. Returns what was deleted."""
-    pattern = re.compile(rf"\.{re.escape(name)}\.[A-Za-z0-9_]+\.(?:download|pt\.part)")
-    removed = []
+    :func:`download_checkpoint` names its own (:func:`_leftover_patterns`) are looked at, and one that cannot be
+    examined is left alone; a converted checkpoint's temporary file goes with the download file it belongs to (left
+    alone while a running download holds that). Returns what was deleted."""
+    candidates = []
     try:
-        candidates = [entry for entry in folder.iterdir() if pattern.fullmatch(entry.name)]
+        for entry in folder.iterdir():
+            for pattern, owner in _leftover_patterns(name):
+                match = pattern.fullmatch(entry.name)
+                if match:
+                    candidates.append((entry, None if owner is None else folder / f".{name}.{match[1]}{owner}"))
+                    break
     except OSError:
-        return removed
+        return []
+    removed = []
     now = time.time()
-    for path in candidates:
+    for path, owner in candidates:
         try:
             fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
         except OSError:  # gone meanwhile, a link, not readable
             continue
+        is_open = True
         try:
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):
@@ -327,20 +377,44 @@ def _remove_stale_temporaries(folder: Path, name: str) -> list[Path]:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # taken: no running download holds the file
                 except BlockingIOError:
-                    continue  # a running download holds it
+                    continue  # a running download holds it (or another download's cleanup looks at it)
                 except OSError:
                     pass  # a file system without locks: its age alone decides
                 else:
+                    if owner is not None and _held_elsewhere(owner):
+                        continue  # the converted checkpoint of a running download
                     limit = STALE_SECONDS
             if now - info.st_mtime < limit:
                 continue
-            path.unlink()
+            if limit == STALE_SECONDS_WITHOUT_LOCKS:  # no lock to keep: close first (Windows deletes no open file)
+                is_open = False
+                os.close(fd)
+            path.unlink()  # with a lock, deleted while holding it, so that no download takes the file meanwhile
             removed.append(path)
         except OSError:
             continue
         finally:
-            os.close(fd)
+            if is_open:
+                os.close(fd)
     return removed
+
+
+def _held_elsewhere(path: Path) -> bool:
+    """Whether another process holds the lock of ``path`` (a running download's file), or it cannot be told (then
+    the file is taken as held); False where it is gone."""
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:  # held (BlockingIOError), or it cannot be told
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def _convert(source: Path, destination: Path, name: str, family: str | None) -> str:

@@ -7,22 +7,30 @@ anything themselves (several processes writing bars to one terminal garble it): 
 """
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Literal
 
 from longvos.engine.options import SegmentOptions, setting
+from longvos.engine.outputs import RECORD_PREFIX, is_os_metadata
 from longvos.io.errors import InputError
-from longvos.io.writer import PARTIAL_MARK
+from longvos.io.writer import partial_path
 
 Status = Literal["done", "skipped", "failed"]
 
 #: The batch's own file in ``--out``, beside the video folders.
 SUMMARY_FILE = "batch-summary.csv"
 #: The temporary name ``atomic_write`` gives the summary while it is written.
-SUMMARY_PARTIAL = f".{Path(SUMMARY_FILE).stem}{PARTIAL_MARK}{Path(SUMMARY_FILE).suffix}"
-#: How longvos's own records begin (progress record, output list, state snapshot).
-RECORD_START = ".longvos"
+SUMMARY_PARTIAL = partial_path(SUMMARY_FILE).name
+#: How longvos's own records begin (progress record, output list, state snapshot): the one prefix of
+#: :mod:`longvos.engine.outputs`.
+RECORD_START = RECORD_PREFIX
+#: Names Windows gives to devices, whatever their extension ("nul.txt" too) and case: a folder cannot have them.
+WINDOWS_DEVICE_NAMES = frozenset({"CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$",
+                                  *(f"{port}{digit}" for port in ("COM", "LPT") for digit in "0123456789¹²³")})
+#: Characters no Windows file name may hold (besides the separators and control characters).
+WINDOWS_FORBIDDEN = '<>:"|?*'
 
 
 @dataclass(frozen=True)
@@ -70,14 +78,41 @@ class VideoResult:
 
 def name_problem(name: str) -> str | None:
     """Why ``name`` cannot be a video's output folder under ``--out``, or ``None``: it must be one plain folder
-    name (never a path that leads out of ``--out``, nor ``--out`` itself), and none of the batch's own files there
-    (the summary, its temporary file, longvos's records; compared ignoring case, as some file systems do)."""
+    name on every system (never a path that leads out of ``--out``, nor ``--out`` itself, nor elsewhere on Windows:
+    no drive, no character or device name Windows refuses, no trailing dot or space, which Windows drops), and none
+    of the batch's own files there (the summary, its temporary file, longvos's records; compared ignoring case, as
+    some file systems do) nor of the files operating systems leave in folders (``.DS_Store``, ``._*``, ...)."""
     if not name or name in (".", "..") or any(char in name for char in "/\\\0"):
         return f"name {name!r} must be a plain folder name"
+    why = _windows_problem(name)
+    if why is None and any((flavour("out") / name).parent != flavour("out") for flavour in (PurePosixPath,
+                                                                                            PureWindowsPath)):
+        why = "it leads out of --out"  # a last guard: whatever the rules above miss, the join must stay inside
+    if why is not None:
+        return f"name {name!r} must be a plain folder name ({why})"
     folded = name.casefold()
-    if folded in (SUMMARY_FILE, SUMMARY_PARTIAL) or folded.startswith(RECORD_START):
+    # The whole ".longvos" namespace, not only the records' ".longvos-": no video folder passes for a record.
+    if folded in (SUMMARY_FILE, SUMMARY_PARTIAL) or folded.startswith(RECORD_PREFIX.rstrip("-")):
         return (f"name {name!r} is taken by the batch's own files in --out ({SUMMARY_FILE}, {SUMMARY_PARTIAL}, "
-                f"{RECORD_START}* records): give the video another name (a manifest's 'name' column)")
+                f"{RECORD_PREFIX}* records): give the video another name (a manifest's 'name' column)")
+    if is_os_metadata(name):
+        return (f"name {name!r} is that of a file operating systems leave in folders (.DS_Store, Thumbs.db, "
+                f"desktop.ini, ._*): give the video another name (a manifest's 'name' column)")
+    return None
+
+
+def _windows_problem(name: str) -> str | None:
+    """Why Windows would not take ``name`` as one folder inside another (``None``: it would)."""
+    if PureWindowsPath(name).drive or PureWindowsPath(name).anchor:
+        return "no drive"
+    if any(char in WINDOWS_FORBIDDEN for char in name):
+        return f"none of {WINDOWS_FORBIDDEN}"
+    if any(unicodedata.category(char) == "Cc" for char in name):
+        return "no control characters"
+    if name[-1] in ". ":
+        return "no trailing dot or space"
+    if name.split(".", 1)[0].rstrip(" ").upper() in WINDOWS_DEVICE_NAMES:
+        return "not a Windows device name such as CON, NUL, COM1 or LPT1"
     return None
 
 

@@ -5,7 +5,9 @@ so that a frame name holding a line break cannot name another file) to ``<out>/.
 always covers what a run left on disk, even after a crash. A new run (not ``resume``) refuses a folder that holds
 anything but longvos's own records; with ``overwrite`` it first deletes exactly the files that list names, plus
 longvos's records and temporary files, leaves everything else alone, and refuses the folder if anything else remains
-(an output never replaces a file longvos did not write).
+(an output never replaces a file longvos did not write). The files operating systems leave in any folder they show
+(:func:`is_os_metadata`: ``.DS_Store``, ``Thumbs.db``, ``desktop.ini``, ``._*``) count as neither: they never make
+a folder "used", and no run deletes them.
 """
 from __future__ import annotations
 
@@ -21,8 +23,25 @@ RECORD_PREFIX = ".longvos-"  # longvos's own bookkeeping files (progress, output
 SUBFOLDERS = ("objects", "probs")  # made by --per-object and --probs
 
 
-def log_outputs(out_dir: Path, *relative: str) -> None:
-    """Record that the files ``relative`` (to ``out_dir``) are about to be written."""
+#: Files an operating system's file browser leaves in the folders it shows (macOS Finder's ``.DS_Store`` and, on
+#: volumes without its metadata, ``._<name>`` AppleDouble files; Windows Explorer's ``Thumbs.db`` and
+#: ``desktop.ini``), compared ignoring case: a user opening an output folder must not make it look used.
+OS_METADATA_FILES = frozenset({".ds_store", "thumbs.db", "desktop.ini"})
+OS_METADATA_PREFIX = "._"
+
+
+def is_os_metadata(name: str) -> bool:
+    """Whether ``name`` is that of a file an operating system leaves in folders (:data:`OS_METADATA_FILES`,
+    ``._*``): never a user's file nor longvos's, so no refusal counts it and no run deletes it."""
+    return name.casefold() in OS_METADATA_FILES or name.startswith(OS_METADATA_PREFIX)
+
+
+def log_outputs(out_dir: Path, *relative: str, once: bool = False) -> None:
+    """Record that the files ``relative`` (to ``out_dir``) are about to be written; with ``once``, only those the
+    list does not name yet (a folder that runs write again and again, such as eval's, then names each once)."""
+    if once:
+        listed = set(logged_names(out_dir) or ())
+        relative = tuple(name for name in dict.fromkeys(relative) if name not in listed)
     if relative:
         with open(out_dir / OUTPUTS_FILE, "a", encoding="utf-8") as log:
             log.write("".join(f"{json.dumps(name)}\n" for name in relative))
@@ -35,14 +54,27 @@ FOREIGN_FILES_ADVICE = ("--overwrite deletes only the files longvos wrote and ne
 
 def refuse_used_folder(folder: Path, advice: str, keep: tuple[str, ...] = ()) -> None:
     """Raise :class:`InputError` (one line: the folder, up to three of its entries, then ``advice``) if ``folder``
-    holds anything but longvos's own records and temporary files (and the entries named in ``keep``)."""
+    holds anything but longvos's own records and temporary files, the files operating systems leave there
+    (:func:`is_os_metadata`; also all that remains of a longvos subfolder, ``objects/`` or ``probs/``, once an
+    ``overwrite`` has deleted longvos's files there), and the entries named in ``keep``."""
     if not folder.is_dir():
         return
     foreign = sorted(entry.name for entry in folder.iterdir() if entry.name not in keep
-                     and not entry.name.startswith(RECORD_PREFIX) and PARTIAL_MARK not in entry.name)
+                     and not entry.name.startswith(RECORD_PREFIX) and PARTIAL_MARK not in entry.name
+                     and not (is_os_metadata(entry.name) and entry.is_file() and not entry.is_symlink())
+                     and not (entry.name in SUBFOLDERS and _holds_only_os_metadata(entry)))
     if foreign:
         shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
         raise InputError(f"{folder} is not empty ({shown}): {advice}")
+
+
+def _holds_only_os_metadata(folder: Path) -> bool:
+    """Whether ``folder`` (a real folder, not a link) holds nothing but folders and the files operating systems
+    leave in them."""
+    if folder.is_symlink() or not folder.is_dir():
+        return False
+    return all((path.is_dir() and not path.is_symlink()) or (is_os_metadata(path.name) and path.is_file()
+                                                              and not path.is_symlink()) for path in folder.rglob("*"))
 
 
 def check_output_folder(out_dir: str | Path, name: str = "out_dir") -> Path:
@@ -73,8 +105,9 @@ def prepare_output_folder(out_dir: Path, overwrite: bool) -> None:
 
 def clear_outputs(out_dir: Path) -> list[Path]:
     """Delete the files a longvos run wrote into ``out_dir`` (masks, per-object masks, probabilities, an overlay
-    inside it, its records and temporary files) and nothing else; returns what was deleted."""
-    names = _logged_names(out_dir)
+    inside it, its records and temporary files) and nothing else (never a user's file, nor one an operating system
+    left there: :func:`is_os_metadata`); returns what was deleted."""
+    names = logged_names(out_dir)
     if names is None:
         names = _names_from_record(out_dir)
     own = {OUTPUTS_FILE, progress.PROGRESS_FILE, getattr(progress, "STATE_FILE", progress.PROGRESS_FILE)}
@@ -90,7 +123,7 @@ def clear_outputs(out_dir: Path) -> list[Path]:
     temporaries = [*out_dir.glob(f".*{PARTIAL_MARK}*"),
                    *(path for folder in subfolders for path in folder.rglob(f".*{PARTIAL_MARK}*"))]
     for temporary in temporaries:  # also in objects/<id>/, where per-object masks are written
-        if temporary.is_file():
+        if temporary.is_file() and not is_os_metadata(temporary.name):  # "._.x.partial.png": the OS's, not ours
             temporary.unlink()
             removed.append(temporary)
     for folder in subfolders:  # folders longvos made, once they are empty, deepest first
@@ -103,7 +136,9 @@ def clear_outputs(out_dir: Path) -> list[Path]:
     return removed
 
 
-def _logged_names(out_dir: Path) -> list[str] | None:
+def logged_names(out_dir: Path) -> list[str] | None:
+    """The files (relative to ``out_dir``) its output list names, each once, in the order first listed; ``None``
+    where the folder has no list (nothing written there, or by a longvos that kept none)."""
     try:
         text = (out_dir / OUTPUTS_FILE).read_text(encoding="utf-8", errors="replace")
     except FileNotFoundError:

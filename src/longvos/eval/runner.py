@@ -13,6 +13,7 @@ masks to the original size and writing PNGs are not timed. Peak memory is measur
 """
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,7 +22,8 @@ import numpy as np
 from PIL import Image
 
 from longvos.engine.options import SegmentOptions
-from longvos.engine.outputs import _logged_names, check_output_folder, log_outputs, refuse_used_folder
+from longvos.engine.outputs import (check_output_folder, is_os_metadata, log_outputs, logged_names,
+                                    refuse_used_folder)
 from longvos.engine.pipeline import SegmentSummary, segment_video
 from longvos.engine.resources import format_bytes
 from longvos.eval.masks import ground_truth_ids, present_ids
@@ -134,17 +136,33 @@ def run_model(options: SegmentOptions, layout: DavisLayout, sequences: list[str]
         check_prediction_folders(pred_root, layout, sequences)
         written = [f"{pred_root.name}/{folder.name}/{path.name}" for partial, folder in staged
                    for path in sorted(partial.iterdir())]
-        _log_new_outputs(pred_root.parent, written)
+        log_outputs(pred_root.parent, *written, once=True)  # each once, however often eval runs there
     except BaseException:
         for partial, _ in staged:
             shutil.rmtree(partial, ignore_errors=True)
         raise
     for partial, folder in staged:
+        _keep_os_metadata(folder, partial)
         commit_folder(partial, folder)
     report = RunReport(segmenter.name, max_size, environment_now, runs, meter.read())
     if device_peaks:
         report.memory["peak_device_bytes"] = max(device_peaks)
     return report
+
+
+def _keep_os_metadata(folder: Path, partial: Path) -> None:
+    """Move the files an operating system left in ``folder`` (``.DS_Store``, ``._*``, ...:
+    :func:`~longvos.engine.outputs.is_os_metadata`) into ``partial``, which is about to replace it: a rerun deletes
+    only the masks longvos wrote (and :func:`check_prediction_folders` refuses a folder holding anything else)."""
+    if not folder.is_dir() or folder.is_symlink():
+        return
+    for entry in folder.iterdir():
+        if is_os_metadata(entry.name) and entry.is_file() and not entry.is_symlink():
+            if not (partial / entry.name).exists():
+                try:
+                    os.replace(entry, partial / entry.name)
+                except OSError:  # the OS's file: the masks are replaced all the same
+                    pass
 
 
 #: What ``longvos eval --model`` writes into its output folder (besides longvos's ``.longvos-*`` records).
@@ -158,7 +176,7 @@ def check_eval_output_folder(out_dir: Path) -> None:
     what eval writes there: ``predictions/``, its reports (those the folder's output list names, where it has one)
     and longvos's records. Needs neither the dataset nor the model."""
     out_dir = check_output_folder(out_dir, "--out")
-    listed = _logged_names(out_dir)
+    listed = logged_names(out_dir)
     keep = tuple(name for name in EVAL_OUTPUTS if listed is None or name == "predictions" or name in listed)
     refuse_used_folder(out_dir, "eval writes its predictions/ and reports there and never beside other files: move "
                                 "them, or use another --out", keep=keep)
@@ -166,13 +184,7 @@ def check_eval_output_folder(out_dir: Path) -> None:
 
 def log_reports(out_dir: Path) -> None:
     """List eval's reports among the outputs of ``out_dir`` (call it before they are written)."""
-    _log_new_outputs(Path(out_dir), [GLOBAL_CSV, PER_SEQUENCE_CSV, SUMMARY_JSON])
-
-
-def _log_new_outputs(out_dir: Path, names: list[str]) -> None:
-    """Add ``names`` to ``out_dir``'s output list, each once however often eval runs there."""
-    listed = set(_logged_names(out_dir) or ())
-    log_outputs(out_dir, *(name for name in names if name not in listed))
+    log_outputs(Path(out_dir), GLOBAL_CSV, PER_SEQUENCE_CSV, SUMMARY_JSON, once=True)
 
 
 def check_prediction_folders(pred_root: Path, layout: DavisLayout, sequences: list[str]) -> None:
@@ -183,7 +195,7 @@ def check_prediction_folders(pred_root: Path, layout: DavisLayout, sequences: li
     (an earlier longvos kept no list), they are the masks an evaluation names after frames: PNGs named after a frame
     of the sequence, or numbered (the frames of a longer version of it)."""
     pred_root = check_output_folder(pred_root, "the predictions folder")
-    listed = _logged_names(pred_root.parent) or []
+    listed = logged_names(pred_root.parent) or []
     for name in sequences:
         folder = pred_root / name
         if not folder.exists() and not folder.is_symlink():

@@ -17,14 +17,22 @@ from pathlib import Path
 PARTIAL_MARK = ".partial"
 
 
+def partial_path(path: str | Path) -> Path:
+    """The temporary name :func:`atomic_write` writes ``path`` under before renaming it: ``.<stem>.partial<suffix>``
+    beside it (hidden, and with the suffix kept so that format detection by extension still works). The one place
+    that names it, for those that must recognise such a file (a batch's reserved names, a download's leftovers)."""
+    path = Path(path)
+    return path.with_name(f".{path.stem}{PARTIAL_MARK}{path.suffix}")
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     """Call ``write(temporary_path)``, then rename the result onto ``path``.
 
     Readers therefore see either the old file or the complete new one, never a half-written file; the temporary
-    name starts with a dot and keeps the suffix (so format detection by extension still works).
+    name (:func:`partial_path`) starts with a dot and keeps the suffix (so format detection by extension still works).
     """
     path = Path(path)
-    temporary = path.with_name(f".{path.stem}{PARTIAL_MARK}{path.suffix}")
+    temporary = partial_path(path)
     try:
         write(temporary)
         os.replace(temporary, path)

@@ -149,13 +149,16 @@ class TrainConfig:
 #: stretch to the new length; the EMA keeps its saved decay, see :meth:`longvos.train.schedule.EMA.load_state_dict`),
 #: the stop, logging, checkpoint and progress options, thread and data-worker counts, the device, the folder itself
 #: (moved), and the options that only set the initial weights (``model.init``, ``model.pretrained_encoder``,
-#: ``model.mca_identity_init``: the checkpoint's weights replace what they give).
-#: Any other difference (seed, batch size, data, losses, model, optimiser) would continue another run than the one
-#: saved, and is refused (:func:`resume_differences`).
+#: ``model.mca_identity_init``: the checkpoint's weights replace what they give). ``data.root`` too: it says where
+#: the data are, not which, and the same data may be reached by another path in another session (a relative
+#: "../shared/data/train" from another working directory, a moved or remounted folder); that the data there are
+#: those the run started with is the user's responsibility (which sets and holdouts it uses are still compared).
+#: Any other difference (seed, batch size, data sets and sampling, losses, model, optimiser) would continue another
+#: run than the one saved, and is refused (:func:`resume_differences`).
 RESUME_MAY_CHANGE = frozenset({
     "optim.steps", "run.stop_after_steps", "run.out_dir", "run.device", "run.threads", "run.log_every",
-    "run.checkpoint_every", "run.keep_checkpoints", "run.tensorboard", "run.progress", "data.workers", "model.init",
-    "model.pretrained_encoder", "model.mca_identity_init",
+    "run.checkpoint_every", "run.keep_checkpoints", "run.tensorboard", "run.progress", "data.workers", "data.root",
+    "model.init", "model.pretrained_encoder", "model.mca_identity_init",
 })
 
 
