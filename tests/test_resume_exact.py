@@ -25,7 +25,10 @@ from PIL import Image
 
 from longvos.engine.progress import PROGRESS_FILE, STATE_FILE
 
-FRAMES = 44  # mavos-lite's MCA interval is 10: long-term updates at frames 10 (concatenation), 20, 30, 40 (fusions)
+#: The long-term memory interval of these runs, named rather than left to mavos-lite's default (which has changed
+#: before): long-term updates at frames 5 (concatenation), 10, 15, ..., 40 (MCA fusions).
+MEM_GAP = 5
+FRAMES = 44
 EVERY = 3  # snapshot interval of these runs (frames)
 FAST = ["--max-size", "96", "--device", "cpu", "--quiet", "--snapshot-every", str(EVERY)]
 
@@ -50,9 +53,11 @@ def make_clip(folder: Path, frames: int = FRAMES, seed: int = 0) -> Path:
     return folder.parent / "mask.png"
 
 
-def command(clip: Path, mask: Path, out: Path, *extra: str) -> list[str]:
+def command(clip: Path, mask: Path, out: Path, *extra: str, mem_gap: int | None = MEM_GAP) -> list[str]:
+    """``longvos segment`` of ``clip`` with the tests' options (``mem_gap`` None: no --mem-gap, the model's own)."""
+    interval = [] if mem_gap is None else ["--mem-gap", str(mem_gap)]
     return [sys.executable, "-m", "longvos", "segment", str(clip), "--mask", str(mask), "--out", str(out), *FAST,
-            *extra]
+            *interval, *extra]
 
 
 def environment() -> dict[str, str]:
@@ -112,7 +117,8 @@ def kill_after(args: list[str], out: Path, frames: int, env: dict[str, str] | No
 
 def test_sigkill_at_a_random_frame_then_resume_is_byte_identical(clip, clean, tmp_path):
     seed = random.randrange(1 << 30)
-    target = random.Random(seed).randint(27, 36)  # after the fusion at frame 20: the snapshot holds a fused memory
+    # Well after the first MCA fusion (frame 2 * MEM_GAP = 10): the snapshot holds a fused memory.
+    target = random.Random(seed).randint(27, 36)
     out = tmp_path / "out"
     left = kill_after(command(*clip, out), out, target)
     assert left < FRAMES, f"seed {seed}: the run finished before the kill"
@@ -121,8 +127,11 @@ def test_sigkill_at_a_random_frame_then_resume_is_byte_identical(clip, clean, tm
     snapshot = torch.load(out / STATE_FILE, weights_only=True)  # plain tensors, ints and strings: no pickled class
     restored_at = snapshot["completed"]
     assert 24 <= restored_at <= record["completed"] and restored_at % EVERY == 0, (seed, restored_at, record)
-    passes = snapshot["session"]["state"]["passes"]
-    assert passes[0]["memory"]["frame_step"] >= 21  # two long-term updates: the dynamic frame is an MCA fusion
+    state = snapshot["session"]["state"]
+    assert state["mem_gap"] == MEM_GAP and record["settings"]["mem_gap"] == MEM_GAP
+    memory = state["passes"][0]["memory"]
+    # Two long-term updates or more (a concatenation, then fusions): the dynamic frame is an MCA fusion.
+    assert memory["frame_step"] >= 21 and memory["last_update_step"] >= 2 * MEM_GAP, memory["last_update_step"]
 
     result = run(command(*clip, out, "--resume"))
     assert result.returncode == 0, result.stderr
@@ -150,10 +159,10 @@ def test_resume_with_changed_mask_content_is_refused(clip, tmp_path):
     assert len(lines) == 1 and "mask of frame 0 changed content" in lines[0] and str(changed) in lines[0], lines
     assert {path.name: path.stat().st_mtime_ns for path in out.iterdir()} == before  # nothing was touched
     assert len(pngs(out)) == left
-    # Other options are refused the same way; the original inputs resume.
+    # Other options are refused the same way (an interval other than the run's); the original inputs resume.
     changed.write_bytes(original)
-    result = run(command(folder, changed, out, "--resume", "--mem-gap", "5"))
-    assert result.returncode == 1 and "mem_gap: None -> 5" in result.stderr
+    result = run(command(folder, changed, out, "--resume", mem_gap=MEM_GAP + 2))
+    assert result.returncode == 1 and f"mem_gap: {MEM_GAP} -> {MEM_GAP + 2}" in result.stderr, result.stderr
     result = run(command(folder, changed, out, "--resume"))
     assert result.returncode == 0 and len(pngs(out)) == FRAMES, result.stderr
 
@@ -173,7 +182,7 @@ def test_batch_worker_killed_mid_video_then_resume_is_byte_identical(clip, clean
     mask.write_bytes(original.read_bytes())
     manifest = tmp_path / "videos.jsonl"
     manifest.write_text(json.dumps({"video": str(folder), "mask": str(mask)}) + "\n")
-    options = BatchOptions(model="mavos-lite", max_size=96, threads=1)
+    options = BatchOptions(model="mavos-lite", max_size=96, threads=1, mem_gap=MEM_GAP)  # as the `clean` run
     pids: list[int] = []
     killed: list[int] = []
 
@@ -196,8 +205,8 @@ def test_batch_worker_killed_mid_video_then_resume_is_byte_identical(clip, clean
 
     # No --threads this time, and the driver would pick 2: the interrupted video still runs with its 1.
     monkeypatch.setattr(thread_policy, "default_threads", lambda: 2)
-    (result,) = run_batch(manifest, out, BatchOptions(model="mavos-lite", max_size=96), devices=["cpu"], workers=1,
-                          progress=False, resume=True).results
+    (result,) = run_batch(manifest, out, BatchOptions(model="mavos-lite", max_size=96, mem_gap=MEM_GAP),
+                          devices=["cpu"], workers=1, progress=False, resume=True).results
     assert result.status == "done" and result.frames == FRAMES - record.completed, result
     assert result.threads == 1, result
     assert md5s(out / "clip") == clean

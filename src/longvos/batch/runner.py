@@ -246,13 +246,14 @@ def item_settings(item: WorkItem, options: BatchOptions) -> dict[str, Any]:
     far as the driver knows them without the worker's device or the video's frame count: the options' settings
     resolved as a worker resolves them (the model's size for ``max_size="auto"``, the loaded weights file's path,
     size and sha256 instead of ``checkpoint``, an explicit dtype; ``dtype="auto"`` depends on the device and is
-    left out), and what identifies the inputs."""
+    left out), the memory design and interval the session uses (the model's own where none is named:
+    :meth:`~longvos.engine.options.SegmentOptions.with_memory_resolved`), and what identifies the inputs."""
     from longvos.engine.frames import resolve_max_size
     from longvos.models.registry import model_entry
 
     frame = str(item.frame)
-    if options.memory is not None or options.mem_gap is not None:  # segment_video records the model's own as None
-        options = options.with_own_memory_as_none(*_own_memory(options.model))
+    # The memory design and interval resolved as segment_video records them (the model's own where none is named).
+    options = options.with_memory_resolved(*_own_memory(options.model))
     settings = options.replace(checkpoint=None, start=item.frame).resume_settings()
     del settings["stop"]  # the end of the video, clamped by the worker
     if str(options.dtype).lower() == "auto":
@@ -304,11 +305,18 @@ def _recorded(folder: Path, settings: dict[str, Any]) -> tuple[RunProgress | Non
 
 @functools.lru_cache(maxsize=8)
 def _own_memory(model_name: str) -> tuple[str | None, int | None]:
-    """``(default_memory, default_mem_gap)`` of a registered model (built once, random weights, no file read)."""
+    """``(default_memory, default_mem_gap)`` of a registered model, as ``segment_video``'s loaded model has them
+    (built once per name, on the meta device where it can be: no weight memory, no file read)."""
+    import torch
+
     from longvos.models.registry import create_model
 
     try:
-        model = create_model(model_name)
+        try:
+            with torch.device("meta"):
+                model = create_model(model_name)
+        except NotImplementedError:  # a constructor that reads tensor values: built on the CPU
+            model = create_model(model_name)
     except (KeyError, ValueError):  # an unknown model: every video fails with the reason
         return None, None
     return model.default_memory, model.default_mem_gap
@@ -316,11 +324,16 @@ def _own_memory(model_name: str) -> tuple[str | None, int | None]:
 
 def resume_conflict(folder: Path, settings: dict[str, Any]) -> str | None:
     """Why ``folder`` cannot be resumed with ``settings`` (it holds another run's results), or ``None``."""
-    _, difference = _recorded(folder, settings)
+    from longvos.engine.options import unresolved_memory_note
+
+    record, difference = _recorded(folder, settings)
     if difference is None:
         return None
-    return (f"{folder} holds results made with other settings ({difference}); use another --out, or --overwrite "
-            f"(without --resume) to redo the batch")
+    model = settings.get("model")
+    note = unresolved_memory_note(record.settings, difference, *_own_memory(model)) if isinstance(model, str) else ""
+    advice = ("use --overwrite (without --resume) to redo the batch, or another --out" if note else
+              "use another --out, or --overwrite (without --resume) to redo the batch")
+    return f"{folder} holds results made with other settings ({difference}){note}; {advice}"
 
 
 def is_complete(folder: Path, settings: dict[str, Any]) -> bool:

@@ -79,16 +79,20 @@ class SegmentOptions:
 
     def resume_settings(self) -> dict[str, Any]:
         """The fields that must match for ``resume`` to continue a run, by their record names. ``segment_video``
-        records them resolved (the model's name, the checkpoint's absolute path, the dtype and size in effect, the
-        frame range clamped to the video)."""
+        records them resolved (the model's name, the checkpoint's absolute path, the dtype, size, memory design and
+        interval in effect, the frame range clamped to the video)."""
         return {(f.metadata["record"] if isinstance(f.metadata["record"], str) else f.name): getattr(self, f.name)
                 for f in fields(self) if f.metadata.get("record")}
 
-    def with_own_memory_as_none(self, own_memory: str | None, own_mem_gap: int | None) -> SegmentOptions:
-        """These options with ``memory``/``mem_gap`` set to ``None`` where they name the model's own design or
-        interval: naming them is the same run as naming none (how runs are recorded for ``resume``)."""
-        return self.replace(memory=None if self.memory == own_memory else self.memory,
-                            mem_gap=None if self.mem_gap == own_mem_gap else self.mem_gap)
+    def with_memory_resolved(self, own_memory: str | None, own_mem_gap: int | None) -> SegmentOptions:
+        """These options with ``memory``/``mem_gap`` resolved to what the session uses: the model's own design and
+        interval (``own_memory``, ``own_mem_gap``: its ``default_memory`` and ``default_mem_gap``) where they are
+        ``None``. How runs are recorded for ``resume`` (``segment_video`` and the batch tool alike): naming the
+        model's own design or interval is the same run as naming none, and a run is recorded with the interval it
+        used, so that a resume after the model's default changed is refused rather than continued with another one
+        (:func:`unresolved_memory_note`)."""
+        return self.replace(memory=own_memory if self.memory is None else self.memory,
+                            mem_gap=own_mem_gap if self.mem_gap is None else self.mem_gap)
 
     def load_segmenter(self) -> Segmenter:
         """The :class:`~longvos.engine.segmenter.Segmenter` these options name: ``model`` itself if it is loaded,
@@ -107,3 +111,20 @@ class SegmentOptions:
     def session(self, segmenter: Segmenter) -> Session:
         """A new per-video session of ``segmenter`` with these options' ``max_size``, ``mem_gap`` and ``memory``."""
         return segmenter.session(self.max_size, self.mem_gap, self.memory)
+
+
+def unresolved_memory_note(saved: dict[str, Any], difference: str | None, own_memory: str | None,
+                           own_mem_gap: int | None) -> str:
+    """Why a resume refused for ``difference`` (``"name: old -> new"``) cannot be made to match, where that is the
+    memory design or interval and the run's record holds it as ``None`` though the model has one of its own
+    (``own_memory``, ``own_mem_gap``), which a record of this version never does: an earlier longvos recorded the
+    model's own that way, the model's own may have changed since (mavos-lite's interval went from 10 to 5), and no
+    option names the value that run used, so only ``--overwrite`` (segmenting the video again) gives one consistent
+    result. ``""`` for any other difference."""
+    for key, own, what in (("mem_gap", own_mem_gap, "interval"), ("memory", own_memory, "design")):
+        if difference is not None and difference.startswith(f"{key}: None -> ") and saved.get(key) is None \
+                and own is not None:
+            return (f": that run was recorded by an earlier longvos, which wrote the model's own memory {what} as "
+                    f"None, and the model's own may have changed since (it is {own!r} now), so it cannot be "
+                    f"continued exactly")
+    return ""

@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from longvos.engine.frames import check_max_size
-from longvos.engine.options import DEFAULT_SNAPSHOT_EVERY, SegmentOptions
+from longvos.engine.options import DEFAULT_SNAPSHOT_EVERY, SegmentOptions, unresolved_memory_note
 from longvos.engine.outputs import check_output_folder, log_outputs, prepare_output_folder, refuse_used_folder
 from longvos.engine.progress import (PROGRESS_FILE, STATE_FILE, RunProgress, UnusableSnapshot, encode_state,
                                      load_state, mask_digest, settings_difference, settings_digest,
@@ -163,10 +163,13 @@ def segment_video(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # What must match for --resume to continue a run (the device and overlay may change): the options' settings as
-    # they resolved, and what identifies the inputs.
+    # they resolved, and what identifies the inputs. The memory design and interval are recorded as the session uses
+    # them (the model's own where none is named): naming the model's own is the same run as naming none, and a run
+    # recorded as None by an earlier longvos, whose own interval may have been another, is another run.
     checkpoint = None if options.checkpoint is None else str(Path(options.checkpoint).resolve())
+    own_memory = (segmenter.model.default_memory, segmenter.model.default_mem_gap)
     settings = {
-        **options.with_own_memory_as_none(segmenter.model.default_memory, segmenter.model.default_mem_gap).replace(
+        **options.with_memory_resolved(*own_memory).replace(
             model=segmenter.name, checkpoint=checkpoint, dtype=str(segmenter.dtype), max_size=session.max_size,
             start=start, end=stop).resume_settings(),
         "video": source.description if isinstance(video, FrameSource) else str(Path(source.description).resolve()),
@@ -179,8 +182,10 @@ def segment_video(
     if record is not None:
         difference = settings_difference(record.settings, settings)
         if difference:
-            raise InputError(f"{out_dir} holds a run with other settings ({difference}); use another output folder "
-                             f"or --overwrite to replace it")
+            note = unresolved_memory_note(record.settings, difference, *own_memory)
+            advice = ("use --overwrite to segment the video again, or another output folder" if note else
+                      "use another output folder or --overwrite to replace it")
+            raise InputError(f"{out_dir} holds a run with other settings ({difference}){note}; {advice}")
         if record.done:
             notes = ["already complete"]
             # The overlay is drawn from the masks on disk: nothing is segmented or rewritten. A run of no frames (a
@@ -416,8 +421,9 @@ class _Run:
         the wrong type, of another model or frame size, with a tensor of another dtype or shape than the model's
         state has) is not an error: the session is reset and the run recomputed, with one warning naming the reason.
         Tensors are checked without running the model: :meth:`Session.restore` has the model family's
-        ``from_snapshot`` check each one's type, dtype and shape against the model's dimensions and the session's
-        network size, so a resume steps each frame after the snapshot once, as the interrupted run would have."""
+        ``check_snapshot`` (where its state class has one) check each one's type, dtype and shape against the
+        model's dimensions and the session's network size, so a resume steps each frame after the snapshot once, as
+        the interrupted run would have."""
         try:
             data = load_state(self.out_dir, self.session.device, self.digest, self.record)
             if data is None:

@@ -223,11 +223,13 @@ class Session:
     def restore(self, snapshot: dict) -> None:
         """Replace everything this session remembers with a :meth:`snapshot` of a session of the same model.
 
-        The snapshot is checked before anything is replaced: its model and network size, and (by the model family's
-        ``from_snapshot``) every tensor's type, dtype and shape against the model's dimensions, this session's network
-        size, memory settings and dtype, and its object bookkeeping. Anything wrong is an error (a ``ValueError``
-        that names the field, for the state) and leaves the session as it was; a snapshot that passes continues bit
-        for bit (its tensors are restored as they are)."""
+        The snapshot is checked before anything is replaced: its model and network size, and, where the state class
+        has the optional ``check_snapshot`` hook (see :class:`~longvos.models.base.TrackerState`; both bundled
+        families do), every tensor's type, dtype and shape against the model's dimensions, this session's network
+        size, memory settings and dtype, and its object bookkeeping. The state is then built by the class's
+        ``from_snapshot(data, device)``. Anything wrong is an error (a ``ValueError`` that names the field, for the
+        state) and leaves the session as it was; a snapshot that passes continues bit for bit (its tensors are
+        restored as they are)."""
         self._check_open("restore")
         name = self.model.name or type(self.model).__name__
         from_snapshot = getattr(type(self.state), "from_snapshot", None)
@@ -245,8 +247,10 @@ class Session:
         if network_hw != expected_hw:
             raise SessionError(f"a state snapshot taken at network size {network_hw} cannot be restored into a session "
                                f"that sees its {frame_hw} frames at {expected_hw} (another max_size)")
-        state = from_snapshot(snapshot["state"], self.device, model=self.model, input_hw=network_hw,
-                              like=self._new_state(), dtype=self.dtype)
+        check = getattr(type(self.state), "check_snapshot", None)
+        if check is not None:
+            check(snapshot["state"], model=self.model, input_hw=network_hw, like=self._new_state(), dtype=self.dtype)
+        state = from_snapshot(snapshot["state"], self.device)
         self.reset_state()
         self.state = state
         self.frames_processed = frames_processed

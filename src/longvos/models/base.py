@@ -27,7 +27,23 @@ from torch import nn
 @runtime_checkable
 class TrackerState(Protocol):
     """Per-video state of one model. Fixed-shape tensors per object slot; never grows with video length
-    (except for memory designs that grow by definition, such as DeAOT's ``growing``)."""
+    (except for memory designs that grow by definition, such as DeAOT's ``growing``).
+
+    Three optional hooks let ``segment_video`` snapshot the state and resume a run exactly from it (a state class
+    without them is never snapshotted, and its resume recomputes every frame, as exactly):
+
+    - ``to_snapshot(self) -> dict``: the whole state as plain data (tensors, ints, floats, strings, ``None``, lists
+      and dicts of them) that ``torch.save`` writes and ``torch.load(..., weights_only=True)`` reads back.
+    - ``from_snapshot(cls, data, device) -> state`` (a classmethod): the state ``data`` describes, its tensors moved
+      to ``device`` (as they are, so that the restored state computes the same bits). Needed with ``to_snapshot``.
+    - ``check_snapshot(cls, data, *, model, input_hw, like, dtype) -> None`` (a classmethod, optional even with the
+      other two): raise a one-line ``ValueError`` naming the field if ``data`` is not a snapshot that ``model``
+      could continue in this session: ``input_hw`` is the network size the session sees its frames at (``None``
+      before the first frame), ``like`` a fresh state of the session (its per-video memory design and interval),
+      ``dtype`` its autocast dtype (``None``: float32). :meth:`longvos.engine.session.Session.restore` calls it,
+      where the class has it, before ``from_snapshot``; a snapshot it refuses is not restored (a resume then
+      recomputes from the first frame, with one warning), so ``from_snapshot`` may assume a checked snapshot.
+    """
 
     object_ids: list[int]
 

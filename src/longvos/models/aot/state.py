@@ -108,14 +108,10 @@ class AOTState:
                 "input_hw": None if self.input_hw is None else list(self.input_hw), "memory": self.memory}
 
     @classmethod
-    def from_snapshot(cls, data: dict, device: torch.device | None = None, *, model: AOTModel | None = None,
-                      input_hw: tuple[int, int] | None = None, like: AOTState | None = None,
-                      dtype: torch.dtype | None = None) -> AOTState:
+    def from_snapshot(cls, data: dict, device: torch.device | None = None) -> AOTState:
         """The state :meth:`to_snapshot` described, its tensors on ``device`` (stored as they are: a tensor already
-        there is neither copied nor made contiguous). With ``model``, the snapshot is first checked against it
-        (:meth:`check_snapshot`, with ``input_hw``, ``like`` and ``dtype``): a ``ValueError`` names what is wrong."""
-        if model is not None:
-            cls.check_snapshot(data, model, input_hw, like=like, dtype=dtype)
+        there is neither copied nor made contiguous). It is not checked against a model here: a session's restore
+        calls :meth:`check_snapshot` first."""
         if data.get("kind") != cls.SNAPSHOT_KIND:
             raise ValueError(f"not an AOT-family state snapshot (kind {data.get('kind')!r})")
 

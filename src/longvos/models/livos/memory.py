@@ -248,16 +248,10 @@ class LiVOSState:
                 "grid_size": None if self.grid_size is None else list(self.grid_size)}
 
     @classmethod
-    def from_snapshot(cls, data: dict, device: torch.device | None = None, *, model: LiVOS | None = None,
-                      input_hw: tuple[int, int] | None = None, like: LiVOSState | None = None,
-                      dtype: torch.dtype | None = None) -> LiVOSState:
+    def from_snapshot(cls, data: dict, device: torch.device | None = None) -> LiVOSState:
         """The state :meth:`to_snapshot` described, its tensors on ``device`` (stored as they are: a tensor already
-        there is neither copied nor made contiguous). With ``model``, the snapshot is first checked against it
-        (:meth:`check_snapshot` with ``input_hw``); ``like`` and ``dtype`` are accepted for the session's one call to
-        every family and not needed here (a LiVOS state has no per-video settings, and its tensors are float32
-        under any autocast)."""
-        if model is not None:
-            cls.check_snapshot(data, model, input_hw)
+        there is neither copied nor made contiguous). It is not checked against a model here: a session's restore
+        calls :meth:`check_snapshot` first."""
         if data.get("kind") != cls.SNAPSHOT_KIND:
             raise ValueError(f"not a LiVOS state snapshot (kind {data.get('kind')!r})")
         names = {f.name for f in fields(cls)}
@@ -271,9 +265,12 @@ class LiVOSState:
         return state
 
     @classmethod
-    def check_snapshot(cls, data: Any, model: LiVOS, input_hw: tuple[int, int] | None) -> None:
+    def check_snapshot(cls, data: Any, model: LiVOS, input_hw: tuple[int, int] | None, *,
+                       like: LiVOSState | None = None, dtype: torch.dtype | None = None) -> None:
         """Refuse a snapshot that ``model`` could not continue in a session that sees its frames at ``input_hw``
         (``None``: no frame seen yet): a ``ValueError`` whose one line names the field and what was expected.
+        ``like`` (the session's fresh state) and ``dtype`` are taken as every family's hook takes them, and not
+        needed here: a LiVOS state has no per-video settings, and its tensors are float32 under any autocast.
 
         ``object_ids`` are distinct whole numbers. Before the first object (``grid_size`` None) there are neither
         objects nor tensors; from then on ``grid_size`` is the stride-``stride`` grid of the padded frame
