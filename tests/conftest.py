@@ -394,3 +394,39 @@ class RepeatLastMask(VOSModel):
         keep = [i for i, o in enumerate(state.object_ids) if o not in object_ids]
         state.object_ids = [state.object_ids[i] for i in keep]
         state.masks_NHW = state.masks_NHW[keep]
+
+
+# -- interrupting a run (resume tests) -------------------------------------------------------------------------------
+
+class StopRun(Exception):
+    """Raised by :func:`stop_after_frames` to interrupt ``segment_video`` as a crash would."""
+
+
+def stop_after_frames(frames: int):
+    """An ``on_frame`` callback that raises :class:`StopRun` once ``frames`` frames have been segmented."""
+    seen = []
+
+    def on_frame(*_args) -> None:
+        seen.append(1)
+        if len(seen) >= frames:
+            raise StopRun
+
+    return on_frame
+
+
+def moving_square_clip(folder: Path, frames: int, seed: int, height: int = 64, width: int = 96) -> Path:
+    """PNG frames of a yellow square moving right over dark noise, and the first frame's mask (object 1) beside the
+    folder; returns the mask's path."""
+    import numpy as np
+    from PIL import Image
+
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    for index in range(frames):
+        image = (rng.random((height, width, 3)) * 60).astype(np.uint8)
+        image[20:44, 10 + 3 * index:34 + 3 * index] = (230, 200, 40)
+        Image.fromarray(image).save(folder / f"{index:05d}.png")
+    mask = np.zeros((height, width), np.uint8)
+    mask[20:44, 10:34] = 1
+    Image.fromarray(mask).save(folder.parent / "mask.png")
+    return folder.parent / "mask.png"

@@ -25,6 +25,8 @@ from longvos.models.aot.state import AOTState
 from longvos.models.livos.memory import LiVOSState
 from longvos.models.registry import create_model
 
+from conftest import moving_square_clip, stop_after_frames
+
 pytestmark = pytest.mark.usefixtures("one_thread_module")
 
 HEIGHT, WIDTH = 64, 96
@@ -245,33 +247,7 @@ def test_livos_valid_snapshot_is_restored_as_it_is(livos):
 # -- a resume steps each frame after the snapshot once ---------------------------------------------------------
 
 def make_clip(folder: Path, frames: int) -> Path:
-    from PIL import Image
-
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(1)
-    for index in range(frames):
-        image = (rng.random((HEIGHT, WIDTH, 3)) * 60).astype(np.uint8)
-        image[20:44, 10 + 3 * index:34 + 3 * index] = (230, 200, 40)
-        Image.fromarray(image).save(folder / f"{index:05d}.png")
-    mask = np.zeros((HEIGHT, WIDTH), np.uint8)
-    mask[20:44, 10:34] = 1
-    Image.fromarray(mask).save(folder.parent / "mask.png")
-    return folder.parent / "mask.png"
-
-
-class Stop(Exception):
-    pass
-
-
-def stop_after(frames: int):
-    seen = []
-
-    def on_frame(*_args) -> None:
-        seen.append(1)
-        if len(seen) >= frames:
-            raise Stop
-
-    return on_frame
+    return moving_square_clip(folder, frames, seed=1, height=HEIGHT, width=WIDTH)
 
 
 @pytest.fixture(scope="module")
@@ -303,7 +279,7 @@ def test_resume_steps_each_frame_after_the_snapshot_once(bundled, tmp_path, monk
     root, mask, run = bundled
     out = tmp_path / "out"
     with pytest.raises(SegmentationError):
-        segment_video(root / "clip", mask, out, on_frame=stop_after(stopped), **run)
+        segment_video(root / "clip", mask, out, on_frame=stop_after_frames(stopped), **run)
     record = RunProgress.load(out)
     assert (record.completed, record.snapshot) == (stopped, snapshot), record
     calls = counting_steps(monkeypatch, run["model"].model)
@@ -323,7 +299,7 @@ def test_resume_with_a_wrong_shape_recomputes_from_the_first_frame_with_one_warn
     root, mask, run = bundled
     out = tmp_path / "out"
     with pytest.raises(SegmentationError):
-        segment_video(root / "clip", mask, out, on_frame=stop_after(4), **run)
+        segment_video(root / "clip", mask, out, on_frame=stop_after_frames(4), **run)
     data = torch.load(out / STATE_FILE, weights_only=True)
     pair = data["session"]["state"]["passes"][0]["memory"]["short_term"][0]
     pair[0] = pair[0][..., :-1]

@@ -25,6 +25,8 @@ from PIL import Image
 
 from longvos.engine.progress import PROGRESS_FILE, STATE_FILE
 
+from conftest import stop_after_frames
+
 #: The long-term memory interval of these runs, named rather than left to mavos-lite's default (which has changed
 #: before): long-term updates at frames 5 (concatenation), 10, 15, ..., 40 (MCA fusions).
 MEM_GAP = 5
@@ -296,19 +298,6 @@ def test_resume_with_an_explicit_other_thread_count_warns_and_records_it(clip, t
 
 # -- a state that grows with the video is not snapshotted ------------------------------------------------------------
 
-class Stop(Exception):
-    pass
-
-
-def stop_after(frames: int):
-    seen = []
-
-    def on_frame(*_args) -> None:
-        seen.append(1)
-        if len(seen) >= frames:
-            raise Stop
-
-    return on_frame
 
 
 def test_growing_memory_takes_no_snapshots_and_still_resumes_exactly(tmp_path):
@@ -327,7 +316,7 @@ def test_growing_memory_takes_no_snapshots_and_still_resumes_exactly(tmp_path):
     segment_video(tmp_path / "clip", mask, tmp_path / "clean", **run)
     out = tmp_path / "out"
     with pytest.raises(SegmentationError):
-        segment_video(tmp_path / "clip", mask, out, on_frame=stop_after(6), **run)
+        segment_video(tmp_path / "clip", mask, out, on_frame=stop_after_frames(6), **run)
     record = RunProgress.load(out)
     assert record.completed >= 5 and record.snapshot == 0 and not (out / STATE_FILE).exists(), record
     summary = segment_video(tmp_path / "clip", mask, out, resume=True, **run)
@@ -346,7 +335,7 @@ def test_naming_the_models_own_memory_design_resumes_a_run_that_named_none(tmp_p
     segment_video(tmp_path / "clip", mask, tmp_path / "clean", **run)
     out = tmp_path / "out"
     with pytest.raises(SegmentationError):
-        segment_video(tmp_path / "clip", mask, out, on_frame=stop_after(3), **run)
+        segment_video(tmp_path / "clip", mask, out, on_frame=stop_after_frames(3), **run)
     model = segmenter.model
     summary = segment_video(tmp_path / "clip", mask, out, resume=True, memory=model.default_memory,
                             mem_gap=model.default_mem_gap, **run)
@@ -375,7 +364,7 @@ def test_resume_with_changed_bundled_or_downloaded_weights_is_refused(tmp_path, 
     run = dict(model="mavos-lite", device="cpu", max_size=64, progress=False)
     out = tmp_path / "out"
     with pytest.raises(SegmentationError):
-        segment_video(tmp_path / "clip", mask, out, on_frame=stop_after(3), **run)
+        segment_video(tmp_path / "clip", mask, out, on_frame=stop_after_frames(3), **run)
     recorded = RunProgress.load(out).settings["weights"]
     assert recorded["path"] == str(weights.resolve()) and recorded["size"] == weights.stat().st_size
     item = WorkItem("clip", str(tmp_path / "clip"), str(mask))
@@ -488,7 +477,7 @@ def interrupted_with_snapshot(tmp_path_factory):
                threads=1)
     segment_video(root / "clip", mask, root / "clean", **run)
     with pytest.raises(SegmentationError):
-        segment_video(root / "clip", mask, root / "stopped", on_frame=stop_after(4), **run)
+        segment_video(root / "clip", mask, root / "stopped", on_frame=stop_after_frames(4), **run)
     record = RunProgress.load(root / "stopped")
     assert record.completed == 4 and record.snapshot == 4, record
     return root, mask, run

@@ -19,14 +19,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from longvos.engine.pipeline import SegmentationError, segment_video
 from longvos.engine.progress import PROGRESS_FILE, STATE_FILE, RunProgress
 from longvos.engine.segmenter import Segmenter, load_segmenter
 from longvos.io.errors import InputError
 
-from conftest import RepeatLastMask, RepeatState
+from conftest import RepeatLastMask, RepeatState, moving_square_clip, stop_after_frames
 
 pytestmark = pytest.mark.usefixtures("one_thread_module")
 
@@ -34,31 +33,7 @@ HEIGHT, WIDTH = 64, 96
 
 
 def make_clip(folder: Path, frames: int = 6) -> Path:
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(2)
-    for index in range(frames):
-        image = (rng.random((HEIGHT, WIDTH, 3)) * 60).astype(np.uint8)
-        image[20:44, 10 + 3 * index:34 + 3 * index] = (230, 200, 40)
-        Image.fromarray(image).save(folder / f"{index:05d}.png")
-    mask = np.zeros((HEIGHT, WIDTH), np.uint8)
-    mask[20:44, 10:34] = 1
-    Image.fromarray(mask).save(folder.parent / "mask.png")
-    return folder.parent / "mask.png"
-
-
-class Stop(Exception):
-    pass
-
-
-def stop_after(frames: int):
-    seen = []
-
-    def on_frame(*_args) -> None:
-        seen.append(1)
-        if len(seen) >= frames:
-            raise Stop
-
-    return on_frame
+    return moving_square_clip(folder, frames, seed=2, height=HEIGHT, width=WIDTH)
 
 
 def pngs(out: Path) -> dict[str, bytes]:
@@ -76,7 +51,7 @@ def stopped_run(lite, root: Path, out: Path, **options) -> tuple[Path, dict]:
     mask = make_clip(root / "clip")
     run = dict(model=lite, max_size=HEIGHT, progress=False, snapshot_every=2, threads=1, **options)
     with pytest.raises(SegmentationError):
-        segment_video(root / "clip", mask, out, on_frame=stop_after(3), **run)
+        segment_video(root / "clip", mask, out, on_frame=stop_after_frames(3), **run)
     return mask, run
 
 
@@ -235,7 +210,7 @@ def test_segment_resumes_a_user_family_from_its_snapshot(tmp_path):
     segment_video(tmp_path / "clip", mask, tmp_path / "clean", **run)
     out = tmp_path / "out"
     with pytest.raises(SegmentationError):
-        segment_video(tmp_path / "clip", mask, out, on_frame=stop_after(5), **run)
+        segment_video(tmp_path / "clip", mask, out, on_frame=stop_after_frames(5), **run)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         summary = segment_video(tmp_path / "clip", mask, out, resume=True, **run)
