@@ -430,3 +430,28 @@ def moving_square_clip(folder: Path, frames: int, seed: int, height: int = 64, w
     mask[20:44, 10:34] = 1
     Image.fromarray(mask).save(folder.parent / "mask.png")
     return folder.parent / "mask.png"
+
+
+def tiny_davis_sequence(data: Path, frames: int = 4) -> Path:
+    """A DAVIS-layout dataset at ``data`` with one sequence ``seq``: ``frames`` noise frames (48x64), each annotated,
+    one object moving right. Returns ``data``."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for kind in ("JPEGImages", "Annotations"):
+        (data / kind / "seq").mkdir(parents=True, exist_ok=True)
+    for t in range(frames):
+        Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(data / "JPEGImages" / "seq"
+                                                                                / f"{t:05d}.jpg")
+        ids = np.zeros((48, 64), np.uint8)
+        ids[5:20, 5 + t:20 + t] = 1
+        Image.fromarray(ids).convert("P").save(data / "Annotations" / "seq" / f"{t:05d}.png")
+    return data
+
+
+@pytest.fixture
+def checkpoint_cache(tmp_path, monkeypatch) -> Path:
+    """A fresh LONGVOS_HOME; returns its checkpoint folder (where downloads go)."""
+    monkeypatch.setenv("LONGVOS_HOME", str(tmp_path / "home"))
+    return tmp_path / "home" / "checkpoints"

@@ -88,10 +88,8 @@ def served(tmp_path_factory):
 
 
 @pytest.fixture
-def cache(tmp_path, monkeypatch) -> Path:
-    """A fresh LONGVOS_HOME; returns its checkpoint folder."""
-    monkeypatch.setenv("LONGVOS_HOME", str(tmp_path / "home"))
-    return tmp_path / "home" / "checkpoints"
+def cache(checkpoint_cache) -> Path:
+    return checkpoint_cache
 
 
 def sha256_of(path: Path) -> str:

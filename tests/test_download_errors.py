@@ -41,9 +41,8 @@ def cut_chunk_url():
 
 
 @pytest.fixture
-def cache(tmp_path, monkeypatch) -> Path:
-    monkeypatch.setenv("LONGVOS_HOME", str(tmp_path / "home"))
-    return tmp_path / "home" / "checkpoints"
+def cache(checkpoint_cache) -> Path:
+    return checkpoint_cache
 
 
 def test_a_chunked_body_cut_short_is_refused_in_one_line_naming_the_url(cut_chunk_url, cache, capsys):

@@ -12,19 +12,11 @@ from PIL import Image
 from longvos.cli.main import main
 from longvos.engine.outputs import OUTPUTS_FILE
 
+from conftest import tiny_davis_sequence
+
 
 def tiny_dataset(data: Path) -> Path:
-    """One sequence `seq` of 4 frames (48x64), annotated on every frame, one object."""
-    rng = np.random.default_rng(0)
-    for t in range(4):
-        for kind in ("JPEGImages", "Annotations"):
-            (data / kind / "seq").mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(data / "JPEGImages" / "seq"
-                                                                                / f"{t:05d}.jpg")
-        ids = np.zeros((48, 64), np.uint8)
-        ids[5:20, 5 + t:20 + t] = 1
-        Image.fromarray(ids).convert("P").save(data / "Annotations" / "seq" / f"{t:05d}.png")
-    return data
+    return tiny_davis_sequence(data, frames=4)
 
 
 def run_eval(data: Path, out: Path) -> int:

@@ -16,6 +16,8 @@ from longvos.engine.outputs import (OUTPUTS_FILE, clear_outputs, is_os_metadata,
                                     prepare_output_folder, refuse_used_folder)
 from longvos.io.errors import InputError
 
+from conftest import tiny_davis_sequence
+
 METADATA = {".DS_Store": b"finder", "Thumbs.db": b"explorer", "desktop.ini": b"[.ShellClassInfo]",
             "._00000.png": b"appledouble", "._.00001.partial.png": b"appledouble of a temporary file"}
 
@@ -108,16 +110,7 @@ def test_a_batch_is_resumed_and_overwritten_beside_os_metadata(tmp_path, one_thr
 def test_an_eval_rerun_beside_os_metadata_keeps_them(tmp_path, capsys, one_thread):
     from longvos.cli.main import main
 
-    data = tmp_path / "data"
-    rng = np.random.default_rng(0)
-    for t in range(3):
-        for kind in ("JPEGImages", "Annotations"):
-            (data / kind / "seq").mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(data / "JPEGImages" / "seq"
-                                                                                / f"{t:05d}.jpg")
-        ids = np.zeros((48, 64), np.uint8)
-        ids[5:20, 5 + t:20 + t] = 1
-        Image.fromarray(ids).convert("P").save(data / "Annotations" / "seq" / f"{t:05d}.png")
+    data = tiny_davis_sequence(tmp_path / "data", frames=3)
     out = tmp_path / "out"
 
     def run_eval() -> int:
