@@ -24,6 +24,7 @@ from PIL import Image
 
 from longvos import load_segmenter
 from longvos.eval.masks import ground_truth_ids
+from longvos.eval.metrics import region_similarity
 from longvos.io.davis import DavisLayout
 
 
@@ -71,15 +72,15 @@ def main() -> int:
     last, last_swapped = plain[-1], swapped[-1]
     moved = [np.mean(last_swapped[last == own] == other) for own, other in ((first, second), (second, first))
              if (last == own).any()]
-    truths = {path.stem: ground_truth_ids(path) for path in annotations}
+    scored = {path.stem for path in frame_paths[1:]}
+    truths = {path.stem: ground_truth_ids(path) for path in annotations if path.stem in scored}
     scores = {int(obj): [] for obj in ids}
     for path, mask in zip(frame_paths[1:], plain[1:]):
         truth = truths.get(path.stem)
         if truth is None:
             continue
         for obj in scores:
-            union = np.logical_or(mask == obj, truth == obj).sum()
-            scores[obj].append(np.logical_and(mask == obj, truth == obj).sum() / union if union else 1.0)
+            scores[obj].append(region_similarity(mask == obj, truth == obj))
     print(f"{args.sequence}, {args.model}, frame {len(frame_paths) - 1}: swap following "
           f"{np.mean(moved) if moved else float('nan'):.3f} (objects {first} and {second}); object J "
           + ", ".join(f"{obj}: {np.mean(values):.3f}" for obj, values in scores.items() if values))

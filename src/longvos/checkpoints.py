@@ -368,7 +368,7 @@ def model_shapes(model: torch.nn.Module) -> dict[str, torch.Size]:
     return {key: value.shape for key, value in model.state_dict().items()}
 
 
-def _meta_model(model_name: str, **overrides: Any) -> VOSModel:
+def meta_model(model_name: str, **overrides: Any) -> VOSModel:
     """A registered model built on the meta device: names, shapes and config, but no weight memory.
 
     A module whose constructor reads tensor values cannot be built on meta; it is then built on the CPU."""
@@ -381,7 +381,7 @@ def _meta_model(model_name: str, **overrides: Any) -> VOSModel:
 
 def expected_shapes(model_name: str, **overrides: Any) -> dict[str, torch.Size]:
     """Our key -> shape for a registered model, without allocating its weights."""
-    return model_shapes(_meta_model(model_name, **overrides))
+    return model_shapes(meta_model(model_name, **overrides))
 
 
 def convert_checkpoint(source: Source, model_name: str, *, family: str | None = None, strict: bool = True,
@@ -404,12 +404,12 @@ def convert_to_file(source: Source, destination: str | os.PathLike[str], model_n
     """Convert an official checkpoint and write it as a longvos checkpoint; nothing is written unless the key
     report is clean (raises :class:`CheckpointError` listing every problem key)."""
     family = family or model_entry(model_name).family
-    meta_model = _meta_model(model_name)
+    model = meta_model(model_name)
     official = official_state_dict(read_checkpoint(source), _describe(source))
-    state_dict, report = map_official_keys(official, family, model_shapes(meta_model))
+    state_dict, report = map_official_keys(official, family, model_shapes(model))
     report.raise_if_incomplete(f"{_describe(source)} as {model_name}")
     check_finite(state_dict, _describe(source))
-    save_checkpoint(destination, state_dict, model_name, _config_dict(meta_model), half=half)
+    save_checkpoint(destination, state_dict, model_name, _config_dict(model), half=half)
     return report
 
 

@@ -27,7 +27,6 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -350,10 +349,10 @@ def _remove_stale_temporaries(folder: Path, name: str) -> list[Path]:
     :func:`download_checkpoint` names its own (:func:`_leftover_patterns`) are looked at, and one that cannot be
     examined is left alone; a converted checkpoint's temporary file goes with the download file it belongs to (left
     alone while a running download holds that). Returns what was deleted."""
-    candidates = []
+    candidates, patterns = [], _leftover_patterns(name)
     try:
         for entry in folder.iterdir():
-            for pattern, owner in _leftover_patterns(name):
+            for pattern, owner in patterns:
                 match = pattern.fullmatch(entry.name)
                 if match:
                     candidates.append((entry, None if owner is None else folder / f".{name}.{match[1]}{owner}"))
@@ -428,9 +427,6 @@ def _convert(source: Path, destination: Path, name: str, family: str | None) -> 
     except CheckpointError as err:  # a truncated or damaged file that passed no checksum
         raise DownloadError(f"the download is not a readable checkpoint ({one_line(err, 500).split(': ', 1)[-1]}); "
                             f"nothing stored") from None
-    if not isinstance(checkpoint, Mapping):
-        raise DownloadError(f"the download is not a checkpoint (it holds a {type(checkpoint).__name__}, not a "
-                            f"dictionary of tensors); nothing stored")
     try:
         if is_longvos_checkpoint(checkpoint):
             if checkpoint.get("model") != name:

@@ -159,13 +159,14 @@ def _refuse_foreign(out: Path) -> None:
     its files with another run's, and ``--overwrite`` never deletes what a batch did not write."""
     if not out.is_dir():
         return
-    records = sorted((entry.name != PROGRESS_FILE, entry.name) for entry in out.iterdir()
+    entries = list(out.iterdir())
+    records = sorted((entry.name != PROGRESS_FILE, entry.name) for entry in entries
                      if entry.name.startswith(RECORD_START))  # its progress record first, where it has one
     if records:
         raise InputError(f"{out} holds a `longvos segment` run ({records[0][1]}), not a batch's video folders: a "
                          f"batch never mixes its files with another run's, nor deletes them (even with --overwrite); "
                          f"use another --out")
-    own = tuple(entry.name for entry in out.iterdir()
+    own = tuple(entry.name for entry in entries
                 if _is_video_folder(entry) or (entry.name == SUMMARY_FILE and entry.is_file()))
     refuse_used_folder(out, f"a batch folder holds only video folders and {SUMMARY_FILE}; a batch never writes "
                             f"beside other files (nor deletes them, even with --overwrite): move them, or use another "
@@ -307,16 +308,10 @@ def _recorded(folder: Path, settings: dict[str, Any]) -> tuple[RunProgress | Non
 def _own_memory(model_name: str) -> tuple[str | None, int | None]:
     """``(default_memory, default_mem_gap)`` of a registered model, as ``segment_video``'s loaded model has them
     (built once per name, on the meta device where it can be: no weight memory, no file read)."""
-    import torch
-
-    from longvos.models.registry import create_model
+    from longvos.checkpoints import meta_model
 
     try:
-        try:
-            with torch.device("meta"):
-                model = create_model(model_name)
-        except NotImplementedError:  # a constructor that reads tensor values: built on the CPU
-            model = create_model(model_name)
+        model = meta_model(model_name)
     except (KeyError, ValueError):  # an unknown model: every video fails with the reason
         return None, None
     return model.default_memory, model.default_mem_gap

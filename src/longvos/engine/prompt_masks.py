@@ -9,15 +9,11 @@ import numpy as np
 
 from longvos.engine.objects import to_index_map
 from longvos.io.errors import InputError, MaskError
-from longvos.io.masks import IndexMask, read_index_mask
+from longvos.io.masks import MAX_PNG_ID, IndexMask, read_index_mask
 from longvos.io.video import FrameSource
 from longvos.prompts import Box, grabcut_mask
 
 MaskInput = str | Path | np.ndarray | IndexMask  # a PNG, an index map, or an index map with its palette
-
-#: The largest object id ``segment_video`` can write: its masks are PNGs, palette (ids < 256) or 16-bit grey
-#: (:func:`longvos.io.masks.write_index_png`). A session (``Segmenter.session``) takes ids up to 2^63-1.
-MAX_OUTPUT_ID = 65535
 
 
 @dataclass
@@ -75,11 +71,12 @@ def load_prompts(source: FrameSource, masks: MaskInput | dict[int | None, MaskIn
 
 
 def _check_output_ids(ids: np.ndarray, what: str) -> None:
-    """Refuse, before any model loads, object ids the output PNGs cannot hold (they would fail at the first write)."""
+    """Refuse, before any model loads, object ids the output PNGs cannot hold (they would fail at the first write;
+    a session, ``Segmenter.session``, takes ids up to 2^63-1)."""
     top = int(ids.max()) if ids.size else 0
-    if top > MAX_OUTPUT_ID:
+    if top > MAX_PNG_ID:
         raise MaskError(f"{what}: object id {top} cannot be written as a mask PNG (segment_video's outputs hold ids "
-                        f"1..{MAX_OUTPUT_ID}; renumber the objects, or use a session, which takes any id)")
+                        f"1..{MAX_PNG_ID}; renumber the objects, or use a session, which takes any id)")
 
 
 def _describe(mask: MaskInput) -> str:

@@ -249,7 +249,7 @@ class Session:
                                f"that sees its {frame_hw} frames at {expected_hw} (another max_size)")
         check = getattr(type(self.state), "check_snapshot", None)
         if check is not None:
-            check(snapshot["state"], model=self.model, input_hw=network_hw, like=self._new_state(), dtype=self.dtype)
+            check(snapshot["state"], model=self.model, input_hw=network_hw, like=self.state, dtype=self.dtype)
         state = from_snapshot(snapshot["state"], self.device)
         self.reset_state()
         self.state = state

@@ -195,7 +195,11 @@ def check_prediction_folders(pred_root: Path, layout: DavisLayout, sequences: li
     (an earlier longvos kept no list), they are the masks an evaluation names after frames: PNGs named after a frame
     of the sequence, or numbered (the frames of a longer version of it)."""
     pred_root = check_output_folder(pred_root, "the predictions folder")
-    listed = logged_names(pred_root.parent) or []
+    listed: dict[str, set[str]] = {}  # sequence -> the files the output list names in its folder
+    for entry in logged_names(pred_root.parent) or []:
+        parts = entry.split("/", 2)
+        if len(parts) == 3 and parts[0] == pred_root.name:
+            listed.setdefault(parts[1], set()).add(parts[2])
     for name in sequences:
         folder = pred_root / name
         if not folder.exists() and not folder.is_symlink():
@@ -203,8 +207,7 @@ def check_prediction_folders(pred_root: Path, layout: DavisLayout, sequences: li
         if folder.is_symlink() or not folder.is_dir():
             raise InputError(f"{folder} is not a folder longvos made ({'a link' if folder.is_symlink() else 'a file'}"
                              f"), and eval would replace it: move it, or use another --out")
-        prefix = f"{pred_root.name}/{name}/"
-        own = {entry[len(prefix):] for entry in listed if entry.startswith(prefix)}
+        own = listed.get(name, set())
         if not own:
             frames = {path.stem for path in layout.frames_dir(name).iterdir()}
             own = {path.name for path in folder.glob("*.png") if path.stem in frames or path.stem.isdigit()}

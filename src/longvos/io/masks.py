@@ -33,6 +33,8 @@ from longvos.io.palette import DAVIS_PALETTE, palette_to_array
 #: truth reads it as background, training losses ignore it.
 VOID = 255
 MAX_GREY_IDS = 64
+#: The largest object id a mask PNG holds (16-bit grey); smaller than 256 gives a palette PNG.
+MAX_PNG_ID = 65535
 
 
 @dataclass
@@ -147,16 +149,16 @@ def read_object_masks(paths: dict[int, str | Path], size: tuple[int, int] | None
 
 
 def write_index_png(path: str | Path, ids: np.ndarray, palette: np.ndarray | None = None) -> None:
-    """Write an index mask as a palette PNG (ids < 256) or a 16-bit grey PNG (ids up to 65535)."""
+    """Write an index mask as a palette PNG (ids < 256) or a 16-bit grey PNG (ids up to :data:`MAX_PNG_ID`)."""
     max_id = int(ids.max()) if ids.size else 0
     if max_id < 256:
         pixels = np.ascontiguousarray(ids, dtype=np.uint8)
         image = Image.frombytes("P", (pixels.shape[1], pixels.shape[0]), pixels.tobytes())
         image.putpalette((DAVIS_PALETTE if palette is None else palette).astype(np.uint8).ravel().tolist())
-    elif max_id < 65536:
+    elif max_id <= MAX_PNG_ID:
         image = Image.fromarray(ids.astype(np.uint16))  # PIL mode "I;16"
     else:
-        raise MaskError(f"{path}: object id {max_id} does not fit a PNG (max 65535); write probabilities as NPZ")
+        raise MaskError(f"{path}: object id {max_id} does not fit a PNG (max {MAX_PNG_ID}); write probabilities as NPZ")
     image.save(path, format="PNG")
 
 

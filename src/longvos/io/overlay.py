@@ -14,7 +14,7 @@ import numpy as np
 
 from longvos.io.errors import InputError
 from longvos.io.palette import DAVIS_PALETTE
-from longvos.io.writer import PARTIAL_MARK
+from longvos.io.writer import partial_path
 
 # Preferred encoders per container; the first one this FFmpeg build has is used.
 _CODECS = {".webm": ("libvpx-vp9", "libvpx"), ".mp4": ("libx264", "h264", "mpeg4"),
@@ -55,7 +55,7 @@ class OverlayWriter:
             raise InputError(f"{self.path}: this FFmpeg build has no encoder for {suffix}")
         self._container = None
         self._stream = None
-        self._temporary = self.path.with_name(f".{self.path.stem}{PARTIAL_MARK}{self.path.suffix}")
+        self._temporary = partial_path(self.path)
 
     def _start(self, height: int, width: int) -> None:
         if not self.path.parent.is_dir():  # a folder the caller was to create, or one removed since the check
