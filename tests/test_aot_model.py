@@ -258,6 +258,58 @@ def test_twelve_objects_equal_separate_passes_soft_aggregated():
     assert torch.allclose(joint_probs, expected, atol=1e-5)
 
 
+def test_one_object_per_pass_gives_each_object_its_own_pass_and_memory():
+    """objects_per_pass=1 (mavos-lite's): three objects make three passes, each object in the first slot; the
+    reference frame equals three one-object states combined by soft aggregation. A removed object's pass goes, and
+    an object added later opens a pass of its own."""
+    model = small_model(objects_per_pass=1)
+    video = frames(3)
+    ids = [4, 9, 2]
+    masks = box_masks(ids)
+    joint = model.new_state()
+    alone = [model.new_state() for _ in ids]
+    with torch.no_grad():
+        model.step(joint, video[0], masks)
+        joint_probs = model.step(joint, video[1])
+        for state, object_id in zip(alone, ids):
+            model.step(state, video[0], {object_id: masks[object_id]})
+        single = [model.step(state, video[1]) for state in alone]
+    assert [pass_.slots[:2] for pass_ in joint.passes] == [[4, None], [9, None], [2, None]]
+    background = single[0][:1] * single[1][:1] * single[2][:1]
+    merged = torch.cat([background] + [probs[1:] for probs in single]).clamp(1e-5, 1 - 1e-5)
+    assert torch.allclose(joint_probs, torch.softmax(torch.logit(merged), dim=0), atol=1e-5)
+    with torch.no_grad():
+        model.remove_objects(joint, [9])
+        model.step(joint, video[2], box_masks([5]))
+    assert [pass_.slots[0] for pass_ in joint.passes] == [4, 2, 5] and joint.object_ids == [4, 2, 5]
+
+
+@pytest.mark.parametrize("objects_per_pass", [1, 2])
+def test_one_object_per_pass_follows_the_identities_given_whatever_the_weights(objects_per_pass):
+    """Exchanging two objects' ids in the reference mask exchanges them in every later frame when each object has
+    its own pass, even with random weights (identity cannot be lost); packed into one pass, random weights mix them
+    up (this is what the check measures, so it can fail)."""
+    model = small_model(objects_per_pass=objects_per_pass)
+    video = frames(4)
+    masks = box_masks([1, 2])
+    runs = []
+    for given in (masks, {1: masks[2], 2: masks[1]}):
+        state = model.new_state()
+        with torch.no_grad():
+            model.step(state, video[0], given)
+            runs.append([model.step(state, frame).max(dim=0).indices for frame in video[1:]])
+    exchange = torch.tensor([0, 2, 1])
+    followed = all(torch.equal(exchange[first], second) for first, second in zip(*runs))
+    assert followed == (objects_per_pass == 1)
+
+
+def test_objects_per_pass_is_checked_and_defaults_to_max_objects():
+    assert small_model().config.pass_capacity == 10 and AOT_MODELS["mavos-lite"].config.pass_capacity == 1
+    for bad in (0, 11):
+        with pytest.raises(ValueError, match="objects_per_pass must be from 1 to max_objects"):
+            create_model("mavos-mnv2", objects_per_pass=bad)
+
+
 def test_new_object_mid_video_goes_through_the_long_term_update():
     model = small_model(mem_gap=5)
     state = model.new_state()

@@ -24,7 +24,11 @@ class AOTConfig(ModelConfig):
     d_model: int = 256
     attention_dim: int | None = None
     num_layers: int = 3
-    max_objects: int = 10  # object slots per pass; more objects use more passes
+    max_objects: int = 10  # object slots per pass (decoder channels 1..max_objects); more objects use more passes
+    # Objects one pass carries (None: max_objects, as the official engine packs them). 1 runs every object in its own
+    # pass, as foreground against everything else (Cutie/XMem-style): for weights that never learnt to tell the
+    # slots of one pass apart (mavos-lite, docs/model-card.md), at one E-LSTT run per object and frame.
+    objects_per_pass: int | None = None
     align_corners: bool = True  # bilinear upsampling mode; also selects the ID-bank kernel and the size rounding
     expand_ratio: int = 2  # value/gate width per branch = expand_ratio * d_model
     local_window: int = 15  # short-term attention window (15 = max displacement 7)
@@ -48,6 +52,9 @@ class AOTConfig(ModelConfig):
             raise ValueError(f"mem_gap must be >= 1 frame, got {self.mem_gap}")
         if self.max_objects < 1:
             raise ValueError(f"max_objects must be >= 1, got {self.max_objects}")
+        if self.objects_per_pass is not None and not 1 <= self.objects_per_pass <= self.max_objects:
+            raise ValueError(f"objects_per_pass must be from 1 to max_objects ({self.max_objects}), "
+                             f"got {self.objects_per_pass}")
         if self.local_window % 2 != 1:
             raise ValueError(f"local_window must be odd, got {self.local_window}")
 
@@ -60,6 +67,11 @@ class AOTConfig(ModelConfig):
     def value_dim(self) -> int:
         """Value/gate width of one branch (visual or identity)."""
         return self.expand_ratio * self.d_model
+
+    @property
+    def pass_capacity(self) -> int:
+        """How many objects one pass carries."""
+        return self.max_objects if self.objects_per_pass is None else self.objects_per_pass
 
     @property
     def num_classes(self) -> int:

@@ -214,7 +214,8 @@ class AOTModel(VOSModel):
         if memory == self.config.memory:
             memory = None  # the model's own design: a state like one that named none
         self.long_term_design(memory)  # an unknown or impossible design fails here, before any frame
-        return AOTState(max_objects=self.config.max_objects, mem_gap=mem_gap, memory=memory)
+        return AOTState(max_objects=self.config.max_objects, mem_gap=mem_gap,
+                        objects_per_pass=self.config.pass_capacity, memory=memory)
 
     def step(self, state: AOTState, image_B3HW: torch.Tensor,
              masks: dict[int, torch.Tensor] | None = None) -> torch.Tensor:

@@ -1,8 +1,9 @@
 """Per-video state of an AOT-family model: object bookkeeping over passes, and each pass's memory.
 
-One *pass* is what the official code calls an engine: up to ``max_objects`` objects sharing one memory and one
-E-LSTT run per frame. More objects use more passes; all passes share the frame's encoder features, and their
-predictions are combined by soft aggregation (:func:`soft_aggregate`).
+One *pass* is what the official code calls an engine: up to ``objects_per_pass`` objects (at most ``max_objects``,
+the decoder's object channels) sharing one memory and one E-LSTT run per frame. More objects use more passes; all
+passes share the frame's encoder features, and their predictions are combined by soft aggregation
+(:func:`soft_aggregate`).
 
 Object removal: the object's slot is retired. Its logit is masked out from then on, so it never wins a pixel and
 later memory writes see its pixels as another object or background. A retired slot is never given to a new object,
@@ -34,7 +35,12 @@ class AOTPass:
     memory: AOTMemory | None = None
     retired: set[int] = field(default_factory=set)  # slot indices of removed objects; never reused
 
-    def free_slot(self) -> int | None:
+    def free_slot(self, capacity: int) -> int | None:
+        """The slot a new object gets, or None once ``capacity`` slots have been used (retired ones count: their
+        identity stays in the memory)."""
+        used = sum(obj is not None for obj in self.slots) + len(self.retired)
+        if used >= capacity:
+            return None
         return next((s for s, obj in enumerate(self.slots) if obj is None and s not in self.retired), None)
 
     def has_objects(self) -> bool:
@@ -45,8 +51,9 @@ class AOTPass:
 class AOTState:
     """Everything an AOT-family model remembers of one video (see :class:`longvos.models.base.TrackerState`)."""
 
-    max_objects: int
+    max_objects: int  # slots per pass (the decoder's object channels)
     mem_gap: int  # long-term memory interval of this video, in frames
+    objects_per_pass: int  # slots a pass fills before the next pass opens (the model's pass_capacity)
     object_ids: list[int] = field(default_factory=list)
     passes: list[AOTPass] = field(default_factory=list)
     input_hw: tuple[int, int] | None = None  # network input size, fixed for the video once the first frame is seen
@@ -65,11 +72,11 @@ class AOTState:
     def add_objects(self, object_ids: list[int]) -> None:
         """Give each new object the first free slot, opening passes as needed (official order for new objects)."""
         for object_id in object_ids:
-            pass_ = next((p for p in self.passes if p.free_slot() is not None), None)
+            pass_ = next((p for p in self.passes if p.free_slot(self.objects_per_pass) is not None), None)
             if pass_ is None:
                 pass_ = AOTPass(slots=[None] * self.max_objects)
                 self.passes.append(pass_)
-            pass_.slots[pass_.free_slot()] = object_id
+            pass_.slots[pass_.free_slot(self.objects_per_pass)] = object_id
             self.object_ids.append(object_id)
 
     def remove_objects(self, object_ids: list[int]) -> None:
@@ -103,7 +110,8 @@ class AOTState:
                     "grid_hw": list(memory.grid_hw), "frame_step": memory.frame_step,
                     "last_update_step": memory.last_update_step},
             })
-        return {"kind": self.SNAPSHOT_KIND, "max_objects": self.max_objects, "mem_gap": self.mem_gap,
+        return {"kind": self.SNAPSHOT_KIND, "max_objects": self.max_objects, "objects_per_pass": self.objects_per_pass,
+                "mem_gap": self.mem_gap,
                 "object_ids": list(self.object_ids), "passes": passes,
                 "input_hw": None if self.input_hw is None else list(self.input_hw), "memory": self.memory}
 
@@ -128,6 +136,7 @@ class AOTState:
                     grid_hw=tuple(memory["grid_hw"]), frame_step=int(memory["frame_step"]),
                     last_update_step=int(memory["last_update_step"]))))
         return cls(max_objects=int(data["max_objects"]), mem_gap=int(data["mem_gap"]),
+                   objects_per_pass=int(data["objects_per_pass"]),
                    object_ids=[int(i) for i in data["object_ids"]], passes=passes,
                    input_hw=None if data["input_hw"] is None else tuple(data["input_hw"]),
                    memory=None if data.get("memory") is None else str(data["memory"]))
@@ -138,9 +147,10 @@ class AOTState:
         """Refuse a snapshot that ``model`` could not continue in a session that sees its frames at ``input_hw``
         (``None``: no frame seen yet): a ``ValueError`` whose one line names the field and what was expected.
 
-        Every field must have its type; ``max_objects`` is the model's, and ``mem_gap`` and ``memory`` are those of
-        ``like`` (the session's fresh state) if given. Each pass has ``max_objects`` slots, retired slots among them
-        and free, at least one object, and the objects of all passes are ``object_ids``, each once. Its memory is
+        Every field must have its type; ``max_objects`` and ``objects_per_pass`` are the model's, and ``mem_gap`` and
+        ``memory`` are those of ``like`` (the session's fresh state) if given. Each pass has ``max_objects`` slots,
+        retired slots among them and free, at least one object and at most ``objects_per_pass`` used slots, and the
+        objects of all passes are ``object_ids``, each once. Its memory is
         on the stride-``max_stride`` token grid of ``input_hw`` (``h x w``), with one key/value pair per E-LSTT layer,
         batch 1 (one pass), in the shapes :meth:`GatedPropagationLayer.memory_from` makes them:
         keys ``(1, frames * h*w, qk_dim)``, values ``(1, frames * h*w, 2 * value_dim)``, one frame in the
@@ -155,6 +165,9 @@ class AOTState:
         max_objects = _whole(data, "max_objects", "max_objects")
         if max_objects != config.max_objects:
             raise ValueError(f"max_objects is {max_objects}, the model's is {config.max_objects}")
+        objects_per_pass = _whole(data, "objects_per_pass", "objects_per_pass")
+        if objects_per_pass != config.pass_capacity:
+            raise ValueError(f"objects_per_pass is {objects_per_pass}, the model's is {config.pass_capacity}")
         mem_gap = _whole(data, "mem_gap", "mem_gap")
         if mem_gap < 1:
             raise ValueError(f"mem_gap is {mem_gap}, expected at least 1 frame")
@@ -206,6 +219,10 @@ class AOTState:
                 raise ValueError(f"{where}.retired {retired!r} are not distinct slot indices 0..{max_objects - 1}")
             if any(slots[r] is not None for r in retired):
                 raise ValueError(f"{where}.retired {retired} names a slot that holds an object ({slots})")
+            used = sum(s is not None for s in slots) + len(retired)
+            if used > objects_per_pass:
+                raise ValueError(f"{where} has used {used} slots (objects and retired), expected at most "
+                                 f"objects_per_pass = {objects_per_pass}")
             _check_memory(stored.get("memory"), f"{where}.memory", config, grid_hw, max_frames, dtypes)
         if sorted(in_slots) != sorted(object_ids):
             raise ValueError(f"the passes' slots hold objects {sorted(in_slots)}, object_ids {sorted(object_ids)}")

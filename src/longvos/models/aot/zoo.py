@@ -33,7 +33,9 @@ AOT_MODELS: dict[str, ZooEntry] = {
     # Our default small model: MCA memory, half width; trained by longvos (no official weights), last on 321-pixel
     # crops, so it sees frames at short side 320. Its memory interval, 5, was chosen on the validation split
     # (docs/model-card.md), near how it was trained: memory written every 2 sampled frames, 2-10 video frames apart.
-    "mavos-lite": ZooEntry(_MAVOS.replace(encoder="efficientnet_lite0", d_model=128, mem_gap=5),
+    # It runs one object per pass: its weights never learnt to tell the slots of one pass apart (the model card's
+    # "It has not learnt object identities"), so two objects in one pass come back as a speckle of both ids.
+    "mavos-lite": ZooEntry(_MAVOS.replace(encoder="efficientnet_lite0", d_model=128, mem_gap=5, objects_per_pass=1),
                            "MAVOS design, EfficientNet-Lite0, d_model 128 (longvos-trained)", max_size=320),
 }
 
