@@ -11,8 +11,13 @@ script measures that directly, with the public session API, on a DAVIS-layout se
   about 0 = the labels stay where they were (the identity given makes no difference).
 - *object J*: the mean J of each object over the frames ``1..t`` (each object scored against its own ground truth).
 
+A model run with one object per pass (``mavos-lite``'s default, ``objects_per_pass=1``) follows the exchange by
+construction: each object is alone in its own pass. To see whether the *weights* tell objects apart, pack the
+objects into one pass with ``--objects-per-pass 10`` (what the GPU run's weights are checked with).
+
     python scripts/identity_check.py ../shared/data/train/davis2017-multi-240p dogs-jump --model mavos-lite
     python scripts/identity_check.py DATA SEQ --model mavos-mnv2 --checkpoint mavos_mnv2.pth --frames 10
+    python scripts/identity_check.py DATA SEQ --checkpoint runs/gpu10-1000.pt --objects-per-pass 10
 """
 from __future__ import annotations
 
@@ -23,6 +28,8 @@ import numpy as np
 from PIL import Image
 
 from longvos import load_segmenter
+from longvos.engine.segmenter import Segmenter
+from longvos.models.registry import create_model
 from longvos.eval.masks import ground_truth_ids
 from longvos.eval.metrics import region_similarity
 from longvos.io.davis import DavisLayout
@@ -37,6 +44,9 @@ def main() -> int:
     parser.add_argument("--frames", type=int, default=10, help="frames after the reference to segment (t)")
     parser.add_argument("--max-size", default="auto")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--objects-per-pass", type=int, default=None,
+                        help="AOT family: objects sharing one pass (default: the model's; 10 packs them as the "
+                             "official engine does, which tests the weights' identities)")
     parser.add_argument("--allow-random-weights", action="store_true",
                         help="run a model that ships no weights with random ones (to see the check can move)")
     args = parser.parse_args()
@@ -61,6 +71,10 @@ def main() -> int:
 
     segmenter = load_segmenter(args.model, args.checkpoint, device=args.device,
                                allow_random_weights=args.allow_random_weights)
+    if args.objects_per_pass is not None:  # the same weights, objects shared among passes otherwise
+        packed = create_model(args.model, objects_per_pass=args.objects_per_pass)
+        packed.load_state_dict(segmenter.model.state_dict())
+        segmenter = Segmenter(packed, device=segmenter.device, dtype=segmenter.dtype)
     max_size = args.max_size if args.max_size == "auto" else int(args.max_size)
 
     def masks_of(given: np.ndarray) -> list[np.ndarray]:

@@ -179,13 +179,16 @@ def test_a_config_that_changes_no_shape_is_refused_not_loaded_into_another_model
     assert chosen.config.mca_heads == 4 and chosen.config.droppath == 0.2
 
 
-def test_per_video_fields_and_fields_a_checkpoint_does_not_name_are_not_binding(small_checkpoint, tmp_path):
-    """memory and mem_gap are chosen per video (exported training weights carry none, or the training value);
-    a checkpoint saved before a config field existed keeps the model's value for it."""
-    for changes in ({"memory": "ref+prev", "mem_gap": 2}, {"drop": ("memory", "mem_gap", "max_stride")}):
+def test_run_choice_fields_and_fields_a_checkpoint_does_not_name_are_not_binding(small_checkpoint, tmp_path):
+    """memory and mem_gap are chosen per video (exported training weights carry none, or the training value), and
+    objects_per_pass per model (weights saved from a one-object-per-pass build load into a packed one); a checkpoint
+    saved before a config field existed keeps the model's value for it."""
+    for changes in ({"memory": "ref+prev", "mem_gap": 2, "objects_per_pass": 1},
+                    {"drop": ("memory", "mem_gap", "max_stride", "objects_per_pass")}):
         path = _with_config(small_checkpoint, tmp_path / "ok.pth", **changes)
         model = create_model("deaot-mnv2", d_model=32)
         assert load_checkpoint(model, path).ok and model.config.memory == "growing"
+        assert model.config.objects_per_pass is None
     unknown = _with_config(small_checkpoint, tmp_path / "unknown.pth", future_switch=True)
     with pytest.raises(CheckpointError, match=r"future_switch: checkpoint True vs model \(no such field\)"):
         load_checkpoint(create_model("deaot-mnv2", d_model=32), unknown)

@@ -148,9 +148,11 @@ def save_model(model: VOSModel, path: str | os.PathLike[str], half: bool = False
     save_checkpoint(path, model.state_dict(), model.name, _config_dict(model), half=half)
 
 
-#: Config fields chosen per video, not by the weights (the long-term memory design and interval: see
-#: :meth:`longvos.engine.segmenter.Segmenter.session`); a checkpoint's saved values for them are not binding.
-PER_SESSION_FIELDS = frozenset({"memory", "mem_gap"})
+#: Config fields that choose how the weights are run, not what they compute with: the long-term memory design and
+#: interval (chosen per video: :meth:`longvos.engine.segmenter.Segmenter.session`) and how many objects share one
+#: AOT pass (chosen per model: mavos-lite runs one, the official models ten). A checkpoint's saved values for them
+#: are not binding.
+RUN_CHOICE_FIELDS = frozenset({"memory", "mem_gap", "objects_per_pass"})
 
 
 def config_differences(saved: Mapping[str, Any] | None, model: torch.nn.Module,
@@ -158,13 +160,13 @@ def config_differences(saved: Mapping[str, Any] | None, model: torch.nn.Module,
     """The fields in which a checkpoint's saved model config differs from ``model``'s, as ``"name: checkpoint X vs
     model Y"`` (empty: they agree, or either has no config). The one rule of every load, whichever way the model
     was built: fields that change no tensor shape (AOT's ``mca_heads``, LiVOS's ``num_heads`` or ``pe_scale``, the
-    drop rates) would otherwise load silently into a model configured otherwise. :data:`PER_SESSION_FIELDS` and
+    drop rates) would otherwise load silently into a model configured otherwise. :data:`RUN_CHOICE_FIELDS` and
     ``ignore`` are not compared; a field the checkpoint does not name (saved by an older version) keeps the model's
     value."""
     current = _config_dict(model)
     if not saved or current is None:
         return []
-    skipped = PER_SESSION_FIELDS | set(ignore)
+    skipped = RUN_CHOICE_FIELDS | set(ignore)
     return [f"{name}: checkpoint {value!r} vs model {current[name]!r}" if name in current
             else f"{name}: checkpoint {value!r} vs model (no such field)"
             for name, value in sorted(saved.items())
@@ -567,6 +569,6 @@ def export_weights(checkpoint: Path, destination: Path, use_ema: bool = True, ha
     """
     state = read_training_checkpoint(Path(checkpoint))
     weights = state["ema"]["weights"] if use_ema else state["model"]
-    model_config = {k: v for k, v in state.get("model_config", {}).items() if k not in ("memory", "mem_gap")}
+    model_config = {k: v for k, v in state.get("model_config", {}).items() if k not in RUN_CHOICE_FIELDS}
     save_checkpoint(destination, weights, state["config"]["model"]["name"], model_config, half=half)
     return Path(destination)
