@@ -17,6 +17,7 @@ the same checkpoint removes those that no running download holds.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.client
 import os
@@ -304,20 +305,28 @@ def _lock(fd: int) -> bool:
     looks at, to tell a running download's from a killed one's): that is waited out (up to
     :data:`LOCK_WAIT_SECONDS`, then :class:`BlockingIOError` is raised), never taken for a file system without
     locks, which would leave this download's files unlocked for a cleanup to delete."""
-    if fcntl is None:
-        return False
     deadline = time.monotonic() + LOCK_WAIT_SECONDS
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:  # held by another process (a subclass of OSError: caught first)
-            if time.monotonic() >= deadline:
-                raise
-            time.sleep(0.01)
-        except OSError:  # a file system without locks
-            return False
-        else:
-            return True
+    while (taken := _try_lock(fd)) is False:  # held by another process
+        if time.monotonic() >= deadline:
+            # The same error flock raises; download_checkpoint tells it by its type and words its own message.
+            raise BlockingIOError(errno.EWOULDBLOCK, os.strerror(errno.EWOULDBLOCK))
+        time.sleep(0.01)
+    return bool(taken)  # None: no locks here (no fcntl, or a file system without them)
+
+
+def _try_lock(fd: int) -> bool | None:
+    """Try once, without waiting, to take an exclusive lock on the open file ``fd``: True taken, False held by
+    another process, None where files cannot be locked (no :mod:`fcntl`, as on Windows, or a file system without
+    locks). What each of those means is the caller's to decide, so the three are kept apart."""
+    if fcntl is None:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:  # held: a subclass of OSError, so caught first, never taken for "no locks here"
+        return False
+    except OSError:  # a file system without locks
+        return None
+    return True
 
 
 def _release(fds: list[int]) -> None:
@@ -371,18 +380,14 @@ def _remove_stale_temporaries(folder: Path, name: str) -> list[Path]:
             info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):
                 continue
-            limit = STALE_SECONDS_WITHOUT_LOCKS
-            if fcntl is not None:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # taken: no running download holds the file
-                except BlockingIOError:
-                    continue  # a running download holds it (or another download's cleanup looks at it)
-                except OSError:
-                    pass  # a file system without locks: its age alone decides
-                else:
-                    if owner is not None and _held_elsewhere(owner):
-                        continue  # the converted checkpoint of a running download
-                    limit = STALE_SECONDS
+            limit = STALE_SECONDS_WITHOUT_LOCKS  # where files cannot be locked (None), their age alone decides
+            taken = _try_lock(fd)
+            if taken is False:
+                continue  # a running download holds it (or another download's cleanup looks at it)
+            if taken:  # no running download holds the file
+                if owner is not None and _held_elsewhere(owner):
+                    continue  # the converted checkpoint of a running download
+                limit = STALE_SECONDS
             if now - info.st_mtime < limit:
                 continue
             if limit == STALE_SECONDS_WITHOUT_LOCKS:  # no lock to keep: close first (Windows deletes no open file)
@@ -408,12 +413,9 @@ def _held_elsewhere(path: Path) -> bool:
     except OSError:
         return True
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:  # held (BlockingIOError), or it cannot be told
-        return True
+        return _try_lock(fd) is not True  # held (False), or it cannot be told (None)
     finally:
         os.close(fd)
-    return False
 
 
 def _convert(source: Path, destination: Path, name: str, family: str | None) -> str:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from longvos.engine import progress
 from longvos.io.errors import InputError
-from longvos.io.writer import PARTIAL_MARK
+from longvos.io.writer import PARTIAL_MARK, nearest_existing
 
 OUTPUTS_FILE = ".longvos-outputs"
 RECORD_PREFIX = ".longvos-"  # longvos's own bookkeeping files (progress, output list, snapshots, batch records)
@@ -84,8 +84,8 @@ def check_output_folder(out_dir: str | Path, name: str = "out_dir") -> Path:
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise InputError(f"{name} {out_dir} is a file, not a folder")
-    above = next((folder for folder in out_dir.parents if folder.exists()), None)
-    if above is not None and not above.is_dir():
+    above = nearest_existing(out_dir.parent)  # out_dir itself was judged above
+    if above.exists() and not above.is_dir():  # exists(): where nothing above exists, the top is returned
         raise InputError(f"{name} {out_dir}: {above} is a file, not a folder")
     return out_dir
 

@@ -14,7 +14,7 @@ import numpy as np
 
 from longvos.io.errors import InputError
 from longvos.io.palette import DAVIS_PALETTE
-from longvos.io.writer import partial_path
+from longvos.io.writer import nearest_existing, partial_path
 
 # Preferred encoders per container; the first one this FFmpeg build has is used.
 _CODECS = {".webm": ("libvpx-vp9", "libvpx"), ".mp4": ("libx264", "h264", "mpeg4"),
@@ -115,7 +115,7 @@ def check_overlay_path(path: str | Path, out_dir: str | Path | None = None) -> P
     if path.suffix.lower() not in _CODECS:
         raise InputError(f"{path}: overlay must be one of {', '.join(sorted(_CODECS))}")
     parent = path.parent
-    existing = next(folder for folder in (parent, *parent.parents) if folder.exists() or folder == folder.parent)
+    existing = nearest_existing(parent)
     if existing.exists() and not existing.is_dir():
         raise InputError(f"overlay {path}: {existing} is a file, not a folder")
     if existing != parent:  # the parent does not exist

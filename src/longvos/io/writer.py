@@ -25,6 +25,14 @@ def partial_path(path: str | Path) -> Path:
     return path.with_name(f".{path.stem}{PARTIAL_MARK}{path.suffix}")
 
 
+def nearest_existing(path: Path) -> Path:
+    """``path`` itself or the nearest path above it that exists: what decides whether ``path`` can be made there (a
+    file in the way, a folder not writable). Where none exists, the top of ``path`` (its anchor, ``.`` for a relative
+    path), which does not exist either, so callers check ``exists()`` before they judge what it returns."""
+    # The top is its own parent: stopping there always yields a path, even where nothing exists (a deleted cwd).
+    return next(folder for folder in (path, *path.parents) if folder.exists() or folder == folder.parent)
+
+
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     """Call ``write(temporary_path)``, then rename the result onto ``path``.
 
