@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from longvos.models.aot.memory import AOTMemory, LayerMemory, storage_nbytes
+from longvos.models.snapshot_checks import check_kind, check_object_ids, check_tensor, is_whole, list_field, whole_field
 
 if TYPE_CHECKING:
     from longvos.models.aot.model import AOTModel
@@ -158,17 +159,14 @@ class AOTState:
         design holds. Tensors are float32 or, under autocast, ``dtype``.
         """
         config = model.config
-        if not isinstance(data, dict):
-            raise ValueError(f"the state is of type {type(data).__name__}, not an AOT-family state snapshot")
-        if data.get("kind") != cls.SNAPSHOT_KIND:
-            raise ValueError(f"not an AOT-family state snapshot (kind {data.get('kind')!r})")
-        max_objects = _whole(data, "max_objects", "max_objects")
+        check_kind(data, cls.SNAPSHOT_KIND, "an AOT-family state snapshot")
+        max_objects = whole_field(data, "max_objects", "max_objects")
         if max_objects != config.max_objects:
             raise ValueError(f"max_objects is {max_objects}, the model's is {config.max_objects}")
-        objects_per_pass = _whole(data, "objects_per_pass", "objects_per_pass")
+        objects_per_pass = whole_field(data, "objects_per_pass", "objects_per_pass")
         if objects_per_pass != config.pass_capacity:
             raise ValueError(f"objects_per_pass is {objects_per_pass}, the model's is {config.pass_capacity}")
-        mem_gap = _whole(data, "mem_gap", "mem_gap")
+        mem_gap = whole_field(data, "mem_gap", "mem_gap")
         if mem_gap < 1:
             raise ValueError(f"mem_gap is {mem_gap}, expected at least 1 frame")
         memory_design = data.get("memory")
@@ -187,12 +185,8 @@ class AOTState:
         expected_hw = None if input_hw is None else [int(n) for n in input_hw]
         if stored_hw != expected_hw:
             raise ValueError(f"input_hw is {stored_hw!r}, expected {expected_hw!r} (the session's network size)")
-        object_ids = _list(data, "object_ids", "object_ids")
-        if not all(isinstance(i, int) and not isinstance(i, bool) for i in object_ids):
-            raise ValueError(f"object_ids {object_ids!r} are not all whole numbers")
-        if len(set(object_ids)) != len(object_ids):
-            raise ValueError(f"object_ids {object_ids} repeat an id")
-        passes = _list(data, "passes", "passes")
+        object_ids = check_object_ids(list_field(data, "object_ids", "object_ids"), "are not all whole numbers")
+        passes = list_field(data, "passes", "passes")
         if passes and expected_hw is None:
             raise ValueError(f"passes holds {len(passes)} pass(es) before any frame was seen (input_hw None)")
         # The token grid: the identity bank's strided convolution lands on the encoder's grid, and it makes
@@ -205,17 +199,16 @@ class AOTState:
             where = f"passes[{index}]"
             if not isinstance(stored, dict):
                 raise ValueError(f"{where} is of type {type(stored).__name__}, expected a dict")
-            slots = _list(stored, "slots", f"{where}.slots")
+            slots = list_field(stored, "slots", f"{where}.slots")
             if len(slots) != max_objects:
                 raise ValueError(f"{where}.slots has {len(slots)} slot(s), expected max_objects = {max_objects}")
-            if not all(s is None or (isinstance(s, int) and not isinstance(s, bool)) for s in slots):
+            if not all(s is None or is_whole(s) for s in slots):
                 raise ValueError(f"{where}.slots {slots!r} are not all object ids or None")
             if all(s is None for s in slots):
                 raise ValueError(f"{where}.slots hold no object (a pass without objects is dropped)")
             in_slots.extend(s for s in slots if s is not None)
-            retired = _list(stored, "retired", f"{where}.retired")
-            if (not all(isinstance(r, int) and not isinstance(r, bool) and 0 <= r < max_objects for r in retired)
-                    or len(set(retired)) != len(retired)):
+            retired = list_field(stored, "retired", f"{where}.retired")
+            if not all(is_whole(r) and 0 <= r < max_objects for r in retired) or len(set(retired)) != len(retired):
                 raise ValueError(f"{where}.retired {retired!r} are not distinct slot indices 0..{max_objects - 1}")
             if any(slots[r] is not None for r in retired):
                 raise ValueError(f"{where}.retired {retired} names a slot that holds an object ({slots})")
@@ -256,39 +249,12 @@ class AOTState:
         return table_PL[:, labels_HW.long()]
 
 
-# -- snapshot checks ---------------------------------------------------------------------------------------------
-
-def _whole(data: dict, key: str, where: str) -> int:
-    if key not in data:
-        raise ValueError(f"{where} is missing")
-    value = data[key]
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise ValueError(f"{where} is {value!r}, expected a whole number")
-    return value
-
-
-def _list(data: dict, key: str, where: str) -> list:
-    if key not in data:
-        raise ValueError(f"{where} is missing")
-    value = data[key]
-    if not isinstance(value, (list, tuple)):
-        raise ValueError(f"{where} is of type {type(value).__name__}, expected a list")
-    return list(value)
-
+# -- snapshot checks of the AOT family's own fields (the generic ones are in longvos.models.snapshot_checks) -----
 
 def _dtypes(dtype: torch.dtype | None) -> tuple[torch.dtype, ...]:
     """The dtypes a memory tensor may have: float32 (the state's), and under autocast the compute dtype, in which
     the layers' projections come out."""
     return (torch.float32,) if dtype in (None, torch.float32) else (torch.float32, dtype)
-
-
-def _check_tensor(value: Any, where: str, shape: tuple[int, ...], dtypes: tuple[torch.dtype, ...]) -> None:
-    if not isinstance(value, torch.Tensor):
-        raise ValueError(f"{where} is of type {type(value).__name__}, expected a tensor of shape {shape}")
-    if tuple(value.shape) != shape:
-        raise ValueError(f"{where} has shape {tuple(value.shape)}, expected {shape}")
-    if value.dtype not in dtypes:
-        raise ValueError(f"{where} has dtype {value.dtype}, expected {' or '.join(map(str, dtypes))}")
 
 
 def _check_memory(memory: Any, where: str, config: Any, grid_hw: list[int] | None, max_frames: int | None,
@@ -299,15 +265,15 @@ def _check_memory(memory: Any, where: str, config: Any, grid_hw: list[int] | Non
     if memory.get("grid_hw") != grid_hw:
         raise ValueError(f"{where}.grid_hw is {memory.get('grid_hw')!r}, expected {grid_hw} (the stride-"
                          f"{config.max_stride} grid of the network size)")
-    frame_step = _whole(memory, "frame_step", f"{where}.frame_step")
-    last_update_step = _whole(memory, "last_update_step", f"{where}.last_update_step")
+    frame_step = whole_field(memory, "frame_step", f"{where}.frame_step")
+    last_update_step = whole_field(memory, "last_update_step", f"{where}.last_update_step")
     if not 0 <= last_update_step <= frame_step:
         raise ValueError(f"{where}.last_update_step is {last_update_step}, expected 0..frame_step ({frame_step})")
     tokens = grid_hw[0] * grid_hw[1]
     channels = (config.qk_dim, 2 * config.value_dim)
 
     def layers(name: str) -> list:
-        stored = _list(memory, name, f"{where}.{name}")
+        stored = list_field(memory, name, f"{where}.{name}")
         if len(stored) != config.num_layers:
             raise ValueError(f"{where}.{name} has {len(stored)} layer(s), expected num_layers = {config.num_layers}")
         for index, pair in enumerate(stored):
@@ -333,7 +299,7 @@ def _check_memory(memory: Any, where: str, config: Any, grid_hw: list[int] | Non
     for name, stored, count in (("long_term", long_term, frames), ("short_term", short_term, 1)):
         for index, pair in enumerate(stored):
             for part, tensor, width in zip(("key", "value"), pair, channels):
-                _check_tensor(tensor, f"{where}.{name}[{index}].{part}", (1, count * tokens, width), dtypes)
+                check_tensor(tensor, f"{where}.{name}[{index}].{part}", (1, count * tokens, width), dtypes)
 
 
 def mask_empty_slots(logits_PKhw: torch.Tensor, live_PK: torch.Tensor) -> torch.Tensor:

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from longvos.models.livos.layers import SinePositionalEncoding2d
+from longvos.models.snapshot_checks import check_kind, check_object_ids, check_tensor
 
 if TYPE_CHECKING:
     from longvos.models.livos.model import LiVOS
@@ -278,16 +279,8 @@ class LiVOSState:
         ``N = len(object_ids)`` and the model's widths (the shapes :meth:`allocate` creates them in).
         """
         config = model.config
-        if not isinstance(data, dict):
-            raise ValueError(f"the state is of type {type(data).__name__}, not a LiVOS state snapshot")
-        if data.get("kind") != cls.SNAPSHOT_KIND:
-            raise ValueError(f"not a LiVOS state snapshot (kind {data.get('kind')!r})")
-        object_ids = data.get("object_ids")
-        if not isinstance(object_ids, (list, tuple)) or not all(
-                isinstance(i, int) and not isinstance(i, bool) for i in object_ids):
-            raise ValueError(f"object_ids {object_ids!r} is not a list of whole numbers")
-        if len(set(object_ids)) != len(object_ids):
-            raise ValueError(f"object_ids {list(object_ids)} repeat an id")
+        check_kind(data, cls.SNAPSHOT_KIND, "a LiVOS state snapshot")
+        object_ids = check_object_ids(data.get("object_ids"), "is not a list of whole numbers")
         tensors = data.get("tensors")
         if not isinstance(tensors, dict):
             raise ValueError(f"tensors is of type {type(tensors).__name__}, expected a dict of tensors by name")
@@ -307,15 +300,8 @@ class LiVOSState:
         if unknown:
             raise ValueError(f"tensors has unknown entries {unknown}, expected {sorted(shapes)}")
         for name, shape in shapes.items():
-            tensor = tensors.get(name)
-            if not isinstance(tensor, torch.Tensor):
-                raise ValueError(f"tensors.{name} is of type {type(tensor).__name__}, expected a tensor of shape "
-                                 f"{shape} (N = {len(object_ids)} objects)")
-            if tuple(tensor.shape) != shape:
-                raise ValueError(f"tensors.{name} has shape {tuple(tensor.shape)}, expected {shape} "
-                                 f"(N = {len(object_ids)} objects)")
-            if tensor.dtype != _STATE_DTYPE:
-                raise ValueError(f"tensors.{name} has dtype {tensor.dtype}, expected {_STATE_DTYPE}")
+            check_tensor(tensors.get(name), f"tensors.{name}", shape, (_STATE_DTYPE,),
+                         note=f"N = {len(object_ids)} objects")
 
     @staticmethod
     def tensor_shapes(grid_size: tuple[int, int], num_objects: int, key_dim: int, value_dim: int, sensory_dim: int,
