@@ -284,6 +284,21 @@ def test_one_object_per_pass_gives_each_object_its_own_pass_and_memory():
     assert [pass_.slots[0] for pass_ in joint.passes] == [4, 2, 5] and joint.object_ids == [4, 2, 5]
 
 
+def test_a_removed_objects_slot_still_counts_toward_objects_per_pass():
+    """A retired slot keeps its identity in the pass's memory, so it still fills the pass: with two objects per
+    pass, removing one of a full pass's objects does not make room there; the next object opens a new pass."""
+    model = small_model(objects_per_pass=2)
+    video = frames(3)
+    state = model.new_state()
+    with torch.no_grad():
+        model.step(state, video[0], box_masks([1, 2]))
+        model.remove_objects(state, [1])
+        probs = model.step(state, video[1], box_masks([3]))
+        assert state.locate(2) == (0, 1) and state.locate(3) == (1, 0) and probs.shape == (3, *FRAME_HW)
+        probs = model.step(state, video[2])
+    assert torch.allclose(probs.sum(dim=0), torch.ones(FRAME_HW), atol=1e-5)
+
+
 @pytest.mark.parametrize("objects_per_pass", [1, 2])
 def test_one_object_per_pass_follows_the_identities_given_whatever_the_weights(objects_per_pass):
     """Exchanging two objects' ids in the reference mask exchanges them in every later frame when each object has

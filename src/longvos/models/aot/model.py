@@ -253,16 +253,18 @@ class AOTModel(VOSModel):
         them: stride-4 logits with empty slots masked, bilinear upsampling, soft aggregation over passes."""
         lstt_BNC = torch.cat([p.output_BNC for p in propagations], dim=0)
         logits_PKhw = mask_empty_slots(self.decode(features, lstt_BNC), state.live_slots(lstt_BNC.device))
-        channels = torch.tensor(state.merged_channels(), device=logits_PKhw.device)
+        kept, merged = state.kept_channels()
         # Only live channels are kept, so the probabilities sum to one over background + tracked objects. With one
         # pass this is exactly the official softmax (empty slots have weight 0); with several, the official softmax
-        # also gives the clamped empty slots about 1e-5 each, which we leave out.
-        if len(propagations) == 1:
-            # One pass needs no aggregation, and bilinear upsampling works channel by channel: pick the live
-            # channels at stride 4 instead of upsampling all 1 + max_objects of them to the full size. Same numbers.
+        # also gives the clamped empty slots about 1e-5 each, which we leave out. Bilinear upsampling works channel
+        # by channel, so the channels are picked at stride 4 rather than after upsampling all 1 + max_objects.
+        if len(propagations) == 1:  # no aggregation: the objects' channels in object_ids order, as they are
+            channels = torch.tensor([kept[0][m] for m in merged], device=logits_PKhw.device)
             return torch.softmax(self._upsample(logits_PKhw[:, channels], frame_hw)[0].float(), dim=0)
-        merged_1CHW = soft_aggregate(self._upsample(logits_PKhw, frame_hw))
-        return torch.softmax(merged_1CHW[0, channels].float(), dim=0)
+        passes_P1 = torch.arange(len(kept), device=logits_PKhw.device)[:, None]
+        kept_PChw = logits_PKhw[passes_P1, torch.tensor(kept, device=logits_PKhw.device)]
+        merged_1CHW = soft_aggregate(self._upsample(kept_PChw, frame_hw))
+        return torch.softmax(merged_1CHW[0, torch.tensor(merged, device=logits_PKhw.device)].float(), dim=0)
 
     def _upsample(self, logits_PKhw: torch.Tensor, frame_hw: tuple[int, int]) -> torch.Tensor:
         """Stride-4 logits -> the input size, bilinearly (the official engine's order: upsample, then softmax)."""
