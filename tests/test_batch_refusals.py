@@ -195,6 +195,26 @@ def test_only_an_unquoted_hash_starts_a_comment_and_skipped_comments_are_reporte
         assert len(read_manifest(tmp_path / "none.csv")) == 1
 
 
+def test_manifest_read_gives_the_skipped_comment_lines_as_data_without_a_warning(tmp_path):
+    """``run_batch``'s reader: the note travels as data, so a caller shows it without catching warnings."""
+    from longvos.batch import Manifest, ManifestError
+
+    (tmp_path / "m.csv").write_text("video,mask\n" + "#old,a.png\n" * 12 + "plain,a.png\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the data is the report: no warning besides it
+        manifest = Manifest.read(tmp_path / "m.csv")
+    assert [item.name for item in manifest.items] == ["plain"]
+    assert manifest.skipped_comment_lines == tuple(range(2, 14))
+    assert manifest.note == ("m.csv: skipped 12 comment lines (starting with #): lines 2, 3, 4, 5, 6, 7, 8, 9, 10, "
+                             "11 and 2 more; write a video path that starts with # in quotes")
+    (tmp_path / "none.csv").write_text("video,mask\na.mp4,a.png\n")
+    assert Manifest.read(tmp_path / "none.csv").note is None
+    (tmp_path / "only.csv").write_text("video,mask\n#a.mp4,a.png\n")
+    with pytest.raises(ManifestError, match=r"only\.csv: the manifest lists no videos \(only comment lines, which "
+                                            r"start with #\)$"):
+        Manifest.read(tmp_path / "only.csv")
+
+
 def test_unresolvable_paths_and_unparsable_csv_rows_fail_their_row_with_its_line(tmp_path):
     (tmp_path / "m.csv").write_text("video,mask,name\n"
                                     "a\0b.mp4,a.png,\n"

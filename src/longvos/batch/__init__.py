@@ -11,8 +11,8 @@ backends, local processes and Ray actors.
 from __future__ import annotations
 
 from longvos.batch.items import BatchOptions, VideoResult, WorkItem
-from longvos.batch.manifest import ManifestError, ManifestWarning, read_manifest
+from longvos.batch.manifest import Manifest, ManifestError, ManifestWarning, read_manifest
 from longvos.batch.runner import BatchSummary, run_batch
 
-__all__ = ["BatchOptions", "BatchSummary", "ManifestError", "ManifestWarning", "VideoResult", "WorkItem",
-           "read_manifest", "run_batch"]
+__all__ = ["BatchOptions", "BatchSummary", "Manifest", "ManifestError", "ManifestWarning", "VideoResult",
+           "WorkItem", "read_manifest", "run_batch"]

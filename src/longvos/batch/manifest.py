@@ -2,8 +2,9 @@
 
 - CSV: a header row naming the columns (``video,mask,frame,name``; ``frame`` and ``name`` optional), or no header
   and the columns in that order. A line whose first character (after spaces) is an unquoted ``#`` is a comment:
-  skipped, and said so (a :class:`ManifestWarning`, a note in ``run_batch``'s display); a video path that starts
-  with ``#`` is written in quotes (``"#take2.mp4",...``). JSONL: one object per line with those keys, no comments.
+  skipped, and said so (:attr:`Manifest.note`: a note in ``run_batch``'s display, a :class:`ManifestWarning` from
+  :func:`read_manifest`); a video path that starts with ``#`` is written in quotes (``"#take2.mp4",...``). JSONL:
+  one object per line with those keys, no comments.
   Relative paths are relative to the manifest's folder. ``frame`` is the index of the frame the mask belongs to
   (default 0); segmentation starts there. ``name`` is the output folder under ``--out`` (default: the video's file
   or folder name without extension).
@@ -21,7 +22,7 @@ import csv
 import json
 import warnings
 from collections.abc import Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,40 +41,64 @@ class ManifestError(InputError):
 
 
 class ManifestWarning(UserWarning):
-    """Lines of a manifest that were skipped on purpose (comment lines): said once, never dropped in silence."""
+    """Lines of a manifest that were skipped on purpose (comment lines): said once, never dropped in silence. Raised
+    by :func:`read_manifest` only, whose plain list cannot carry the note; :meth:`Manifest.read` returns it."""
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A read manifest: its work items, in manifest order, and the comment lines it skipped (their line numbers)."""
+
+    path: Path
+    items: tuple[WorkItem, ...]
+    skipped_comment_lines: tuple[int, ...] = ()
+
+    @property
+    def note(self) -> str | None:
+        """What was skipped on purpose, in one line for the user; None when nothing was."""
+        comments = self.skipped_comment_lines
+        if not comments:
+            return None
+        shown = ", ".join(map(str, comments[:10])) + (f" and {len(comments) - 10} more" if len(comments) > 10 else "")
+        plural = "s" if len(comments) > 1 else ""
+        return (f"{self.path.name}: skipped {len(comments)} comment line{plural} (starting with #): line{plural} "
+                f"{shown}; write a video path that starts with # in quotes")
+
+    @classmethod
+    def read(cls, path: str | Path) -> Manifest:
+        """The manifest of a CSV/JSONL file or a DAVIS-layout folder; what it skipped is in :attr:`note`."""
+        path = Path(path)
+        comments: list[int] = []
+        if path.is_dir():
+            items = list(_davis_items(path))
+        elif not path.exists():
+            raise ManifestError(f"{path}: no such manifest file or folder")
+        else:
+            kind = MANIFEST_SUFFIXES.get(path.suffix.lower())
+            if kind is None:
+                raise ManifestError(f"{path}: a manifest is a .csv or .jsonl file, or a DAVIS-layout folder "
+                                    f"(JPEGImages/ and Annotations/)")
+            try:
+                text = path.read_text(encoding="utf-8-sig")  # utf-8-sig: spreadsheets like to prepend a BOM
+            except (OSError, UnicodeDecodeError) as err:
+                raise ManifestError(f"{path}: cannot read manifest: {err}") from None
+            rows = _csv_rows(text, path, comments) if kind == "csv" else _jsonl_rows(text, path)
+            items = [_row_item(row, origin, path.parent) for origin, row in rows]
+            if comments and not items:
+                raise ManifestError(f"{path}: the manifest lists no videos (only comment lines, which start with #)")
+        if not items:
+            raise ManifestError(f"{path}: the manifest lists no videos")
+        return cls(path, tuple(with_unique_names(items)), tuple(comments))
 
 
 def read_manifest(path: str | Path) -> list[WorkItem]:
-    """The work items of a CSV/JSONL manifest or a DAVIS-layout folder, in manifest order."""
-    path = Path(path)
-    if path.is_dir():
-        items = list(_davis_items(path))
-    elif not path.exists():
-        raise ManifestError(f"{path}: no such manifest file or folder")
-    else:
-        kind = MANIFEST_SUFFIXES.get(path.suffix.lower())
-        if kind is None:
-            raise ManifestError(f"{path}: a manifest is a .csv or .jsonl file, or a DAVIS-layout folder "
-                                f"(JPEGImages/ and Annotations/)")
-        try:
-            text = path.read_text(encoding="utf-8-sig")  # utf-8-sig: spreadsheets like to prepend a BOM
-        except (OSError, UnicodeDecodeError) as err:
-            raise ManifestError(f"{path}: cannot read manifest: {err}") from None
-        comments: list[int] = []
-        rows = _csv_rows(text, path, comments) if kind == "csv" else _jsonl_rows(text, path)
-        items = [_row_item(row, origin, path.parent) for origin, row in rows]
-        if comments and not items:
-            raise ManifestError(f"{path}: the manifest lists no videos (only comment lines, which start with #)")
-        if comments:
-            shown = ", ".join(map(str, comments[:10])) + (f" and {len(comments) - 10} more" if len(comments) > 10
-                                                           else "")
-            warnings.warn(ManifestWarning(
-                f"{path.name}: skipped {len(comments)} comment line{'s' if len(comments) > 1 else ''} (starting with "
-                f"#): line{'s' if len(comments) > 1 else ''} {shown}; write a video path that starts with # in "
-                f"quotes"), stacklevel=2)
-    if not items:
-        raise ManifestError(f"{path}: the manifest lists no videos")
-    return with_unique_names(items)
+    """The work items of a CSV/JSONL manifest or a DAVIS-layout folder, in manifest order. A plain list has no room
+    for the comment lines it skipped, so they are told as a :class:`ManifestWarning`; :meth:`Manifest.read` gives
+    them as data instead."""
+    manifest = Manifest.read(path)
+    if manifest.note is not None:
+        warnings.warn(ManifestWarning(manifest.note), stacklevel=2)
+    return list(manifest.items)
 
 
 def with_unique_names(items: list[WorkItem]) -> list[WorkItem]:
