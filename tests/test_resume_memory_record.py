@@ -24,6 +24,7 @@ from longvos.engine.pipeline import SegmentationError, segment_video
 from longvos.engine.progress import PROGRESS_FILE, STATE_FILE, RunProgress
 from longvos.engine.segmenter import Segmenter, load_segmenter
 from longvos.io.errors import InputError
+from longvos.models.registry import create_model
 
 from conftest import RepeatLastMask, RepeatState, moving_square_clip, stop_after_frames
 
@@ -132,6 +133,47 @@ def test_batch_records_and_compares_the_memory_settings_as_segment_does(lite, tm
     conflict = resume_conflict(out, item_settings(item, BatchOptions(max_size=HEIGHT)))
     assert conflict is not None and f"(mem_gap: None -> {model.default_mem_gap})" in conflict, conflict
     assert "earlier longvos" in conflict and "--overwrite" in conflict and "\n" not in conflict
+
+
+def test_a_run_records_how_many_objects_share_a_pass_and_an_earlier_record_without_it_is_refused(lite, tmp_path):
+    """mavos-lite went from packing its objects into one pass to one object per pass, which changes the masks of
+    a run with several objects: a run recorded before (no objects_per_pass in its record) is not continued with
+    the new setting -- one line advising --overwrite, in segment and batch alike."""
+    from longvos.batch.items import BatchOptions, WorkItem
+    from longvos.batch.runner import item_settings, resume_conflict
+
+    out = tmp_path / "out"
+    mask, run = stopped_run(lite, tmp_path, out)
+    assert RunProgress.load(out).settings["objects_per_pass"] == lite.model.objects_per_pass == 1
+    item = WorkItem("clip", str(tmp_path / "clip"), str(mask))
+    assert resume_conflict(out, item_settings(item, BatchOptions(max_size=HEIGHT))) is None
+    path = out / PROGRESS_FILE
+    record = json.loads(path.read_text())
+    del record["settings"]["objects_per_pass"]
+    path.write_text(json.dumps(record))
+    with pytest.raises(InputError) as caught:
+        segment_video(tmp_path / "clip", mask, out, resume=True, **run)
+    message = str(caught.value)
+    assert "(objects_per_pass: None -> 1)" in message and "earlier longvos" in message, message
+    assert "--overwrite" in message and "\n" not in message
+    conflict = resume_conflict(out, item_settings(item, BatchOptions(max_size=HEIGHT)))
+    assert conflict is not None and "(objects_per_pass: None -> 1)" in conflict and "earlier longvos" in conflict
+
+
+def test_a_model_that_packs_its_objects_records_none_and_resumes_an_earlier_record(tmp_path):
+    """The official AOT packing did not change: such a run records objects_per_pass None, as a record of an
+    earlier longvos reads without the field, so those runs still resume."""
+    torch.manual_seed(0)
+    packed = Segmenter(create_model("deaot-mnv2", d_model=32), "cpu", dtype=None)
+    out = tmp_path / "out"
+    mask, run = stopped_run(packed, tmp_path, out)
+    assert RunProgress.load(out).settings["objects_per_pass"] is None
+    path = out / PROGRESS_FILE
+    record = json.loads(path.read_text())
+    del record["settings"]["objects_per_pass"]
+    path.write_text(json.dumps(record))
+    summary = segment_video(tmp_path / "clip", mask, out, resume=True, **run)
+    assert summary.resumed_after == 3 and summary.frames == 3  # the other 3 continued, not redone
 
 
 # -- the snapshot hooks of a state class -------------------------------------------------------------------------

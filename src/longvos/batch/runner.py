@@ -17,23 +17,25 @@ import csv
 import io
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
 from longvos.batch.items import (RECORD_START, SUMMARY_FILE, BatchOptions, Event, FramesDone, VideoFinished,
                                  VideoResult, VideoStarted, WorkerNote, WorkItem, name_problem, output_folder)
-from longvos.batch.manifest import ManifestWarning, read_manifest, with_unique_names
+from longvos.batch.manifest import Manifest, with_unique_names
 from longvos.engine.outputs import OUTPUTS_FILE, check_output_folder, clear_outputs, refuse_used_folder
 from longvos.engine.progress import (PROGRESS_FILE, RunProgress, mask_digest, settings_difference, video_fingerprint,
                                      weights_record)
 from longvos.io.errors import InputError
 from longvos.io.masks import read_index_mask
 from longvos.io.writer import atomic_write
+
+if TYPE_CHECKING:
+    from longvos.models.base import VOSModel
 
 BACKENDS = ("local", "ray")
 OVERLAY_FORMATS = ("mp4", "webm")
@@ -76,7 +78,10 @@ def run_batch(
     options = worker_options(_checked(options or BatchOptions()), devices, workers)
     notes: list[str] = []
     if isinstance(items, (str, Path)):
-        items = _read_manifest(items, notes)
+        manifest = Manifest.read(items)
+        items = list(manifest.items)
+        if manifest.note is not None:  # shown in the display, above the bars, not as a Python warning
+            notes.append(manifest.note)
     else:  # workers may run elsewhere (another process, a Ray node): give them absolute paths
         items = with_unique_names([_absolute(item, number) for number, item in enumerate(items, 1)])
     out = Path(check_output_folder(out_dir, "--out")).resolve()
@@ -119,20 +124,6 @@ def run_batch(
     summary = BatchSummary([result for result in results if result is not None], time.perf_counter() - started, out)
     summary.write_csv()
     return summary
-
-
-def _read_manifest(path: str | Path, notes: list[str]) -> list[WorkItem]:
-    """:func:`read_manifest`, with what it skipped on purpose (comment lines) appended to ``notes`` for the display
-    instead of printed as Python warnings."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", ManifestWarning)
-        items = read_manifest(path)
-    for warning in caught:
-        if issubclass(warning.category, ManifestWarning):
-            notes.append(str(warning.message))
-        else:  # not ours to turn into a note: passed on as it came
-            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
-    return items
 
 
 def _absolute(item: WorkItem, number: int) -> WorkItem:
@@ -270,7 +261,7 @@ def item_settings(item: WorkItem, options: BatchOptions) -> dict[str, Any]:
     return {**settings, "video": str(Path(item.video).resolve()),
             "masks": {frame: None if item.mask is None else str(Path(item.mask).resolve())},
             "mask_sha256": {frame: mask_sha256(item.mask)}, "video_fingerprint": video_fingerprint(item.video),
-            "weights": weights_record(_weights_path(options))}
+            "weights": weights_record(_weights_path(options)), "objects_per_pass": _objects_per_pass(options.model)}
 
 
 def mask_sha256(path: str | Path | None) -> str | None:
@@ -305,27 +296,38 @@ def _recorded(folder: Path, settings: dict[str, Any]) -> tuple[RunProgress | Non
 
 
 @functools.lru_cache(maxsize=8)
-def _own_memory(model_name: str) -> tuple[str | None, int | None]:
-    """``(default_memory, default_mem_gap)`` of a registered model, as ``segment_video``'s loaded model has them
-    (built once per name, on the meta device where it can be: no weight memory, no file read)."""
+def _meta_model(model_name: str) -> VOSModel | None:
+    """A registered model as ``segment_video``'s loaded model is configured, built once per name on the meta device
+    where it can be (no weight memory, no file read); ``None`` for an unknown name (every video fails with it)."""
     from longvos.checkpoints import meta_model
 
     try:
-        model = meta_model(model_name)
-    except (KeyError, ValueError):  # an unknown model: every video fails with the reason
-        return None, None
-    return model.default_memory, model.default_mem_gap
+        return meta_model(model_name)
+    except (KeyError, ValueError):
+        return None
+
+
+def _own_memory(model_name: str) -> tuple[str | None, int | None]:
+    """``(default_memory, default_mem_gap)`` of a registered model (``None, None`` for an unknown one)."""
+    model = _meta_model(model_name)
+    return (None, None) if model is None else (model.default_memory, model.default_mem_gap)
+
+
+def _objects_per_pass(model_name: str) -> int | None:
+    model = _meta_model(model_name)
+    return None if model is None else model.objects_per_pass
 
 
 def resume_conflict(folder: Path, settings: dict[str, Any]) -> str | None:
     """Why ``folder`` cannot be resumed with ``settings`` (it holds another run's results), or ``None``."""
-    from longvos.engine.options import unresolved_memory_note
+    from longvos.engine.options import earlier_record_note
 
     record, difference = _recorded(folder, settings)
     if difference is None:
         return None
     model = settings.get("model")
-    note = unresolved_memory_note(record.settings, difference, *_own_memory(model)) if isinstance(model, str) else ""
+    note = (earlier_record_note(record.settings, difference, *_own_memory(model), _objects_per_pass(model))
+            if isinstance(model, str) else "")
     advice = ("use --overwrite (without --resume) to redo the batch, or another --out" if note else
               "use another --out, or --overwrite (without --resume) to redo the batch")
     return f"{folder} holds results made with other settings ({difference}){note}; {advice}"

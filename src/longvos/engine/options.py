@@ -90,7 +90,7 @@ class SegmentOptions:
         ``None``. How runs are recorded for ``resume`` (``segment_video`` and the batch tool alike): naming the
         model's own design or interval is the same run as naming none, and a run is recorded with the interval it
         used, so that a resume after the model's default changed is refused rather than continued with another one
-        (:func:`unresolved_memory_note`)."""
+        (:func:`earlier_record_note`)."""
         return self.replace(memory=own_memory if self.memory is None else self.memory,
                             mem_gap=own_mem_gap if self.mem_gap is None else self.mem_gap)
 
@@ -113,18 +113,24 @@ class SegmentOptions:
         return segmenter.session(self.max_size, self.mem_gap, self.memory)
 
 
-def unresolved_memory_note(saved: dict[str, Any], difference: str | None, own_memory: str | None,
-                           own_mem_gap: int | None) -> str:
-    """Why a resume refused for ``difference`` (``"name: old -> new"``) cannot be made to match, where that is the
-    memory design or interval and the run's record holds it as ``None`` though the model has one of its own
-    (``own_memory``, ``own_mem_gap``), which a record of this version never does: an earlier longvos recorded the
-    model's own that way, the model's own may have changed since (mavos-lite's interval went from 10 to 5), and no
-    option names the value that run used, so only ``--overwrite`` (segmenting the video again) gives one consistent
-    result. ``""`` for any other difference."""
+def earlier_record_note(saved: dict[str, Any], difference: str | None, own_memory: str | None,
+                        own_mem_gap: int | None, own_objects_per_pass: int | None = None) -> str:
+    """Why a resume refused for ``difference`` (``"name: old -> new"``) cannot be made to match, where the run's
+    record was written by an earlier longvos: it holds the memory design or interval as ``None`` though the model
+    has one of its own (``own_memory``, ``own_mem_gap``), which a record of this version never does (an earlier
+    longvos recorded the model's own that way, and the model's own may have changed since: mavos-lite's interval
+    went from 10 to 5), or it lacks how many objects share a pass (``own_objects_per_pass``; mavos-lite went from
+    packing them to one per pass). No option names what that run used, so only ``--overwrite`` (segmenting the
+    video again) gives one consistent result. ``""`` for any other difference."""
+    if difference is None:
+        return ""
     for key, own, what in (("mem_gap", own_mem_gap, "interval"), ("memory", own_memory, "design")):
-        if difference is not None and difference.startswith(f"{key}: None -> ") and saved.get(key) is None \
-                and own is not None:
+        if difference.startswith(f"{key}: None -> ") and saved.get(key) is None and own is not None:
             return (f": that run was recorded by an earlier longvos, which wrote the model's own memory {what} as "
                     f"None, and the model's own may have changed since (it is {own!r} now), so it cannot be "
                     f"continued exactly")
+    if (difference.startswith("objects_per_pass: None -> ") and "objects_per_pass" not in saved
+            and own_objects_per_pass is not None):
+        return (f": that run was recorded by an earlier longvos, which did not record how many objects share one "
+                f"pass of the model (this one runs {own_objects_per_pass}), so it cannot be continued exactly")
     return ""

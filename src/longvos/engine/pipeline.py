@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from longvos.engine.frames import check_max_size
-from longvos.engine.options import DEFAULT_SNAPSHOT_EVERY, SegmentOptions, unresolved_memory_note
+from longvos.engine.options import DEFAULT_SNAPSHOT_EVERY, SegmentOptions, earlier_record_note
 from longvos.engine.outputs import check_output_folder, log_outputs, prepare_output_folder, refuse_used_folder
 from longvos.engine.progress import (PROGRESS_FILE, STATE_FILE, RunProgress, UnusableSnapshot, encode_state,
                                      load_state, mask_digest, settings_difference, settings_digest,
@@ -177,12 +177,13 @@ def segment_video(
         "masks": {str(i): p.origin for i, p in sorted(prompts.items())},
         "mask_sha256": {str(i): mask_digest(p.ids, p.palette) for i, p in sorted(prompts.items())},
         "frame_size": list(source.frame_size),
+        "objects_per_pass": segmenter.model.objects_per_pass,
         "video_fingerprint": None if isinstance(video, FrameSource) else video_fingerprint(video),
     }
     if record is not None:
         difference = settings_difference(record.settings, settings)
         if difference:
-            note = unresolved_memory_note(record.settings, difference, *own_memory)
+            note = earlier_record_note(record.settings, difference, *own_memory, segmenter.model.objects_per_pass)
             advice = ("use --overwrite to segment the video again, or another output folder" if note else
                       "use another output folder or --overwrite to replace it")
             raise InputError(f"{out_dir} holds a run with other settings ({difference}){note}; {advice}")

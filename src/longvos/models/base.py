@@ -92,6 +92,13 @@ class VOSModel(nn.Module, abc.ABC):
         return None
 
     @property
+    def objects_per_pass(self) -> int | None:
+        """How many objects share one pass of the network where the model is set to run fewer together than its
+        own design does (AOT's ``objects_per_pass``: mavos-lite runs one); ``None``: the design's own way (the
+        official AOT packing, LiVOS's one state for all). It changes the result, so a run records it."""
+        return None
+
+    @property
     def state_is_fixed_size(self) -> bool:
         """Whether a video's state stays the same size however long the video (the default). ``False`` for memory
         designs that grow by definition (DeAOT's ``growing``): ``segment_video`` then takes no state snapshots, which

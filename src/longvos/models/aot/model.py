@@ -109,6 +109,10 @@ class AOTModel(VOSModel):
         return self.config.mem_gap
 
     @property
+    def objects_per_pass(self) -> int | None:
+        return self.config.objects_per_pass
+
+    @property
     def state_is_fixed_size(self) -> bool:
         """``ref+prev`` and ``mca`` keep a constant-size memory; ``growing`` (DeAOT) adds a frame per update."""
         return self.long_term_memory.constant_size
