@@ -72,6 +72,8 @@ def main() -> int:
     segmenter = load_segmenter(args.model, args.checkpoint, device=args.device,
                                allow_random_weights=args.allow_random_weights)
     if args.objects_per_pass is not None:  # the same weights, objects shared among passes otherwise
+        if not hasattr(segmenter.model.config, "pass_capacity"):
+            sys.exit(f"--objects-per-pass: {args.model} does not run its objects in passes (AOT-family models do)")
         packed = create_model(args.model, objects_per_pass=args.objects_per_pass)
         packed.load_state_dict(segmenter.model.state_dict())
         segmenter = Segmenter(packed, device=segmenter.device, dtype=segmenter.dtype)
@@ -95,7 +97,9 @@ def main() -> int:
             continue
         for obj in scores:
             scores[obj].append(region_similarity(mask == obj, truth == obj))
-    print(f"{args.sequence}, {args.model}, frame {len(frame_paths) - 1}: swap following "
+    capacity = getattr(segmenter.model.config, "pass_capacity", None)
+    packing = "" if capacity is None else f" ({capacity} object{'s' if capacity > 1 else ''} per pass)"
+    print(f"{args.sequence}, {args.model}{packing}, frame {len(frame_paths) - 1}: swap following "
           f"{np.mean(moved) if moved else float('nan'):.3f} (objects {first} and {second}); object J "
           + ", ".join(f"{obj}: {np.mean(values):.3f}" for obj, values in scores.items() if values))
     return 0

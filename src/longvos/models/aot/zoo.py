@@ -36,7 +36,8 @@ AOT_MODELS: dict[str, ZooEntry] = {
     # It runs one object per pass: its weights never learnt to tell the slots of one pass apart (the model card's
     # "It has not learnt object identities"), so two objects in one pass come back as a speckle of both ids.
     "mavos-lite": ZooEntry(_MAVOS.replace(encoder="efficientnet_lite0", d_model=128, mem_gap=5, objects_per_pass=1),
-                           "MAVOS design, EfficientNet-Lite0, d_model 128 (longvos-trained)", max_size=320),
+                           "MAVOS design, EfficientNet-Lite0, d_model 128 (longvos-trained; one object per pass)",
+                           max_size=320),
 }
 
 
