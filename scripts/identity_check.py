@@ -74,7 +74,10 @@ def main() -> int:
     if args.objects_per_pass is not None:  # the same weights, objects shared among passes otherwise
         if not hasattr(segmenter.model.config, "pass_capacity"):
             sys.exit(f"--objects-per-pass: {args.model} does not run its objects in passes (AOT-family models do)")
-        packed = create_model(args.model, objects_per_pass=args.objects_per_pass)
+        try:
+            packed = create_model(args.model, objects_per_pass=args.objects_per_pass)
+        except ValueError as err:
+            sys.exit(f"--objects-per-pass: {err}")
         packed.load_state_dict(segmenter.model.state_dict())
         segmenter = Segmenter(packed, device=segmenter.device, dtype=segmenter.dtype)
     max_size = args.max_size if args.max_size == "auto" else int(args.max_size)

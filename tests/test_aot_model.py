@@ -320,6 +320,9 @@ def test_one_object_per_pass_follows_the_identities_given_whatever_the_weights(o
 
 def test_objects_per_pass_is_checked_and_defaults_to_max_objects():
     assert small_model().config.pass_capacity == 10 and AOT_MODELS["mavos-lite"].config.pass_capacity == 1
+    # What a run records: None where the model packs as the official engine does, however it was said.
+    assert small_model().objects_per_pass is None and small_model(objects_per_pass=10).objects_per_pass is None
+    assert small_model("mavos-lite", objects_per_pass=1).objects_per_pass == 1
     for bad in (0, 11):
         with pytest.raises(ValueError, match="objects_per_pass must be from 1 to max_objects"):
             create_model("mavos-mnv2", objects_per_pass=bad)

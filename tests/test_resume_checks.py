@@ -129,10 +129,6 @@ AOT_DAMAGE = {
     "another max_objects": (lambda s: s["state"].update(max_objects=3), "max_objects",
                             lambda e: f"the model's is {e['max_objects']}"),
     "another mem_gap": (lambda s: s["state"].update(mem_gap=9), "mem_gap", lambda e: "this session's is 2"),
-    "another objects_per_pass": (lambda s: s["state"].update(objects_per_pass=10), "objects_per_pass",
-                                 lambda e: "the model's is 1"),
-    "no objects_per_pass (an older version's)": (lambda s: s["state"].pop("objects_per_pass"), "objects_per_pass",
-                                                 lambda e: "is missing"),
     "two objects in a one-object pass": (
         lambda s: [s["state"]["passes"][0]["slots"].__setitem__(1, s["state"]["passes"][1]["slots"][0]),
                    s["state"]["passes"].pop(1)], "passes[0]", lambda e: "expected at most objects_per_pass = 1"),

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 import torch
 
 from longvos.engine.pipeline import SegmentationError, segment_video
@@ -135,22 +136,38 @@ def test_batch_records_and_compares_the_memory_settings_as_segment_does(lite, tm
     assert "earlier longvos" in conflict and "--overwrite" in conflict and "\n" not in conflict
 
 
-def test_a_run_records_how_many_objects_share_a_pass_and_an_earlier_record_without_it_is_refused(lite, tmp_path):
-    """mavos-lite went from packing its objects into one pass to one object per pass, which changes the masks of
-    a run with several objects: a run recorded before (no objects_per_pass in its record) is not continued with
+def with_second_object(mask: Path) -> Path:
+    """The clip's mask with a second object (id 2) in a corner of the frame."""
+    ids = np.array(Image.open(mask))
+    ids[2:12, 70:90] = 2
+    Image.fromarray(ids).save(mask)
+    return mask
+
+
+def drop_from_record(out: Path, key: str) -> None:
+    path = out / PROGRESS_FILE
+    record = json.loads(path.read_text())
+    del record["settings"][key]
+    path.write_text(json.dumps(record))
+
+
+def test_a_run_of_several_objects_records_how_many_share_a_pass_and_an_earlier_record_is_refused(lite, tmp_path):
+    """mavos-lite went from packing its objects into one pass to one object per pass, which changes the masks of a
+    run with several objects: such a run recorded before (no objects_per_pass in its record) is not continued with
     the new setting -- one line advising --overwrite, in segment and batch alike."""
     from longvos.batch.items import BatchOptions, WorkItem
     from longvos.batch.runner import item_settings, resume_conflict
 
     out = tmp_path / "out"
-    mask, run = stopped_run(lite, tmp_path, out)
+    make_clip(tmp_path / "clip")
+    mask = with_second_object(tmp_path / "mask.png")
+    run = dict(model=lite, max_size=HEIGHT, progress=False, snapshot_every=2, threads=1)
+    with pytest.raises(SegmentationError):
+        segment_video(tmp_path / "clip", mask, out, on_frame=stop_after_frames(3), **run)
     assert RunProgress.load(out).settings["objects_per_pass"] == lite.model.objects_per_pass == 1
     item = WorkItem("clip", str(tmp_path / "clip"), str(mask))
     assert resume_conflict(out, item_settings(item, BatchOptions(max_size=HEIGHT))) is None
-    path = out / PROGRESS_FILE
-    record = json.loads(path.read_text())
-    del record["settings"]["objects_per_pass"]
-    path.write_text(json.dumps(record))
+    drop_from_record(out, "objects_per_pass")
     with pytest.raises(InputError) as caught:
         segment_video(tmp_path / "clip", mask, out, resume=True, **run)
     message = str(caught.value)
@@ -160,20 +177,30 @@ def test_a_run_records_how_many_objects_share_a_pass_and_an_earlier_record_witho
     assert conflict is not None and "(objects_per_pass: None -> 1)" in conflict and "earlier longvos" in conflict
 
 
-def test_a_model_that_packs_its_objects_records_none_and_resumes_an_earlier_record(tmp_path):
-    """The official AOT packing did not change: such a run records objects_per_pass None, as a record of an
-    earlier longvos reads without the field, so those runs still resume."""
-    torch.manual_seed(0)
-    packed = Segmenter(create_model("deaot-mnv2", d_model=32), "cpu", dtype=None)
+@pytest.mark.parametrize("model", ["mavos-lite, one object", "mavos-mnv2, two objects (packed)"])
+def test_where_passes_cannot_change_the_masks_nothing_is_recorded_and_an_earlier_run_resumes_from_its_snapshot(
+        lite, model, tmp_path):
+    """One object is one pass either way, and a model that packs its objects as its design does runs as earlier
+    versions did: neither records objects_per_pass, so their records and snapshots read as those of earlier
+    versions (which recorded none), and such a run is continued from its snapshot, not recomputed."""
+    if model.startswith("mavos-lite"):
+        segmenter = lite
+    else:
+        torch.manual_seed(0)
+        segmenter = Segmenter(create_model("mavos-mnv2", d_model=32), "cpu", dtype=None)
     out = tmp_path / "out"
-    mask, run = stopped_run(packed, tmp_path, out)
-    assert RunProgress.load(out).settings["objects_per_pass"] is None
-    path = out / PROGRESS_FILE
-    record = json.loads(path.read_text())
-    del record["settings"]["objects_per_pass"]
-    path.write_text(json.dumps(record))
-    summary = segment_video(tmp_path / "clip", mask, out, resume=True, **run)
-    assert summary.resumed_after == 3 and summary.frames == 3  # the other 3 continued, not redone
+    make_clip(tmp_path / "clip")
+    mask = tmp_path / "mask.png"
+    if "two objects" in model:
+        with_second_object(mask)
+    run = dict(model=segmenter, max_size=HEIGHT, progress=False, snapshot_every=2, threads=1)
+    with pytest.raises(SegmentationError):
+        segment_video(tmp_path / "clip", mask, out, on_frame=stop_after_frames(3), **run)
+    assert "objects_per_pass" not in RunProgress.load(out).settings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an unusable snapshot would warn and recompute
+        summary = segment_video(tmp_path / "clip", mask, out, resume=True, **run)
+    assert summary.resumed_after == 3 and summary.restored_from == 2
 
 
 # -- the snapshot hooks of a state class -------------------------------------------------------------------------

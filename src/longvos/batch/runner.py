@@ -22,6 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 from tqdm import tqdm
 
 from longvos.batch.items import (RECORD_START, SUMMARY_FILE, BatchOptions, Event, FramesDone, VideoFinished,
@@ -31,7 +32,7 @@ from longvos.engine.outputs import OUTPUTS_FILE, check_output_folder, clear_outp
 from longvos.engine.progress import (PROGRESS_FILE, RunProgress, mask_digest, settings_difference, video_fingerprint,
                                      weights_record)
 from longvos.io.errors import InputError
-from longvos.io.masks import read_index_mask
+from longvos.io.masks import IndexMask, read_index_mask
 from longvos.io.writer import atomic_write
 
 if TYPE_CHECKING:
@@ -241,9 +242,11 @@ def item_settings(item: WorkItem, options: BatchOptions) -> dict[str, Any]:
     left out), the memory design and interval the session uses (the model's own where none is named:
     :meth:`~longvos.engine.options.SegmentOptions.with_memory_resolved`), and what identifies the inputs."""
     from longvos.engine.frames import resolve_max_size
+    from longvos.engine.options import objects_per_pass_record
     from longvos.models.registry import model_entry
 
     frame = str(item.frame)
+    mask = _read_mask(item.mask)  # read once: its digest and how many objects it names
     # The memory design and interval resolved as segment_video records them (the model's own where none is named).
     options = options.with_memory_resolved(*_own_memory(options.model))
     settings = options.replace(checkpoint=None, start=item.frame).resume_settings()
@@ -260,21 +263,21 @@ def item_settings(item: WorkItem, options: BatchOptions) -> dict[str, Any]:
         pass
     return {**settings, "video": str(Path(item.video).resolve()),
             "masks": {frame: None if item.mask is None else str(Path(item.mask).resolve())},
-            "mask_sha256": {frame: mask_sha256(item.mask)}, "video_fingerprint": video_fingerprint(item.video),
-            "weights": weights_record(_weights_path(options)), "objects_per_pass": _objects_per_pass(options.model)}
+            "mask_sha256": {frame: None if mask is None else mask_digest(mask.ids, mask.palette)},
+            "video_fingerprint": video_fingerprint(item.video), "weights": weights_record(_weights_path(options)),
+            **objects_per_pass_record(_objects_per_pass(options.model),
+                                      0 if mask is None else len(set(np.unique(mask.ids).tolist()) - {0}))}
 
 
-def mask_sha256(path: str | Path | None) -> str | None:
-    """The sha256 of a mask's content, as ``segment_video`` records it (:func:`~longvos.engine.progress.mask_digest`
-    of its index map and palette: the same mask saved with other PNG settings has the same digest); ``None``: no
-    mask, or one that cannot be read (the video then fails with the reason)."""
+def _read_mask(path: str | Path | None) -> IndexMask | None:
+    """A prompt mask as a record needs it (``None``: no mask, or one that cannot be read; the video then fails
+    with the reason)."""
     if path is None:
         return None
     try:
-        mask = read_index_mask(path, allow_empty=True)
+        return read_index_mask(path, allow_empty=True)
     except (InputError, OSError):
         return None
-    return mask_digest(mask.ids, mask.palette)
 
 
 def _weights_path(options: BatchOptions) -> str | Path | None:

@@ -113,6 +113,16 @@ class SegmentOptions:
         return segmenter.session(self.max_size, self.mem_gap, self.memory)
 
 
+def objects_per_pass_record(objects_per_pass: int | None, object_count: int) -> dict[str, int]:
+    """What a run records of how many objects share one pass of its model (``VOSModel.objects_per_pass``) when
+    its prompts name ``object_count`` objects: nothing where it cannot change the masks -- a model that packs them
+    as its design does (``None``), or a run of fewer than two objects -- so that such runs read as those of earlier
+    longvos versions, which recorded nothing (their snapshots stay usable); else ``{"objects_per_pass": n}``."""
+    if objects_per_pass is None or object_count < 2:
+        return {}
+    return {"objects_per_pass": objects_per_pass}
+
+
 def earlier_record_note(saved: dict[str, Any], difference: str | None, own_memory: str | None,
                         own_mem_gap: int | None, own_objects_per_pass: int | None = None) -> str:
     """Why a resume refused for ``difference`` (``"name: old -> new"``) cannot be made to match, where the run's

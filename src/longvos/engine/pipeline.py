@@ -19,7 +19,8 @@ import torch
 from tqdm import tqdm
 
 from longvos.engine.frames import check_max_size
-from longvos.engine.options import DEFAULT_SNAPSHOT_EVERY, SegmentOptions, earlier_record_note
+from longvos.engine.options import (DEFAULT_SNAPSHOT_EVERY, SegmentOptions, earlier_record_note,
+                                    objects_per_pass_record)
 from longvos.engine.outputs import check_output_folder, log_outputs, prepare_output_folder, refuse_used_folder
 from longvos.engine.progress import (PROGRESS_FILE, STATE_FILE, RunProgress, UnusableSnapshot, encode_state,
                                      load_state, mask_digest, settings_difference, settings_digest,
@@ -177,7 +178,8 @@ def segment_video(
         "masks": {str(i): p.origin for i, p in sorted(prompts.items())},
         "mask_sha256": {str(i): mask_digest(p.ids, p.palette) for i, p in sorted(prompts.items())},
         "frame_size": list(source.frame_size),
-        "objects_per_pass": segmenter.model.objects_per_pass,
+        **objects_per_pass_record(segmenter.model.objects_per_pass,
+                                  len({int(i) for prompt in prompts.values() for i in np.unique(prompt.ids) if i})),
         "video_fingerprint": None if isinstance(video, FrameSource) else video_fingerprint(video),
     }
     if record is not None:

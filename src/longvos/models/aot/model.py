@@ -17,6 +17,7 @@ engine-facing :meth:`AOTModel.step` runs these verbs over the passes of an :clas
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -110,7 +111,8 @@ class AOTModel(VOSModel):
 
     @property
     def objects_per_pass(self) -> int | None:
-        return self.config.objects_per_pass
+        capacity = self.config.pass_capacity
+        return None if capacity == self.config.max_objects else capacity  # max_objects: the official packing
 
     @property
     def state_is_fixed_size(self) -> bool:
@@ -218,8 +220,7 @@ class AOTModel(VOSModel):
         if memory == self.config.memory:
             memory = None  # the model's own design: a state like one that named none
         self.long_term_design(memory)  # an unknown or impossible design fails here, before any frame
-        return AOTState(max_objects=self.config.max_objects, mem_gap=mem_gap,
-                        objects_per_pass=self.config.pass_capacity, memory=memory)
+        return AOTState(max_objects=self.config.max_objects, mem_gap=mem_gap, memory=memory)
 
     def step(self, state: AOTState, image_B3HW: torch.Tensor,
              masks: dict[int, torch.Tensor] | None = None) -> torch.Tensor:
@@ -274,16 +275,20 @@ class AOTModel(VOSModel):
         """Stride-4 logits -> the input size, bilinearly (the official engine's order: upsample, then softmax)."""
         return F.interpolate(logits_PKhw, size=frame_hw, mode="bilinear", align_corners=self.config.align_corners)
 
-    def _pass_one_hots(self, state: AOTState, labels_HW: torch.Tensor) -> torch.Tensor:
-        """``(P, 1 + max_objects, H, W)`` one-hot memory masks of each pass from global labels."""
-        return labels_to_one_hot(state.pass_labels(labels_HW), self.config.num_classes)
+    def _pass_one_hots(self, state: AOTState, labels_HW: torch.Tensor) -> Iterator[torch.Tensor]:
+        """Each pass's ``(1 + max_objects, H, W)`` one-hot memory mask from global labels, one pass at a time: with
+        one object per pass there are as many passes as objects, and all masks at once would be ``P x 11`` float
+        maps of the frame (about 2 GB for 250 objects at 320 x 576)."""
+        labels_HW = labels_HW.long()
+        for table_L in state.slot_tables(labels_HW.device):
+            yield labels_to_one_hot(table_L[labels_HW][None], self.config.num_classes)[0]
 
     def _memorise_references(self, state: AOTState, features: ImageFeatures, probs_KHW: torch.Tensor | None,
                              masks: dict[int, torch.Tensor], frame_hw: tuple[int, int]) -> torch.Tensor:
         """A frame with user masks: merge them with the prediction, then memorise the frame as a reference in every
         pass (the official new-object path). Returns the merged probabilities."""
         reanchored = [obj for obj in masks if obj in state.object_ids]
-        state.add_objects([obj for obj in masks if obj not in state.object_ids])
+        state.add_objects([obj for obj in masks if obj not in state.object_ids], self.config.pass_capacity)
         num_channels = 1 + len(state.object_ids)
         merged_KHW = torch.zeros(num_channels, *frame_hw, device=features.embedding_BCHW.device)
         if probs_KHW is None:

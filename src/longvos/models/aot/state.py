@@ -1,7 +1,7 @@
 """Per-video state of an AOT-family model: object bookkeeping over passes, and each pass's memory.
 
-One *pass* is what the official code calls an engine: up to ``objects_per_pass`` objects (at most ``max_objects``,
-the decoder's object channels) sharing one memory and one E-LSTT run per frame. More objects use more passes; all
+One *pass* is what the official code calls an engine: up to the model's ``objects_per_pass`` objects (at most
+``max_objects``, the decoder's object channels) sharing one memory and one E-LSTT run per frame. More objects use more passes; all
 passes share the frame's encoder features, and their predictions are combined by soft aggregation
 (:func:`soft_aggregate`).
 
@@ -54,7 +54,6 @@ class AOTState:
 
     max_objects: int  # slots per pass (the decoder's object channels)
     mem_gap: int  # long-term memory interval of this video, in frames
-    objects_per_pass: int  # slots a pass fills before the next pass opens (the model's pass_capacity)
     object_ids: list[int] = field(default_factory=list)
     passes: list[AOTPass] = field(default_factory=list)
     input_hw: tuple[int, int] | None = None  # network input size, fixed for the video once the first frame is seen
@@ -70,14 +69,16 @@ class AOTState:
                 return pass_index, pass_.slots.index(object_id)
         raise KeyError(f"object id {object_id} is not tracked (tracked: {self.object_ids})")
 
-    def add_objects(self, object_ids: list[int]) -> None:
-        """Give each new object the first free slot, opening passes as needed (official order for new objects)."""
+    def add_objects(self, object_ids: list[int], capacity: int) -> None:
+        """Give each new object the first free slot of a pass that has used fewer than ``capacity`` slots (the
+        model's ``pass_capacity``), opening passes as needed (official order for new objects). The capacity is the
+        model's, not the video's: it is not part of the state, so snapshots of every version read alike."""
         for object_id in object_ids:
-            pass_ = next((p for p in self.passes if p.free_slot(self.objects_per_pass) is not None), None)
+            pass_ = next((p for p in self.passes if p.free_slot(capacity) is not None), None)
             if pass_ is None:
                 pass_ = AOTPass(slots=[None] * self.max_objects)
                 self.passes.append(pass_)
-            pass_.slots[pass_.free_slot(self.objects_per_pass)] = object_id
+            pass_.slots[pass_.free_slot(capacity)] = object_id
             self.object_ids.append(object_id)
 
     def remove_objects(self, object_ids: list[int]) -> None:
@@ -111,8 +112,7 @@ class AOTState:
                     "grid_hw": list(memory.grid_hw), "frame_step": memory.frame_step,
                     "last_update_step": memory.last_update_step},
             })
-        return {"kind": self.SNAPSHOT_KIND, "max_objects": self.max_objects, "objects_per_pass": self.objects_per_pass,
-                "mem_gap": self.mem_gap,
+        return {"kind": self.SNAPSHOT_KIND, "max_objects": self.max_objects, "mem_gap": self.mem_gap,
                 "object_ids": list(self.object_ids), "passes": passes,
                 "input_hw": None if self.input_hw is None else list(self.input_hw), "memory": self.memory}
 
@@ -137,7 +137,6 @@ class AOTState:
                     grid_hw=tuple(memory["grid_hw"]), frame_step=int(memory["frame_step"]),
                     last_update_step=int(memory["last_update_step"]))))
         return cls(max_objects=int(data["max_objects"]), mem_gap=int(data["mem_gap"]),
-                   objects_per_pass=int(data["objects_per_pass"]),
                    object_ids=[int(i) for i in data["object_ids"]], passes=passes,
                    input_hw=None if data["input_hw"] is None else tuple(data["input_hw"]),
                    memory=None if data.get("memory") is None else str(data["memory"]))
@@ -148,10 +147,10 @@ class AOTState:
         """Refuse a snapshot that ``model`` could not continue in a session that sees its frames at ``input_hw``
         (``None``: no frame seen yet): a ``ValueError`` whose one line names the field and what was expected.
 
-        Every field must have its type; ``max_objects`` and ``objects_per_pass`` are the model's, and ``mem_gap`` and
-        ``memory`` are those of ``like`` (the session's fresh state) if given. Each pass has ``max_objects`` slots,
-        retired slots among them and free, at least one object and at most ``objects_per_pass`` used slots, and the
-        objects of all passes are ``object_ids``, each once. Its memory is
+        Every field must have its type; ``max_objects`` is the model's, and ``mem_gap`` and ``memory`` are those of
+        ``like`` (the session's fresh state) if given. Each pass has ``max_objects`` slots, retired slots among them
+        and free, at least one object and at most the model's ``pass_capacity`` used slots (objects and retired),
+        and the objects of all passes are ``object_ids``, each once. Its memory is
         on the stride-``max_stride`` token grid of ``input_hw`` (``h x w``), with one key/value pair per E-LSTT layer,
         batch 1 (one pass), in the shapes :meth:`GatedPropagationLayer.memory_from` makes them:
         keys ``(1, frames * h*w, qk_dim)``, values ``(1, frames * h*w, 2 * value_dim)``, one frame in the
@@ -163,9 +162,6 @@ class AOTState:
         max_objects = whole_field(data, "max_objects", "max_objects")
         if max_objects != config.max_objects:
             raise ValueError(f"max_objects is {max_objects}, the model's is {config.max_objects}")
-        objects_per_pass = whole_field(data, "objects_per_pass", "objects_per_pass")
-        if objects_per_pass != config.pass_capacity:
-            raise ValueError(f"objects_per_pass is {objects_per_pass}, the model's is {config.pass_capacity}")
         mem_gap = whole_field(data, "mem_gap", "mem_gap")
         if mem_gap < 1:
             raise ValueError(f"mem_gap is {mem_gap}, expected at least 1 frame")
@@ -213,9 +209,9 @@ class AOTState:
             if any(slots[r] is not None for r in retired):
                 raise ValueError(f"{where}.retired {retired} names a slot that holds an object ({slots})")
             used = sum(s is not None for s in slots) + len(retired)
-            if used > objects_per_pass:
+            if used > config.pass_capacity:  # packed by a model (or version) that shares passes more
                 raise ValueError(f"{where} has used {used} slots (objects and retired), expected at most "
-                                 f"objects_per_pass = {objects_per_pass}")
+                                 f"objects_per_pass = {config.pass_capacity}")
             _check_memory(stored.get("memory"), f"{where}.memory", config, grid_hw, max_frames, dtypes)
         if sorted(in_slots) != sorted(object_ids):
             raise ValueError(f"the passes' slots hold objects {sorted(in_slots)}, object_ids {sorted(object_ids)}")
@@ -248,16 +244,15 @@ class AOTState:
             merged.append(pass_index * (width - 1) + kept[pass_index].index(1 + slot))
         return kept, merged
 
-    def pass_labels(self, labels_HW: torch.Tensor) -> torch.Tensor:
-        """Global labels (0 = background, i = ``object_ids[i - 1]``) -> per-pass slot labels ``(P, H, W)``.
-
-        Objects of other passes are background for a pass, as in the official engine's mask separation.
-        """
-        table_PL = torch.zeros(len(self.passes), 1 + len(self.object_ids), dtype=torch.long, device=labels_HW.device)
+    def slot_tables(self, device: torch.device | None = None) -> torch.Tensor:
+        """``(P, 1 + N)``: for each pass, the slot label of each global label (0 = background, i =
+        ``object_ids[i - 1]``); ``table[p][labels_HW]`` is pass ``p``'s label map. Objects of other passes are
+        background for a pass, as in the official engine's mask separation."""
+        table_PL = torch.zeros(len(self.passes), 1 + len(self.object_ids), dtype=torch.long, device=device)
         for index, object_id in enumerate(self.object_ids):
             pass_index, slot = self.locate(object_id)
             table_PL[pass_index, 1 + index] = 1 + slot
-        return table_PL[:, labels_HW.long()]
+        return table_PL
 
 
 # -- snapshot checks of the AOT family's own fields (the generic ones are in longvos.models.snapshot_checks) -----
