@@ -237,6 +237,15 @@ def test_an_uploaded_mask_keeps_its_palette_and_gives_the_pngs_of_segment_video(
     write_index_png(tmp_path / "small.png", app_swan_mask[::2, ::2], palette)
     assert app_error(lambda: client.predict(handle_file(str(tmp_path / "small.png")), api_name="/upload_mask")) == (
         "the mask is 160x90 but the video is 320x180")
+    crowd = np.zeros_like(app_swan_mask)
+    crowd[:, :65] = np.arange(65)  # objects 1..64 in the first 65 columns, then one more
+    write_index_png(tmp_path / "crowd.png", crowd)
+    assert client.predict(handle_file(str(tmp_path / "crowd.png")), api_name="/upload_mask")[2].startswith(
+        "The first-frame mask is the uploaded file")  # 64 objects: the most the app takes
+    crowd[0, 100] = 65
+    write_index_png(tmp_path / "crowd.png", crowd)
+    assert app_error(lambda: client.predict(handle_file(str(tmp_path / "crowd.png")), api_name="/upload_mask")) == (
+        "the mask holds 65 objects; the app segments at most 64 (`longvos segment` takes more)")
     marked = client.predict(handle_file(str(tmp_path / "first.png")), api_name="/upload_mask")
     assert marked[2] == "The first-frame mask is the uploaded file. Marking the frame replaces it."
 

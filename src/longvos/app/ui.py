@@ -41,6 +41,9 @@ from longvos.io.writer import atomic_write
 from longvos.prompts import ObjectPrompt, compose_mask, object_foreground, parse_box, scaled_for_grabcut
 
 MAX_MASK_BYTES = 64 << 20
+#: Objects an uploaded mask may hold (PNG ids go to 254). Each object costs the model a pass on every frame -- the
+#: default mavos-lite runs one object per pass, with its own memory -- so this bounds a run's time and memory.
+MAX_MASK_OBJECTS = 64
 #: GrabCut results kept for the objects of all sessions (one bit a pixel: an 8K frame's object takes 4 MiB), so that
 #: a click runs GrabCut for the object it edits only; the least recently used go first.
 FOREGROUND_CACHE_BYTES = 128 << 20
@@ -167,7 +170,11 @@ class AppPage:
             width, height = image_size(path, "the mask")
             if (height, width) != (job.height, job.width):
                 raise InputError(f"the mask is {width}x{height} but the video is {job.width}x{job.height}")
-            read_index_mask(path, (job.height, job.width), what="the video")
+            mask = read_index_mask(path, (job.height, job.width), what="the video")
+            objects = np.count_nonzero(np.bincount(mask.ids.ravel())[1:])
+            if objects > MAX_MASK_OBJECTS:
+                raise InputError(f"the mask holds {objects} objects; the app segments at most {MAX_MASK_OBJECTS} "
+                                 f"(`longvos segment` takes more)")
         except InputError as err:  # it may name Gradio's copy of the file: name "the mask" instead
             self.workspace.drop_upload(path)
             raise InputError(str(err).replace(str(path), "the mask")) from None
