@@ -414,6 +414,24 @@ def stop_after_frames(frames: int):
     return on_frame
 
 
+def noise_clip(root: Path, frames: int, folder: str = "frames", ext: str = "png",
+               box: tuple[int, int, int, int] = (10, 30, 10, 40)) -> tuple[Path, Path]:
+    """``frames`` 48x64 noise frames in ``root / folder`` and a first-frame mask ``root / "mask.png"`` with object 1
+    in ``box`` (rows y0:y1, columns x0:x1); returns both paths."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    (root / folder).mkdir(parents=True)
+    for index in range(frames):
+        Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(root / folder / f"{index:05d}.{ext}")
+    mask = np.zeros((48, 64), np.uint8)
+    y0, y1, x0, x1 = box
+    mask[y0:y1, x0:x1] = 1
+    Image.fromarray(mask).save(root / "mask.png")
+    return root / folder, root / "mask.png"
+
+
 def moving_square_clip(folder: Path, frames: int, seed: int, height: int = 64, width: int = 96) -> Path:
     """PNG frames of a yellow square moving right over dark noise, and the first frame's mask (object 1) beside the
     folder; returns the mask's path."""

@@ -11,14 +11,14 @@ import warnings
 from functools import partial
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from longvos.cli.main import main
 from longvos.models.aot.official import _LAYER_RENAMES, _MCA_SLOTS, _TOP_LEVEL_RENAMES, aot_key_from_official
 from longvos.models.registry import create_model, list_models
+
+from conftest import noise_clip
 
 MODEL = "deaot-mnv2"  # the smallest model with official weights (13 M parameters)
 
@@ -106,17 +106,6 @@ def assert_nothing_stored(cache: Path) -> None:
     assert not cache.exists() or not list(cache.iterdir()), list(cache.iterdir())
 
 
-def tiny_clip(folder: Path) -> tuple[Path, Path]:
-    rng = np.random.default_rng(0)
-    (folder / "frames").mkdir(parents=True)
-    for index in range(2):
-        Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(folder / "frames" / f"{index:05d}.jpg")
-    mask = np.zeros((48, 64), np.uint8)
-    mask[10:30, 20:40] = 1
-    Image.fromarray(mask).save(folder / "mask.png")
-    return folder / "frames", folder / "mask.png"
-
-
 # --------------------------------------------------------------------------------------------------------- tests
 def test_download_verifies_converts_caches_and_then_the_model_needs_no_checkpoint(served, cache, tmp_path, capsys):
     base, folder, ours = served
@@ -135,7 +124,7 @@ def test_download_verifies_converts_caches_and_then_the_model_needs_no_checkpoin
     loaded = segmenter.model.state_dict()
     assert all(torch.equal(loaded[key], value) for key, value in ours.items())
 
-    frames, mask = tiny_clip(tmp_path / "clip")
+    frames, mask = noise_clip(tmp_path / "clip", 2, ext="jpg", box=(10, 30, 20, 40))
     code = main(["segment", str(frames), "--mask", str(mask), "--model", MODEL, "--out", str(tmp_path / "masks"),
                  "--max-size", "64", "--threads", "1", "--quiet"])
     assert code == 0, capsys.readouterr().err

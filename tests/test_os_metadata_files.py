@@ -8,15 +8,13 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from longvos.engine.outputs import (OUTPUTS_FILE, clear_outputs, is_os_metadata, log_outputs, logged_names,
                                     prepare_output_folder, refuse_used_folder)
 from longvos.io.errors import InputError
 
-from conftest import tiny_davis_sequence
+from conftest import noise_clip, tiny_davis_sequence
 
 METADATA = {".DS_Store": b"finder", "Thumbs.db": b"explorer", "desktop.ini": b"[.ShellClassInfo]",
             "._00000.png": b"appledouble", "._.00001.partial.png": b"appledouble of a temporary file"}
@@ -74,21 +72,10 @@ def test_log_outputs_once_names_each_file_once(tmp_path):
 
 # -- end to end: a batch resumed and overwritten, an eval rerun --------------------------------------------------
 
-def _clip(root: Path) -> tuple[Path, Path]:
-    rng = np.random.default_rng(0)
-    (root / "vid").mkdir(parents=True)
-    for index in range(3):
-        Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(root / "vid" / f"{index:05d}.png")
-    mask = np.zeros((48, 64), np.uint8)
-    mask[10:30, 10:40] = 1
-    Image.fromarray(mask).save(root / "mask.png")
-    return root / "vid", root / "mask.png"
-
-
 def test_a_batch_is_resumed_and_overwritten_beside_os_metadata(tmp_path, one_thread):
     from longvos.batch import BatchOptions, WorkItem, run_batch
 
-    video, mask = _clip(tmp_path / "inputs")
+    video, mask = noise_clip(tmp_path / "inputs", 3, folder="vid")
     items = [WorkItem("vid", str(video), str(mask))]
     options = BatchOptions(model="mavos-lite", allow_random_weights=True, max_size=32, threads=1)
     out = tmp_path / "out"

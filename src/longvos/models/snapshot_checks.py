@@ -29,11 +29,16 @@ def check_kind(data: Any, kind: str, what: str) -> dict:
     return data
 
 
-def whole_field(data: dict, key: str, where: str) -> int:
-    """``data[key]``, which must be there and be a whole number."""
+def _present(data: dict, key: str, where: str) -> Any:
+    """``data[key]``, which must be there."""
     if key not in data:
         raise ValueError(f"{where} is missing")
-    value = data[key]
+    return data[key]
+
+
+def whole_field(data: dict, key: str, where: str) -> int:
+    """``data[key]``, which must be there and be a whole number."""
+    value = _present(data, key, where)
     if not is_whole(value):
         raise ValueError(f"{where} is {value!r}, expected a whole number")
     return value
@@ -41,9 +46,7 @@ def whole_field(data: dict, key: str, where: str) -> int:
 
 def list_field(data: dict, key: str, where: str) -> list:
     """``data[key]`` as a new list; it must be there and be a list (or a tuple, as a caller's own dict may hold)."""
-    if key not in data:
-        raise ValueError(f"{where} is missing")
-    value = data[key]
+    value = _present(data, key, where)
     if not isinstance(value, (list, tuple)):
         raise ValueError(f"{where} is of type {type(value).__name__}, expected a list")
     return list(value)

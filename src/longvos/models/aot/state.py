@@ -1,8 +1,8 @@
 """Per-video state of an AOT-family model: object bookkeeping over passes, and each pass's memory.
 
 One *pass* is what the official code calls an engine: up to the model's ``objects_per_pass`` objects (at most
-``max_objects``, the decoder's object channels) sharing one memory and one E-LSTT run per frame. More objects use more passes; all
-passes share the frame's encoder features, and their predictions are combined by soft aggregation
+``max_objects``, the decoder's object channels) sharing one memory and one E-LSTT run per frame. More objects use
+more passes; all passes share the frame's encoder features, and their predictions are combined by soft aggregation
 (:func:`soft_aggregate`).
 
 Object removal: the object's slot is retired. Its logit is masked out from then on, so it never wins a pixel and
