@@ -122,6 +122,17 @@ def test_samples_have_contiguous_visible_objects_and_fixed_shapes(tiny_root):
     assert counts == {1, 2}  # compositing makes multi-object clips; max_objects caps them
 
 
+def test_single_target_clips_keep_one_object_at_the_given_rate(tiny_root):
+    def object_counts(**changes) -> list[int]:
+        clips = TrainingClips(tiny_config(tiny_root, static_fraction=1.0, max_objects=3, **changes))
+        return [int(clips[index]["num_objects"]) for index in range(24)]
+
+    assert max(object_counts()) > 1  # compositing gives several objects ...
+    assert object_counts(single_target_prob=1.0) == [1] * 24  # ... of which one stays the target
+    mixed = object_counts(single_target_prob=0.5)
+    assert 1 in mixed and max(mixed) > 1
+
+
 def test_stream_is_deterministic_per_index_and_rank(tiny_root):
     config = tiny_config(tiny_root)
     first, again, other_rank = TrainingClips(config), TrainingClips(config), TrainingClips(config, rank=1)

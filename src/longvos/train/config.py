@@ -64,6 +64,8 @@ class DataConfig:
     curriculum_sizes: tuple[int, ...] = ()  # ... the crop side is this one (data.size before the first)
     holdout: tuple[str, ...] = ()       # "<video set>/<sequence>" never trained on: the validation split
     max_objects: int = 10               # objects per clip (the model's slots per pass)
+    single_target_prob: float = 0.0     # a clip keeps one target, its other objects turned background (the task of
+                                        # a model run one object per pass); otherwise up to max_objects
     max_gap: int = 5                    # frames between consecutive sampled video frames: 1..max_gap
     reverse_prob: float = 0.5           # video clips played backwards
     static_merge_prob: float = 1.0      # paste another still image's object(s) over the clip

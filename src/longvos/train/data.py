@@ -48,8 +48,8 @@ class TrainingClips(Dataset):
         for _ in range(MAX_REDRAWS):
             use_static = self.video is None or (self.static is not None and rng.random() < self.cfg.static_fraction)
             source = self.static if use_static else self.video
-            clip, num_objects = select_objects(source.sample(rng, self.size_at(index)), rng, self.cfg.max_objects,
-                                               self.cfg.min_object_pixels)
+            clip, num_objects = select_objects(source.sample(rng, self.size_at(index)), rng,
+                                               self.max_objects_of_clip(rng), self.cfg.min_object_pixels)
             if num_objects > 0:
                 clip.frames = [photometric(frame, rng, self.cfg.augment)
                                for frame in relight_clip(clip.frames, rng, self.cfg.augment)]
@@ -57,6 +57,10 @@ class TrainingClips(Dataset):
         raise TrainingDataError(f"sample {index}: no clip with a visible object after {MAX_REDRAWS} draws; "
                                 f"check data.min_object_pixels ({self.cfg.min_object_pixels}) against data.size")
 
+    def max_objects_of_clip(self, rng: np.random.Generator) -> int:
+        if self.cfg.single_target_prob <= 0.0:
+            return self.cfg.max_objects  # no draw: the streams of configs without the option stay as they were
+        return 1 if rng.random() < self.cfg.single_target_prob else self.cfg.max_objects
 
     def size_at(self, index: int) -> int:
         """Crop side of sample ``index``: the curriculum's size at its step (all clips of a batch share a step)."""
