@@ -111,6 +111,26 @@ def test_another_interval_than_the_recorded_one_is_refused_without_the_earlier_v
     assert summary.resumed_after == 3 and summary.restored_from == 2
 
 
+def test_naming_livos_one_design_is_the_same_run_as_naming_none(tmp_path):
+    """LiVOS has no choice of memory: a run that named none resumes with its one design and interval named, and the
+    other way round, to the same bytes as an uninterrupted run."""
+    livos = load_segmenter("livos-r50", device="cpu", allow_random_weights=True)
+    mask = make_clip(tmp_path / "clip")
+    run = dict(model=livos, max_size=HEIGHT, progress=False, snapshot_every=2, threads=1)
+    segment_video(tmp_path / "clip", mask, tmp_path / "clean", **run)
+    for index, (first, then) in enumerate((({}, {"memory": "linear", "mem_gap": 1}),
+                                           ({"memory": "linear", "mem_gap": 1}, {}))):
+        out = tmp_path / f"out{index}"
+        with pytest.raises(SegmentationError):
+            segment_video(tmp_path / "clip", mask, out, on_frame=stop_after_frames(3), **run | first)
+        settings = RunProgress.load(out).settings
+        assert (settings["memory"], settings["mem_gap"]) == (None, None)
+        summary = segment_video(tmp_path / "clip", mask, out, resume=True, **run | then)
+        assert summary.resumed_after == 3 and pngs(out) == pngs(tmp_path / "clean")
+    with pytest.raises(ValueError, match="one memory design"):  # what it cannot run is still refused
+        segment_video(tmp_path / "clip", mask, tmp_path / "bad", **run | {"memory": "mca"})
+
+
 def test_batch_records_and_compares_the_memory_settings_as_segment_does(lite, tmp_path):
     from longvos.batch.items import BatchOptions, WorkItem
     from longvos.batch.runner import item_settings, resume_conflict

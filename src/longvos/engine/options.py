@@ -90,9 +90,13 @@ class SegmentOptions:
         ``None``. How runs are recorded for ``resume`` (``segment_video`` and the batch tool alike): naming the
         model's own design or interval is the same run as naming none, and a run is recorded with the interval it
         used, so that a resume after the model's default changed is refused rather than continued with another one
-        (:func:`earlier_record_note`)."""
-        return self.replace(memory=own_memory if self.memory is None else self.memory,
-                            mem_gap=own_mem_gap if self.mem_gap is None else self.mem_gap)
+        (:func:`earlier_record_note`). A model without a choice of its own (``None``: LiVOS's one design, written on
+        every frame) runs the same whatever valid value is named, so its runs are recorded with ``None`` either way
+        (an invalid value is refused when the session is made)."""
+        def resolved(named: Any, own: Any) -> Any:
+            return None if own is None else own if named is None else named
+
+        return self.replace(memory=resolved(self.memory, own_memory), mem_gap=resolved(self.mem_gap, own_mem_gap))
 
     def load_segmenter(self) -> Segmenter:
         """The :class:`~longvos.engine.segmenter.Segmenter` these options name: ``model`` itself if it is loaded,
