@@ -111,6 +111,37 @@ def test_two_frames_with_one_name_are_refused(tmp_path, small_frames):
         open_video(tmp_path)
 
 
+def test_other_streams_packets_are_bounded_with_a_frame_limit(tmp_path):
+    """Demuxing reads every stream's packets: with ``max_frames``, an audio stream of far more packets than such a
+    video has is refused (one line) rather than walked whole; ordinary audio beside the frames changes nothing."""
+    import av
+
+    def with_audio(path: Path, frames: int, audio_packets: int) -> Path:
+        rng = np.random.default_rng(1)
+        with av.open(str(path), "w") as container:
+            video = container.add_stream("mpeg4", rate=24)
+            video.width, video.height, video.pix_fmt = 48, 32, "yuv420p"
+            audio = container.add_stream("pcm_s16le", rate=8000, layout="mono")
+            for index in range(audio_packets):
+                samples = av.AudioFrame.from_ndarray(np.zeros((1, 16), np.int16), format="s16", layout="mono")
+                samples.sample_rate, samples.pts = 8000, index * 16
+                container.mux(audio.encode(samples))
+            for index in range(frames):
+                image = rng.integers(0, 255, (32, 48, 3), dtype=np.uint8)
+                container.mux(video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")))
+            container.mux(video.encode())
+            container.mux(audio.encode())
+        return path
+
+    ordinary = with_audio(tmp_path / "ordinary.mkv", 12, 24)
+    assert VideoFileSource(ordinary, max_frames=12).num_frames == 12
+    flooded = with_audio(tmp_path / "flooded.mkv", 2, 3000)
+    assert VideoFileSource(flooded).num_frames == 2  # no limit: every packet is walked
+    with pytest.raises(VideoTooLong, match=r"flooded\.mkv: the file's other streams \(audio, subtitles, data\) hold "
+                                           r"more than 1056 packets, more than a video of 2 frames has"):
+        VideoFileSource(flooded, max_frames=2).num_frames  # noqa: B018
+
+
 def test_out_of_range_frames_are_refused(mp4):
     source = open_video(mp4)
     with pytest.raises(VideoReadError, match="frame 40 does not exist"):

@@ -207,13 +207,21 @@ def _literal_existing_prefix(pattern: str) -> str:
 REVERSE_CHUNK_FRAMES = 16
 
 
+#: With ``max_frames``, packets of the file's other streams (audio, subtitles, data) that its walk may read: this
+#: many per allowed frame plus :data:`OTHER_PACKETS_BASE` (AAC audio has about 2 packets per video frame; 8 tracks
+#: of it fit).
+OTHER_PACKETS_PER_FRAME = 16
+OTHER_PACKETS_BASE = 1024
+
+
 class VideoTruncatedWarning(UserWarning):
     """The video stream ends before the frame count its container lists (a truncated or damaged file)."""
 
 
 class VideoTooLong(VideoReadError):
-    """The video stream has more packets (frames) than the ``max_frames`` its :class:`VideoFileSource` was given;
-    at most ``max_frames + 1`` frame packets (and ``max_frames + 2`` empty ones) were read to know it."""
+    """The video stream has more packets (frames) than the ``max_frames`` its :class:`VideoFileSource` was given,
+    or the file more packets of other streams than such a video has: at most ``max_frames + 1`` frame packets,
+    ``max_frames + 2`` empty ones and the other streams' bound were read to know it."""
 
     def __init__(self, message: str, limit: int | None = None):  # limit optional: exceptions pickle their message
         super().__init__(message)
@@ -224,8 +232,9 @@ class VideoFileSource(FrameSource):
     """A video stream read with PyAV; memory stays at a few frames whatever the length.
 
     With ``max_frames``, the pass over the packets that counts the frames stops once the stream has more than
-    ``max_frames`` (:class:`VideoTooLong`), so an untrusted file costs at most ``2 * max_frames + 2`` packets of work
-    and index whatever its container claims; without it (the default) every packet is counted.
+    ``max_frames`` (:class:`VideoTooLong`), so an untrusted file costs at most ``2 * max_frames + 2`` video packets
+    of work and index whatever its container claims, and its other streams' packets (audio, ...) are bounded too
+    (:data:`OTHER_PACKETS_PER_FRAME`); without it (the default) every packet is counted.
     """
 
     def __init__(self, path: str | Path, *, max_frames: int | None = None):
@@ -259,14 +268,26 @@ class VideoFileSource(FrameSource):
 
         With :attr:`max_frames`, a frame packet past the limit, or more empty packets than frames allowed (empty
         packets, which some files hold between frames, must not make the walk unbounded either), means
-        :class:`VideoTooLong`, and nothing is recorded: at most ``2 * max_frames + 2`` packets are read."""
+        :class:`VideoTooLong`, and nothing is recorded: at most ``2 * max_frames + 2`` video packets are read. The
+        other streams' packets are read as well (demuxing a file reads them all, only to drop them), so they are
+        bounded too, by :data:`OTHER_PACKETS_PER_FRAME` per allowed frame."""
         limit = self.max_frames
+        other_limit = None if limit is None else OTHER_PACKETS_PER_FRAME * limit + OTHER_PACKETS_BASE
         timestamps: list[int] = []
         count = 0
         empty = 0
+        other = 0
         try:
             with self._open() as container:
-                for packet in container.demux(container.streams.video[0]):
+                video = container.streams.video[0]
+                for packet in container.demux():
+                    if packet.stream.index != video.index:
+                        other += 1
+                        if other_limit is not None and other > other_limit:
+                            raise VideoTooLong(f"{self.path}: the file's other streams (audio, subtitles, data) hold "
+                                               f"more than {other_limit} packets, more than a video of {limit} "
+                                               f"frames has", limit)
+                        continue
                     if packet.size == 0:  # the flush packet at the end of the stream
                         empty += 1
                     else:
