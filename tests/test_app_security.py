@@ -150,9 +150,11 @@ def app_port(app) -> int:
     return int(app.url.rstrip("/").rsplit(":", 1)[1])
 
 
-def send_only(app, request: bytes, timeout: float = 60) -> socket.socket:
-    """A connection that has sent ``request`` (perhaps a body cut short), its answer not read yet."""
-    connection = socket.create_connection(("127.0.0.1", app_port(app)), timeout=timeout)
+def send_only(app, request: bytes, timeout: float = 60, source: str | None = None) -> socket.socket:
+    """A connection that has sent ``request`` (perhaps a body cut short), its answer not read yet; ``source``: the
+    client address to send from (another loopback address is another client)."""
+    connection = socket.create_connection(("127.0.0.1", app_port(app)), timeout=timeout,
+                                          source_address=None if source is None else (source, 0))
     connection.sendall(request)
     return connection
 
@@ -167,9 +169,9 @@ def read_answer(connection: socket.socket) -> tuple[list[str], bytes]:
     return head.decode("latin-1").split("\r\n"), body
 
 
-def raw_exchange(app, request: bytes, timeout: float = 30) -> tuple[list[str], bytes]:
+def raw_exchange(app, request: bytes, timeout: float = 30, source: str | None = None) -> tuple[list[str], bytes]:
     """Send ``request`` as it is and read until the server closes: the response's header lines and its body."""
-    return read_answer(send_only(app, request, timeout))
+    return read_answer(send_only(app, request, timeout, source))
 
 
 def header_fields(lines: list[str]) -> dict[str, str]:
@@ -743,11 +745,80 @@ def test_a_trickling_upload_is_cut_off_at_its_deadline_and_releases_its_slot(seg
         lines, body = read_answer(connection)
         elapsed = time.monotonic() - started
         assert lines[0].startswith("HTTP/1.1 408") and body == (
-            b"the request body arrived too slowly (not all of it within 3 s)\n"), (lines, body)
+            b"the request body arrived too slowly (under 1024 MiB/s after its first 3 s)\n"), (lines, body)
         assert 3 <= elapsed < 20 and sent < len(upload), (elapsed, sent)
         wait_for(lambda: state.uploads == 0 and state.requests == 0, "the upload still holds its slot")
         assert app.workspace._reserved == 0
         assert raw_exchange(app, post(app, "/gradio_api/upload", upload, UPLOAD_TYPE))[0][0] == "HTTP/1.1 200 OK"
+
+
+def test_one_client_cannot_hold_every_request_or_upload_slot(segmenter, monkeypatch):
+    """Requests that stay open (the page's event streams, stalled bodies) and uploads are capped per client address
+    below the global caps: one client filling its share leaves the server to the others."""
+    import longvos.app.guard as guard
+
+    monkeypatch.setattr(guard, "CHUNK_TIMEOUT", 10.0)
+    monkeypatch.setattr(guard, "MAX_CLIENT_REQUESTS", 3)
+    monkeypatch.setattr(guard, "MAX_CLIENT_UPLOADS", 1)
+    upload = multipart(("files", "v.mp4", bytes(5000)))
+    with serving(segmenter) as app:
+        state = guard_of(app)
+        stalled = [send_only(app, post(app, "/gradio_api/upload", upload[:200], UPLOAD_TYPE, length=len(upload)))]
+        wait_for(lambda: state.uploads == 1, "the upload did not start")
+        lines, body = raw_exchange(app, post(app, "/gradio_api/upload", upload, UPLOAD_TYPE))
+        assert lines[0].startswith("HTTP/1.1 429") and body == (
+            b"1 uploads from this address are going on; try again when one has finished\n"), (lines, body)
+        lines, _ = raw_exchange(app, post(app, "/gradio_api/upload", upload, UPLOAD_TYPE), source="127.0.0.2")
+        assert lines[0] == "HTTP/1.1 200 OK", lines  # another client uploads
+        stalled += [send_only(app, post(app, "/gradio_api/queue/join", b'{"da', "Content-Type: application/json",
+                                         length=100)) for _ in range(2)]
+        wait_for(lambda: state.requests == 3, "the requests did not arrive")
+        lines, body = get(app, "/config")
+        assert lines[0].startswith("HTTP/1.1 429") and body == (
+            b"3 requests from this address are going on; try again when one has finished\n"), (lines, body)
+        lines, _ = raw_exchange(app, b"GET /config HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+                                source="127.0.0.2")
+        assert lines[0] == "HTTP/1.1 200 OK", lines
+        for connection in stalled:
+            assert read_answer(connection)[0][0].startswith("HTTP/1.1 408")
+        wait_for(lambda: state.requests == 0 and not state.client_requests and not state.client_uploads,
+                 "the clients are still counted")
+        assert get(app, "/config")[0][0] == "HTTP/1.1 200 OK"
+
+
+def test_a_trickle_is_cut_off_as_soon_as_it_falls_behind_the_minimum_rate(segmenter, monkeypatch):
+    """A body that states a large size cannot trickle until the deadline of that size: past the grace seconds it
+    must keep up with the minimum rate all along."""
+    import longvos.app.guard as guard
+
+    monkeypatch.setattr(guard, "BODY_BASE_SECONDS", 1.0)
+    monkeypatch.setattr(guard, "MIN_BODY_RATE", 1000)  # 50 KB stated: all of it would be due after 51 s
+    upload = multipart(("files", "v.mp4", bytes(50_000)))
+    with serving(segmenter) as app:
+        state = guard_of(app)
+        started = time.monotonic()
+        connection = send_only(app, post(app, "/gradio_api/upload", upload[:200], UPLOAD_TYPE, length=len(upload)))
+        wait_for(lambda: state.uploads == 1, "the upload did not start")
+        sent = 200
+        while time.monotonic() - started < 1.0:  # a byte every 0.1 s: 10 B/s
+            connection.sendall(upload[sent:sent + 1])
+            sent += 1
+            time.sleep(0.1)
+        lines, body = read_answer(connection)
+        assert lines[0].startswith("HTTP/1.1 408") and body == (
+            b"the request body arrived too slowly (under 1 KiB/s after its first 1 s)\n"), (lines, body)
+        assert time.monotonic() - started < 15
+        wait_for(lambda: state.uploads == 0, "the upload still holds its slot")
+
+
+def test_an_upload_with_a_boundary_the_parser_refuses_is_a_one_line_400(app, capsys):
+    boundary = "x" * 300
+    body = f"--{boundary}\r\nContent-Disposition: form-data; name=\"files\"; filename=\"v.mp4\"\r\n\r\n".encode()
+    lines, answer = raw_exchange(app, post(app, "/gradio_api/upload", body,
+                                           f"Content-Type: multipart/form-data; boundary={boundary}"))
+    assert lines[0].startswith("HTTP/1.1 400") and answer == (
+        b"the upload is not a valid multipart form: its boundary is refused (at most 256 characters)\n"), lines
+    assert "Traceback" not in capsys.readouterr().err
 
 
 def test_the_headers_of_a_part_of_an_upload_are_bounded(app):
@@ -846,11 +917,16 @@ def test_no_request_text_reaches_a_response_header(app, clip):
     client = marked_session(app, clip)
     preview = client.predict(api_name="/new_object")[0]["url"].split("/", 3)[3]  # a file in the work folder
     port = app_port(app)
-    lines, body = get(app, f"/{preview}", "Range: bytes=0-9", "X-Evil: injected", "Cookie: secret=1")
+    # Gradio copies the request's headers into a ranged answer: those whose names may pass the response filter too.
+    lines, body = get(app, f"/{preview}", "Range: bytes=0-9", "X-Evil: injected", "Cookie: secret=1",
+                      "Content-Type: text/html; x=injected", "Content-Disposition: attachment; filename=injected.html",
+                      "Cache-Control: injected", "ETag: injected", "Vary: injected", "Last-Modified: injected",
+                      "X-Content-Type-Options: injected", "Content-Encoding: injected")
     assert lines[0] == "HTTP/1.1 206 Partial Content" and len(body) == 10, lines
     headers = header_fields(lines)
     assert headers["content-range"].startswith("bytes 0-9/") and headers["content-disposition"] == "inline"
     assert not [line for line in lines if re.search("evil|injected|secret|cookie|host", line, re.I)], lines
+    assert len([line for line in lines if line.lower().startswith("content-type:")]) == 1, lines
     # Gradio's CORS layer echoes the Origin and the requested headers: not passed on either.
     lines, _ = raw_exchange(app, f"OPTIONS /gradio_api/queue/join HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
                                  f"Origin: http://127.0.0.1:{port}\r\nAccess-Control-Request-Method: POST\r\n"

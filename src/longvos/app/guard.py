@@ -17,12 +17,16 @@ needs on top (Gradio's own CORS rules only hide responses from other sites' scri
   session's video to make room: a full work folder refuses it, 507), anything else at most :data:`MAX_BODY_BYTES`
   (413). The body is counted as it arrives and cut off past its stated size; in an upload, a form field that is not
   a file (Gradio keeps those in memory) is cut off past :data:`MAX_FIELD_BYTES`, and the headers of a part past
-  :data:`MAX_PART_HEADER_BYTES` (413). A body that stops arriving for ``chunk_timeout`` seconds, or that has not
-  all arrived by its deadline (:data:`BODY_BASE_SECONDS` plus its size at :data:`MIN_BODY_RATE`: a trickle cannot
-  hold an upload slot and its reservation for long), is cut off (408);
-- at most ``max_uploads`` uploads and ``max_requests`` requests are served at once (more: 503);
-- responses carry only the headers in :data:`RESPONSE_HEADERS` (Gradio copies request headers into the response of
-  a ``Range`` request, and its CORS layer echoes request headers): no request text reaches a response header.
+  :data:`MAX_PART_HEADER_BYTES` (413). A body that stops arriving for ``chunk_timeout`` seconds, or that falls
+  behind :data:`MIN_BODY_RATE` after its first :data:`BODY_BASE_SECONDS` (checked as it arrives, not only at the
+  end: a trickle cannot hold an upload slot and its reservation for long), is cut off (408); an upload that is not
+  a well-formed multipart form is refused (400);
+- at most ``max_uploads`` uploads and ``max_requests`` requests are served at once (more: 503), and at most
+  ``max_client_uploads`` and ``max_client_requests`` of them for one client address (more: 429), so that one
+  client cannot hold them all (the page's event streams and heartbeat are requests that stay open);
+- responses carry only the headers in :data:`RESPONSE_HEADERS`, and a ``GET`` reaches Gradio without request
+  headers of those names (Gradio copies request headers into the response of a ``Range`` request, and its CORS
+  layer echoes request headers): no request text reaches a response header.
 
 Refusals are one line of plain text built here: no request text is echoed into them. Nothing here imports Gradio.
 """
@@ -53,9 +57,13 @@ MAX_FIELD_BYTES = 64 << 10
 MAX_PART_HEADER_BYTES = 8 << 10
 MAX_UPLOADS = 4
 MAX_REQUESTS = 64
+#: Of those, at most this many for one client address (a browser opens at most 6 connections to a server).
+MAX_CLIENT_UPLOADS = 2
+MAX_CLIENT_REQUESTS = 16
 #: Seconds a request body may go without a byte arriving.
 CHUNK_TIMEOUT = 30.0
-#: A whole request body must have arrived within this many seconds plus its stated size at :data:`MIN_BODY_RATE`.
+#: A request body must have arrived, at any time ``t`` seconds after it began, up to ``(t - BODY_BASE_SECONDS) *
+#: MIN_BODY_RATE`` bytes (so all of it within this many seconds plus its stated size at that rate).
 BODY_BASE_SECONDS = 60.0
 #: Slowest average rate (bytes per second) a request body may arrive at, past :data:`BODY_BASE_SECONDS`.
 MIN_BODY_RATE = 256 << 10
@@ -145,6 +153,7 @@ class RequestGuard:
                  max_upload_bytes: int, host: str = "127.0.0.1", public_names: Iterable[str] = (),
                  max_body_bytes: int | None = None, max_field_bytes: int | None = None,
                  max_uploads: int | None = None, max_requests: int | None = None,
+                 max_client_uploads: int | None = None, max_client_requests: int | None = None,
                  chunk_timeout: float | None = None, body_base_seconds: float | None = None,
                  min_body_rate: float | None = None, max_part_header_bytes: int | None = None,
                  verbose: bool = False):
@@ -155,11 +164,15 @@ class RequestGuard:
         self.max_field_bytes = MAX_FIELD_BYTES if max_field_bytes is None else max_field_bytes
         self.max_uploads = MAX_UPLOADS if max_uploads is None else max_uploads
         self.max_requests = MAX_REQUESTS if max_requests is None else max_requests
+        self.max_client_uploads = MAX_CLIENT_UPLOADS if max_client_uploads is None else max_client_uploads
+        self.max_client_requests = MAX_CLIENT_REQUESTS if max_client_requests is None else max_client_requests
         self.chunk_timeout = CHUNK_TIMEOUT if chunk_timeout is None else chunk_timeout
         self.body_base_seconds = BODY_BASE_SECONDS if body_base_seconds is None else body_base_seconds
         self.min_body_rate = MIN_BODY_RATE if min_body_rate is None else min_body_rate
         self.max_part_header_bytes = MAX_PART_HEADER_BYTES if max_part_header_bytes is None else max_part_header_bytes
         self.uploads = self.requests = 0  # in flight (only changed on the event loop's thread)
+        self.client_uploads: dict[str, int] = {}  # in flight per client address (none: not listed)
+        self.client_requests: dict[str, int] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -168,11 +181,17 @@ class RequestGuard:
             return await _refuse(scope, send, 404, "not found")
         if self.requests >= self.max_requests:
             return await _refuse(scope, send, 503, "the server is busy; try again in a moment")
+        client = _client(scope)
+        if self.client_requests.get(client, 0) >= self.max_client_requests:
+            return await _refuse(scope, send, 429, f"{self.max_client_requests} requests from this address are "
+                                                   f"going on; try again when one has finished")
         self.requests += 1
+        _count(self.client_requests, client, 1)
         try:
             await self._request(scope, receive, send)
         finally:
             self.requests -= 1
+            _count(self.client_requests, client, -1)
 
     async def _request(self, scope: Scope, receive: Receive, send: Send) -> None:
         headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope["headers"]}
@@ -202,11 +221,14 @@ class RequestGuard:
             return await self._upload(scope, receive, send, length, headers.get("content-type", ""))
         if length > self.max_body_bytes:
             return await _refuse(scope, send, 413, f"a request body is at most {format_size(self.max_body_bytes)}")
+        if method in _GET:  # nothing Gradio could copy into its answer passes the response filter
+            scope = {**scope, "headers": [(key, value) for key, value in scope["headers"]
+                                          if key.lower() not in RESPONSE_HEADERS]}
         await self._serve(scope, self._body(receive, length), send)
 
     def _body(self, receive: Receive, length: int, watch: _FieldWatch | None = None) -> _Body:
-        """The body of a request that states ``length`` bytes, with its chunk timeout and its overall deadline."""
-        return _Body(receive, length, self.chunk_timeout, self.body_base_seconds + length / self.min_body_rate, watch)
+        """The body of a request that states ``length`` bytes, with its chunk timeout and its minimum rate."""
+        return _Body(receive, length, self.chunk_timeout, self.body_base_seconds, self.min_body_rate, watch)
 
     def _served(self, method: str, path: str) -> bool:
         if not any(method in methods and pattern.fullmatch(path) for methods, pattern in ROUTES):
@@ -228,7 +250,17 @@ class RequestGuard:
         if self.uploads >= self.max_uploads:
             return await _refuse(scope, send, 503, f"{self.max_uploads} uploads are going on; try again when one "
                                                    f"has finished")
+        client = _client(scope)
+        if self.client_uploads.get(client, 0) >= self.max_client_uploads:
+            return await _refuse(scope, send, 429, f"{self.max_client_uploads} uploads from this address are "
+                                                   f"going on; try again when one has finished")
+        try:
+            watch = _FieldWatch.of(content_type, self.max_field_bytes, self.max_part_header_bytes)
+        except ValueError:  # python-multipart refuses a boundary over 256 characters
+            return await _refuse(scope, send, 400, "the upload is not a valid multipart form: its boundary is "
+                                                   "refused (at most 256 characters)")
         self.uploads += 1
+        _count(self.client_uploads, client, 1)
         try:
             try:  # measuring the work folder walks it: off the event loop. Bytes that may never arrive delete
                 # no other session's video: only room the work folder has (stale uploads aside) is reserved.
@@ -239,12 +271,12 @@ class RequestGuard:
                                                            f"{format_size(self.workspace.quota_bytes)}")
                 return await _refuse(scope, send, 507, WORK_FOLDER_FULL)
             try:
-                watch = _FieldWatch.of(content_type, self.max_field_bytes, self.max_part_header_bytes)
                 await self._serve(scope, self._body(receive, length, watch), send)
             finally:
                 self.workspace.release(length)  # the file is on disk now (and counted there), or was never written
         finally:
             self.uploads -= 1
+            _count(self.client_uploads, client, -1)
 
     async def _serve(self, scope: Scope, body: _Body, send: Send) -> None:
         """Gradio's answer, with only :data:`RESPONSE_HEADERS`; where the body was cut off, a refusal instead
@@ -274,14 +306,15 @@ class RequestGuard:
 
 class _Body:
     """The request body as it arrives (an ASGI ``receive``): counted against its stated ``length``, each chunk
-    awaited at most ``timeout`` seconds and the whole body at most ``deadline`` seconds (from when this is made),
-    upload fields checked by ``watch``. Where one of these fails, the app gets a disconnect and :attr:`cut` holds
-    the refusal (status, message)."""
+    awaited at most ``timeout`` seconds, and ``base + n / rate`` seconds after this is made at least ``n`` bytes
+    received (``rate`` bytes per second after a grace of ``base`` seconds, all along: a trickle is cut off early,
+    not only at the end), upload fields checked by ``watch``. Where one of these fails, the app gets a disconnect
+    and :attr:`cut` holds the refusal (status, message)."""
 
-    def __init__(self, receive: Receive, length: int, timeout: float, deadline: float = math.inf,
+    def __init__(self, receive: Receive, length: int, timeout: float, base: float = math.inf, rate: float = 1.0,
                  watch: _FieldWatch | None = None):
         self.receive, self.length, self.timeout, self.watch = receive, length, timeout, watch
-        self.deadline, self.ends = deadline, time.monotonic() + deadline
+        self.base, self.rate, self.started = base, rate, time.monotonic()
         self.received = 0
         self.complete = False  # the whole body arrived: from here on, receive only waits for a disconnect
         self.cut: tuple[int, str] | None = None
@@ -291,13 +324,14 @@ class _Body:
             return {"type": "http.disconnect"}
         if self.complete:
             return await self.receive()
-        left = self.ends - time.monotonic()
+        # When the bytes received so far stop being enough: the next one must come before then.
+        left = self.started + self.base + self.received / self.rate - time.monotonic()
         try:
             message = await asyncio.wait_for(self.receive(), max(0.0, min(self.timeout, left)))
         except asyncio.TimeoutError:
             if left < self.timeout:
-                return self._cut(408, f"the request body arrived too slowly (not all of it within "
-                                      f"{self.deadline:.0f} s)")
+                return self._cut(408, f"the request body arrived too slowly (under {format_size(self.rate)}/s "
+                                      f"after its first {self.base:g} s)")
             return self._cut(408, f"the request body stopped arriving (nothing for {self.timeout:g} s)")
         if message["type"] != "http.request":
             return message
@@ -388,6 +422,20 @@ class _FieldWatch:
             self.field_bytes += end - start
             if self.field_bytes > self.limit and not self.over:
                 self.over = f"a form field of an upload that is not a file is over {format_size(self.limit)}"
+
+
+def _client(scope: Scope) -> str:
+    """The address a request came from (``""`` where the server does not say)."""
+    return str((scope.get("client") or ("",))[0])
+
+
+def _count(counts: dict[str, int], key: str, change: int) -> None:
+    """Add ``change`` to ``counts[key]``, dropping keys that reach 0 (the table holds only clients in flight)."""
+    value = counts.get(key, 0) + change
+    if value:
+        counts[key] = value
+    else:
+        counts.pop(key, None)
 
 
 def _netloc(url: str) -> str:
