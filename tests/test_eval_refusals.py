@@ -144,3 +144,31 @@ def test_files_put_into_the_folder_during_the_run_are_never_deleted(data, tmp_pa
     assert str(folder) in line and "added-meanwhile.txt" in line, line
     assert contents(folder) == {**before, "added-meanwhile.txt": b"mine"}
     assert sorted(path.name for path in folder.parent.iterdir()) == ["seq"]  # the partial folder is removed
+
+
+def test_reports_of_scored_predictions_never_replace_or_mix_with_other_files(data, tmp_path, capsys):
+    """`eval --pred`: an --out holding a file longvos did not write (a user's summary.json, a segment run's masks) is
+    refused in one line and left as it was; beside the predictions (no --out), only a report file longvos did not
+    write there is refused; eval's own reports are replaced on a rerun."""
+    pred = tmp_path / "pred"
+    (pred / "seq").mkdir(parents=True)
+    for frame in sorted((data / "Annotations" / "seq").glob("*.png")):  # every frame annotated: scores of 1
+        (pred / "seq" / frame.name).write_bytes(frame.read_bytes())
+    base = ["eval", str(data), "--pred", str(pred), "--quiet"]
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "summary.json").write_text("mine")
+    assert main(base + ["--out", str(mine)]) == 1
+    assert "is not empty (summary.json)" in one_line(capsys.readouterr().err)
+    assert contents(mine) == {"summary.json": b"mine"}
+    (pred / "summary.json").write_text("mine")
+    assert main(base) == 1
+    assert "holds summary.json, which longvos did not write there" in one_line(capsys.readouterr().err)
+    assert (pred / "summary.json").read_text() == "mine"
+    (pred / "summary.json").unlink()
+    for out in ([], ["--out", str(tmp_path / "reports")]):
+        for _ in range(2):  # a rerun replaces its own reports
+            assert main(base + out) == 0, capsys.readouterr().err
+            folder = Path(out[1]) if out else pred
+            assert '"J&F-Mean": 1.0' in (folder / "summary.json").read_text()
+    capsys.readouterr()

@@ -82,12 +82,16 @@ def run(args: argparse.Namespace) -> int:
         pred_root = out_dir / "predictions"
         run_report = _run_model(args, layout, names, pred_root, progress)
         extra = {"run": run_report.to_dict()}
-        log_reports(out_dir)  # before they are written
     else:
+        from longvos.eval.runner import check_report_folder, log_reports
+
         out_dir, pred_root, run_report = args.out or args.pred, args.pred, None
+        check_report_folder(out_dir, beside_predictions=out_dir.resolve() == pred_root.resolve())
     sequences = find_sequences(layout.annotations_root, pred_root, names)
     result = evaluate_sequences(sequences, objects=args.objects, decay=args.decay, workers=args.workers,
                                 progress=progress)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log_reports(out_dir)  # before they are written
     paths = write_reports(result, out_dir, extra)
 
     print(format_table(result, per_object=not args.brief))

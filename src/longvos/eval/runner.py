@@ -182,6 +182,25 @@ def check_eval_output_folder(out_dir: Path) -> None:
                                 "them, or use another --out", keep=keep)
 
 
+def check_report_folder(out_dir: Path, beside_predictions: bool) -> None:
+    """Refuse (one :class:`InputError` line) the folder ``longvos eval --pred`` would write its reports into where
+    that would replace or mix with files longvos did not write there. Without ``--out`` the reports go beside the
+    scored predictions (``beside_predictions``): only report files the folder's output list does not name are
+    refused; a folder given as ``--out`` holds nothing but eval's listed reports, as ``--model``'s."""
+    out_dir = check_output_folder(out_dir, "--out")
+    listed = set(logged_names(out_dir) or ())
+    reports = (GLOBAL_CSV, PER_SEQUENCE_CSV, SUMMARY_JSON)
+    if beside_predictions:
+        unlisted = [name for name in reports if ((out_dir / name).exists() or (out_dir / name).is_symlink())
+                    and name not in listed]
+        if unlisted:
+            raise InputError(f"{out_dir} holds {', '.join(unlisted)}, which longvos did not write there and eval "
+                             f"would replace: move it, or give another --out")
+        return
+    refuse_used_folder(out_dir, "eval writes its reports there and never beside other files: move them, or use "
+                                "another --out", keep=tuple(name for name in reports if name in listed))
+
+
 def log_reports(out_dir: Path) -> None:
     """List eval's reports among the outputs of ``out_dir`` (call it before they are written)."""
     log_outputs(Path(out_dir), GLOBAL_CSV, PER_SEQUENCE_CSV, SUMMARY_JSON, once=True)
