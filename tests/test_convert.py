@@ -120,6 +120,12 @@ def test_cli_convert(deaot_official, tmp_path, capsys):
     assert not refused.exists()
     assert main(["convert", str(source), str(refused), "--model", "mavos-tiny"]) == 1
     assert "unknown model 'mavos-tiny'" in capsys.readouterr().err
+    before = source.read_bytes()
+    for same in (source, tmp_path / "." / "deaotl.pth"):  # the official file is never converted over itself
+        assert main(["convert", str(source), str(same), "--model", "deaot-mnv2"]) == 1
+        err = capsys.readouterr().err
+        assert "is the checkpoint being converted" in err and "nothing written" in err and "Traceback" not in err
+    assert source.read_bytes() == before
 
 
 def test_cli_models(capsys):

@@ -404,7 +404,11 @@ def convert_checkpoint(source: Source, model_name: str, *, family: str | None = 
 def convert_to_file(source: Source, destination: str | os.PathLike[str], model_name: str, *,
                     family: str | None = None, half: bool = False) -> KeyReport:
     """Convert an official checkpoint and write it as a longvos checkpoint; nothing is written unless the key
-    report is clean (raises :class:`CheckpointError` listing every problem key)."""
+    report is clean (raises :class:`CheckpointError` listing every problem key). The official file is never written
+    over: a ``destination`` that is ``source`` is refused."""
+    if (isinstance(source, (str, os.PathLike)) and os.path.exists(destination)
+            and os.path.samefile(source, destination)):
+        raise CheckpointError(f"{destination} is the checkpoint being converted: write the conversion to another file")
     family = family or model_entry(model_name).family
     model = meta_model(model_name)
     official = official_state_dict(read_checkpoint(source), _describe(source))
