@@ -194,6 +194,7 @@ def test_without_locks_a_stale_file_is_closed_before_it_is_deleted(cache, monkey
     """Where files cannot be locked (Windows), the cleanup tells a stale file by its age alone, and must close it
     before deleting it: Windows refuses to delete an open file."""
     import longvos.download as download
+    import longvos.io.locks as locks
 
     cache.mkdir(parents=True)
     fake_os = _WindowsLikeOs()
@@ -204,7 +205,7 @@ def test_without_locks_a_stale_file_is_closed_before_it_is_deleted(cache, monkey
             raise PermissionError(13, "The process cannot access the file because it is being used", str(path))
         unlink(path, missing_ok=missing_ok)
 
-    monkeypatch.setattr(download, "fcntl", None)
+    monkeypatch.setattr(locks, "fcntl", None)
     monkeypatch.setattr(download, "os", fake_os)
     monkeypatch.setattr(Path, "unlink", windows_unlink)
     day = download.STALE_SECONDS_WITHOUT_LOCKS
@@ -234,9 +235,10 @@ def test_a_lock_held_for_a_moment_is_waited_for_not_taken_for_a_file_system_with
     """Another download's cleanup locks each temporary file it looks at, for a moment: a new download's own file may
     be among them. BlockingIOError is an OSError, but it means "held", not "no locks here"."""
     import longvos.download as download
+    import longvos.io.locks as locks
 
     busy = _BusyLocks(3)
-    monkeypatch.setattr(download, "fcntl", busy)
+    monkeypatch.setattr(locks, "fcntl", busy)
     fd = os.open(tmp_path / "file", os.O_CREAT | os.O_RDWR)
     try:
         assert download._lock(fd) is True and busy.tries == 4
@@ -247,8 +249,9 @@ def test_a_lock_held_for_a_moment_is_waited_for_not_taken_for_a_file_system_with
 def test_a_lock_held_for_long_fails_the_download_in_one_line_and_leaves_nothing(cut_chunk_url, cache, monkeypatch,
                                                                                  capsys):
     import longvos.download as download
+    import longvos.io.locks as locks
 
-    monkeypatch.setattr(download, "fcntl", _BusyLocks(10**9))
+    monkeypatch.setattr(locks, "fcntl", _BusyLocks(10**9))
     monkeypatch.setattr(download, "LOCK_WAIT_SECONDS", 0.05)
     with pytest.raises(DownloadError, match="cannot lock the temporary file .*another process holds it"):
         download_checkpoint(MODEL, cut_chunk_url, progress=False)

@@ -46,6 +46,45 @@ def test_overlay_refuses_unknown_container(tmp_path):
         OverlayWriter(tmp_path / "o.gif", fps=24)
 
 
+def test_overlay_refuses_an_existing_file_it_may_not_replace(tmp_path):
+    """A file of the user's at the overlay path, or a link there, stays as it is: one line, nothing written."""
+    mine = tmp_path / "mine.mp4"
+    mine.write_bytes(b"the user's own video")
+    (tmp_path / "link.mp4").symlink_to(mine)
+    (tmp_path / "dangling.mp4").symlink_to(tmp_path / "gone.mp4")
+    for path in (mine, tmp_path / "link.mp4", tmp_path / "dangling.mp4"):
+        with pytest.raises(InputError, match="already exists: give another path") as caught:
+            OverlayWriter(path, fps=24, replaceable=[tmp_path / "other.mp4"])
+        assert "\n" not in str(caught.value) and str(path) in str(caught.value)
+    assert mine.read_bytes() == b"the user's own video" and (tmp_path / "dangling.mp4").is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dangling.mp4", "link.mp4", "mine.mp4"]
+
+
+def test_overlay_never_replaces_an_input_even_one_named_replaceable(tmp_path):
+    """The run's video or mask, however its path is spelled (another spelling, a link to it), is never written
+    over, even where the caller names it replaceable (an overlay an earlier run wrote, used as this run's video)."""
+    victim = tmp_path / "victim.mp4"
+    victim.write_bytes(b"the input video")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "alias.mp4").symlink_to(victim)
+    for path in (victim, tmp_path / "sub" / ".." / "victim.mp4", tmp_path / "alias.mp4"):
+        with pytest.raises(InputError, match="an input of this run") as caught:
+            OverlayWriter(path, fps=24, inputs=[tmp_path / "frames", victim], replaceable=[victim])
+        assert "\n" not in str(caught.value)
+    assert victim.read_bytes() == b"the input video"
+
+
+def test_overlay_replaces_the_file_named_replaceable(tmp_path, swan):
+    image, mask = swan
+    earlier = tmp_path / "overlay.mp4"
+    earlier.write_bytes(b"an overlay an earlier run wrote")
+    writer = OverlayWriter(tmp_path / "." / "overlay.mp4", fps=24, replaceable=[earlier.resolve()])
+    for _ in range(3):
+        writer.write(image, mask)
+    writer.close()
+    assert len(open_video(earlier)) == 3
+
+
 def test_grabcut_box_finds_the_swan(swan):
     image, mask = swan
     ys, xs = np.nonzero(mask)

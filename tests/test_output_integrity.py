@@ -316,6 +316,37 @@ def test_clear_outputs_removes_partial_files_in_per_object_folders(clip, tmp_pat
     assert frame_pngs(out) == ["00000.png", "00001.png"]
 
 
+def test_only_longvos_own_temporary_names_are_not_foreign(clip, tmp_path):
+    """A user's file whose name merely holds ".partial" is the user's: the folder is refused (with --overwrite too)
+    and nothing is deleted; the names longvos writes under before renaming (``.<stem>.partial<suffix>``,
+    ``.<name>.partial``) are still its own, ignored by the refusal and deleted by the next run."""
+    from longvos.engine.outputs import is_temporary
+    from longvos.io.writer import partial_folder, partial_path
+
+    video, mask = clip
+    out = tmp_path / "out"
+    out.mkdir()
+    users = {"thesis.partial.docx": b"a chapter", "00003.partial.png": b"a drawing",
+             ".notes.partial-old.txt": b"old notes"}  # hidden, but not a name longvos writes under
+    for name, data in users.items():
+        (out / name).write_bytes(data)
+    for overwrite in (False, True):
+        with pytest.raises(InputError) as refused:
+            segment_video(video, mask, out, max_size=64, end=2, device="cpu", progress=False, overwrite=overwrite)
+        assert all(name in str(refused.value) for name in users) and "\n" not in str(refused.value), refused.value
+        assert {path.name: path.read_bytes() for path in out.iterdir()} == users  # nothing written, nothing deleted
+
+    for name in users:
+        (out / name).unlink()
+    own = [partial_path(out / "00004.png"), partial_path(out / "overlay.mp4"), partial_path(out / "a.b.png")]
+    for path in own:
+        path.write_bytes(b"left by a killed run")
+    assert all(is_temporary(path.name) for path in own) and is_temporary(partial_folder(tmp_path / "bear").name)
+    segment_video(video, mask, out, max_size=64, end=2, device="cpu", progress=False)  # not refused
+    assert sorted(path.name for path in out.iterdir() if not path.name.startswith(".longvos-")) == [
+        "00000.png", "00001.png"]  # the temporaries were deleted
+
+
 def test_demo_names_what_it_refuses_and_overwrite_never_writes_beside_foreign_files(tmp_path, capsys):
     """The demo shares the refusal of segment and batch: the message names the files; --overwrite refuses a
     folder that holds anything but an earlier demo's masks/ and overlay.mp4."""
@@ -395,7 +426,7 @@ def test_resume_of_a_complete_run_with_an_overlay_draws_it_from_the_saved_masks(
         assert main([*args, "--overlay", str(tmp_path / f"{name}-during.mp4")]) == 0
         written = frame_pngs(out)
         capsys.readouterr()
-        record = (out / ".longvos-progress.json").read_bytes()
+        record = json.loads((out / ".longvos-progress.json").read_text())
 
         assert main([*args, "--resume", "--overlay", str(out / "after.mp4")]) == 0
         stdout, stderr = capsys.readouterr()
@@ -403,7 +434,9 @@ def test_resume_of_a_complete_run_with_an_overlay_draws_it_from_the_saved_masks(
         assert "segmented" not in stdout and "Traceback" not in stderr
         after, during = decoded(out / "after.mp4"), decoded(tmp_path / f"{name}-during.mp4")
         assert len(after) == len(written) == len(during)
-        assert frame_pngs(out) == written and (out / ".longvos-progress.json").read_bytes() == record
+        # The record is the run's as it was, but for naming the overlay just drawn (a later resume may replace it).
+        record["overlays"].append(str((out / "after.mp4").resolve()))
+        assert frame_pngs(out) == written and json.loads((out / ".longvos-progress.json").read_text()) == record
         assert "after.mp4" in (out / ".longvos-outputs").read_text()  # --overwrite deletes it with the masks
         assert not list(out.glob(".*partial*"))
         if name == "whole":  # (the last frames of the cut file may decode differently each time: damaged data)

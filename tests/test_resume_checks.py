@@ -2,7 +2,8 @@
 the session's network size, without a trial model step: the family's ``from_snapshot`` refuses a wrong one with
 one line naming the field and the expected and found shapes, a valid one is restored as it is (the same tensors,
 strides included), and a resume steps each frame after the snapshot exactly once. And the two messages of a
-``--resume --overlay`` on a complete run: no frames to draw, and a saved mask the redraw cannot read.
+``--resume --overlay`` on a complete run: no frames to draw, and a saved mask the redraw cannot read. And a frame
+folder is the same video for a resume whatever other files appear in it (an overlay's temporary file, .DS_Store).
 
 Small random-weight models (mavos-lite's architecture, LiVOS at 64x96) and the bundled mavos-lite, one torch thread.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import copy
 import io
 import re
+import shutil
 import warnings
 from pathlib import Path
 
@@ -19,8 +21,9 @@ import pytest
 import torch
 
 from longvos.engine.pipeline import SegmentationError, segment_video
-from longvos.engine.progress import STATE_FILE, RunProgress
+from longvos.engine.progress import STATE_FILE, RunProgress, video_fingerprint
 from longvos.engine.segmenter import Segmenter, load_segmenter
+from longvos.io.video import open_video
 from longvos.models.aot.state import AOTState
 from longvos.models.livos.memory import LiVOSState
 from longvos.models.registry import create_model
@@ -323,7 +326,6 @@ def test_overlay_of_a_complete_run_of_no_frames_says_there_is_nothing_to_draw(tm
     """A range that starts past the end of a stream that ends early: a complete run of 0 frames, whose overlay is
     neither written nor said to be drawn."""
     from conftest import write_mp4
-    from longvos.io.video import open_video
 
     rng = np.random.default_rng(0)
     frames = []
@@ -363,3 +365,45 @@ def test_overlay_redraw_with_a_missing_saved_mask_names_it_and_advises_overwrite
     assert "resume to continue" not in message and "overlay" in message, message
     assert not (out / "overlay.mp4").exists() and not list(out.glob(".*partial*"))
     assert RunProgress.load(out).done  # the complete run is left as it was
+
+
+# -- a frame folder's other files ----------------------------------------------------------------------------------
+
+def test_a_frame_folders_fingerprint_covers_exactly_the_frames_its_reader_reads(tmp_path):
+    folder = tmp_path / "clip"
+    make_clip(folder, frames=3)
+    fingerprint = video_fingerprint(folder)
+    (folder / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (folder / "README.txt").write_text("shot on a Tuesday")
+    (folder / ".ov.partial.mp4").write_bytes(b"what a killed run's overlay left")
+    (folder / "ov.mp4").write_bytes(b"an overlay")
+    (folder / ".hidden.png").write_bytes((folder / "00000.png").read_bytes())  # hidden: the reader skips it
+    (folder / "notes").mkdir()
+    assert video_fingerprint(folder) == fingerprint
+    (folder / "00002.png").rename(folder / "00003.png")  # a frame renamed, removed, added: another video
+    assert video_fingerprint(folder) != fingerprint
+    (folder / "00003.png").unlink()
+    assert video_fingerprint(folder) not in (fingerprint, None)
+    (folder / "00002.png").write_bytes((folder / "00000.png").read_bytes())
+    assert video_fingerprint(folder) == fingerprint  # names only: a frame repaired after a failure may change
+
+
+def test_resume_after_a_kill_with_an_overlay_in_the_frames_folder(bundled, tmp_path):
+    """A run killed while it drew its overlay inside the frames folder leaves the overlay's temporary file there;
+    the resume continues (with .DS_Store and a README beside the frames too) and writes the uninterrupted run's
+    bytes."""
+    root, mask, run = bundled
+    clip, out = tmp_path / "clip", tmp_path / "out"
+    shutil.copytree(root / "clip", clip)
+    with pytest.raises(SegmentationError):
+        segment_video(clip, mask, out, overlay=clip / "ov.mp4", on_frame=stop_after_frames(4), **run)
+    # What kill -9 leaves (an exception deletes the temporary file), and what a file browser or a user add.
+    (clip / ".ov.partial.mp4").write_bytes(b"\0\0\0\x18ftypisom")
+    (clip / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+    (clip / "README.txt").write_text("the frames of the clip")
+    summary = segment_video(clip, mask, out, resume=True, overlay=clip / "ov.mp4", **run)
+    assert summary.resumed_after == 4 and summary.frames == 3
+    clean = sorted(path.name for path in (root / "clean").glob("*.png"))
+    assert len(clean) == 7 and sorted(path.name for path in out.glob("*.png")) == clean
+    assert all((out / name).read_bytes() == (root / "clean" / name).read_bytes() for name in clean)
+    assert len(open_video(clip / "ov.mp4")) == 7

@@ -32,12 +32,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from longvos.io.errors import InputError, one_line
+from longvos.io.locks import try_lock
 from longvos.io.writer import partial_path
-
-try:
-    import fcntl
-except ImportError:  # Windows: no advisory locks; stale temporary files are told by their age alone
-    fcntl = None
 
 #: The largest file ``download`` accepts by default (the official Swin-B checkpoints are a few hundred MB).
 DEFAULT_MAX_BYTES = 2 * 1024**3
@@ -306,27 +302,12 @@ def _lock(fd: int) -> bool:
     :data:`LOCK_WAIT_SECONDS`, then :class:`BlockingIOError` is raised), never taken for a file system without
     locks, which would leave this download's files unlocked for a cleanup to delete."""
     deadline = time.monotonic() + LOCK_WAIT_SECONDS
-    while (taken := _try_lock(fd)) is False:  # held by another process
+    while (taken := try_lock(fd)) is False:  # held by another process
         if time.monotonic() >= deadline:
             # The same error flock raises; download_checkpoint tells it by its type and words its own message.
             raise BlockingIOError(errno.EWOULDBLOCK, os.strerror(errno.EWOULDBLOCK))
         time.sleep(0.01)
     return bool(taken)  # None: no locks here (no fcntl, or a file system without them)
-
-
-def _try_lock(fd: int) -> bool | None:
-    """Try once, without waiting, to take an exclusive lock on the open file ``fd``: True taken, False held by
-    another process, None where files cannot be locked (no :mod:`fcntl`, as on Windows, or a file system without
-    locks). What each of those means is the caller's to decide, so the three are kept apart."""
-    if fcntl is None:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:  # held: a subclass of OSError, so caught first, never taken for "no locks here"
-        return False
-    except OSError:  # a file system without locks
-        return None
-    return True
 
 
 def _release(fds: list[int]) -> None:
@@ -381,7 +362,7 @@ def _remove_stale_temporaries(folder: Path, name: str) -> list[Path]:
             if not stat.S_ISREG(info.st_mode):
                 continue
             limit = STALE_SECONDS_WITHOUT_LOCKS  # where files cannot be locked (None), their age alone decides
-            taken = _try_lock(fd)
+            taken = try_lock(fd)
             if taken is False:
                 continue  # a running download holds it (or another download's cleanup looks at it)
             if taken:  # no running download holds the file
@@ -413,7 +394,7 @@ def _held_elsewhere(path: Path) -> bool:
     except OSError:
         return True
     try:
-        return _try_lock(fd) is not True  # held (False), or it cannot be told (None)
+        return try_lock(fd) is not True  # held (False), or it cannot be told (None)
     finally:
         os.close(fd)
 

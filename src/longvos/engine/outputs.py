@@ -8,19 +8,45 @@ longvos's records and temporary files, leaves everything else alone, and refuses
 (an output never replaces a file longvos did not write). The files operating systems leave in any folder they show
 (:func:`is_os_metadata`: ``.DS_Store``, ``Thumbs.db``, ``desktop.ini``, ``._*``) count as neither: they never make
 a folder "used", and no run deletes them.
+
+A run holds its folder (:func:`hold_output_folder`) from before it judges what the folder holds until its last file is
+written, so that a second run started meanwhile into the same folder is refused at once instead of mixing its files
+with the first one's.
 """
 from __future__ import annotations
 
 import json
+import os
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from itertools import takewhile
 from pathlib import Path
 
 from longvos.engine import progress
 from longvos.io.errors import InputError
+from longvos.io.locks import try_lock
 from longvos.io.writer import PARTIAL_MARK, nearest_existing
 
 OUTPUTS_FILE = ".longvos-outputs"
 RECORD_PREFIX = ".longvos-"  # longvos's own bookkeeping files (progress, output list, snapshots, batch records)
+#: The file a running run holds its folder's lock on (:func:`hold_output_folder`), removed when the run ends: a record
+#: (never a foreign file), but never deleted by :func:`clear_outputs`, which runs while the lock on it is held.
+LOCK_FILE = f"{RECORD_PREFIX}lock"
+#: How often a run tries to lock a lock file that the run holding it removes as it ends (see :func:`_lock_folder`).
+LOCK_ATTEMPTS = 10
 SUBFOLDERS = ("objects", "probs")  # made by --per-object and --probs
+#: The names longvos writes a file or folder under before renaming it into place:
+#: :func:`~longvos.io.writer.partial_path` (``.<stem>.partial<suffix>``) and
+#: :func:`~longvos.io.writer.partial_folder` (``.<name>.partial``). Exactly these:
+#: a user's ``thesis.partial.docx`` (no leading dot) or ``.draft.partial-old.txt`` is the user's, never longvos's.
+TEMPORARY_NAME = re.compile(rf"\..+{re.escape(PARTIAL_MARK)}(\.[^.]+)?")
+
+
+def is_temporary(name: str) -> bool:
+    """Whether ``name`` is one of longvos's temporary names (:data:`TEMPORARY_NAME`): what a run killed while
+    writing leaves, which no refusal counts and a new run deletes."""
+    return TEMPORARY_NAME.fullmatch(name) is not None
 
 
 #: Files an operating system's file browser leaves in the folders it shows (macOS Finder's ``.DS_Store`` and, on
@@ -60,7 +86,7 @@ def refuse_used_folder(folder: Path, advice: str, keep: tuple[str, ...] = ()) ->
     if not folder.is_dir():
         return
     foreign = sorted(entry.name for entry in folder.iterdir() if entry.name not in keep
-                     and not entry.name.startswith(RECORD_PREFIX) and PARTIAL_MARK not in entry.name
+                     and not entry.name.startswith(RECORD_PREFIX) and not is_temporary(entry.name)
                      and not (is_os_metadata(entry.name) and entry.is_file() and not entry.is_symlink())
                      and not (entry.name in SUBFOLDERS and _holds_only_os_metadata(entry)))
     if foreign:
@@ -88,6 +114,132 @@ def check_output_folder(out_dir: str | Path, name: str = "out_dir") -> Path:
     if above.exists() and not above.is_dir():  # exists(): where nothing above exists, the top is returned
         raise InputError(f"{name} {out_dir}: {above} is a file, not a folder")
     return out_dir
+
+
+@contextmanager
+def hold_output_folder(out_dir: Path) -> Iterator[None]:
+    """Hold ``out_dir`` (made here, with the folders above it, where it does not exist) for the run inside the
+    ``with``: another run that tries to hold it meanwhile gets one :class:`InputError` line naming this run's
+    process, at once. The lock is the operating system's (``flock`` on :data:`LOCK_FILE`): it ends with the run however
+    the run ends, a killed one included, so a lock file left behind never blocks the next run. A run that ends
+    removes the lock file; one that fails (refused input included) leaves the folder as it found it: no lock file it
+    made, a killed run's untouched, and no folder it made and left empty. Where files cannot be locked (Windows, a
+    file system without locks), runs go unguarded, as before there was a lock."""
+    made = list(takewhile(lambda folder: not folder.exists(), (out_dir, *out_dir.parents)))  # deepest first
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"{out_dir}: cannot make the output folder ({err.strerror or err})") from None
+    held, finished = None, False
+    try:
+        held = _lock_folder(out_dir)
+        yield
+        finished = True
+    finally:
+        if held is not None:
+            fd, made_file = held
+            _unlock_folder(out_dir, fd, remove=finished or made_file)
+        if not finished:
+            for folder in made:
+                try:
+                    folder.rmdir()  # only if empty: what the run wrote, or anyone else put there, stays
+                except OSError:
+                    break
+
+
+def _lock_folder(out_dir: Path) -> tuple[int, bool] | None:
+    """Take the lock of ``out_dir`` without waiting; returns the open lock file and whether this made it (None:
+    files cannot be locked here), or raises :class:`InputError` where another run holds it."""
+    path = out_dir / LOCK_FILE
+    attempts = 0
+    while True:
+        attempts += 1
+        try:
+            fd, made = _open_lock_file(path)
+        except OSError as err:
+            if isinstance(err, FileNotFoundError) and attempts < LOCK_ATTEMPTS:
+                continue  # removed between the two opens by the run that held it
+            # A folder this run cannot write in is one no run writes in: nothing to guard. The run goes on as it
+            # would have (the resume of a complete run reads only; any other fails at its first write, as before).
+            return None
+        taken = try_lock(fd)
+        if taken is None:
+            os.close(fd)
+            if made:
+                _remove_quietly(path)  # it guards nothing here
+            return None
+        if taken is False:
+            holder = _read_pid(fd)
+            os.close(fd)
+            raise InputError(f"{out_dir} is being written by another longvos run"
+                             f"{f' (pid {holder})' if holder else ''}; wait for it or use another folder")
+        # The run that held the lock removes its file before it lets go: a lock taken on a file removed meanwhile
+        # (opened before that run removed it) guards nothing, while a new run may lock a new file: try again, but
+        # not forever (a file system whose file identities do not hold still: the lock taken is kept).
+        if _is_file_at(fd, path) or attempts == LOCK_ATTEMPTS:
+            if made:  # a killed run's file stays untouched until this run ends (a refused run changes nothing)
+                try:
+                    os.write(fd, f"{os.getpid()}\n".encode())  # for the message of a run refused meanwhile
+                except OSError:  # a full disk: the message then names no process
+                    pass
+            return fd, made
+        os.close(fd)
+
+
+def _open_lock_file(path: Path) -> tuple[int, bool]:
+    """Open the lock file at ``path``, made if there is none; returns it and whether this made it. Raises
+    :class:`FileNotFoundError` where it was removed between the attempt to make it and the attempt to open it."""
+    flags = os.O_RDWR | getattr(os, "O_NOFOLLOW", 0)  # a link put there is not followed: opening it fails
+    try:
+        return os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o644), True
+    except FileExistsError:
+        return os.open(path, flags), False
+
+
+def _unlock_folder(out_dir: Path, fd: int, remove: bool) -> None:
+    """Let the lock go; with ``remove``, remove the lock file first, while still holding it (see
+    :func:`_lock_folder`)."""
+    try:
+        if remove and _is_file_at(fd, out_dir / LOCK_FILE):  # ours: if deleted, another run may hold a new one
+            _remove_quietly(out_dir / LOCK_FILE)
+    finally:
+        os.close(fd)
+
+
+def _is_file_at(fd: int, path: Path) -> bool:
+    """Whether the open file ``fd`` is the file at ``path`` (not one removed, or replaced, since it was opened)."""
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path, follow_symlinks=False))
+    except OSError:  # gone, or its folder with it
+        return False
+
+
+def _read_pid(fd: int) -> int | None:
+    """The process id the running run holding the lock file ``fd`` wrote there; None where it has not written it yet,
+    it cannot be read, or it is not that of a running process: a run that holds a killed run's lock file leaves that
+    file (and the killed run's id in it) untouched."""
+    try:
+        os.lseek(fd, 0, os.SEEK_SET)
+        pid = int(os.read(fd, 32).decode("ascii").strip())
+    except (OSError, ValueError):  # ValueError: empty (not written yet) or not a number
+        return None
+    if pid <= 0:  # os.kill would name a process group
+        return None
+    if os.name == "posix":  # elsewhere os.kill ends the process instead of checking it
+        try:
+            os.kill(pid, 0)  # signal 0: sends nothing, only checks that the process exists
+        except PermissionError:  # another user's running process
+            pass
+        except (OSError, OverflowError):  # ProcessLookupError: it has ended
+            return None
+    return pid
+
+
+def _remove_quietly(path: Path) -> None:
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:  # Windows removes no file another process has open: harmless, it guards nothing there either
+        pass
 
 
 def prepare_output_folder(out_dir: Path, overwrite: bool) -> None:
@@ -123,7 +275,8 @@ def clear_outputs(out_dir: Path) -> list[Path]:
     temporaries = [*out_dir.glob(f".*{PARTIAL_MARK}*"),
                    *(path for folder in subfolders for path in folder.rglob(f".*{PARTIAL_MARK}*"))]
     for temporary in temporaries:  # also in objects/<id>/, where per-object masks are written
-        if temporary.is_file() and not is_os_metadata(temporary.name):  # "._.x.partial.png": the OS's, not ours
+        if (temporary.is_file() and is_temporary(temporary.name)  # the glob alone matches users' names too
+                and not is_os_metadata(temporary.name)):  # "._.x.partial.png": the OS's, not ours
             temporary.unlink()
             removed.append(temporary)
     for folder in subfolders:  # folders longvos made, once they are empty, deepest first

@@ -21,7 +21,8 @@ from tqdm import tqdm
 from longvos.engine.frames import check_max_size
 from longvos.engine.options import (DEFAULT_SNAPSHOT_EVERY, SegmentOptions, earlier_record_note,
                                     objects_per_pass_record)
-from longvos.engine.outputs import check_output_folder, log_outputs, prepare_output_folder, refuse_used_folder
+from longvos.engine.outputs import (check_output_folder, hold_output_folder, log_outputs, prepare_output_folder,
+                                    refuse_used_folder)
 from longvos.engine.progress import (PROGRESS_FILE, STATE_FILE, RunProgress, UnusableSnapshot, encode_state,
                                      load_state, mask_digest, settings_difference, settings_digest,
                                      video_fingerprint)
@@ -110,7 +111,9 @@ def segment_video(
     ``objects/<id>/<frame>.png`` with ``per_object`` and ``probs/<frame>.npz`` with ``save_probs``, and an
     overlay video if ``overlay`` is a path. ``on_frame(frame, result)`` is called after each frame.
     A new run (not ``resume``) refuses an ``out_dir`` that holds files; ``overwrite`` first deletes the files an
-    earlier longvos run wrote there (and nothing else). A video whose stream ends before its listed frame count is
+    earlier longvos run wrote there (and nothing else). The run holds ``out_dir`` from its first look at it to its
+    last file (:func:`~longvos.engine.outputs.hold_output_folder`): another run into it meanwhile is refused at once
+    with one :class:`~longvos.io.errors.InputError` line. A video whose stream ends before its listed frame count is
     segmented up to its last decodable frame, with one warning; the summary counts the frames actually written.
     Every ``snapshot_every`` frames the model state is saved with the progress record (one file, overwritten), and
     ``resume`` restores it and recomputes the frames after it: a resumed run writes the same bytes as an
@@ -133,10 +136,22 @@ def segment_video(
     :class:`SegmentationError` if the run stops part-way.
     """
     options = (options or SegmentOptions()).replace(**changes)
-    snapshot_every, threads = options.snapshot_every, options.threads
     _check_options(options, resume, overwrite, records)  # before anything slow (the video, the model) is opened
-    check_output_folder(out_dir)
-    record = _earlier_run(Path(out_dir)) if resume else None
+    out_dir = check_output_folder(out_dir)
+    # Held from before what the folder holds is judged until the last file is written: a second run into the same
+    # folder is refused at once (before its model loads), instead of both passing the checks and mixing their files.
+    with hold_output_folder(out_dir):
+        return _segment_held(video, masks, out_dir, options, boxes, overlay, resume, overwrite, records, on_frame,
+                             source)
+
+
+def _segment_held(video: str | Path | FrameSource, masks: MaskInput | dict[int | None, MaskInput] | None,
+                  out_dir: Path, options: SegmentOptions, boxes: list[Box] | None, overlay: str | Path | None,
+                  resume: bool, overwrite: bool, records: bool, on_frame: Callable[[Frame, StepResult], None] | None,
+                  source: FrameSource | None) -> SegmentSummary:
+    """:func:`segment_video`'s run, once its options are checked and it holds ``out_dir``."""
+    snapshot_every, threads = options.snapshot_every, options.threads
+    record = _earlier_run(out_dir) if resume else None
     if source is not None and (isinstance(video, FrameSource)
                                or source.description not in (str(video), str(Path(video)))):
         raise InputError(f"source= must be the video opened from the path given as video ({video}), not "
@@ -154,15 +169,19 @@ def segment_video(
     prompts = load_prompts(source, masks, boxes, (start, stop), order[0])
     palette = next((prompts[i].palette for i in order if i in prompts and prompts[i].palette is not None),
                    DAVIS_PALETTE)
-    overlay_writer = OverlayWriter(overlay, getattr(source, "fps", DEFAULT_FPS), palette,
-                                   out_dir=out_dir) if overlay else None
+    # An existing file at the overlay path is replaced only if it is an overlay the run being resumed or overwritten
+    # drew (its record names it), and never if it is the video or a mask this run reads.
+    earlier = record if resume else RunProgress.load(Path(out_dir)) if overwrite else None
+    inputs = [] if isinstance(video, FrameSource) else [
+        video, *(prompt.origin for prompt in prompts.values() if Path(prompt.origin).is_absolute())]
+    overlay_writer = OverlayWriter(overlay, getattr(source, "fps", DEFAULT_FPS), palette, out_dir=out_dir,
+                                   inputs=inputs, replaceable=earlier.overlays if earlier is not None else ()
+                                   ) if overlay else None
     segmenter = options.load_segmenter()
     session = options.session(segmenter)  # the video's size cap and memory interval
     if not session.state_is_fixed_size:
         snapshot_every = 0  # a growing state: snapshots too would grow, each rewritten whole (quadratic writes)
 
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     # What must match for --resume to continue a run (the device and overlay may change): the options' settings as
     # they resolved, and what identifies the inputs. The memory design and interval are recorded as the session uses
     # them (the model's own where none is named): naming the model's own is the same run as naming none, and a run
@@ -196,6 +215,8 @@ def segment_video(
             # writer makes no file before its first frame).
             drawn = 0
             if overlay_writer is not None and record.completed:
+                if record.note_overlay(overlay):  # named before it is drawn: a later resume may replace it
+                    record.save(out_dir)
                 _log_overlay(out_dir, overlay)
                 run = _Run(source, session, prompts, out_dir, palette, record, False, False)
                 run.execute(order[:record.completed], overlay_writer, options.max_pending_writes, None,
@@ -210,7 +231,7 @@ def segment_video(
         elif record.threads is not None and threads != record.threads and record.completed:
             warnings.warn(f"resuming with {threads} CPU threads where the interrupted run used {record.threads}: "
                           f"the frames may differ in bits from an uninterrupted run (omit the thread count to "
-                          f"reuse {record.threads})", UserWarning, stacklevel=2)
+                          f"reuse {record.threads})", UserWarning, stacklevel=3)  # segment_video's caller
     else:
         if resume:  # a folder that holds no run (no progress record) is a new run's, unless it holds other files
             refuse_used_folder(out_dir, f"it holds no longvos run to resume (no {PROGRESS_FILE}): use --overwrite to "
@@ -222,6 +243,8 @@ def segment_video(
     threads_before = torch.get_num_threads()
     record.threads = threads or threads_before
     if records:
+        if overlay:
+            record.note_overlay(overlay)  # named before it is drawn: a resume or --overwrite may replace it
         record.save(out_dir)
         _log_overlay(out_dir, overlay)
 
@@ -285,7 +308,7 @@ def _warn_unused_prompts(source: FrameSource, order: range, done: int, prompts: 
     lost = f", so object(s) {', '.join(map(str, new))} were never segmented" if new else ""
     warnings.warn(f"{source.description}: the mask{'s' if len(unused) > 1 else ''} for {masks} "
                   f"{'were' if len(unused) > 1 else 'was'} never used: {ended}, before "
-                  f"{'them' if len(unused) > 1 else 'it'}{lost}", VideoTruncatedWarning, stacklevel=3)
+                  f"{'them' if len(unused) > 1 else 'it'}{lost}", VideoTruncatedWarning, stacklevel=4)
 
 
 def _describe_origin(origin: str) -> str:

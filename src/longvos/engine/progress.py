@@ -17,6 +17,10 @@ complete), which gives the same bytes as an uninterrupted run.
 The batch tool keeps no record of its own: each video's folder holds this record, which ``batch --resume`` reads to
 skip finished videos (:func:`longvos.batch.runner.item_settings`). ``done`` is set only after the last frame's files,
 with the frames that run segmented and its seconds.
+
+The record also names the overlay videos the run drew (:meth:`RunProgress.note_overlay`, before drawing one): the only
+existing files a resume or an ``--overwrite`` of that run may replace with an overlay (any other file at an overlay
+path is the user's, and refused).
 """
 from __future__ import annotations
 
@@ -24,12 +28,14 @@ import functools
 import hashlib
 import io
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from longvos.io.errors import VideoReadError
+from longvos.io.video import ImageSequenceSource
 from longvos.io.writer import atomic_write
 
 PROGRESS_FILE = ".longvos-progress.json"
@@ -50,6 +56,17 @@ class RunProgress:
     threads: int | None = None
     frames: int = 0  # once done: frames segmented by the run that finished (after those a resume found complete)
     seconds: float = 0.0  # once done: that run's wall time
+    #: absolute paths of the overlay videos this run drew (noted before drawing), which it may replace
+    overlays: list[str] = field(default_factory=list)
+
+    def note_overlay(self, path: str | Path) -> bool:
+        """Name the overlay ``path`` among this run's (call it, and save the record, before the overlay is drawn,
+        so that no overlay of the run exists unnamed); True if it was not named yet."""
+        name = str(Path(path).resolve())
+        if name in self.overlays:
+            return False
+        self.overlays.append(name)
+        return True
 
     def save(self, out_dir: Path) -> None:
         record = {"version": FORMAT_VERSION, **asdict(self)}
@@ -88,10 +105,13 @@ class RunProgress:
             threads = record.get("threads")
             if not isinstance(record["settings"], dict):
                 raise TypeError("settings")
+            overlays = record.get("overlays", [])  # absent from the records of older longvos: none named
+            if not isinstance(overlays, list) or not all(isinstance(path, str) for path in overlays):
+                raise TypeError("overlays is not a list of paths")
             return cls(record["settings"], int(record["completed"]), record.get("last_frame"), bool(record["done"]),
                        int(record.get("snapshot", 0)),
                        int(threads) if isinstance(threads, int) and threads > 0 else None,
-                       int(record.get("frames", 0)), float(record.get("seconds", 0.0)))
+                       int(record.get("frames", 0)), float(record.get("seconds", 0.0)), overlays)
         except KeyError as err:
             raise ValueError(f"it lacks the field {err}") from None
         except (ValueError, TypeError, AttributeError, OverflowError) as err:
@@ -141,8 +161,9 @@ def _file_sha256(path: str, size: int, mtime_ns: int, inode: int) -> str | None:
 
 def video_fingerprint(path: str | Path) -> str | None:
     """A cheap fingerprint of a video: for a file its size and the sha256 of its first and last MiB; for a frame
-    folder the names of its files (a frame repaired after a failure may change; frames are not re-read). ``None``
-    for anything else (a glob, an in-memory source)."""
+    folder the names of the frames its reader reads (a frame repaired after a failure may change; frames are not
+    re-read), so that other files there (a README, ``.DS_Store``, an overlay or its temporary file) change nothing.
+    ``None`` for anything else (a glob, an in-memory source)."""
     path = Path(path)
     try:
         if path.is_file():
@@ -155,12 +176,14 @@ def video_fingerprint(path: str | Path) -> str | None:
                     digest.update(file.read())
             return f"{size}:{digest.hexdigest()}"
         if path.is_dir():
+            frames = ImageSequenceSource.from_folder(path).paths  # the reader's own listing: the frames it reads
             digest = hashlib.sha256()
-            for entry in sorted(path.iterdir()):
-                if entry.is_file():
-                    digest.update(f"{entry.name}\n".encode())
+            # In name order, not reading order: the names alone decide the order, and a folder of frames only
+            # keeps the fingerprint that records of earlier longvos versions hold.
+            for name in sorted(frame.name for frame in frames):
+                digest.update(f"{name}\n".encode())
             return digest.hexdigest()
-    except OSError:
+    except (OSError, VideoReadError):
         return None
     return None
 

@@ -1,11 +1,13 @@
 """Overlay video: each frame with its objects tinted in their palette colours and outlined, encoded as it comes.
 
 The video is encoded into a temporary file beside the target (``.<name>.partial.<ext>``) and renamed onto it only when
-complete, so an interrupted run never leaves a truncated, unplayable overlay under the real name.
+complete, so an interrupted run never leaves a truncated, unplayable overlay under the real name. That rename replaces
+no file the caller has not named replaceable (see :func:`check_overlay_path`), and never one of the run's inputs.
 """
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from fractions import Fraction
 from pathlib import Path
 
@@ -42,11 +44,12 @@ class OverlayWriter:
     """Streams overlay frames into a video file (one frame in, one frame encoded; nothing is kept)."""
 
     def __init__(self, path: str | Path, fps: float, palette: np.ndarray | None = None, *,
-                 out_dir: str | Path | None = None):
-        """Check the destination at once (see :func:`check_overlay_path`; ``out_dir`` is the output folder the run
-        creates, which may hold the overlay before it exists) and pick the encoder; nothing is written until the
-        first frame."""
-        self.path = check_overlay_path(path, out_dir)
+                 out_dir: str | Path | None = None, inputs: Iterable[str | Path] = (),
+                 replaceable: Iterable[str | Path] = ()):
+        """Check the destination at once (see :func:`check_overlay_path`: ``out_dir`` is the output folder the run
+        creates, which may hold the overlay before it exists; ``inputs`` the files the run reads; ``replaceable`` the
+        overlays an existing file may be) and pick the encoder; nothing is written until the first frame."""
+        self.path = check_overlay_path(path, out_dir, inputs=inputs, replaceable=replaceable)
         suffix = self.path.suffix.lower()
         self.palette = palette
         self._rate = Fraction(fps).limit_denominator(1001)
@@ -103,17 +106,24 @@ class OverlayWriter:
         self._temporary.unlink(missing_ok=True)
 
 
-def check_overlay_path(path: str | Path, out_dir: str | Path | None = None) -> Path:
+def check_overlay_path(path: str | Path, out_dir: str | Path | None = None, *, inputs: Iterable[str | Path] = (),
+                       replaceable: Iterable[str | Path] = ()) -> Path:
     """Refuse (one :class:`InputError` line naming ``path``) an overlay destination that cannot be written: a
     folder, a suffix without a video container (mp4/mov/mkv/webm), a parent that is a file, missing or not
     writable. A missing parent is accepted where the run creates it: ``out_dir`` or a folder above it (the run makes
     ``out_dir`` with its parents); with ``out_dir=None`` a missing parent is left to the caller to create, and the
-    first frame written refuses it if it still does not exist. Returns ``path`` as a :class:`Path`."""
+    first frame written refuses it if it still does not exist.
+    An existing file (or link) at ``path`` is refused unless it is one of ``replaceable``: the overlays that the
+    caller may replace (those the run it resumes or overwrites wrote; by default none, so no user's file is ever
+    lost). It is refused in any case if it is one of ``inputs``, the files the run reads (the video, the masks;
+    entries that are not existing files, such as a frame folder, are skipped). Returns ``path`` as a :class:`Path`."""
     path = Path(path)
     if path.is_dir():
         raise InputError(f"overlay {path} is a folder: give the video file to write, e.g. {path / 'overlay.mp4'}")
     if path.suffix.lower() not in _CODECS:
         raise InputError(f"{path}: overlay must be one of {', '.join(sorted(_CODECS))}")
+    if os.path.lexists(path):
+        _check_replaceable(path, inputs, replaceable)
     parent = path.parent
     existing = nearest_existing(parent)
     if existing.exists() and not existing.is_dir():
@@ -125,6 +135,26 @@ def check_overlay_path(path: str | Path, out_dir: str | Path | None = None) -> P
     elif not os.access(parent, os.W_OK | os.X_OK):
         raise InputError(f"overlay {path}: folder {parent} is not writable")
     return path
+
+
+def _check_replaceable(path: Path, inputs: Iterable[str | Path], replaceable: Iterable[str | Path]) -> None:
+    """Refuse the existing file at ``path`` unless it is one of ``replaceable`` and none of ``inputs``."""
+    for source in inputs:
+        if Path(source).is_file() and _same_file(path, Path(source)):
+            raise InputError(f"overlay {path} would replace {source}, an input of this run: give the overlay "
+                             f"another path")
+    if not any(_same_file(path, Path(own)) for own in replaceable):
+        raise InputError(f"overlay {path} already exists: give another path, or delete that file first (longvos "
+                         f"replaces an existing overlay only when resuming or overwriting the run that wrote it)")
+
+
+def _same_file(path: Path, other: Path) -> bool:
+    """Whether two paths name one file: the same file through links or another spelling of its path, or (where
+    either does not exist, such as a dangling link) the same absolute path."""
+    try:
+        return os.path.samefile(path, other)
+    except OSError:
+        return Path(os.path.abspath(path)) == Path(os.path.abspath(other))
 
 
 def _is_same_or_above(folder: Path, out_dir: Path) -> bool:
