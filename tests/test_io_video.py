@@ -1,7 +1,10 @@
 """Frame sources on real footage: frame folders, globs and an mp4 made from them (streamed, seekable, reversible)."""
 from __future__ import annotations
 
+import fractions
+import os
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +12,8 @@ import pytest
 from PIL import Image
 
 from longvos.io.errors import VideoReadError
-from longvos.io.video import REVERSE_CHUNK_FRAMES, VideoFileSource, VideoTooLong, natural_sort_key, open_video
+from longvos.io.video import (REVERSE_CHUNK_FRAMES, VideoFileSource, VideoTooLong, VideoTruncatedWarning,
+                               natural_sort_key, open_video)
 
 from conftest import write_mp4
 
@@ -165,3 +169,213 @@ def test_a_frame_limit_stops_the_count_past_it_and_changes_nothing_within_it(tmp
     expected = [frame.image for frame in free.frames()]
     assert [f.index for f in bounded.frames(3, 9, reverse=True)] == list(range(8, 2, -1))
     assert all(np.array_equal(f.image, expected[f.index]) for f in bounded.frames(5, 12))
+
+
+# -- truncated videos: measured against their header -------------------------------------------------------------
+
+def noise_frames(count: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 255, (32, 48, 3), dtype=np.uint8) for _ in range(count)]
+
+
+def cut(video: Path, fraction: float) -> Path:
+    """The first ``fraction`` of the bytes of ``video``, as a file beside it."""
+    data = video.read_bytes()
+    short = video.with_name(f"cut-{video.name}")
+    short.write_bytes(data[: int(len(data) * fraction)])
+    return short
+
+
+def read_all(video: Path, reverse: bool = False) -> tuple[VideoFileSource, list[int], list[str]]:
+    """The indices read forwards (or backwards) and the truncation warnings said, from a fresh source."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        source = VideoFileSource(video)
+        indices = [frame.index for frame in source.frames(reverse=reverse)]
+    return source, indices, [str(w.message) for w in caught if issubclass(w.category, VideoTruncatedWarning)]
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_a_truncated_mkv_is_read_to_its_end_and_said_short_of_its_header_duration(tmp_path, reverse):
+    """An mkv lists no frame count, only a duration (48 frames at 24 fps: 2 s), written whole at the front: cut
+    to 60% of its bytes, every packet left decodes, and one line says the file is short of what its header lists."""
+    video = cut(write_mp4(noise_frames(48), tmp_path / "clip.mkv"), 0.6)
+    source, indices, messages = read_all(video, reverse)
+    found = source.num_frames
+    assert 0 < found < 40 and sorted(indices) == list(range(found))
+    assert messages == [f"{video}: the video stream ends early (truncated or damaged file): the last frame that "
+                        f"decodes is frame {found - 1} ({found - 1:05d}), so the video has {found} frames, not the "
+                        f"48 its header lists (2 s at 24 fps)"]
+
+
+def test_a_truncated_faststart_mp4_is_said_short_of_the_count_its_header_lists(tmp_path):
+    """A faststart mp4 lists its 40 frames at the front: the count to report is that one, not the packets left."""
+    video = cut(write_mp4(noise_frames(40), tmp_path / "clip.mp4", faststart=True), 0.5)
+    source, indices, messages = read_all(video)
+    found = source.num_frames
+    assert 0 < found < 30 and indices == list(range(found))
+    assert len(messages) == 1 and f"so the video has {found} frames, not the 40 its header lists" in messages[0]
+    assert messages[0].startswith(f"{video}: ") and "\n" not in messages[0]
+
+
+def variable_rate_mkv(path: Path, gaps_ms: list[int], audio_seconds: float = 0.0) -> Path:
+    """An mkv whose frames are ``gaps_ms`` apart (declared 30 fps), with B-frames, and silent audio as long as
+    ``audio_seconds`` beside it."""
+    import av
+
+    millisecond = fractions.Fraction(1, 1000)
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=30)
+        video.width, video.height, video.pix_fmt = 48, 32, "yuv420p"
+        video.time_base = video.codec_context.time_base = millisecond
+        video.options = {"bf": "2", "g": "6"}
+        audio = container.add_stream("pcm_s16le", rate=8000, layout="mono") if audio_seconds else None
+        pts = 0
+        for image, gap in zip(noise_frames(len(gaps_ms)), gaps_ms):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts, frame.time_base = pts, millisecond
+            pts += gap
+            container.mux(video.encode(frame))
+        container.mux(video.encode())
+        for index in range(int(audio_seconds * 10)):
+            samples = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), format="s16", layout="mono")
+            samples.sample_rate, samples.pts = 8000, index * 800
+            container.mux(audio.encode(samples))
+        if audio is not None:
+            container.mux(audio.encode())
+    return path
+
+
+@pytest.mark.parametrize("make, frames", [
+    (lambda d: write_mp4(noise_frames(30), d / "b-frames.mp4"), 30),
+    (lambda d: write_mp4(noise_frames(30), d / "b-frames.mkv"), 30),
+    # 30 frames at 30 fps, then 30 at 5 fps: 6.8 s, which "times 30 fps" would take for 205 frames
+    (lambda d: variable_rate_mkv(d / "variable.mkv", [33] * 30 + [200] * 30), 60),
+    # 48 frames 41 ms apart under a declared 30 fps, beside 6 s of audio (the container's duration)
+    (lambda d: variable_rate_mkv(d / "long-audio.mkv", [41] * 48, audio_seconds=6.0), 48),
+], ids=["b-frames mp4", "b-frames mkv", "variable frame rate", "audio outlasts video"])
+def test_whole_videos_are_never_said_to_be_short(tmp_path, make, frames):
+    """No false alarm where a header's duration x frame rate is only an estimate of the frames (the stream's span
+    is compared with the duration instead), nor for B-frames (decoded out of packet order)."""
+    video = make(tmp_path)
+    for reverse in (False, True):
+        source, indices, messages = read_all(video, reverse)
+        assert source.num_frames == frames and sorted(indices) == list(range(frames)) and messages == []
+
+
+# -- frame folders: a frame that cannot be listed as a file ------------------------------------------------------
+
+def test_a_broken_link_among_the_frames_is_refused_in_one_line(tmp_path):
+    """Skipping it would shift every later frame (and its mask) one index down: the folder and a glob of it are
+    refused, naming the link and where it leads."""
+    rng = np.random.default_rng(0)
+    for index in (0, 1, 2, 4):
+        Image.fromarray(rng.integers(0, 255, (16, 24, 3), dtype=np.uint8)).save(tmp_path / f"{index:05d}.jpg")
+    os.symlink(tmp_path / "gone" / "00003.jpg", tmp_path / "00003.jpg")
+    os.symlink(tmp_path / "gone" / "notes.txt", tmp_path / "notes.txt")  # not a frame: ignored in a folder
+    expected = (f"{tmp_path / '00003.jpg'}: a frame file that cannot be read (a broken link to "
+                f"{tmp_path / 'gone' / '00003.jpg'})")
+    for source in (tmp_path, str(tmp_path / "*.jpg")):
+        with pytest.raises(VideoReadError) as refused:
+            open_video(source)
+        assert str(refused.value) == expected
+
+
+# -- an edit list that starts after the first frames (a clip trimmed with stream copy) ----------------------------
+
+def trimmed_mp4(source: Path, path: Path, skip: int) -> Path:
+    """``source``'s packets with their timestamps moved ``skip`` frames earlier: the mp4 muxer writes an edit list
+    that starts at the old first frame, as ``ffmpeg -ss ... -c copy`` does when the cut falls inside a GOP. The
+    samples before it stay (the decoder needs them) and are decoded but never shown."""
+    import av
+
+    with av.open(str(source)) as original, av.open(str(path), "w") as container:
+        stream = original.streams.video[0]
+        copy = container.add_stream_from_template(stream)
+        step = int(round(1 / (stream.average_rate * stream.time_base)))  # one frame, in time_base units
+        for packet in original.demux(stream):
+            if packet.dts is None:  # the flush packet
+                continue
+            packet.pts -= skip * step
+            packet.dts -= skip * step
+            packet.stream = copy
+            container.mux(packet)
+    return path
+
+
+def shortened_edit(video: Path, shown: int, listed: int) -> Path:
+    """``video`` with its edit list (one entry, as the muxer writes) ending after ``shown`` of its ``listed``
+    frames, as ``ffmpeg -t ... -c copy`` leaves it: the samples after the end stay in the file."""
+    import struct
+
+    data = bytearray(video.read_bytes())
+    box = data.index(b"elst")
+    version, entries = data[box + 4], struct.unpack(">I", data[box + 8:box + 12])[0]
+    assert entries == 1
+    layout, size = (">I", 4) if version == 0 else (">Q", 8)
+    duration = struct.unpack(layout, data[box + 12:box + 12 + size])[0]
+    data[box + 12:box + 12 + size] = struct.pack(layout, duration * shown // listed)
+    short = video.with_name(f"short-{video.name}")
+    short.write_bytes(bytes(data))
+    return short
+
+
+@pytest.mark.parametrize("skip, shown", [(3, 37), (6, 34), (7, 33), (3, 20)],
+                         ids=["starts inside the first GOP", "starts on a keyframe", "starts past the first GOP",
+                              "ends early too"])
+def test_frames_an_edit_list_hides_are_not_frames(tmp_path, skip, shown):
+    """Frame ``i`` is the ``i``-th frame that decodes: samples the edit list hides are neither counted (no false
+    "ends early") nor put in the seek index (``read(20)`` would be frame ``20 - skip``: masks on the wrong frames)."""
+    import av
+
+    original = write_mp4(noise_frames(40), tmp_path / "whole.mp4")
+    video = trimmed_mp4(original, tmp_path / "trimmed.mp4", skip)
+    if shown < 40 - skip:
+        video = shortened_edit(video, shown, 40 - skip)
+    with av.open(str(original)) as container:
+        whole = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+    with av.open(str(video)) as container:
+        assert container.streams.video[0].frames == 40  # every sample is still in the file
+        plain = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+    # The decoder honours the edit list: it shows the original's frames from the edit's first one on.
+    assert len(plain) == shown and all(np.array_equal(a, b) for a, b in zip(plain, whole[skip:]))
+
+    def same(frames) -> bool:
+        frames = list(frames)
+        return bool(frames) and all(np.array_equal(frame.image, plain[frame.index]) for frame in frames)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", VideoTruncatedWarning)
+        source = VideoFileSource(video)
+        assert source.num_frames == shown  # before anything decodes
+        forward = list(source.frames())
+        assert [frame.index for frame in forward] == list(range(shown)) and same(forward)
+        assert source.num_frames == shown
+        for index in (1, skip, 17, shown - 1):
+            assert source.read(index).index == index and same([source.read(index)])
+        backward = list(VideoFileSource(video).frames(5, shown, reverse=True))
+        assert [frame.index for frame in backward] == list(range(shown - 1, 4, -1)) and same(backward)
+        # The hidden samples count against no frame limit: the clip fits one of exactly its length.
+        assert VideoFileSource(video, max_frames=shown).num_frames == shown
+    with pytest.raises(VideoTooLong):
+        VideoFileSource(video, max_frames=shown - 1).num_frames
+
+
+def test_a_truncated_trimmed_mp4_is_said_short_of_the_frames_it_shows(tmp_path):
+    """Cut short, a trimmed faststart mp4 is measured against the frames its edit list shows (37 of 40 samples)."""
+    original = write_mp4(noise_frames(40), tmp_path / "whole.mp4")
+    trimmed = trimmed_mp4(original, tmp_path / "trimmed.mp4", 3)
+    import av
+
+    with av.open(str(trimmed)) as container, av.open(str(tmp_path / "fast.mp4"), "w",
+                                                     options={"movflags": "faststart"}) as out:
+        copy = out.add_stream_from_template(container.streams.video[0])
+        for packet in container.demux(video=0):
+            if packet.dts is not None:
+                packet.stream = copy
+                out.mux(packet)
+    video = cut(tmp_path / "fast.mp4", 0.5)
+    source, indices, messages = read_all(video)
+    found = source.num_frames
+    assert 0 < found < 30 and indices == list(range(found))
+    assert len(messages) == 1 and f"so the video has {found} frames, not the 37 its header lists" in messages[0]

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from longvos.io.errors import InputError
-from longvos.io.video import IMAGE_EXTENSIONS, natural_sort_key
+from longvos.io.video import IMAGE_EXTENSIONS, frame_sort_key, natural_sort_key
 
 #: The DAVIS release keeps frames and masks one level deeper, under the resolution name.
 RESOLUTION_LEVELS = ("480p", "Full-Resolution")
@@ -32,9 +32,10 @@ def sequence_names(folder: Path, sort_key: Callable[[str], object] | None = natu
 
 
 def annotated_frames(folder: Path) -> tuple[Path, ...]:
-    """The mask PNGs of one sequence in temporal (natural) order; zero-padded names sort as DAVIS does."""
+    """The mask PNGs of one sequence in the frame reader's order (:func:`~longvos.io.video.frame_sort_key`), so
+    that the first mask is the first annotated frame; zero-padded names sort as DAVIS does."""
     return tuple(sorted((p for p in folder.iterdir() if p.suffix.lower() == ".png" and _visible(p)),
-                        key=lambda p: natural_sort_key(p.name)))
+                        key=frame_sort_key))
 
 
 @dataclass(frozen=True)
@@ -85,9 +86,10 @@ class DavisLayout:
         return folder
 
     def frame_names(self, sequence: str) -> list[str]:
-        """The names (without extension) of a sequence's frame images, in temporal (natural) order."""
-        return sorted((p.stem for p in (self.images_root / sequence).iterdir()
-                       if p.suffix.lower() in IMAGE_EXTENSIONS and _visible(p)), key=natural_sort_key)
+        """The names (without extension) of a sequence's frame images, in the frame reader's order, so that the
+        ``i``-th name is the reader's frame ``i``."""
+        return [p.stem for p in sorted((p for p in (self.images_root / sequence).iterdir()
+                                        if p.suffix.lower() in IMAGE_EXTENSIONS and _visible(p)), key=frame_sort_key)]
 
     def annotations(self, sequence: str) -> tuple[Path, ...]:
         """A sequence's mask PNGs in temporal order; none if it has no annotation folder."""

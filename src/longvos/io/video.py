@@ -3,24 +3,27 @@
 ``open_video(path)`` picks the reader. Every reader yields :class:`Frame` objects lazily, so a video of any length
 costs the memory of a few frames; only small per-frame metadata (file names, or timestamps for seeking) is kept.
 
-The readers: :class:`ImageSequenceSource` (a folder of jpg/png in natural sort order, or a glob pattern) and
-:class:`VideoFileSource` (mp4, mov, mkv, webm, ... decoded with PyAV, one frame at a time). For video files, frame
+The readers: :class:`ImageSequenceSource` (a folder of jpg/png in :func:`frame_sort_key` order, or a glob pattern)
+and :class:`VideoFileSource` (mp4, mov, mkv, webm, ... decoded with PyAV, one frame at a time). For video files, frame
 ``i`` is the ``i``-th frame in presentation order and is named ``{i:05d}`` (wider for very long videos). Seeking and
-reverse reading use a timestamp index built from the packets alone (no decoding), made on first need. The packet
-count is what the container lists; a damaged or truncated file can decode fewer frames. When decoding ends before
-the listed count, ``num_frames`` becomes the count that decodes and one :class:`VideoTruncatedWarning` names the last
-frame that decoded. For a file nobody vouches for (an upload), ``VideoFileSource(path, max_frames=N)`` bounds that
-pass: it stops after ``N + 1`` frame packets (or ``N + 2`` empty ones) and raises :class:`VideoTooLong` instead of
-walking the rest of the file.
+reverse reading use a timestamp index built from the packets alone (no decoding), made on first need; ``num_frames``
+is the count of frame packets found. A truncated or damaged file holds fewer packets than its header lists (the
+header is written whole, the packets are what was left), and can decode fewer frames than it holds packets. Either
+way, when reading reaches the end of what decodes, ``num_frames`` becomes the count that decodes and one
+:class:`VideoTruncatedWarning` names the last frame and the count the header (or else the packets) listed. For a file
+nobody vouches for (an upload), ``VideoFileSource(path, max_frames=N)`` bounds that pass: it stops after ``N + 1``
+frame packets (or ``N + 2`` empty ones) and raises :class:`VideoTooLong` instead of walking the rest of the file.
 """
 from __future__ import annotations
 
 import abc
 import glob
+import os
 import re
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import av
@@ -114,17 +117,34 @@ def natural_sort_key(text: str) -> list[object]:
     return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text)]
 
 
+def frame_sort_key(path: Path) -> list[object]:
+    """The temporal order of frame (and mask) files: their names without the extension, in natural order. Whole
+    file names would put ``1.5.jpg`` before ``1.jpg`` (``.`` sorts before ``.jpg``), and a frame and its mask, named
+    alike in other formats, must sort alike. Takes the path, not the stem: ``Path("1.5").stem`` is ``"1"``."""
+    return natural_sort_key(path.stem)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
-# Frames stored as image files: a folder of jpg/png (natural sort) or a glob pattern.
+# Frames stored as image files: a folder of jpg/png (frame_sort_key order) or a glob pattern.
 # ---------------------------------------------------------------------------------------------------------------------
 
+def _is_frame_file(path: Path) -> bool:
+    """Whether ``path`` is a file to read as a frame (a folder is not); a link to nothing is refused rather than
+    skipped, since a frame silently left out shifts every later frame onto the wrong index (and mask)."""
+    if path.is_file():
+        return True
+    if path.is_symlink():  # is_file() follows links: this one leads nowhere (or round in a loop)
+        raise VideoReadError(f"{path}: a frame file that cannot be read (a broken link to {os.readlink(path)})")
+    return False
+
+
 class ImageSequenceSource(FrameSource):
-    """Image files in natural order; frame ``i`` is named after the stem of the ``i``-th file."""
+    """Image files in :func:`frame_sort_key` order; frame ``i`` is named after the stem of the ``i``-th file."""
 
     def __init__(self, paths: list[Path], description: str):
         if not paths:
             raise VideoReadError(f"{description}: no image frames found ({', '.join(sorted(IMAGE_EXTENSIONS))})")
-        self.paths = sorted(paths, key=lambda p: natural_sort_key(p.name))
+        self.paths = sorted(paths, key=frame_sort_key)
         self.description = description
         stems: dict[str, Path] = {}
         for path in self.paths:
@@ -137,15 +157,15 @@ class ImageSequenceSource(FrameSource):
 
     @classmethod
     def from_folder(cls, folder: Path) -> ImageSequenceSource:
-        paths = [p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-                 and not p.name.startswith(".")]
+        paths = [p for p in folder.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
+                 and _is_frame_file(p)]
         return cls(paths, str(folder))
 
     @classmethod
     def from_glob(cls, pattern: str) -> ImageSequenceSource:
         """Image files matching ``pattern``; the longest leading part of it that exists as a folder is taken
         literally (``take [1]/*.png`` globs inside the folder ``take [1]``)."""
-        paths = [Path(p) for p in glob.glob(_literal_existing_prefix(pattern)) if Path(p).is_file()]
+        paths = [Path(p) for p in glob.glob(_literal_existing_prefix(pattern)) if _is_frame_file(Path(p))]
         return cls(paths, pattern)
 
     @property
@@ -218,6 +238,70 @@ class VideoTruncatedWarning(UserWarning):
     """The video stream ends before the frame count its container lists (a truncated or damaged file)."""
 
 
+#: A stream measured against a duration (its header lists no frame count) is short only when more than this many
+#: frames' worth of it, and more than :data:`ESTIMATE_SLACK_FRACTION` of it, are missing: rounded durations and an
+#: average frame rate put whole files a frame or two off.
+ESTIMATE_SLACK_FRAMES = 2
+ESTIMATE_SLACK_FRACTION = 0.02
+
+
+@dataclass(frozen=True)
+class HeaderFrameCount:
+    """The frames a video's header lists: counted (an mp4's sample table, an avi's header), or, where it lists no
+    count (mkv, webm), its duration in ``seconds`` times its frame ``rate``. Headers are written whole, so a file
+    cut short still lists what it had."""
+
+    count: int
+    seconds: float | None = None  # None: ``count`` is counted, exact
+    rate: float | None = None
+
+    def is_short(self, found: int, found_seconds: float | None = None) -> bool:
+        """Whether ``found`` frames (spanning ``found_seconds``, where their timestamps tell) fall short of what
+        the header lists, by more than an estimate can be off. An estimate is compared in time when it can be:
+        with a variable frame rate the frames found and duration x average rate differ in a whole file too."""
+        if self.seconds is None:
+            return found < self.count
+        missing = self.count - found if found_seconds is None else (self.seconds - found_seconds) * self.rate
+        return missing > max(ESTIMATE_SLACK_FRAMES, ESTIMATE_SLACK_FRACTION * self.count)
+
+    @property
+    def origin(self) -> str:
+        """Where :attr:`count` comes from, for messages."""
+        if self.seconds is None:
+            return "its header lists"
+        return f"its header lists ({self.seconds:g} s at {self.rate:g} fps)"
+
+
+def header_frame_count(container: av.container.InputContainer) -> HeaderFrameCount | None:
+    """The frame count the header of ``container``'s first video stream gives, read without demuxing anything;
+    ``None`` where it gives neither a count nor both a duration and a frame rate."""
+    stream = container.streams.video[0]
+    rate = stream.average_rate or stream.guessed_rate
+    seconds = _stream_seconds(container, stream)
+    if stream.frames > 0 and not (rate and seconds and seconds * float(rate) + 0.5 < stream.frames):
+        return HeaderFrameCount(stream.frames)
+    # An mp4 whose edit list shows less than its samples (a clip trimmed with stream copy) counts them all, the
+    # hidden ones too, but lasts as long as the edit: the duration is what it shows.
+    if not rate or not seconds:
+        return None
+    return HeaderFrameCount(round(seconds * float(rate)), seconds, float(rate))
+
+
+def _stream_seconds(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> float | None:
+    """The video stream's duration, else matroska's per-track ``DURATION`` tag (``00:00:05.000000000``), else the
+    container's, but only where the video is its only stream: the container lasts as long as its longest stream,
+    and audio that outlasts the picture would make a whole file look cut short."""
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    tagged = re.fullmatch(r"(\d+):(\d+):(\d+(?:\.\d*)?)", stream.metadata.get("DURATION", "").strip())
+    if tagged:
+        hours, minutes, seconds = tagged.groups()
+        return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+    if container.duration and len(container.streams) == 1:
+        return container.duration / av.time_base
+    return None
+
+
 class VideoTooLong(VideoReadError):
     """The video stream has more packets (frames) than the ``max_frames`` its :class:`VideoFileSource` was given,
     or the file more packets of other streams than such a video has: at most ``max_frames + 1`` frame packets,
@@ -226,6 +310,12 @@ class VideoTooLong(VideoReadError):
     def __init__(self, message: str, limit: int | None = None):  # limit optional: exceptions pickle their message
         super().__init__(message)
         self.limit = limit
+
+
+def _is_discarded(packet: av.Packet) -> bool:
+    """Whether the demuxer marks ``packet`` to be decoded but not shown (``AV_PKT_FLAG_DISCARD``: mp4 samples
+    outside its edit list); the decoder drops the frame it makes."""
+    return bool(getattr(packet, "is_discard", False))
 
 
 class VideoFileSource(FrameSource):
@@ -248,7 +338,11 @@ class VideoFileSource(FrameSource):
         # Presentation timestamps in display order, or None before the index is built / when the stream has none.
         self._timestamps: np.ndarray | None = None
         self._frame_count: int | None = None
-        self._listed_count: int | None = None  # packets the container lists, before decoding proved otherwise
+        # The count a shortened stream is measured against (what its header lists, else the packets found), and
+        # whether the shortfall was said: once per source, when reading finds where the stream ends.
+        self._listed_count: int | None = None
+        self._listed_by = "its container lists"  # where that count comes from, for the warning
+        self._truncation_reported = False
         self._name_width = 5
 
     def _open(self) -> av.container.InputContainer:
@@ -268,18 +362,28 @@ class VideoFileSource(FrameSource):
 
         With :attr:`max_frames`, a frame packet past the limit, or more empty packets than frames allowed (empty
         packets, which some files hold between frames, must not make the walk unbounded either), means
-        :class:`VideoTooLong`, and nothing is recorded: at most ``2 * max_frames + 2`` video packets are read. The
-        other streams' packets are read as well (demuxing a file reads them all, only to drop them), so they are
-        bounded too, by :data:`OTHER_PACKETS_PER_FRAME` per allowed frame."""
+        :class:`VideoTooLong`, and nothing is recorded: at most ``2 * max_frames + 2`` video packets are read, plus
+        at most the other streams' bound of skipped ones (below). The other streams' packets are read as well
+        (demuxing a file reads them all, only to drop them), so they are bounded too, by
+        :data:`OTHER_PACKETS_PER_FRAME` per allowed frame.
+
+        Packets the container marks to discard are not frames: an mp4 whose edit list starts after its first
+        samples (trimmed with stream copy, ``ffmpeg -ss 0.5 -c copy``) keeps the samples from the keyframe before
+        the cut (and, cut with ``-t``, some after its end), which the decoder needs but never outputs. Counted,
+        they would make the count exceed what decodes, and their timestamps, sorted first, would shift every seek
+        by as many frames."""
         limit = self.max_frames
         other_limit = None if limit is None else OTHER_PACKETS_PER_FRAME * limit + OTHER_PACKETS_BASE
         timestamps: list[int] = []
         count = 0
         empty = 0
         other = 0
+        skipped = 0  # video packets the container marks to discard (outside an edit list)
         try:
             with self._open() as container:
                 video = container.streams.video[0]
+                header = header_frame_count(container)
+                time_base = video.time_base
                 for packet in container.demux():
                     if packet.stream.index != video.index:
                         other += 1
@@ -290,6 +394,12 @@ class VideoFileSource(FrameSource):
                         continue
                     if packet.size == 0:  # the flush packet at the end of the stream
                         empty += 1
+                    elif _is_discarded(packet):  # decoded for the frames after it, never output
+                        skipped += 1
+                        if other_limit is not None and skipped > other_limit:
+                            raise VideoTooLong(f"{self.path}: the video stream holds more than {other_limit} "
+                                               f"packets that its edit list skips, more than a video of {limit} "
+                                               f"frames has", limit)
                     else:
                         count += 1
                         if packet.pts is not None:
@@ -303,10 +413,20 @@ class VideoFileSource(FrameSource):
             raise VideoReadError(f"{self.path}: cannot read the video stream: {err}") from None
         if count == 0:
             raise VideoReadError(f"{self.path}: the video stream has no frames")
-        self._frame_count = self._listed_count = count
         self._name_width = max(5, len(str(count - 1)))  # fixed, so names never change if fewer frames decode
         # Without a timestamp for every frame, seeking cannot be exact: fall back to decoding from the start.
         self._timestamps = np.sort(np.asarray(timestamps, dtype=np.int64)) if len(timestamps) == count else None
+        self._frame_count = self._listed_count = count
+        if header is not None and header.is_short(count, self._seconds_found(time_base)):
+            # Not warned here but when reading reaches the end, which also finds whether fewer frames decode than
+            # there are packets: one line then gives the count that was read.
+            self._listed_count, self._listed_by = header.count, header.origin
+
+    def _seconds_found(self, time_base: Fraction | None) -> float | None:
+        """How long the indexed frames last, first timestamp to the end of the last frame; None without them."""
+        if self._timestamps is None or not time_base:
+            return None
+        return float((int(self._timestamps[-1]) - int(self._timestamps[0])) * time_base) + 1 / self.fps
 
     @property
     def num_frames(self) -> int:
@@ -358,6 +478,8 @@ class VideoFileSource(FrameSource):
                 if image.shape[:2] != self._size:
                     raise VideoReadError(f"{self.path}: frame {index} is {image.shape[1]}x{image.shape[0]}, "
                                          f"but the video is {self._size[1]}x{self._size[0]}")
+                if index == self.num_frames - 1:  # the last frame there is: a run that gets here read it all
+                    self._stream_ends_at(index)
                 yield Frame(index, self.frame_name(index), image)
                 if index == stop - 1:
                     ended = False
@@ -367,7 +489,7 @@ class VideoFileSource(FrameSource):
         finally:
             container.close()
         if ended and index < stop - 1:
-            self._ended_early(index if index >= 0 or not seek_by_timestamp else self._count_decoded() - 1)
+            self._stream_ends_at(index if index >= 0 or not seek_by_timestamp else self._count_decoded() - 1)
 
     def _count_decoded(self) -> int:
         """Frames the whole stream decodes to (only needed when a seek landed past the end of what decodes)."""
@@ -377,17 +499,21 @@ class VideoFileSource(FrameSource):
             except av.FFmpegError as err:
                 raise VideoReadError(f"{self.path}: cannot decode the video stream: {err}") from None
 
-    def _ended_early(self, last: int) -> None:
-        """The decoder stopped after frame ``last``: make that the frame count, and say so once."""
-        if last + 1 >= self.num_frames:
+    def _stream_ends_at(self, last: int) -> None:
+        """Decoding found frame ``last`` to be the stream's last: make that the frame count, and say once if that
+        is short of the listed count."""
+        if last + 1 > self.num_frames:
             return
         if last < 0:
             raise VideoReadError(f"{self.path}: no frame of the video stream decodes (the file is damaged or "
                                  f"truncated)")
         self._frame_count = last + 1
+        if self._truncation_reported or last + 1 >= self._listed_count:
+            return
+        self._truncation_reported = True
         warnings.warn(f"{self.path}: the video stream ends early (truncated or damaged file): the last frame that "
                       f"decodes is frame {last} ({self.frame_name(last)}), so the video has {last + 1} frames, "
-                      f"not the {self._listed_count} its container lists", VideoTruncatedWarning, stacklevel=3)
+                      f"not the {self._listed_count} {self._listed_by}", VideoTruncatedWarning, stacklevel=3)
 
 
 def open_video(source: str | Path | FrameSource) -> FrameSource:
