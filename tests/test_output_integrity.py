@@ -394,6 +394,36 @@ def test_an_interrupted_run_leaves_no_overlay(clip, tmp_path):
     assert not list((tmp_path / "out").glob(".*partial*"))
 
 
+def test_a_failed_write_names_its_file_and_the_last_frame_written(clip, tmp_path, monkeypatch, capsys):
+    """A full disk fails a write on the writer thread, frames behind the model: the error names the file that could
+    not be written and the last frame that was, not the frame the model had reached; a resume then completes."""
+    import errno
+
+    import longvos.engine.pipeline as pipeline
+
+    video, mask = clip
+    out = tmp_path / "out"
+    real_write = pipeline.write_index_png
+    writes = []
+
+    def disk_full_at_the_fourth(path, ids, palette=None):
+        writes.append(path)
+        if len(writes) == 4:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(path, ids, palette)
+
+    monkeypatch.setattr(pipeline, "write_index_png", disk_full_at_the_fourth)
+    assert main(["segment", str(video), "--mask", str(mask), "--out", str(out), *FAST]) == 1
+    error = capsys.readouterr().err.strip()
+    assert len(error.splitlines()) == 1 and "Traceback" not in error, error
+    assert "stopped writing, after frame 2 (00002): OSError: [Errno 28] No space left on device: " in error, error
+    assert f"{out / '00003.png'}" in error and "3 frame(s) complete" in error, error
+    assert frame_pngs(out) == ["00000.png", "00001.png", "00002.png"]
+    monkeypatch.setattr(pipeline, "write_index_png", real_write)
+    assert main(["segment", str(video), "--mask", str(mask), "--out", str(out), "--resume", *FAST]) == 0
+    assert len(frame_pngs(out)) == FRAMES
+
+
 def test_an_interrupted_batch_leaves_no_stale_summary(clip, tmp_path):
     video, mask = clip
     manifest = tmp_path / "videos.csv"

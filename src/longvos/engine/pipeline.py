@@ -358,6 +358,7 @@ class _Run:
         and only the ``overlay`` is drawn, from the saved masks (nothing is segmented or written but the video)."""
         completed, self.total = self.record.completed, len(order)
         position = 0  # the frame being worked on, counted in processing order
+        writer: BackgroundWriter | None = None
         try:
             self.restored = len(order) if redraw else self._restore() if completed else 0
             with BackgroundWriter(max_pending) as writer:
@@ -389,12 +390,17 @@ class _Run:
         except (Exception, KeyboardInterrupt) as err:
             if overlay is not None:
                 overlay.discard()  # never leave a half-written overlay video behind
-            where = f"at frame {order[position]} ({_name_or_index(self.source, order[position])})" \
-                if position < len(order) else "after the last frame"
+            done = self.record.completed  # read after the writer has drained
+            if writer is not None and err is writer.error:  # the writes lag the model: name where they stopped
+                where = (f"writing, after frame {order[done - 1]} ({_name_or_index(self.source, order[done - 1])})"
+                         if done else "writing, before the first frame")
+            elif position < len(order):
+                where = f"at frame {order[position]} ({_name_or_index(self.source, order[position])})"
+            else:
+                where = "after the last frame"
             interrupted = isinstance(err, KeyboardInterrupt)
             reason = ("interrupted" if interrupted else str(err) if isinstance(err, InputError)
                       else f"{type(err).__name__}: {err}")
-            done = self.record.completed  # read after the writer has drained
             if self.unreadable_mask is not None:
                 # A resume would read the same saved mask again (to draw it, or to compare its recomputed frame).
                 advice = (f" (a resume would read the saved mask {self.unreadable_mask.name} again: use --overwrite "

@@ -44,8 +44,12 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> None:
     try:
         write(temporary)
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as err:
         temporary.unlink(missing_ok=True)
+        if isinstance(err, OSError) and err.errno is not None and err.filename is None:
+            # A full disk or an I/O error says nothing of the file (the errno's own subclass is kept: the
+            # constructor picks it): name the file meant, not its temporary.
+            raise OSError(err.errno, err.strerror, str(path)) from err
         raise
 
 
@@ -97,6 +101,11 @@ class BackgroundWriter:
                 self._error = err
             finally:
                 self._jobs.task_done()
+
+    @property
+    def error(self) -> BaseException | None:
+        """The error of the job that failed (the jobs after it were dropped), or None."""
+        return self._error
 
     def _raise_if_failed(self) -> None:
         if self._error is not None:
