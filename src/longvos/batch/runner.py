@@ -28,7 +28,8 @@ from tqdm import tqdm
 from longvos.batch.items import (RECORD_START, SUMMARY_FILE, BatchOptions, Event, FramesDone, VideoFinished,
                                  VideoResult, VideoStarted, WorkerNote, WorkItem, name_problem, output_folder)
 from longvos.batch.manifest import Manifest, with_unique_names
-from longvos.engine.outputs import OUTPUTS_FILE, check_output_folder, clear_outputs, refuse_used_folder
+from longvos.engine.outputs import (LOCK_FILE, OUTPUTS_FILE, check_output_folder, clear_outputs,
+                                    hold_output_folder, refuse_used_folder)
 from longvos.engine.progress import (PROGRESS_FILE, RunProgress, mask_digest, settings_difference, video_fingerprint,
                                      weights_record)
 from longvos.io.errors import InputError
@@ -86,45 +87,47 @@ def run_batch(
     else:  # workers may run elsewhere (another process, a Ray node): give them absolute paths
         items = with_unique_names([_absolute(item, number) for number, item in enumerate(items, 1)])
     out = Path(check_output_folder(out_dir, "--out")).resolve()
-    _refuse_foreign(out)  # another run's files, or a user's: never mixed with this batch, never deleted
-    out.mkdir(parents=True, exist_ok=True)
-    if not resume:
-        _prepare_folder(out, overwrite)
-    # A summary of an earlier run would contradict the folders as soon as this run changes them.
-    (out / SUMMARY_FILE).unlink(missing_ok=True)
-    started = time.perf_counter()
+    # Held for the whole batch (as a segment run holds its folder): a second batch into it is refused at once,
+    # before anything is cleared or written.
+    with hold_output_folder(out):
+        _refuse_foreign(out)  # another run's files, or a user's: never mixed with this batch, never deleted
+        if not resume:
+            _prepare_folder(out, overwrite)
+        # A summary of an earlier run would contradict the folders as soon as this run changes them.
+        (out / SUMMARY_FILE).unlink(missing_ok=True)
+        started = time.perf_counter()
 
-    results: list[VideoResult | None] = [_known_result(item, out, options, resume) for item in items]
-    todo = [item for item, result in zip(items, results) if result is None]
-    position = {item.name: i for i, item in enumerate(items) if results[i] is None}
-    display = ProgressDisplay(len(items), initial=len(items) - len(todo), enabled=progress)
-    for note in notes:
-        display.write(f"note: {note}")
-    for result in results:
-        if result is not None and result.status == "failed":
-            display.write(f"failed: {result.name}: {result.reason}")
+        results: list[VideoResult | None] = [_known_result(item, out, options, resume) for item in items]
+        todo = [item for item, result in zip(items, results) if result is None]
+        position = {item.name: i for i, item in enumerate(items) if results[i] is None}
+        display = ProgressDisplay(len(items), initial=len(items) - len(todo), enabled=progress)
+        for note in notes:
+            display.write(f"note: {note}")
+        for result in results:
+            if result is not None and result.status == "failed":
+                display.write(f"failed: {result.name}: {result.reason}")
 
-    def handle(event: Event) -> None:
-        if isinstance(event, VideoFinished):
-            results[position[event.result.name]] = event.result
-        display(event)
-        if on_event is not None:
-            on_event(event)
+        def handle(event: Event) -> None:
+            if isinstance(event, VideoFinished):
+                results[position[event.result.name]] = event.result
+            display(event)
+            if on_event is not None:
+                on_event(event)
 
-    try:
-        if todo and backend == "local":
-            from longvos.batch.workers import plan_workers, run_local
+        try:
+            if todo and backend == "local":
+                from longvos.batch.workers import plan_workers, run_local
 
-            run_local(todo, str(out), options, resume, handle, plan_workers(devices, workers, options.threads))
-        elif todo:
-            from longvos.batch.workers import run_ray
+                run_local(todo, str(out), options, resume, handle, plan_workers(devices, workers, options.threads))
+            elif todo:
+                from longvos.batch.workers import run_ray
 
-            run_ray(todo, str(out), options, resume, handle, workers=workers, address=ray_address)
-    finally:
-        display.close()
-    summary = BatchSummary([result for result in results if result is not None], time.perf_counter() - started, out)
-    summary.write_csv()
-    return summary
+                run_ray(todo, str(out), options, resume, handle, workers=workers, address=ray_address)
+        finally:
+            display.close()
+        summary = BatchSummary([result for result in results if result is not None], time.perf_counter() - started, out)
+        summary.write_csv()
+        return summary
 
 
 def _absolute(item: WorkItem, number: int) -> WorkItem:
@@ -152,8 +155,8 @@ def _refuse_foreign(out: Path) -> None:
     if not out.is_dir():
         return
     entries = list(out.iterdir())
-    records = sorted((entry.name != PROGRESS_FILE, entry.name) for entry in entries
-                     if entry.name.startswith(RECORD_START))  # its progress record first, where it has one
+    records = sorted((entry.name != PROGRESS_FILE, entry.name) for entry in entries  # its progress record first
+                     if entry.name.startswith(RECORD_START) and entry.name != LOCK_FILE)  # the lock: this batch's
     if records:
         raise InputError(f"{out} holds a `longvos segment` run ({records[0][1]}), not a batch's video folders: a "
                          f"batch never mixes its files with another run's, nor deletes them (even with --overwrite); "
@@ -175,7 +178,8 @@ def _prepare_folder(out: Path, overwrite: bool) -> None:
     for folder in sorted(entry for entry in out.iterdir() if _is_video_folder(entry)):
         if not any((folder / name).is_file() for name in (PROGRESS_FILE, OUTPUTS_FILE)):
             continue  # not a video folder of a longvos batch: left alone (its video is refused if it has files)
-        clear_outputs(folder)  # an overlay longvos wrote is in its output list; any other file stays
+        with hold_output_folder(folder):  # not while a run (a `longvos segment` into it) is writing there
+            clear_outputs(folder)  # an overlay longvos wrote is in its output list; any other file stays
         if not any(folder.iterdir()):
             folder.rmdir()
 
