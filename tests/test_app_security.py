@@ -1104,7 +1104,8 @@ def tiny_mkv_with_a_lying_header(path: Path, frames: int) -> Path:
     duration = data.find(b"\x44\x89\x88")  # the Duration element: an 8-byte float, in milliseconds
     assert duration > 0
     data[duration + 3:duration + 11] = struct.pack(">d", 40.0)
-    path.write_bytes(bytes(data))
+    data = re.sub(rb"\d\d:\d\d:\d\d\.\d{9}", b"00:00:00.040000000", bytes(data))  # and each track's DURATION tag
+    path.write_bytes(data)
     return path
 
 

@@ -18,7 +18,6 @@ the quota).
 """
 from __future__ import annotations
 
-import math
 import os
 import re
 import secrets
@@ -37,7 +36,7 @@ import av
 from PIL import Image
 
 from longvos.io.errors import InputError, one_line
-from longvos.io.video import VIDEO_EXTENSIONS, VideoFileSource, VideoTooLong
+from longvos.io.video import VIDEO_EXTENSIONS, VideoFileSource, VideoTooLong, header_frame_count
 
 MAX_VIDEO_PIXELS = 7680 * 4320  # 8K UHD: larger frames are refused before the first one is decoded
 #: Longer videos are refused from the container's header, before their frames are indexed (about 2.3 h at 24 fps), or
@@ -315,20 +314,15 @@ def _delete_path(path: str) -> None:
 
 
 def listed_frames(video: Path) -> int:
-    """The frames the container of ``video`` lists (its header, or its duration x frame rate); 0 where it tells
-    neither (then only the bounded count of :class:`~longvos.io.video.VideoFileSource` can tell). Nothing is
-    demuxed or decoded."""
+    """The frames the header of ``video`` lists (:func:`~longvos.io.video.header_frame_count`: its count, or its
+    duration x frame rate); 0 where it tells neither (then only the bounded count of
+    :class:`~longvos.io.video.VideoFileSource` can tell). Nothing is demuxed or decoded."""
     try:
         with av.open(str(video)) as container:
-            stream = container.streams.video[0]
-            if stream.frames:
-                return stream.frames
-            rate = stream.average_rate or stream.guessed_rate
-            seconds = (float(stream.duration * stream.time_base) if stream.duration and stream.time_base
-                       else container.duration / av.time_base if container.duration else None)
-            return math.ceil(seconds * float(rate) - 1e-6) if rate and seconds else 0
+            listed = header_frame_count(container)
     except (av.FFmpegError, OSError, IndexError) as err:
         raise InputError(f"the video: cannot read its header: {one_line(err)}") from None
+    return 0 if listed is None else listed.count
 
 
 def disk_usage(folder: Path) -> int:
