@@ -237,17 +237,19 @@ def test_a_batch_holds_its_folder_and_overwrite_clears_no_video_folder_a_run_hol
     """A second batch into a batch folder being written is refused at once; `batch --overwrite` deletes nothing in
     a video folder that a run holds (it would pull the files from under that run), and says why in one line."""
     manifest = tmp_path / "videos.csv"
-    manifest.write_text(f"video,mask,name\n{clips['a'][0]},{clips['a'][1]},v\n")
+    manifest.write_text(f"video,mask,name\n{clips['a'][0]},{clips['a'][1]},v\n{clips['b'][0]},{clips['b'][1]},w\n")
     out = tmp_path / "batch"
     run = dict(devices=["cpu"], workers=1, progress=False)
     with hold_output_folder(out):
         with pytest.raises(InputError, match="being written by another longvos run"):
             run_batch(manifest, out, BatchOptions(max_size=64, threads=1), **run)
     assert list(out.iterdir()) == []
-    assert run_batch(manifest, out, BatchOptions(max_size=64, threads=1), **run).results[0].status == "done"
+    summary = run_batch(manifest, out, BatchOptions(max_size=64, threads=1), **run)
+    assert [result.status for result in summary.results] == ["done", "done"]
     assert not (out / LOCK_FILE).exists()
-    written = sorted(masks(out / "v"))
-    with hold_output_folder(out / "v"):
+    written = {name: sorted(masks(out / name)) for name in ("v", "w")}
+    with hold_output_folder(out / "w"):  # held: nothing is cleared, in it or in the folder before it
         with pytest.raises(InputError, match="being written by another longvos run"):
             run_batch(manifest, out, BatchOptions(max_size=64, threads=1), overwrite=True, **run)
-    assert sorted(masks(out / "v")) == written and not (out / LOCK_FILE).exists()
+    assert {name: sorted(masks(out / name)) for name in ("v", "w")} == written
+    assert not (out / LOCK_FILE).exists() and not (out / "v" / LOCK_FILE).exists()

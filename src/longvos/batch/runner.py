@@ -18,6 +18,7 @@ import io
 import sys
 import time
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -175,11 +176,17 @@ def _prepare_folder(out: Path, overwrite: bool) -> None:
     if not overwrite:
         refuse_used_folder(out, "use --resume to continue the batch there, --overwrite to replace the files longvos "
                                 "wrote there, or another --out")
-    for folder in sorted(entry for entry in out.iterdir() if _is_video_folder(entry)):
-        if not any((folder / name).is_file() for name in (PROGRESS_FILE, OUTPUTS_FILE)):
-            continue  # not a video folder of a longvos batch: left alone (its video is refused if it has files)
-        with hold_output_folder(folder):  # not while a run (a `longvos segment` into it) is writing there
+    folders = [folder for folder in sorted(entry for entry in out.iterdir() if _is_video_folder(entry))
+               # not a video folder of a longvos batch: left alone (its video is refused if it has files)
+               if any((folder / name).is_file() for name in (PROGRESS_FILE, OUTPUTS_FILE))]
+    # Every folder held before any is cleared: one that a run (a `longvos segment` into it) is writing refuses the
+    # batch before anything is deleted, in that folder or another.
+    with ExitStack() as held:
+        for folder in folders:
+            held.enter_context(hold_output_folder(folder))
+        for folder in folders:
             clear_outputs(folder)  # an overlay longvos wrote is in its output list; any other file stays
+    for folder in folders:
         if not any(folder.iterdir()):
             folder.rmdir()
 
