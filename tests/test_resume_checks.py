@@ -388,6 +388,28 @@ def test_a_frame_folders_fingerprint_covers_exactly_the_frames_its_reader_reads(
     assert video_fingerprint(folder) == fingerprint  # names only: a frame repaired after a failure may change
 
 
+def test_a_frame_folder_read_in_another_order_than_earlier_versions_read_it_has_another_fingerprint(tmp_path):
+    """Earlier versions sorted frames by whole name (1.5.png before 1.png), this one by name without extension: a
+    folder whose order changed must not resume an earlier version's run (it would continue on other frames), while
+    a folder whose order did not change keeps its fingerprint (its earlier runs resume)."""
+    import hashlib
+
+    from PIL import Image
+
+    def earlier_fingerprint(folder: Path) -> str:  # as earlier versions computed it, for a folder of frames only
+        digest = hashlib.sha256()
+        for entry in sorted(folder.iterdir()):
+            digest.update(f"{entry.name}\n".encode())
+        return digest.hexdigest()
+
+    for names, order_changed in ((["1", "2", "10"], False), (["1", "1.5", "2"], True)):
+        folder = tmp_path / "-".join(names)
+        folder.mkdir()
+        for name in names:
+            Image.new("RGB", (8, 8)).save(folder / f"{name}.png")
+        assert (video_fingerprint(folder) != earlier_fingerprint(folder)) is order_changed, names
+
+
 def test_resume_after_a_kill_with_an_overlay_in_the_frames_folder(bundled, tmp_path):
     """A run killed while it drew its overlay inside the frames folder leaves the overlay's temporary file there;
     the resume continues (with .DS_Store and a README beside the frames too) and writes the uninterrupted run's

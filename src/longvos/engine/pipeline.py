@@ -216,7 +216,10 @@ def _segment_held(video: str | Path | FrameSource, masks: MaskInput | dict[int |
             drawn = 0
             if overlay_writer is not None and record.completed:
                 if record.note_overlay(overlay):  # named before it is drawn: a later resume may replace it
-                    record.save(out_dir)
+                    try:
+                        record.save(out_dir)
+                    except OSError:  # a folder that became read-only: the masks are only read; drawn unnamed, the
+                        pass  # overlay is never replaced by a later resume (refused), so nothing is lost
                 _log_overlay(out_dir, overlay)
                 run = _Run(source, session, prompts, out_dir, palette, record, False, False)
                 run.execute(order[:record.completed], overlay_writer, options.max_pending_writes, None,

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from longvos.io.errors import VideoReadError
-from longvos.io.video import ImageSequenceSource
+from longvos.io.video import ImageSequenceSource, natural_sort_key
 from longvos.io.writer import atomic_write
 
 PROGRESS_FILE = ".longvos-progress.json"
@@ -182,6 +182,10 @@ def video_fingerprint(path: str | Path) -> str | None:
             # keeps the fingerprint that records of earlier longvos versions hold.
             for name in sorted(frame.name for frame in frames):
                 digest.update(f"{name}\n".encode())
+            if frames != sorted(frames, key=lambda frame: natural_sort_key(frame.name)):
+                # Earlier versions read these frames in another order (by whole name: 1.5.jpg before 1.jpg): a run
+                # they recorded is another run, and its resume is refused rather than continued on other frames.
+                digest.update(b"frames in the order of their names without extension\n")
             return digest.hexdigest()
     except (OSError, VideoReadError):
         return None
