@@ -13,7 +13,7 @@ from PIL import Image
 
 from longvos.io.errors import VideoReadError
 from longvos.io.video import (REVERSE_CHUNK_FRAMES, VideoFileSource, VideoTooLong, VideoTruncatedWarning,
-                               natural_sort_key, open_video)
+                               header_frame_count, natural_sort_key, open_video)
 
 from conftest import write_mp4
 
@@ -262,6 +262,100 @@ def test_whole_videos_are_never_said_to_be_short(tmp_path, make, frames):
         source, indices, messages = read_all(video, reverse)
         assert source.num_frames == frames and sorted(indices) == list(range(frames)) and messages == []
 
+
+
+def dropped_frames_avi(path: Path, slots: list[int]) -> Path:
+    """An avi (MPEG-4 part 2) at 30 fps holding frames only at the frame ``slots`` listed: for each slot skipped
+    the avi muxer writes a zero-length chunk (a dropped, repeated frame, as a variable frame rate is stored in avi),
+    which its header's frame count includes but the demuxer does not yield."""
+    import av
+
+    slot = fractions.Fraction(1, 30)
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("mpeg4", rate=30)
+        video.width, video.height, video.pix_fmt = 48, 32, "yuv420p"
+        video.codec_context.time_base = slot
+        for image, pts in zip(noise_frames(len(slots)), slots):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts, frame.time_base = pts, slot
+            container.mux(video.encode(frame))
+        container.mux(video.encode())
+    return path
+
+
+def late_start_mkv(path: Path, frames: int, start_seconds: int, audio: bool = False) -> Path:
+    """An mkv of ``frames`` frames at 24 fps whose first is at ``start_seconds`` (its ``DURATION`` tag is the end
+    time: ``start_seconds`` + frames / 24), with silent audio from 0 s to past the video's end beside it."""
+    import av
+
+    tick = fractions.Fraction(1, 24)
+    with av.open(str(path), "w") as container:
+        video = container.add_stream("libx264", rate=24)
+        video.width, video.height, video.pix_fmt = 48, 32, "yuv420p"
+        video.codec_context.time_base = tick
+        video.options = {"bf": "2", "g": "6"}
+        sound = container.add_stream("pcm_s16le", rate=8000, layout="mono") if audio else None
+        for index, image in enumerate(noise_frames(frames)):
+            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+            frame.pts, frame.time_base = start_seconds * 24 + index, tick
+            container.mux(video.encode(frame))
+        container.mux(video.encode())
+        if sound is not None:
+            for index in range(int((start_seconds + frames / 24 + 1) * 10)):
+                samples = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), format="s16", layout="mono")
+                samples.sample_rate, samples.pts = 8000, index * 800
+                container.mux(sound.encode(samples))
+            container.mux(sound.encode())
+    return path
+
+
+@pytest.mark.parametrize("make, frames, listed", [
+    # 60 slots (2 s at 30 fps), every fifth frame dropped: 48 frames, 12 zero-length chunks; the header lists 60
+    (lambda d: dropped_frames_avi(d / "dropped.avi", [i for i in range(60) if i % 5 != 2]), 48, 60),
+    # the first three slots dropped too
+    (lambda d: dropped_frames_avi(d / "late-first.avi", [i for i in range(3, 60) if i % 5 != 2]), 46, 60),
+    # 48 frames from 3 s to 5 s: the DURATION tag says 5 s, the end, not the 2 s they last
+    (lambda d: late_start_mkv(d / "late.mkv", 48, 3), 48, 48),
+    (lambda d: late_start_mkv(d / "late-audio.mkv", 48, 3, audio=True), 48, 48),
+], ids=["avi with dropped frames", "avi with its first frames dropped", "mkv starting at 3 s",
+        "mkv starting at 3 s beside audio from 0 s"])
+def test_whole_videos_whose_header_counts_more_than_their_frames_are_not_said_short(tmp_path, make, frames, listed):
+    """An avi's header counts the slots of the frames a variable frame rate drops; matroska's DURATION tag is the
+    track's end time, not its length: measured like that, the frames found fill the header, and all of them are
+    read (forwards, backwards, by seeking), numbered 0 .. frames - 1 (the frames that decode)."""
+    import av
+
+    video = make(tmp_path)
+    with av.open(str(video)) as container:
+        decoded = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+    assert len(decoded) == frames
+    for reverse in (False, True):
+        source, indices, messages = read_all(video, reverse)
+        assert messages == [] and source.num_frames == frames and sorted(indices) == list(range(frames))
+    with av.open(str(video)) as container:
+        assert header_frame_count(container).count == listed
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", VideoTruncatedWarning)
+        source = VideoFileSource(video)
+        for index in (0, 7, frames // 2, frames - 1):
+            assert np.array_equal(source.read(index).image, decoded[index])
+
+
+@pytest.mark.parametrize("make, listed", [
+    # (a cut avi's duration is taken from the chunks left, so its count is not asserted)
+    (lambda d: dropped_frames_avi(d / "dropped.avi", [i for i in range(60) if i % 5 != 2]), ""),
+    (lambda d: late_start_mkv(d / "late.mkv", 48, 3), "48 its header lists (2 s at 24 fps)"),
+    (lambda d: late_start_mkv(d / "late-audio.mkv", 48, 3, audio=True), "48 its header lists (2 s at 24 fps)"),
+], ids=["avi with dropped frames", "mkv starting at 3 s", "mkv starting at 3 s beside audio from 0 s"])
+def test_such_videos_cut_short_are_still_said_short(tmp_path, make, listed):
+    """The same files cut to half their bytes still warn, against the frames the whole file has (the late mkv's
+    48, not 5 s x 24 fps)."""
+    video = cut(make(tmp_path), 0.5)
+    source, indices, messages = read_all(video)
+    found = source.num_frames
+    assert 0 < found < 40 and indices == list(range(found))
+    assert len(messages) == 1 and f"so the video has {found} frames, not the {listed}" in messages[0]
+    assert messages[0].endswith(listed)
 
 # -- frame folders: a frame that cannot be listed as a file ------------------------------------------------------
 

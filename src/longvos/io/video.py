@@ -254,6 +254,9 @@ class HeaderFrameCount:
     count: int
     seconds: float | None = None  # None: ``count`` is counted, exact
     rate: float | None = None
+    #: The timestamp (in seconds) ``seconds`` is measured from, where the header tells: the stream's start (a
+    #: matroska ``DURATION`` tag is the track's end time, made a length from its start, or from 0 when unknown).
+    start: float | None = None
 
     def is_short(self, found: int, found_seconds: float | None = None) -> bool:
         """Whether ``found`` frames (spanning ``found_seconds``, where their timestamps tell) fall short of what
@@ -277,29 +280,40 @@ def header_frame_count(container: av.container.InputContainer) -> HeaderFrameCou
     ``None`` where it gives neither a count nor both a duration and a frame rate."""
     stream = container.streams.video[0]
     rate = stream.average_rate or stream.guessed_rate
-    seconds = _stream_seconds(container, stream)
+    seconds, start = _stream_span(container, stream)
     if stream.frames > 0 and not (rate and seconds and seconds * float(rate) + 0.5 < stream.frames):
         return HeaderFrameCount(stream.frames)
     # An mp4 whose edit list shows less than its samples (a clip trimmed with stream copy) counts them all, the
     # hidden ones too, but lasts as long as the edit: the duration is what it shows.
     if not rate or not seconds:
         return None
-    return HeaderFrameCount(round(seconds * float(rate)), seconds, float(rate))
+    return HeaderFrameCount(round(seconds * float(rate)), seconds, float(rate), start)
 
 
-def _stream_seconds(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> float | None:
-    """The video stream's duration, else matroska's per-track ``DURATION`` tag (``00:00:05.000000000``), else the
-    container's, but only where the video is its only stream: the container lasts as long as its longest stream,
-    and audio that outlasts the picture would make a whole file look cut short."""
+def _stream_span(container: av.container.InputContainer,
+                 stream: av.video.stream.VideoStream) -> tuple[float | None, float | None]:
+    """How long the video stream lasts, and the timestamp (seconds) that is measured from where the header tells:
+    its duration, else matroska's per-track ``DURATION`` tag (``00:00:05.000000000``), else the container's, but
+    only where the video is its only stream: the container lasts as long as its longest stream, and audio that
+    outlasts the picture would make a whole file look cut short.
+
+    A stream's and a container's duration are lengths, from the stream's (container's) start. Matroska's
+    ``DURATION`` tag is the track's end time: a video that starts at 3 s and lasts 2 s is tagged 5 s, so it is
+    made a length from the stream's start (from 0, which overstates it, where that start is unknown)."""
+    start = float(stream.start_time * stream.time_base) if stream.start_time is not None and stream.time_base \
+        else None
     if stream.duration and stream.time_base:
-        return float(stream.duration * stream.time_base)
+        return float(stream.duration * stream.time_base), start
     tagged = re.fullmatch(r"(\d+):(\d+):(\d+(?:\.\d*)?)", stream.metadata.get("DURATION", "").strip())
     if tagged:
         hours, minutes, seconds = tagged.groups()
-        return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+        end = int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+        start = start if start is not None and 0 <= start < end else 0.0
+        return end - start, start
     if container.duration and len(container.streams) == 1:
-        return container.duration / av.time_base
-    return None
+        return container.duration / av.time_base, (None if container.start_time is None
+                                                    else container.start_time / av.time_base)
+    return None, None
 
 
 class VideoTooLong(VideoReadError):
@@ -377,6 +391,7 @@ class VideoFileSource(FrameSource):
         timestamps: list[int] = []
         count = 0
         empty = 0
+        dropped = 0  # empty packets with a timestamp: an avi's drop chunks (frames repeated), where yielded
         other = 0
         skipped = 0  # video packets the container marks to discard (outside an edit list)
         try:
@@ -384,6 +399,8 @@ class VideoFileSource(FrameSource):
                 video = container.streams.video[0]
                 header = header_frame_count(container)
                 time_base = video.time_base
+                frame_rate = video.average_rate or video.guessed_rate
+                start_time = video.start_time
                 for packet in container.demux():
                     if packet.stream.index != video.index:
                         other += 1
@@ -392,8 +409,9 @@ class VideoFileSource(FrameSource):
                                                f"more than {other_limit} packets, more than a video of {limit} "
                                                f"frames has", limit)
                         continue
-                    if packet.size == 0:  # the flush packet at the end of the stream
+                    if packet.size == 0:  # the flush packet at the end of the stream (no pts), or a drop chunk
                         empty += 1
+                        dropped += packet.pts is not None
                     elif _is_discarded(packet):  # decoded for the frames after it, never output
                         skipped += 1
                         if other_limit is not None and skipped > other_limit:
@@ -417,16 +435,35 @@ class VideoFileSource(FrameSource):
         # Without a timestamp for every frame, seeking cannot be exact: fall back to decoding from the start.
         self._timestamps = np.sort(np.asarray(timestamps, dtype=np.int64)) if len(timestamps) == count else None
         self._frame_count = self._listed_count = count
-        if header is not None and header.is_short(count, self._seconds_found(time_base)):
+        if header is None:
+            return
+        if header.seconds is None:  # an exact count: of frame slots, where a container counts dropped ones too
+            short = header.is_short(max(count + dropped, self._slots_found(time_base, frame_rate, start_time)))
+        else:
+            short = header.is_short(count, self._seconds_found(time_base, header.start))
+        if short:
             # Not warned here but when reading reaches the end, which also finds whether fewer frames decode than
             # there are packets: one line then gives the count that was read.
             self._listed_count, self._listed_by = header.count, header.origin
 
-    def _seconds_found(self, time_base: Fraction | None) -> float | None:
-        """How long the indexed frames last, first timestamp to the end of the last frame; None without them."""
+    def _seconds_found(self, time_base: Fraction | None, start: float | None = None) -> float | None:
+        """How long the indexed frames last, to the end of the last frame, in the terms of a header's duration:
+        from ``start`` (the stream's start, which the duration is measured from; the first timestamp, where earlier
+        or where ``start`` is None); None without timestamps."""
         if self._timestamps is None or not time_base:
             return None
-        return float((int(self._timestamps[-1]) - int(self._timestamps[0])) * time_base) + 1 / self.fps
+        first = float(int(self._timestamps[0]) * time_base)
+        origin = first if start is None else min(start, first)
+        return float(int(self._timestamps[-1]) * time_base) - origin + 1 / self.fps
+
+    def _slots_found(self, time_base: Fraction | None, rate: Fraction | None, start: int | None) -> int:
+        """The frame slots the indexed frames span, where the stream's timestamps count frames (its time base is
+        one frame, as in avi): an avi's header counts the zero-length chunks a variable frame rate writes for the
+        frames it drops, which the demuxer does not yield. 0 (nothing to add) elsewhere, or without timestamps."""
+        if self._timestamps is None or not time_base or not rate or time_base * rate != 1:
+            return 0
+        first = int(self._timestamps[0])
+        return int(self._timestamps[-1]) - (first if start is None else min(start, first)) + 1
 
     @property
     def num_frames(self) -> int:
