@@ -125,3 +125,111 @@ def test_an_overlay_onto_the_input_video_or_a_mask_is_refused_naming_it(clip, tm
     odd_mask.write_bytes(mask.read_bytes())
     message = refused([video, "--mask", odd_mask, "--out", tmp_path / "o", "--overlay", odd_mask], capsys)
     assert f"would replace {odd_mask.resolve()}, an input" in message, message
+
+
+# -- one overlay, one writer: a second run naming the same overlay is refused while the first writes it -------------
+
+needs_locks = pytest.mark.skipif(__import__("longvos.io.locks", fromlist=["fcntl"]).fcntl is None,
+                                 reason="files cannot be locked here (no fcntl): overlays go unguarded")
+
+
+def _leftovers(folder: Path) -> list[str]:
+    return sorted(path.name for path in folder.iterdir() if path.name.startswith("."))
+
+
+@needs_locks
+def test_a_second_writer_of_the_same_overlay_is_refused_until_the_first_closes(tmp_path):
+    from longvos.engine.outputs import is_temporary
+    from longvos.io.errors import InputError
+    from longvos.io.overlay import OverlayWriter
+
+    target = tmp_path / "shared.mp4"
+    first = OverlayWriter(target, 24)
+    (tmp_path / "alias").symlink_to(tmp_path, target_is_directory=True)  # the same file, spelt otherwise
+    with pytest.raises(InputError) as refusal:  # refused at once, before any frame
+        OverlayWriter(tmp_path / "alias" / "shared.mp4", 24)
+    message = str(refusal.value)
+    assert message.startswith("overlay ") and "shared.mp4 is being written by another longvos run; give another " \
+        "path" in message and "\n" not in message, message
+    image, ids = np.zeros((6, 8, 3), np.uint8), np.zeros((6, 8), np.uint8)
+    first.write(image, ids)  # the held temporary is the file being encoded: still refused mid-way
+    with pytest.raises(InputError, match="being written by another longvos run"):
+        OverlayWriter(target, 24)
+    assert [name for name in _leftovers(tmp_path) if is_temporary(name)] == [".shared.partial.mp4"]
+    first.close()
+    assert target.is_file() and _leftovers(tmp_path) == []
+    second = OverlayWriter(tmp_path / "other.mp4", 24)
+    second.discard()  # discarded before any frame: nothing left, the name free again
+    assert _leftovers(tmp_path) == []
+    third = OverlayWriter(tmp_path / "other.mp4", 24)
+    third.close()  # closed with no frame: nothing written, nothing left
+    assert _leftovers(tmp_path) == [] and not (tmp_path / "other.mp4").exists()
+    OverlayWriter(tmp_path / "other.mp4", 24).discard()
+
+
+@needs_locks
+def test_a_discarded_or_dropped_writer_lets_the_overlay_go(tmp_path):
+    from longvos.io.errors import InputError
+    from longvos.io.overlay import OverlayWriter
+
+    target = tmp_path / "shared.mp4"
+    writer = OverlayWriter(target, 24)
+    writer.write(np.zeros((4, 4, 3), np.uint8), np.ones((4, 4), np.uint8))
+    with pytest.raises(InputError, match="being written by another longvos run"):
+        OverlayWriter(target, 24)
+    writer.discard()
+    assert _leftovers(tmp_path) == [] and not target.exists()
+    dropped = OverlayWriter(target, 24)  # a run refused after making it, which never closes nor discards it
+    with pytest.raises(InputError, match="being written by another longvos run"):
+        OverlayWriter(target, 24)
+    del dropped  # released, and its empty temporary removed, when it is collected
+    assert _leftovers(tmp_path) == []
+    OverlayWriter(target, 24).close()
+    assert _leftovers(tmp_path) == []
+
+
+@needs_locks
+def test_a_killed_runs_temporary_does_not_block_the_overlay(tmp_path):
+    from longvos.io.errors import InputError
+    from longvos.io.overlay import OverlayWriter
+    from longvos.io.video import open_video
+
+    target = tmp_path / "shared.mp4"
+    (tmp_path / ".shared.partial.mp4").write_bytes(b"half a video from a killed run" * 100)  # locked by no one
+    writer = OverlayWriter(target, 24)  # takes it over, and holds it
+    with pytest.raises(InputError, match="being written by another longvos run"):
+        OverlayWriter(target, 24)
+    for _ in range(2):
+        writer.write(np.zeros((4, 4, 3), np.uint8), np.ones((4, 4), np.uint8))
+    writer.close()
+    assert len(open_video(target)) == 2 and _leftovers(tmp_path) == []
+
+
+@needs_locks
+def test_a_run_naming_an_overlay_another_run_writes_is_refused_in_one_line(clip, tmp_path, capsys):
+    from longvos.io.overlay import OverlayWriter
+
+    video, mask = clip
+    shared = tmp_path / "shared.mp4"
+    other = OverlayWriter(shared, 24)  # another run, writing into its own output folder, draws this overlay
+    message = refused([video, "--mask", mask, "--out", tmp_path / "o", "--overlay", shared], capsys)
+    assert f"overlay {shared} is being written by another longvos run; give another path" in message, message
+    assert not (tmp_path / "o").exists() and not shared.exists()  # refused before anything was written
+    other.discard()
+    assert segment(video, "--mask", mask, "--out", tmp_path / "o", "--overlay", shared) == 0
+    assert shared.is_file() and _leftovers(tmp_path) == []
+
+
+def test_a_run_refused_after_its_overlay_is_checked_leaves_nothing_behind(clip, tmp_path, capsys):
+    """Refused once its overlay writer holds the overlay (here: weights that cannot be read), a run lets it go
+    before it lets its folder go: no output folder, no temporary, and the next run may use both."""
+    video, mask = clip
+    out = tmp_path / "new" / "o"
+    overlay = out / "ov.mp4"  # its temporary is made in the run's folder
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a checkpoint")
+    code = main(["segment", str(video), "--mask", str(mask), "--out", str(out), "--overlay", str(overlay),
+                 "--checkpoint", str(bad), *FAST])
+    assert code == 1 and "bad.pt" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+    assert segment(video, "--mask", mask, "--out", out, "--overlay", overlay) == 0 and overlay.is_file()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -140,16 +141,18 @@ def segment_video(
     out_dir = check_output_folder(out_dir)
     # Held from before what the folder holds is judged until the last file is written: a second run into the same
     # folder is refused at once (before its model loads), instead of both passing the checks and mixing their files.
-    with hold_output_folder(out_dir):
+    # The run's own releases (its overlay's lock) go first, before the folder is let go.
+    with hold_output_folder(out_dir), ExitStack() as releases:
         return _segment_held(video, masks, out_dir, options, boxes, overlay, resume, overwrite, records, on_frame,
-                             source)
+                             source, releases)
 
 
 def _segment_held(video: str | Path | FrameSource, masks: MaskInput | dict[int | None, MaskInput] | None,
                   out_dir: Path, options: SegmentOptions, boxes: list[Box] | None, overlay: str | Path | None,
                   resume: bool, overwrite: bool, records: bool, on_frame: Callable[[Frame, StepResult], None] | None,
-                  source: FrameSource | None) -> SegmentSummary:
-    """:func:`segment_video`'s run, once its options are checked and it holds ``out_dir``."""
+                  source: FrameSource | None, releases: ExitStack) -> SegmentSummary:
+    """:func:`segment_video`'s run, once its options are checked and it holds ``out_dir``; what it holds besides
+    (its overlay) is let go by ``releases`` however it ends."""
     snapshot_every, threads = options.snapshot_every, options.threads
     record = _earlier_run(out_dir) if resume else None
     if source is not None and (isinstance(video, FrameSource)
@@ -177,6 +180,8 @@ def _segment_held(video: str | Path | FrameSource, masks: MaskInput | dict[int |
     overlay_writer = OverlayWriter(overlay, getattr(source, "fps", DEFAULT_FPS), palette, out_dir=out_dir,
                                    inputs=inputs, replaceable=earlier.overlays if earlier is not None else ()
                                    ) if overlay else None
+    if overlay_writer is not None:
+        releases.callback(overlay_writer.discard)  # a refused or failed run lets its overlay go (closed: no-op)
     segmenter = options.load_segmenter()
     session = options.session(segmenter)  # the video's size cap and memory interval
     if not session.state_is_fixed_size:

@@ -3,6 +3,8 @@
 The video is encoded into a temporary file beside the target (``.<name>.partial.<ext>``) and renamed onto it only when
 complete, so an interrupted run never leaves a truncated, unplayable overlay under the real name. That rename replaces
 no file the caller has not named replaceable (see :func:`check_overlay_path`), and never one of the run's inputs.
+The writer holds that temporary file locked (:func:`~longvos.io.locks.try_lock`) from when it is made until it is
+closed or discarded, so that two runs never write one overlay: the second is refused at once, in one line.
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import av
 import numpy as np
 
 from longvos.io.errors import InputError
+from longvos.io.locks import try_lock
 from longvos.io.palette import DAVIS_PALETTE
 from longvos.io.writer import nearest_existing, partial_path
 
@@ -41,7 +44,16 @@ def render_overlay(image: np.ndarray, ids: np.ndarray, palette: np.ndarray | Non
 
 
 class OverlayWriter:
-    """Streams overlay frames into a video file (one frame in, one frame encoded; nothing is kept)."""
+    """Streams overlay frames into a video file (one frame in, one frame encoded; nothing is kept).
+
+    From construction (where the target's folder exists; else from the first frame) until :meth:`close` or
+    :meth:`discard` (or until it is garbage-collected), it holds its temporary file ``.<stem>.partial<suffix>``
+    locked: another writer of the same overlay, in this process or another, is refused with one :class:`InputError`
+    line. A temporary left by a killed run is not locked, and is taken over. Where files cannot be locked it goes
+    unguarded, as before."""
+
+    _lock_fd: int | None = None  # the open, locked temporary file (None: not held)
+    _finished = False  # closed into place, or discarded: nothing left to release
 
     def __init__(self, path: str | Path, fps: float, palette: np.ndarray | None = None, *,
                  out_dir: str | Path | None = None, inputs: Iterable[str | Path] = (),
@@ -59,10 +71,59 @@ class OverlayWriter:
         self._container = None
         self._stream = None
         self._temporary = partial_path(self.path)
+        if self.path.parent.is_dir():  # else the folder is the caller's to make: held from the first frame
+            self._hold()
+
+    def _hold(self) -> None:
+        """Lock the temporary file (made empty if there is none; a killed run's is kept until the encoder truncates
+        it), or refuse in one line where another writer holds it. Returns unguarded where it cannot be locked."""
+        flags = os.O_RDWR | getattr(os, "O_NOFOLLOW", 0)  # a link put there is not followed: opening it fails
+        for attempt in range(3):
+            try:
+                try:
+                    fd, made = os.open(self._temporary, flags | os.O_CREAT | os.O_EXCL, 0o644), True
+                except FileExistsError:
+                    fd, made = os.open(self._temporary, flags), False
+            except FileNotFoundError:  # removed between the two opens by the writer that held it
+                continue
+            except OSError:  # not writable, or a link: left to the encoder's open to refuse, as before
+                return
+            taken = try_lock(fd)
+            if taken is None:  # no locks here: unguarded, and no empty file left before the first frame
+                os.close(fd)
+                if made:
+                    self._temporary.unlink(missing_ok=True)
+                return
+            if taken is False:
+                os.close(fd)
+                raise InputError(f"overlay {self.path} is being written by another longvos run; give another path")
+            # A writer removes (or renames) its temporary before it lets the lock go: a lock taken on a file removed
+            # meanwhile guards nothing; try again on the file now at that name.
+            if _is_file_at(fd, self._temporary) or attempt == 2:
+                self._lock_fd = fd
+                return
+            os.close(fd)
+
+    def _release(self, remove: bool) -> None:
+        """Let the lock go; with ``remove``, first remove the temporary file if it is still the one held."""
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is None:
+            return
+        try:
+            if remove and _is_file_at(fd, self._temporary):
+                self._temporary.unlink(missing_ok=True)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
 
     def _start(self, height: int, width: int) -> None:
         if not self.path.parent.is_dir():  # a folder the caller was to create, or one removed since the check
             raise InputError(f"overlay {self.path}: folder {self.path.parent} does not exist")
+        if self._lock_fd is None or not _is_file_at(self._lock_fd, self._temporary):
+            # Not held yet (its folder was made since), or the held file was removed (an output folder cleared).
+            self._release(remove=False)
+            self._hold()
         try:
             self._container = av.open(str(self._temporary), mode="w")
         except (OSError, av.FFmpegError, ValueError) as err:
@@ -86,24 +147,45 @@ class OverlayWriter:
             self._container.mux(packet)
 
     def close(self) -> None:
-        """Flush the encoder, finish the file and rename it into place."""
+        """Flush the encoder, finish the file and rename it into place (with no frame written, write nothing); then
+        let the lock go."""
         if self._container is None:
+            if not self._finished:
+                self._finished = True
+                self._release(remove=True)  # the empty file made to hold the name
             return
         for packet in self._stream.encode():
             self._container.mux(packet)
         self._container.close()
         self._container = None
-        os.replace(self._temporary, self.path)
+        os.replace(self._temporary, self.path)  # still held: no other writer opens the name meanwhile
+        self._finished = True
+        self._release(remove=False)
 
     def discard(self) -> None:
-        """Abandon an unfinished video: delete the temporary file (a finished overlay is left as it is)."""
+        """Abandon an unfinished video: delete the temporary file (a finished overlay is left as it is) and let the
+        lock go."""
         if self._container is not None:
             try:
                 self._container.close()
             except (av.FFmpegError, OSError, ValueError):
                 pass
             self._container = None
-        self._temporary.unlink(missing_ok=True)
+        if self._finished:  # the name may since be another writer's
+            return
+        self._finished = True
+        if self._lock_fd is not None:
+            self._release(remove=True)
+        else:  # unguarded (files cannot be locked here, or nothing held yet)
+            self._temporary.unlink(missing_ok=True)
+
+    def __del__(self) -> None:
+        # A run refused or failed before it closed or discarded its writer must not keep the name held.
+        if self._lock_fd is not None:
+            try:
+                self.discard()
+            except Exception:
+                pass
 
 
 def check_overlay_path(path: str | Path, out_dir: str | Path | None = None, *, inputs: Iterable[str | Path] = (),
@@ -155,6 +237,14 @@ def _same_file(path: Path, other: Path) -> bool:
         return os.path.samefile(path, other)
     except OSError:
         return Path(os.path.abspath(path)) == Path(os.path.abspath(other))
+
+
+def _is_file_at(fd: int, path: Path) -> bool:
+    """Whether the open file ``fd`` is the file at ``path`` (not one removed, or replaced, since it was opened)."""
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path, follow_symlinks=False))
+    except OSError:
+        return False
 
 
 def _is_same_or_above(folder: Path, out_dir: Path) -> bool:
