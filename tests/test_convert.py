@@ -126,6 +126,8 @@ def test_cli_convert(deaot_official, tmp_path, capsys):
         err = capsys.readouterr().err
         assert "is the checkpoint being converted" in err and "nothing written" in err and "Traceback" not in err
     assert source.read_bytes() == before
+    assert main(["convert", str(tmp_path / "nope.pth"), str(source), "--model", "deaot-mnv2"]) == 1
+    assert "not found" in capsys.readouterr().err  # a missing source is named as before, beside an existing file
 
 
 def test_cli_models(capsys):

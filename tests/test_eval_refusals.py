@@ -166,7 +166,12 @@ def test_reports_of_scored_predictions_never_replace_or_mix_with_other_files(dat
     assert "holds summary.json, which longvos did not write there" in one_line(capsys.readouterr().err)
     assert (pred / "summary.json").read_text() == "mine"
     (pred / "summary.json").unlink()
-    for out in ([], ["--out", str(tmp_path / "reports")]):
+    scored = tmp_path / "scored"  # where eval --model would have written them: re-scored into its folder
+    (scored / "predictions").mkdir(parents=True)
+    (pred / "seq").rename(scored / "predictions" / "seq")
+    pred = scored / "predictions"
+    base = ["eval", str(data), "--pred", str(pred), "--quiet"]
+    for out in ([], ["--out", str(tmp_path / "reports")], ["--out", str(scored)]):
         for _ in range(2):  # a rerun replaces its own reports
             assert main(base + out) == 0, capsys.readouterr().err
             folder = Path(out[1]) if out else pred

@@ -24,7 +24,7 @@ from PIL import Image
 from longvos.batch import BatchOptions, run_batch
 from longvos.cli.main import main
 from longvos.engine.options import SegmentOptions
-from longvos.engine.outputs import LOCK_FILE, hold_output_folder
+from longvos.engine.outputs import LOCK_FILE, OUTPUTS_FILE, hold_output_folder
 from longvos.engine.pipeline import segment_video
 from longvos.io.errors import InputError
 from longvos.io.masks import write_index_png
@@ -253,3 +253,24 @@ def test_a_batch_holds_its_folder_and_overwrite_clears_no_video_folder_a_run_hol
             run_batch(manifest, out, BatchOptions(max_size=64, threads=1), overwrite=True, **run)
     assert {name: sorted(masks(out / name)) for name in ("v", "w")} == written
     assert not (out / LOCK_FILE).exists() and not (out / "v" / LOCK_FILE).exists()
+
+
+@pytest.mark.skipif(os.name != "posix", reason="resource limits are POSIX")
+def test_batch_overwrite_of_more_video_folders_than_open_files_allowed(tmp_path):
+    """Each folder is held while it is checked and while it is cleared, one at a time (a lock is an open file): a
+    batch of more videos than the process may open files is cleared whole."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "batch"
+    for index in range(80):
+        folder = out / f"v{index:03d}"
+        folder.mkdir(parents=True)
+        (folder / "00000.png").write_bytes(b"a mask")
+        (folder / OUTPUTS_FILE).write_text('"00000.png"\n')
+    script = ("import resource, sys; from pathlib import Path; "
+              "resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1])); "
+              "from longvos.batch.runner import _prepare_folder; _prepare_folder(Path(sys.argv[1]), True)")
+    done = subprocess.run([sys.executable, "-c", script, str(out)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert list(out.iterdir()) == []

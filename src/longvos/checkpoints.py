@@ -406,7 +406,7 @@ def convert_to_file(source: Source, destination: str | os.PathLike[str], model_n
     """Convert an official checkpoint and write it as a longvos checkpoint; nothing is written unless the key
     report is clean (raises :class:`CheckpointError` listing every problem key). The official file is never written
     over: a ``destination`` that is ``source`` is refused."""
-    if (isinstance(source, (str, os.PathLike)) and os.path.exists(destination)
+    if (isinstance(source, (str, os.PathLike)) and os.path.exists(source) and os.path.exists(destination)
             and os.path.samefile(source, destination)):
         raise CheckpointError(f"{destination} is the checkpoint being converted: write the conversion to another file")
     family = family or model_entry(model_name).family

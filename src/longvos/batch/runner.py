@@ -18,7 +18,6 @@ import io
 import sys
 import time
 from collections.abc import Callable
-from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -179,12 +178,14 @@ def _prepare_folder(out: Path, overwrite: bool) -> None:
     folders = [folder for folder in sorted(entry for entry in out.iterdir() if _is_video_folder(entry))
                # not a video folder of a longvos batch: left alone (its video is refused if it has files)
                if any((folder / name).is_file() for name in (PROGRESS_FILE, OUTPUTS_FILE))]
-    # Every folder held before any is cleared: one that a run (a `longvos segment` into it) is writing refuses the
-    # batch before anything is deleted, in that folder or another.
-    with ExitStack() as held:
-        for folder in folders:
-            held.enter_context(hold_output_folder(folder))
-        for folder in folders:
+    # Every folder checked before any is cleared: one that a run (a `longvos segment` into it) is writing refuses the
+    # batch before anything is deleted, in that folder or another. One at a time (a lock is an open file, and a
+    # batch may have more folders than a process may open files); each is held again while it is cleared.
+    for folder in folders:
+        with hold_output_folder(folder):
+            pass
+    for folder in folders:
+        with hold_output_folder(folder):
             clear_outputs(folder)  # an overlay longvos wrote is in its output list; any other file stays
     for folder in folders:
         if not any(folder.iterdir()):

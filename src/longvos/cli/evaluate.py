@@ -59,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
     from longvos.device import DEFAULT_DTYPE
     from longvos.eval.dataset import find_sequences, resolve_sequence_names
     from longvos.eval.report import format_table, write_reports
+    from longvos.eval.runner import check_eval_output_folder, check_report_folder, log_reports
     from longvos.eval.scoring import evaluate_sequences
     from longvos.io.davis import DavisLayout
 
@@ -75,18 +76,14 @@ def run(args: argparse.Namespace) -> int:
     names = resolve_sequence_names(layout.annotations_root, _sequence_names(args.sequences))
     extra = {}
     if args.model is not None:
-        from longvos.eval.runner import check_eval_output_folder, log_reports
-
         out_dir = args.out or Path("runs") / "eval" / args.model
         check_eval_output_folder(out_dir)  # never beside (or over) files longvos did not write
         pred_root = out_dir / "predictions"
         run_report = _run_model(args, layout, names, pred_root, progress)
         extra = {"run": run_report.to_dict()}
     else:
-        from longvos.eval.runner import check_report_folder, log_reports
-
         out_dir, pred_root, run_report = args.out or args.pred, args.pred, None
-        check_report_folder(out_dir, beside_predictions=out_dir.resolve() == pred_root.resolve())
+        check_report_folder(out_dir, pred_root)
     sequences = find_sequences(layout.annotations_root, pred_root, names)
     result = evaluate_sequences(sequences, objects=args.objects, decay=args.decay, workers=args.workers,
                                 progress=progress)

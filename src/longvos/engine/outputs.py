@@ -25,7 +25,7 @@ from pathlib import Path
 
 from longvos.engine import progress
 from longvos.io.errors import InputError
-from longvos.io.locks import try_lock
+from longvos.io.locks import FileHeld, is_file_at, lock_file
 from longvos.io.writer import PARTIAL_MARK, nearest_existing
 
 OUTPUTS_FILE = ".longvos-outputs"
@@ -148,79 +148,42 @@ def hold_output_folder(out_dir: Path) -> Iterator[None]:
 
 
 def _lock_folder(out_dir: Path) -> tuple[int, bool] | None:
-    """Take the lock of ``out_dir`` without waiting; returns the open lock file and whether this made it (None:
-    files cannot be locked here), or raises :class:`InputError` where another run holds it."""
+    """Take the lock of ``out_dir`` without waiting (:func:`~longvos.io.locks.lock_file`); returns the open lock file
+    and whether this made it (None: files cannot be locked here), or raises :class:`InputError` where another run
+    holds it. A folder this run cannot write in is one no run writes in: nothing to guard, and the run goes on as it
+    would have (the resume of a complete run reads only; any other fails at its first write)."""
     path = out_dir / LOCK_FILE
-    attempts = 0
-    while True:
-        attempts += 1
-        try:
-            fd, made = _open_lock_file(path)
-        except OSError as err:
-            if isinstance(err, FileNotFoundError) and attempts < LOCK_ATTEMPTS:
-                continue  # removed between the two opens by the run that held it
-            # A folder this run cannot write in is one no run writes in: nothing to guard. The run goes on as it
-            # would have (the resume of a complete run reads only; any other fails at its first write, as before).
-            return None
-        taken = try_lock(fd)
-        if taken is None:
-            os.close(fd)
-            if made:
-                _remove_quietly(path)  # it guards nothing here
-            return None
-        if taken is False:
-            holder = _read_pid(fd)
-            os.close(fd)
-            raise InputError(f"{out_dir} is being written by another longvos run"
-                             f"{f' (pid {holder})' if holder else ''}; wait for it or use another folder")
-        # The run that held the lock removes its file before it lets go: a lock taken on a file removed meanwhile
-        # (opened before that run removed it) guards nothing, while a new run may lock a new file: try again, but
-        # not forever (a file system whose file identities do not hold still: the lock taken is kept).
-        if _is_file_at(fd, path) or attempts == LOCK_ATTEMPTS:
-            if made:  # a killed run's file stays untouched until this run ends (a refused run changes nothing)
-                try:
-                    os.write(fd, f"{os.getpid()}\n".encode())  # for the message of a run refused meanwhile
-                except OSError:  # a full disk: the message then names no process
-                    pass
-            return fd, made
-        os.close(fd)
-
-
-def _open_lock_file(path: Path) -> tuple[int, bool]:
-    """Open the lock file at ``path``, made if there is none; returns it and whether this made it. Raises
-    :class:`FileNotFoundError` where it was removed between the attempt to make it and the attempt to open it."""
-    flags = os.O_RDWR | getattr(os, "O_NOFOLLOW", 0)  # a link put there is not followed: opening it fails
     try:
-        return os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o644), True
-    except FileExistsError:
-        return os.open(path, flags), False
+        held = lock_file(path, attempts=LOCK_ATTEMPTS)
+    except FileHeld:
+        holder = _read_pid(path)
+        raise InputError(f"{out_dir} is being written by another longvos run"
+                         f"{f' (pid {holder})' if holder else ''}; wait for it or use another folder") from None
+    if held is not None and held[1]:  # a killed run's file stays untouched until this run ends (a refused run
+        try:  # changes nothing)
+            os.write(held[0], f"{os.getpid()}\n".encode())  # for the message of a run refused meanwhile
+        except OSError:  # a full disk: the message then names no process
+            pass
+    return held
 
 
 def _unlock_folder(out_dir: Path, fd: int, remove: bool) -> None:
     """Let the lock go; with ``remove``, remove the lock file first, while still holding it (see
     :func:`_lock_folder`)."""
     try:
-        if remove and _is_file_at(fd, out_dir / LOCK_FILE):  # ours: if deleted, another run may hold a new one
+        if remove and is_file_at(fd, out_dir / LOCK_FILE):  # ours: if deleted, another run may hold a new one
             _remove_quietly(out_dir / LOCK_FILE)
     finally:
         os.close(fd)
 
 
-def _is_file_at(fd: int, path: Path) -> bool:
-    """Whether the open file ``fd`` is the file at ``path`` (not one removed, or replaced, since it was opened)."""
+def _read_pid(path: Path) -> int | None:
+    """The process id the running run holding the lock file at ``path`` wrote there; None where it has not written
+    it yet, it cannot be read, or it is not that of a running process: a run that holds a killed run's lock file
+    leaves that file (and the killed run's id in it) untouched."""
     try:
-        return os.path.samestat(os.fstat(fd), os.stat(path, follow_symlinks=False))
-    except OSError:  # gone, or its folder with it
-        return False
-
-
-def _read_pid(fd: int) -> int | None:
-    """The process id the running run holding the lock file ``fd`` wrote there; None where it has not written it yet,
-    it cannot be read, or it is not that of a running process: a run that holds a killed run's lock file leaves that
-    file (and the killed run's id in it) untouched."""
-    try:
-        os.lseek(fd, 0, os.SEEK_SET)
-        pid = int(os.read(fd, 32).decode("ascii").strip())
+        with open(path, "rb", opener=lambda name, flags: os.open(name, flags | getattr(os, "O_NOFOLLOW", 0))) as file:
+            pid = int(file.read(32).decode("ascii").strip())
     except (OSError, ValueError):  # ValueError: empty (not written yet) or not a number
         return None
     if pid <= 0:  # os.kill would name a process group

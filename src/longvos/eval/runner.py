@@ -182,23 +182,27 @@ def check_eval_output_folder(out_dir: Path) -> None:
                                 "them, or use another --out", keep=keep)
 
 
-def check_report_folder(out_dir: Path, beside_predictions: bool) -> None:
-    """Refuse (one :class:`InputError` line) the folder ``longvos eval --pred`` would write its reports into where
-    that would replace or mix with files longvos did not write there. Without ``--out`` the reports go beside the
-    scored predictions (``beside_predictions``): only report files the folder's output list does not name are
-    refused; a folder given as ``--out`` holds nothing but eval's listed reports, as ``--model``'s."""
+def check_report_folder(out_dir: Path, pred_root: Path) -> None:
+    """Refuse (one :class:`InputError` line) the folder ``longvos eval --pred pred_root`` would write its reports
+    into where that would replace or mix with files longvos did not write there. Without ``--out`` the reports go
+    beside the scored predictions: only report files the folder's output list does not name are refused; a folder
+    given as ``--out`` holds nothing but eval's listed reports, as ``--model``'s, and the predictions scored where
+    they are its ``predictions/`` (re-scoring what ``eval --model`` wrote, into its folder)."""
     out_dir = check_output_folder(out_dir, "--out")
     listed = set(logged_names(out_dir) or ())
     reports = (GLOBAL_CSV, PER_SEQUENCE_CSV, SUMMARY_JSON)
-    if beside_predictions:
+    if out_dir.resolve() == pred_root.resolve():
         unlisted = [name for name in reports if ((out_dir / name).exists() or (out_dir / name).is_symlink())
                     and name not in listed]
         if unlisted:
             raise InputError(f"{out_dir} holds {', '.join(unlisted)}, which longvos did not write there and eval "
                              f"would replace: move it, or give another --out")
         return
+    own = tuple(name for name in reports if name in listed)
+    if pred_root.resolve() == (out_dir / "predictions").resolve():
+        own += ("predictions",)
     refuse_used_folder(out_dir, "eval writes its reports there and never beside other files: move them, or use "
-                                "another --out", keep=tuple(name for name in reports if name in listed))
+                                "another --out", keep=own)
 
 
 def log_reports(out_dir: Path) -> None:

@@ -3,7 +3,7 @@
 The video is encoded into a temporary file beside the target (``.<name>.partial.<ext>``) and renamed onto it only when
 complete, so an interrupted run never leaves a truncated, unplayable overlay under the real name. That rename replaces
 no file the caller has not named replaceable (see :func:`check_overlay_path`), and never one of the run's inputs.
-The writer holds that temporary file locked (:func:`~longvos.io.locks.try_lock`) from when it is made until it is
+The writer holds that temporary file locked (:func:`~longvos.io.locks.lock_file`) from when it is made until it is
 closed or discarded, so that two runs never write one overlay: the second is refused at once, in one line.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ import av
 import numpy as np
 
 from longvos.io.errors import InputError
-from longvos.io.locks import try_lock
+from longvos.io.locks import FileHeld, is_file_at, lock_file
 from longvos.io.palette import DAVIS_PALETTE
 from longvos.io.writer import nearest_existing, partial_path
 
@@ -76,33 +76,15 @@ class OverlayWriter:
 
     def _hold(self) -> None:
         """Lock the temporary file (made empty if there is none; a killed run's is kept until the encoder truncates
-        it), or refuse in one line where another writer holds it. Returns unguarded where it cannot be locked."""
-        flags = os.O_RDWR | getattr(os, "O_NOFOLLOW", 0)  # a link put there is not followed: opening it fails
-        for attempt in range(3):
-            try:
-                try:
-                    fd, made = os.open(self._temporary, flags | os.O_CREAT | os.O_EXCL, 0o644), True
-                except FileExistsError:
-                    fd, made = os.open(self._temporary, flags), False
-            except FileNotFoundError:  # removed between the two opens by the writer that held it
-                continue
-            except OSError:  # not writable, or a link: left to the encoder's open to refuse, as before
-                return
-            taken = try_lock(fd)
-            if taken is None:  # no locks here: unguarded, and no empty file left before the first frame
-                os.close(fd)
-                if made:
-                    self._temporary.unlink(missing_ok=True)
-                return
-            if taken is False:
-                os.close(fd)
-                raise InputError(f"overlay {self.path} is being written by another longvos run; give another path")
-            # A writer removes (or renames) its temporary before it lets the lock go: a lock taken on a file removed
-            # meanwhile guards nothing; try again on the file now at that name.
-            if _is_file_at(fd, self._temporary) or attempt == 2:
-                self._lock_fd = fd
-                return
-            os.close(fd)
+        it), or refuse in one line where another writer holds it. Goes on unguarded where it cannot be locked (not
+        writable, a link in the way: the encoder's open refuses those, as before; no locks here)."""
+        try:
+            held = lock_file(self._temporary)
+        except FileHeld:
+            raise InputError(f"overlay {self.path} is being written by another longvos run; give another "
+                             f"path") from None
+        if held is not None:
+            self._lock_fd = held[0]
 
     def _release(self, remove: bool) -> None:
         """Let the lock go; with ``remove``, first remove the temporary file if it is still the one held."""
@@ -110,7 +92,7 @@ class OverlayWriter:
         if fd is None:
             return
         try:
-            if remove and _is_file_at(fd, self._temporary):
+            if remove and is_file_at(fd, self._temporary):
                 self._temporary.unlink(missing_ok=True)
         except OSError:
             pass
@@ -120,7 +102,7 @@ class OverlayWriter:
     def _start(self, height: int, width: int) -> None:
         if not self.path.parent.is_dir():  # a folder the caller was to create, or one removed since the check
             raise InputError(f"overlay {self.path}: folder {self.path.parent} does not exist")
-        if self._lock_fd is None or not _is_file_at(self._lock_fd, self._temporary):
+        if self._lock_fd is None or not is_file_at(self._lock_fd, self._temporary):
             # Not held yet (its folder was made since), or the held file was removed (an output folder cleared).
             self._release(remove=False)
             self._hold()
@@ -237,14 +219,6 @@ def _same_file(path: Path, other: Path) -> bool:
         return os.path.samefile(path, other)
     except OSError:
         return Path(os.path.abspath(path)) == Path(os.path.abspath(other))
-
-
-def _is_file_at(fd: int, path: Path) -> bool:
-    """Whether the open file ``fd`` is the file at ``path`` (not one removed, or replaced, since it was opened)."""
-    try:
-        return os.path.samestat(os.fstat(fd), os.stat(path, follow_symlinks=False))
-    except OSError:
-        return False
 
 
 def _is_same_or_above(folder: Path, out_dir: Path) -> bool:
