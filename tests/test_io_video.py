@@ -473,3 +473,43 @@ def test_a_truncated_trimmed_mp4_is_said_short_of_the_frames_it_shows(tmp_path):
     found = source.num_frames
     assert 0 < found < 30 and indices == list(range(found))
     assert len(messages) == 1 and f"so the video has {found} frames, not the 37 its header lists" in messages[0]
+
+
+def _write_mpegts(path: Path, codec: str, count: int = 60) -> Path:
+    """An MPEG-TS file (no seek index: its seeks land after their target) of noise with a square moving right."""
+    import av
+
+    rng = np.random.default_rng(0)
+    with av.open(str(path), "w", format="mpegts") as container:
+        stream = container.add_stream(codec, rate=25)
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+        stream.codec_context.gop_size = 12
+        for i in range(count):
+            image = rng.integers(0, 60, (64, 96, 3), dtype=np.uint8)
+            image[10:30, i:i + 20] = 255
+            for packet in stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+@pytest.mark.parametrize("codec", ["mpeg2video", "libx264"])
+def test_mpegts_seeks_and_reverse_reads_are_exact(tmp_path, codec):
+    """A .ts file's seeks land after their target: reading must seek further back (or decode from the start)
+    rather than miss the frame (a StopIteration from ``read``) or shift it."""
+    import av
+
+    if codec not in av.codecs_available:
+        pytest.skip(f"{codec} is not available")
+    video = _write_mpegts(tmp_path / "clip.ts", codec)
+    sequential = [f.image for f in VideoFileSource(video).frames()]
+    assert len(sequential) == 60
+    for index in (0, 1, 2, 5, 13, 24, 30, 31, 47, 58, 59):
+        assert np.array_equal(VideoFileSource(video).read(index).image, sequential[index]), index
+    backwards = list(VideoFileSource(video).frames(10, 40, reverse=True))
+    assert [f.index for f in backwards] == list(range(39, 9, -1))
+    assert all(np.array_equal(f.image, sequential[f.index]) for f in backwards)
+    forwards = list(VideoFileSource(video).frames(33, 45))
+    assert [f.index for f in forwards] == list(range(33, 45))
+    assert all(np.array_equal(f.image, sequential[f.index]) for f in forwards)

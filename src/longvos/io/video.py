@@ -492,20 +492,12 @@ class VideoFileSource(FrameSource):
 
     def _decode_range(self, start: int, stop: int) -> Iterator[Frame]:
         """Decode frames ``start <= index < stop`` in order, seeking near ``start`` when timestamps allow."""
-        container = self._open()
-        stream = container.streams.video[0]
         seek_by_timestamp = start > 0 and self._timestamps is not None
-        if seek_by_timestamp:
-            # Lands on the keyframe at or before the target; the frames before it are decoded and dropped.
-            container.seek(int(self._timestamps[start]), stream=stream, backward=True, any_frame=False)
         index = -1
         ended = True  # the decoder ran out of frames (rather than the range being complete)
+        positioned = self._decode_from(start if seek_by_timestamp else 0)
         try:
-            for decoded in container.decode(stream):
-                if seek_by_timestamp and decoded.pts is not None:
-                    index = int(np.searchsorted(self._timestamps, decoded.pts))
-                else:
-                    index += 1
+            for index, decoded in positioned:
                 if index < start:
                     continue
                 if index >= stop:
@@ -524,9 +516,47 @@ class VideoFileSource(FrameSource):
         except av.FFmpegError as err:
             raise VideoReadError(f"{self.path}: cannot decode frame {index + 1}: {err}") from None
         finally:
-            container.close()
+            positioned.close()
         if ended and index < stop - 1:
             self._stream_ends_at(index if index >= 0 or not seek_by_timestamp else self._count_decoded() - 1)
+
+    def _decode_from(self, start: int) -> Iterator[tuple[int, av.VideoFrame]]:
+        """``(index, frame)`` for the decoded frames from one at or before frame ``start`` on (from frame 0 when
+        ``start`` is 0), seeking by timestamp. A seek should land on the keyframe at or before its target, but some
+        containers (MPEG-TS, which has no index) land after it, or past every frame that decodes: then the seek is
+        retried further back (:data:`REVERSE_CHUNK_FRAMES` frames, then four times as far each time), and at last
+        the stream is decoded from its start, counting frames. Owns its container (closed when the generator is)."""
+        container = self._open()
+        try:
+            stream = container.streams.video[0]
+            back = 0
+            while start > 0 and self._timestamps is not None and back < start:
+                container.seek(int(self._timestamps[start - back]), stream=stream, backward=True, any_frame=False)
+                decoded = container.decode(stream)
+                first = next(decoded, None)
+                if first is not None:
+                    index = self._index_after_seek(first, -1)
+                    if index <= start:  # landed at or before the target: every frame from there on is exact
+                        yield index, first
+                        for frame in decoded:
+                            index = self._index_after_seek(frame, index)
+                            yield index, frame
+                        return
+                back = max(REVERSE_CHUNK_FRAMES, 4 * back)
+            if start > 0:  # every seek landed past the target: decode from the start instead
+                container.close()
+                container = self._open()
+                stream = container.streams.video[0]
+            for index, frame in enumerate(container.decode(stream)):
+                yield index, frame
+        finally:
+            container.close()
+
+    def _index_after_seek(self, frame: av.VideoFrame, previous: int) -> int:
+        """The index of a frame decoded after a seek: found by its timestamp, else the one after ``previous``."""
+        if frame.pts is None:
+            return previous + 1
+        return int(np.searchsorted(self._timestamps, frame.pts))
 
     def _count_decoded(self) -> int:
         """Frames the whole stream decodes to (only needed when a seek landed past the end of what decodes)."""
