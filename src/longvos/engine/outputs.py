@@ -25,7 +25,7 @@ from pathlib import Path
 
 from longvos.engine import progress
 from longvos.io.errors import InputError
-from longvos.io.locks import FileHeld, is_file_at, lock_file
+from longvos.io.locks import FileHeld, is_file_at, lock_file, remove_quietly
 from longvos.io.writer import PARTIAL_MARK, nearest_existing
 
 OUTPUTS_FILE = ".longvos-outputs"
@@ -172,7 +172,7 @@ def _unlock_folder(out_dir: Path, fd: int, remove: bool) -> None:
     :func:`_lock_folder`)."""
     try:
         if remove and is_file_at(fd, out_dir / LOCK_FILE):  # ours: if deleted, another run may hold a new one
-            _remove_quietly(out_dir / LOCK_FILE)
+            remove_quietly(out_dir / LOCK_FILE)
     finally:
         os.close(fd)
 
@@ -196,13 +196,6 @@ def _read_pid(path: Path) -> int | None:
         except (OSError, OverflowError):  # ProcessLookupError: it has ended
             return None
     return pid
-
-
-def _remove_quietly(path: Path) -> None:
-    try:
-        path.unlink(missing_ok=True)
-    except OSError:  # Windows removes no file another process has open: harmless, it guards nothing there either
-        pass
 
 
 def prepare_output_folder(out_dir: Path, overwrite: bool) -> None:

@@ -1,5 +1,5 @@
-"""longvos's one non-blocking file lock: downloads hold their temporary files with it, and a segmentation run its
-output folder (:func:`~longvos.engine.outputs.hold_output_folder`)."""
+"""longvos's one non-blocking file lock: downloads hold their temporary files with it, a segmentation run its
+output folder (:func:`~longvos.engine.outputs.hold_output_folder`) and an overlay writer its temporary file."""
 from __future__ import annotations
 
 import os
@@ -53,10 +53,7 @@ def lock_file(path: Path, attempts: int = 3) -> tuple[int, bool] | None:
         if taken is None:
             os.close(fd)
             if made:
-                try:
-                    Path(path).unlink(missing_ok=True)  # it guards nothing here
-                except OSError:  # Windows removes no file another process has open: harmless, it guards nothing
-                    pass
+                remove_quietly(Path(path))  # it guards nothing here
             return None
         if taken is False:
             os.close(fd)
@@ -73,3 +70,12 @@ def is_file_at(fd: int, path: Path) -> bool:
         return os.path.samestat(os.fstat(fd), os.stat(path, follow_symlinks=False))
     except OSError:  # gone, or its folder with it
         return False
+
+
+def remove_quietly(path: Path) -> None:
+    """Remove the (lock) file at ``path`` where it can be: Windows removes no file another process has open, which
+    is harmless for a file that guards nothing there either."""
+    try:
+        path.unlink(missing_ok=True)
+    except OSError:
+        pass
