@@ -83,7 +83,8 @@ def main() -> int:
     max_size = args.max_size if args.max_size == "auto" else int(args.max_size)
 
     def masks_of(given: np.ndarray) -> list[np.ndarray]:
-        with segmenter.session(max_size=max_size) as session:
+        # Far parts off: this measures what the network follows, not what the engine keeps of it.
+        with segmenter.session(max_size=max_size, max_part_distance=None) as session:
             return [session.step(np.array(Image.open(path).convert("RGB")), mask=given if index == 0 else None).mask
                     for index, path in enumerate(frame_paths)]
 

@@ -29,6 +29,8 @@ def main() -> int:
     parser.add_argument("--memory", default=None, help="memory design (default: the model's)")
     parser.add_argument("--mem-gap", type=int, default=None, help="frames between memory updates (default: the model's)")
     parser.add_argument("--max-size", default="auto")
+    parser.add_argument("--max-part-distance", default="auto",
+                        help="object sizes beyond which a far piece of a mask is dropped; none: off; auto: the model's")
     args = parser.parse_args()
 
     config = load_config(args.config)
@@ -51,7 +53,8 @@ def main() -> int:
             command = [sys.executable, "-m", "longvos", "eval", str(Path(config.data.root) / video_set),
                        "--sequences", ",".join(sequences), "--model", config.model.name,
                        "--checkpoint", str(weights), "--out", str(out), "--threads", str(args.threads),
-                       "--max-size", args.max_size, "--brief", "--quiet", "-j", "1"]
+                       "--max-size", args.max_size, "--max-part-distance", args.max_part_distance,
+                       "--brief", "--quiet", "-j", "1"]
             if args.memory:
                 command += ["--memory", args.memory]
             if args.mem_gap:

@@ -468,7 +468,9 @@ def test_closing_mid_job_cancels_it_waits_for_it_and_removes_the_work_folder(seg
                 time.sleep(0.05)
             started = time.monotonic()
         seconds = time.monotonic() - started
-    assert seconds < 5, f"close took {seconds:.1f} s"
+    # The rest of the job takes at least 238 x 0.05 = 11.9 s; a close takes about 0.2 s, but Gradio's own shutdown
+    # once took 5.0 s during a full test run on the shared 2-core machine.
+    assert seconds < 10, f"close took {seconds:.1f} s"
     assert seen["running"] == 0 and not app.workspace.root.exists() and seen["frames"] < 240
 
 

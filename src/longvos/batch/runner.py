@@ -223,6 +223,7 @@ def _known_result(item: WorkItem, out: Path, options: BatchOptions, resume: bool
 
 def _checked(options: BatchOptions) -> BatchOptions:
     """Options with an absolute checkpoint path, after the checks that would otherwise fail every video alike."""
+    from longvos.engine.parts import check_part_distance
     from longvos.models.registry import model_entry
 
     try:
@@ -233,6 +234,10 @@ def _checked(options: BatchOptions) -> BatchOptions:
         raise InputError(f"overlay format {options.overlay!r}: use one of {', '.join(OVERLAY_FORMATS)}")
     if options.threads is not None and options.threads < 1:
         raise InputError(f"threads must be >= 1, got {options.threads}")
+    try:
+        check_part_distance(options.max_part_distance)
+    except ValueError as err:
+        raise InputError(str(err)) from None
     if options.checkpoint is None:
         from longvos.engine.segmenter import weights_for
 
@@ -249,11 +254,13 @@ def _checked(options: BatchOptions) -> BatchOptions:
 def item_settings(item: WorkItem, options: BatchOptions) -> dict[str, Any]:
     """The settings ``segment_video`` records for ``item`` (see :func:`~longvos.engine.pipeline.segment_video`), as
     far as the driver knows them without the worker's device or the video's frame count: the options' settings
-    resolved as a worker resolves them (the model's size for ``max_size="auto"``, the loaded weights file's path,
+    resolved as a worker resolves them (the model's size for ``max_size="auto"``, its own far-part distance for
+    ``max_part_distance="auto"``, the loaded weights file's path,
     size and sha256 instead of ``checkpoint``, an explicit dtype; ``dtype="auto"`` depends on the device and is
     left out), the memory design and interval the session uses (the model's own where none is named:
     :meth:`~longvos.engine.options.SegmentOptions.with_memory_resolved`), and what identifies the inputs."""
     from longvos.engine.frames import resolve_max_size
+    from longvos.engine.parts import part_distance_record, resolve_part_distance
     from longvos.engine.options import objects_per_pass_record
     from longvos.models.registry import model_entry
 
@@ -271,7 +278,9 @@ def item_settings(item: WorkItem, options: BatchOptions) -> dict[str, Any]:
         settings["dtype"] = str(resolve_dtype(options.dtype))
     try:
         settings["max_size"] = resolve_max_size(options.max_size, model_entry(options.model).max_size)
-    except ValueError:  # a bad size or model: every video fails with the reason
+        settings.update(part_distance_record(resolve_part_distance(options.max_part_distance,
+                                                                   _own_part_distance(options.model))))
+    except ValueError:  # a bad size, distance or model: every video fails with the reason
         pass
     return {**settings, "video": str(Path(item.video).resolve()),
             "masks": {frame: None if item.mask is None else str(Path(item.mask).resolve())},
@@ -301,13 +310,22 @@ def _weights_path(options: BatchOptions) -> str | Path | None:
         return None
 
 
+#: Settings a run records only where they change its masks (engine/options.py:objects_per_pass_record,
+#: engine/parts.py:part_distance_record).
+_RECORDED_WHERE_USED = ("objects_per_pass", "max_part_distance")
+
+
 def _recorded(folder: Path, settings: dict[str, Any]) -> tuple[RunProgress | None, str | None]:
     """The video's progress record in ``folder`` and the first difference between its settings and ``settings``
     (on the keys of ``settings``: those the driver knows)."""
     record = RunProgress.load(folder)
     if record is None:
         return None, None
-    return record, settings_difference({key: record.settings.get(key) for key in settings}, settings)
+    # Settings recorded only where they change the masks are compared even when this run leaves them out: a video
+    # made with far parts dropped is not a finished video of a run that keeps every piece.
+    known = [*settings, *(key for key in _RECORDED_WHERE_USED if key in record.settings and key not in settings)]
+    return record, settings_difference({key: record.settings[key] for key in known if key in record.settings},
+                                       settings)
 
 
 @functools.lru_cache(maxsize=8)
@@ -328,6 +346,12 @@ def _own_memory(model_name: str) -> tuple[str | None, int | None]:
     return (None, None) if model is None else (model.default_memory, model.default_mem_gap)
 
 
+def _own_part_distance(model_name: str) -> float | None:
+    """A registered model's ``default_max_part_distance`` (``None`` for an unknown one)."""
+    model = _meta_model(model_name)
+    return None if model is None else model.default_max_part_distance
+
+
 def _objects_per_pass(model_name: str) -> int | None:
     model = _meta_model(model_name)
     return None if model is None else model.objects_per_pass
@@ -341,8 +365,8 @@ def resume_conflict(folder: Path, settings: dict[str, Any]) -> str | None:
     if difference is None:
         return None
     model = settings.get("model")
-    note = (earlier_record_note(record.settings, difference, *_own_memory(model), _objects_per_pass(model))
-            if isinstance(model, str) else "")
+    note = (earlier_record_note(record.settings, difference, *_own_memory(model), _objects_per_pass(model),
+                                settings.get("max_part_distance")) if isinstance(model, str) else "")
     advice = ("use --overwrite (without --resume) to redo the batch, or another --out" if note else
               "use another --out, or --overwrite (without --resume) to redo the batch")
     return f"{folder} holds results made with other settings ({difference}){note}; {advice}"

@@ -48,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mask", type=Path, help="with a video --clip: the first frame's index-mask PNG")
     parser.add_argument("--mem-gap", type=int, help="frames between long-term memory updates (default: model's)")
     # One size for every design: the papers' 480p (models.base.PAPER_MAX_SIZE, not imported: the CLI loads no torch).
-    add_compute_options(parser, max_size_default=480)
+    add_compute_options(parser, max_size_default=480, part_distance=False)  # the model step alone
     parser.add_argument("--warmup", type=int, default=5, help="untimed warm-up frames per design (default 5)")
     parser.add_argument("--seed", type=int, default=0, help="seed set before each model is built (default 0)")
     parser.add_argument("--interleave", action="store_true",

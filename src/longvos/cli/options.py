@@ -35,8 +35,9 @@ def add_model_options(parser: argparse.ArgumentParser, *, prefix: str = "", mode
 
 def add_compute_options(parser: argparse.ArgumentParser, *, prefix: str = "", device: bool = True,
                         dtype: bool = True, threads: bool = True, max_size: bool = True,
-                        max_size_default: int | str = "auto") -> None:
-    """Where and how the network runs: ``--device``, ``--dtype``, ``--max-size``, ``--threads``."""
+                        max_size_default: int | str = "auto", part_distance: bool = True) -> None:
+    """Where and how the network runs and what is kept of its masks: ``--device``, ``--dtype``, ``--max-size``,
+    ``--max-part-distance``, ``--threads``."""
     if device:
         parser.add_argument("--device", default="auto", help=f"{prefix}auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
     if dtype:
@@ -49,6 +50,12 @@ def add_compute_options(parser: argparse.ArgumentParser, *, prefix: str = "", de
                             help=f"{prefix}short side the network sees, in pixels, 0 for the native size, or auto: "
                                  "the size the model's weights were trained for (`longvos models` lists it); "
                                  f"default {max_size_default}. Outputs keep the original size")
+    if part_distance:
+        parser.add_argument("--max-part-distance", type=parse_part_distance, default="auto",
+                            help=f"{prefix}drop a piece of an object's mask that lies farther than this many object "
+                                 "sizes (square root of its area) from the object's mask on the frame before; none "
+                                 "keeps every piece; auto (default): the model's own (mavos-lite 0.5, the official "
+                                 "models none)")
     if threads:
         parser.add_argument("--threads", type=int, default=None,
                             help=f"{prefix}torch CPU threads (default: the free cores: the cores this process may "
@@ -72,13 +79,26 @@ def parse_max_size(text: str) -> int | str | None:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+def parse_part_distance(text: str) -> float | str | None:
+    """``--max-part-distance``: ``auto``, ``none`` (keep every piece) or a positive number of object sizes, by the
+    engine's one rule (:func:`longvos.engine.parts.check_part_distance`)."""
+    from longvos.engine.parts import check_part_distance
+
+    try:
+        return check_part_distance(text if text.strip().lower() in ("auto", "none") else float(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number of object sizes, none or auto, got "
+                                         f"{text!r}") from None
+
+
 def segment_options(args: argparse.Namespace, cls: type | None = None, **more: Any):
     """The :class:`~longvos.engine.options.SegmentOptions` (or ``cls``, e.g. ``BatchOptions``) of the model and
     compute options above, as far as the command has them, plus ``more``."""
     from longvos.engine.options import SegmentOptions
 
     given = {"model": getattr(args, "model", None) or DEFAULT_MODEL}
-    for name in ("checkpoint", "device", "dtype", "memory", "mem_gap", "allow_random_weights", "max_size", "threads"):
+    for name in ("checkpoint", "device", "dtype", "memory", "mem_gap", "allow_random_weights", "max_size",
+                 "max_part_distance", "threads"):
         if hasattr(args, name):
             given[name] = getattr(args, name)
     return (cls or SegmentOptions)(**{**given, **more})

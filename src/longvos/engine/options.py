@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from longvos.device import DEFAULT_DTYPE
 from longvos.engine.frames import MaxSize
+from longvos.engine.parts import PartDistance
 from longvos.models.registry import DEFAULT_MODEL
 
 if TYPE_CHECKING:
@@ -41,6 +42,9 @@ class SegmentOptions:
     ``allow_random_weights``. ``max_size`` caps the short side the network sees (``"auto"``: the size the model's
     weights were trained for; ``None``: native); ``memory`` and ``mem_gap`` choose this video's long-term memory
     design and interval (``None``: the model's own), like ``max_size`` per video, not per loaded model.
+    ``max_part_distance`` drops the pieces of an object's mask that lie farther than that many object sizes from
+    its mask on the frame before (``"auto"``: the model's own, 0.5 for mavos-lite, off for the official models;
+    ``None``: off; :mod:`longvos.engine.parts`).
     Frames ``start <= index < end`` are segmented, backwards if ``reverse``. ``per_object`` also writes
     ``objects/<id>/<frame>.png``, ``save_probs`` ``probs/<frame>.npz``. Every ``snapshot_every`` frames the model
     state is saved for an exact ``resume`` (0 or ``None``: never). ``threads`` sets torch's intra-op CPU threads for
@@ -59,6 +63,7 @@ class SegmentOptions:
     mem_gap: int | None = setting(None)
     allow_random_weights: bool = False  # the checkpoint (None: random weights) is in the record already
     max_size: MaxSize = setting("auto")
+    max_part_distance: PartDistance = "auto"  # recorded as it resolved, where it drops anything (engine/parts.py)
     start: int = setting(0)
     end: int | None = setting(None, "stop")
     reverse: bool = setting(False)
@@ -113,8 +118,9 @@ class SegmentOptions:
                               allow_random_weights=self.allow_random_weights)
 
     def session(self, segmenter: Segmenter) -> Session:
-        """A new per-video session of ``segmenter`` with these options' ``max_size``, ``mem_gap`` and ``memory``."""
-        return segmenter.session(self.max_size, self.mem_gap, self.memory)
+        """A new per-video session of ``segmenter`` with these options' ``max_size``, ``mem_gap``, ``memory`` and
+        ``max_part_distance``."""
+        return segmenter.session(self.max_size, self.mem_gap, self.memory, self.max_part_distance)
 
 
 def objects_per_pass_record(objects_per_pass: int | None, object_count: int) -> dict[str, int]:
@@ -128,14 +134,17 @@ def objects_per_pass_record(objects_per_pass: int | None, object_count: int) -> 
 
 
 def earlier_record_note(saved: dict[str, Any], difference: str | None, own_memory: str | None,
-                        own_mem_gap: int | None, own_objects_per_pass: int | None = None) -> str:
+                        own_mem_gap: int | None, own_objects_per_pass: int | None = None,
+                        part_distance: float | None = None) -> str:
     """Why a resume refused for ``difference`` (``"name: old -> new"``) cannot be made to match, where the run's
     record was written by an earlier longvos: it holds the memory design or interval as ``None`` though the model
     has one of its own (``own_memory``, ``own_mem_gap``), which a record of this version never does (an earlier
     longvos recorded the model's own that way, and the model's own may have changed since: mavos-lite's interval
     went from 10 to 5), or it lacks how many objects share a pass (``own_objects_per_pass``; mavos-lite went from
     packing them to one per pass). No option names what that run used, so only ``--overwrite`` (segmenting the
-    video again) gives one consistent result. ``""`` for any other difference."""
+    video again) gives one consistent result. A record without ``max_part_distance`` was made before far parts were
+    dropped (``part_distance``: what this run drops): every piece was kept, which ``--max-part-distance none``
+    names, so the note says so. ``""`` for any other difference."""
     if difference is None:
         return ""
     for key, own, what in (("mem_gap", own_mem_gap, "interval"), ("memory", own_memory, "design")):
@@ -147,4 +156,9 @@ def earlier_record_note(saved: dict[str, Any], difference: str | None, own_memor
             and own_objects_per_pass is not None):
         return (f": that run was recorded by an earlier longvos, which did not record how many objects share one "
                 f"pass of the model (this one runs {own_objects_per_pass}), so it cannot be continued exactly")
+    if (difference.startswith("max_part_distance: None -> ") and "max_part_distance" not in saved
+            and part_distance is not None):
+        return (f": that run was made by an earlier longvos, which kept every piece of each mask where this one "
+                f"drops those farther than {part_distance:g} object sizes from the object's last mask; add "
+                f"--max-part-distance none to continue it as it was made")
     return ""

@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from longvos.engine.frames import check_max_size
+from longvos.engine.parts import check_part_distance, part_distance_record
 from longvos.engine.options import (DEFAULT_SNAPSHOT_EVERY, SegmentOptions, earlier_record_note,
                                     objects_per_pass_record)
 from longvos.engine.outputs import (check_output_folder, hold_output_folder, log_outputs, prepare_output_folder,
@@ -73,6 +74,7 @@ class SegmentSummary:
     threads: int | None = None  # torch intra-op CPU threads the run used
     max_size: int | None = None  # the short-side cap the session resolved (pixels; None: native)
     restored_from: int = 0  # frames described by the model-state snapshot a resume restored (0: recomputed all)
+    max_part_distance: float | None = None  # far parts dropped beyond this many object sizes (None: none dropped)
 
     def __str__(self) -> str:
         device = f", device peak {format_bytes(self.peak_device_bytes)}" if self.peak_device_bytes is not None else ""
@@ -197,6 +199,7 @@ def _segment_held(video: str | Path | FrameSource, masks: MaskInput | dict[int |
         **options.with_memory_resolved(*own_memory).replace(
             model=segmenter.name, checkpoint=checkpoint, dtype=str(segmenter.dtype), max_size=session.max_size,
             start=start, end=stop).resume_settings(),
+        **part_distance_record(session.max_part_distance),
         "video": source.description if isinstance(video, FrameSource) else str(Path(source.description).resolve()),
         "num_frames": source.num_frames, "weights": segmenter.weights,
         "masks": {str(i): p.origin for i, p in sorted(prompts.items())},
@@ -209,7 +212,8 @@ def _segment_held(video: str | Path | FrameSource, masks: MaskInput | dict[int |
     if record is not None:
         difference = settings_difference(record.settings, settings)
         if difference:
-            note = earlier_record_note(record.settings, difference, *own_memory, segmenter.model.objects_per_pass)
+            note = earlier_record_note(record.settings, difference, *own_memory, segmenter.model.objects_per_pass,
+                                       session.max_part_distance)
             advice = ("use --overwrite to segment the video again, or another output folder" if note else
                       "use another output folder or --overwrite to replace it")
             raise InputError(f"{out_dir} holds a run with other settings ({difference}){note}; {advice}")
@@ -281,7 +285,7 @@ def _segment_held(video: str | Path | FrameSource, masks: MaskInput | dict[int |
         peak_device_bytes=device_peak_bytes(segmenter.device), state_bytes=run.state_bytes,
         object_ids=session.object_ids, out_dir=out_dir, resumed_after=resumed_after,
         network_size=session.network_size, restored_from=run.restored, threads=record.threads,
-        max_size=session.max_size,
+        max_size=session.max_size, max_part_distance=session.max_part_distance,
     )
 
 
@@ -335,6 +339,7 @@ def _check_options(options: SegmentOptions, resume: bool, overwrite: bool, recor
         raise InputError("resume needs the records that records=False leaves out")
     try:
         check_max_size(options.max_size)
+        check_part_distance(options.max_part_distance)
     except ValueError as err:
         raise InputError(str(err)) from None
 

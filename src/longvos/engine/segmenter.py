@@ -28,6 +28,7 @@ import torch
 
 from longvos.device import DEFAULT_DTYPE, resolve_device, resolve_dtype
 from longvos.engine.frames import MaxSize
+from longvos.engine.parts import PartDistance
 from longvos.engine.objects import to_index_map
 from longvos.engine.session import MaskLike, Session
 from longvos.io.errors import InputError, MaskError, SessionError
@@ -58,22 +59,27 @@ class Segmenter:
     def name(self) -> str:
         return self.model.name or type(self.model).__name__
 
-    def session(self, max_size: MaxSize = "auto", mem_gap: int | None = None, memory: str | None = None) -> Session:
+    def session(self, max_size: MaxSize = "auto", mem_gap: int | None = None, memory: str | None = None,
+                max_part_distance: PartDistance = "auto") -> Session:
         """A new per-video :class:`Session`; ``max_size`` caps the short side the network sees (``"auto"``: the
         size the model's weights were trained for, ``None``: native), ``mem_gap`` and ``memory`` override the
-        model's long-term memory interval and design for this session only."""
+        model's long-term memory interval and design for this session only, ``max_part_distance`` drops pieces of
+        a mask farther than that many object sizes from the object's last mask (``"auto"``: the model's own,
+        ``None``: off; :mod:`longvos.engine.parts`)."""
         try:
-            return Session(self.model, self.device, self.dtype, max_size=max_size, mem_gap=mem_gap, memory=memory)
+            return Session(self.model, self.device, self.dtype, max_size=max_size, mem_gap=mem_gap, memory=memory,
+                           max_part_distance=max_part_distance)
         except ValueError as err:  # an interval the model cannot use, or a bad size
             raise InputError(f"model {self.name}: {err}") from None
 
     # -- SAM2's offline verbs (see the module docstring) ---------------------------------------------------
 
     def init_state(self, video: str | Path | FrameSource, max_size: MaxSize = "auto",
-                   mem_gap: int | None = None, memory: str | None = None) -> VideoState:
+                   mem_gap: int | None = None, memory: str | None = None,
+                   max_part_distance: PartDistance = "auto") -> VideoState:
         """Open ``video`` lazily (nothing is decoded) and return its state for the verbs below; ``max_size``,
-        ``mem_gap`` and ``memory`` are those of :meth:`session`."""
-        session = self.session(max_size, mem_gap, memory)
+        ``mem_gap``, ``memory`` and ``max_part_distance`` are those of :meth:`session`."""
+        session = self.session(max_size, mem_gap, memory, max_part_distance)
         return VideoState(open_video(video), session)
 
     def add_new_mask(self, state: VideoState, frame_idx: int, obj_id: int, mask: MaskLike) -> tuple[int, list[int]]:

@@ -4,7 +4,9 @@ The session turns user inputs (frames at any resolution, index masks with user i
 :mod:`longvos.models.base` and back: it shrinks frames to the network size, hands new or corrected object masks to
 ``model.step``, and returns an index mask at the frame's original size. The model keeps whatever it remembers in
 its state object; the session keeps only that state, the frame geometry and masks staged for the next frame, so
-its memory does not grow with the number of frames.
+its memory does not grow with the number of frames. Where the model or the caller asks for it, the session also drops
+the far pieces of each object's mask (:mod:`longvos.engine.parts`), for which it keeps the last frame's mask at the
+network size.
 """
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from PIL import Image
 from longvos.engine.frames import (MaxSize, frame_to_tensor, resize_ids_nearest, resolve_max_size, shrunk_size,
                                    to_network_input, upsample_probs)
 from longvos.engine.objects import select_objects, to_index_map
+from longvos.engine.parts import PartDistance, far_parts, resolve_part_distance
 from longvos.io.errors import InputError, MaskError, SessionError
 from longvos.io.masks import compact_ids
 from longvos.models.base import TrackerState, VOSModel
@@ -47,13 +50,16 @@ class Session:
     """
 
     def __init__(self, model: VOSModel, device: torch.device, dtype: torch.dtype | None = None,
-                 max_size: MaxSize = "auto", mem_gap: int | None = None, memory: str | None = None):
+                 max_size: MaxSize = "auto", mem_gap: int | None = None, memory: str | None = None,
+                 max_part_distance: PartDistance = "auto"):
         self.model = model
         self.device = device
         self.dtype = dtype
         self.max_size = resolve_max_size(max_size, model.default_max_size)  # pixels, or None: native
         self.mem_gap = mem_gap  # None: the model's own interval
         self.memory = memory  # long-term memory design; None: the model's own
+        # Object sizes beyond which a separate piece of a mask is dropped; None: off ("auto": the model's own).
+        self.max_part_distance = resolve_part_distance(max_part_distance, model.default_max_part_distance)
         # Models on a corner-aligned grid (AOT with (H - 1) % 16 == 0) upsample with align_corners=True; matching
         # them puts the object boundaries where the official decoder puts them.
         self._align_corners = bool(model.align_corners)
@@ -76,12 +82,14 @@ class Session:
         self._network_hw: tuple[int, int] | None = None
         self._staged_ids: np.ndarray | None = None  # index map (original size) waiting for the next frame
         self._staged_objects: list[int] = []
+        self._previous_ids: np.ndarray | None = None  # the last frame's mask at the network size (far parts only)
 
     def close(self) -> None:
         """Drop the model state now (it is also freed when the session is garbage collected). A closed session
         cannot be used again (:class:`~longvos.io.errors.SessionError`); open a new one."""
         self.state = self._new_state()
         self._staged_ids, self._staged_objects = None, []
+        self._previous_ids = None
         self._closed = True
 
     def _new_state(self) -> TrackerState:
@@ -152,6 +160,8 @@ class Session:
         if self._staged_ids is not None:
             self._staged_ids[np.isin(self._staged_ids, ids)] = 0
             self._staged_objects = [i for i in self._staged_objects if i not in ids]
+        if self._previous_ids is not None:
+            self._previous_ids[np.isin(self._previous_ids, ids)] = 0
         to_model = [i for i in ids if i in tracked]
         if to_model:
             self.model.remove_objects(self.state, to_model)
@@ -188,6 +198,8 @@ class Session:
 
         probs_KHW, seconds = self._run_model(image_3HW, given_ids)
         object_ids = list(self.state.object_ids)
+        if self.max_part_distance is not None and self._previous_ids is not None and object_ids:
+            probs_KHW = self._without_far_parts(probs_KHW, object_ids)
         probs_KHW = upsample_probs(probs_KHW, frame_hw, self._align_corners)
         if given_ids is not None:
             probs_KHW = _impose_given(probs_KHW, torch.from_numpy(given_ids).to(probs_KHW.device), object_ids)
@@ -197,11 +209,27 @@ class Session:
         lookup = compact_ids(np.asarray([0] + object_ids, dtype=np.int64))
         # .max(dim).indices: on CPU, argmax over a leading dim is ~10x slower for the same result.
         ids = compact_ids(lookup[probs_KHW.max(dim=0).indices.cpu().numpy()])
+        if self.max_part_distance is not None:  # where each object is now, for the next frame's far parts
+            self._previous_ids = resize_ids_nearest(torch.from_numpy(ids), self._network_hw).numpy().copy()
         self.frames_processed += 1
         return StepResult(
             mask=ids, object_ids=object_ids, frame_index=self.frames_processed - 1, model_seconds=seconds,
             probs=probs_KHW[1:].cpu().numpy() if return_probs else None,
         )
+
+    def _without_far_parts(self, probs_KHW: torch.Tensor, object_ids: list[int]) -> torch.Tensor:
+        """Network-size probabilities with each object's far parts given to the background: on those pixels the
+        winning object's probability moves to the background channel, so the mask, ``probs`` and the saved
+        probabilities agree."""
+        winners_HW = probs_KHW.max(dim=0).indices
+        far_HW = far_parts(winners_HW.cpu().numpy(), self._previous_ids, object_ids, self.max_part_distance)
+        if not far_HW.any():
+            return probs_KHW
+        winners_1HW = winners_HW.unsqueeze(0)
+        dropped_1HW = probs_KHW.gather(0, winners_1HW) * torch.from_numpy(far_HW).to(probs_KHW.device)
+        probs_KHW = probs_KHW.scatter(0, winners_1HW, probs_KHW.gather(0, winners_1HW) - dropped_1HW)
+        probs_KHW[0] += dropped_1HW[0]
+        return probs_KHW
 
     # -- snapshots (exact resume) ---------------------------------------------------------------------------
 
@@ -218,7 +246,7 @@ class Session:
         return {"model": self.model.name or type(self.model).__name__, "frames_processed": self.frames_processed,
                 "frame_hw": None if self._frame_hw is None else list(self._frame_hw),
                 "network_hw": None if self._network_hw is None else list(self._network_hw),
-                "state": to_snapshot()}
+                **self._far_parts_snapshot(), "state": to_snapshot()}
 
     def restore(self, snapshot: dict) -> None:
         """Replace everything this session remembers with a :meth:`snapshot` of a session of the same model.
@@ -247,6 +275,7 @@ class Session:
         if network_hw != expected_hw:
             raise SessionError(f"a state snapshot taken at network size {network_hw} cannot be restored into a session "
                                f"that sees its {frame_hw} frames at {expected_hw} (another max_size)")
+        previous_ids = self._previous_ids_of(snapshot, frames_processed, network_hw)
         check = getattr(type(self.state), "check_snapshot", None)
         if check is not None:
             check(snapshot["state"], model=self.model, input_hw=network_hw, like=self.state, dtype=self.dtype)
@@ -255,6 +284,33 @@ class Session:
         self.state = state
         self.frames_processed = frames_processed
         self._frame_hw, self._network_hw = frame_hw, network_hw
+        self._previous_ids = previous_ids
+
+    def _far_parts_snapshot(self) -> dict:
+        """What a snapshot holds of far parts: nothing for a session that keeps every piece (a snapshot as earlier
+        longvos versions wrote them), else the distance and the last frame's mask."""
+        if self.max_part_distance is None:
+            return {}
+        return {"max_part_distance": self.max_part_distance,
+                "previous_ids": None if self._previous_ids is None else torch.from_numpy(self._previous_ids.copy())}
+
+    def _previous_ids_of(self, snapshot: dict, frames_processed: int,
+                         network_hw: tuple[int, int] | None) -> np.ndarray | None:
+        """The last frame's mask a snapshot holds, checked against this session's far-part distance (``None`` for a
+        session that keeps every piece, or before the first frame)."""
+        taken_with = snapshot.get("max_part_distance")
+        if frames_processed > 0 and taken_with != self.max_part_distance:
+            raise SessionError(f"a state snapshot taken with max_part_distance {taken_with} cannot be continued by a "
+                               f"session with {self.max_part_distance}: the frames after it would differ")
+        previous = snapshot.get("previous_ids")
+        if self.max_part_distance is None or frames_processed == 0:
+            return None
+        if (not isinstance(previous, torch.Tensor) or previous.dtype.is_floating_point or previous.is_complex()
+                or previous.dtype == torch.bool or tuple(previous.shape) != network_hw):
+            raise SessionError(f"a state snapshot's previous_ids must be an integer map of the network size "
+                               f"{network_hw}, got {getattr(previous, 'dtype', type(previous).__name__)} "
+                               f"{tuple(getattr(previous, 'shape', ()))}")
+        return previous.cpu().numpy().copy()  # loaded onto the run's device (a GPU) with the rest of the snapshot
 
     def _run_model(self, image_3HW: torch.Tensor, given_ids: np.ndarray | None) -> tuple[torch.Tensor, float]:
         """``model.step`` under inference mode and the session's autocast policy; returns (probs, seconds)."""

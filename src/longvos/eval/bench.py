@@ -240,7 +240,7 @@ def run_benchmark(designs: Sequence[Design], clip: Clip, *, lengths: Sequence[in
 
 
 def _session(segmenter: Segmenter, design: Design, mem_gap: int | None) -> Session:
-    return segmenter.session(max_size=None, mem_gap=mem_gap, memory=design.memory)
+    return segmenter.session(max_size=None, mem_gap=mem_gap, memory=design.memory, max_part_distance=None)
 
 
 def _warm_up(segmenter: Segmenter, design: Design, clip: Clip, frames: int, mem_gap: int | None) -> None:

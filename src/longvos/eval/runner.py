@@ -61,6 +61,7 @@ class RunReport:
     environment: dict[str, object]
     sequences: list[SequenceRun] = field(default_factory=list)
     memory: dict[str, int | bool | None] = field(default_factory=dict)
+    max_part_distance: float | None = None  # far parts dropped beyond this many object sizes (None: kept)
 
     @property
     def timed_frames(self) -> int:
@@ -80,6 +81,7 @@ class RunReport:
         return {
             "model": self.model,
             "max_size": self.max_size,
+            "max_part_distance": self.max_part_distance,
             **self.environment,
             "speed_protocol": SPEED_PROTOCOL,
             "fps": self.fps,
@@ -122,13 +124,13 @@ def run_model(options: SegmentOptions, layout: DavisLayout, sequences: list[str]
     options = options.replace(model=segmenter, checkpoint=None)
     meter = PeakMemory(segmenter.device).start()
     environment_now = environment(segmenter.device, segmenter.dtype)
-    runs, max_size, device_peaks, staged = [], None, [], []
+    runs, max_size, part_distance, device_peaks, staged = [], None, None, [], []
     try:
         for name in sequences:
             staged.append((partial_folder(pred_root / name), pred_root / name))
             run, summary = _run_sequence(options, layout, name, staged[-1][0], late_objects)
             runs.append(run)
-            max_size = summary.max_size
+            max_size, part_distance = summary.max_size, summary.max_part_distance
             if summary.peak_device_bytes is not None:  # each video restarts the device's peak counter
                 device_peaks.append(summary.peak_device_bytes)
         # A long run leaves time to put files into a folder it is about to replace: look again, then list the
@@ -144,7 +146,7 @@ def run_model(options: SegmentOptions, layout: DavisLayout, sequences: list[str]
     for partial, folder in staged:
         _keep_os_metadata(folder, partial)
         commit_folder(partial, folder)
-    report = RunReport(segmenter.name, max_size, environment_now, runs, meter.read())
+    report = RunReport(segmenter.name, max_size, environment_now, runs, meter.read(), part_distance)
     if device_peaks:
         report.memory["peak_device_bytes"] = max(device_peaks)
     return report

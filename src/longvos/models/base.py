@@ -64,14 +64,22 @@ class VOSModel(nn.Module, abc.ABC):
     #: Short side (pixels) frames are shrunk to when the caller asks for ``max_size="auto"`` (the default): the size
     #: the weights were trained for and are most accurate at. Declared by the family's builder, like ``name``.
     default_max_size: int = PAPER_MAX_SIZE
+    #: Object sizes beyond which a separate piece of an object's mask is dropped when the caller asks for
+    #: ``max_part_distance="auto"`` (the default; :mod:`longvos.engine.parts`); ``None``: every piece is kept, as
+    #: the official models' published numbers were made. Declared by the family's builder, like ``name``.
+    default_max_part_distance: float | None = None
 
-    def __init__(self, *, name: str | None = None, default_max_size: int | None = None):
-        """``name`` and ``default_max_size`` declare this instance's (else the class attributes apply)."""
+    def __init__(self, *, name: str | None = None, default_max_size: int | None = None,
+                 default_max_part_distance: float | None = None):
+        """``name``, ``default_max_size`` and ``default_max_part_distance`` declare this instance's (else the class
+        attributes apply)."""
         super().__init__()
         if name is not None:
             self.name = name
         if default_max_size is not None:
             self.default_max_size = default_max_size
+        if default_max_part_distance is not None:
+            self.default_max_part_distance = default_max_part_distance
 
     @property
     def align_corners(self) -> bool:

@@ -73,8 +73,9 @@ class AOTModel(VOSModel):
     """DeAOT / MAVOS with a pluggable long-term memory; see the module docstring for the verbs."""
 
     def __init__(self, config: AOTConfig, pretrained_encoder: bool = False, *, name: str | None = None,
-                 default_max_size: int | None = None):
-        super().__init__(name=name, default_max_size=default_max_size)
+                 default_max_size: int | None = None, default_max_part_distance: float | None = None):
+        super().__init__(name=name, default_max_size=default_max_size,
+                         default_max_part_distance=default_max_part_distance)
         self.config = config
         d_model = config.d_model
         self.encoder = build_encoder(config.encoder, pretrained=pretrained_encoder)

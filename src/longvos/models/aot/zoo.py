@@ -19,6 +19,7 @@ class ZooEntry(NamedTuple):
     config: AOTConfig
     description: str
     max_size: int = PAPER_MAX_SIZE  # the short side the weights are most accurate at
+    max_part_distance: float | None = None  # far pieces of a mask dropped (engine/parts.py); None: the official way
 
 
 AOT_MODELS: dict[str, ZooEntry] = {
@@ -34,10 +35,12 @@ AOT_MODELS: dict[str, ZooEntry] = {
     # crops, so it sees frames at short side 320. Its memory interval, 5, was chosen on the validation split
     # (docs/model-card.md), near how it was trained: memory written every 2 sampled frames, 2-10 video frames apart.
     # It runs one object per pass: its weights never learnt to tell the slots of one pass apart (the model card's
-    # "It has not learnt object identities"), so two objects in one pass come back as a speckle of both ids.
+    # "It has not learnt object identities"), so two objects in one pass come back as a speckle of both ids. For the
+    # same reason it marks look-alikes of its objects; pieces of a mask farther than half the object's size from where
+    # the object was on the frame before are dropped (engine/parts.py; 0.5 chosen on the validation split).
     "mavos-lite": ZooEntry(_MAVOS.replace(encoder="efficientnet_lite0", d_model=128, mem_gap=5, objects_per_pass=1),
                            "MAVOS design, EfficientNet-Lite0, d_model 128 (longvos-trained; one object per pass)",
-                           max_size=320),
+                           max_size=320, max_part_distance=0.5),
 }
 
 
@@ -46,7 +49,7 @@ def _builder(name: str, entry: ZooEntry):
         # pretrained_encoder loads bundled ImageNet weights (EfficientNet-Lite0 only); it is a build option, not
         # part of the config, because a checkpoint's weights replace it anyway.
         return AOTModel(entry.config.replace(**overrides), pretrained_encoder=pretrained_encoder, name=name,
-                        default_max_size=entry.max_size)
+                        default_max_size=entry.max_size, default_max_part_distance=entry.max_part_distance)
 
     return build
 
