@@ -57,6 +57,9 @@ def test_eval_errors_are_one_line(tmp_path, capsys):
     assert "predictions for sequence blackswan are missing" in capsys.readouterr().err
     assert main(["eval", str(DEV), "--pred", str(tmp_path), "--checkpoint", "x.pth"]) == 1
     assert "--checkpoint only applies with --model" in capsys.readouterr().err
+    for option, value in (("--max-part-distance", "0.5"), ("--max-size", "320")):
+        assert main(["eval", str(DEV), "--pred", str(tmp_path), option, value]) == 1
+        assert f"{option} only applies with --model" in capsys.readouterr().err
     assert main(["eval", str(DEV), "--pred", str(tmp_path), "--sequences", "nope", "--quiet"]) == 1
     assert "no ground truth for sequence(s) nope" in capsys.readouterr().err
 

@@ -260,6 +260,20 @@ def test_a_difference_the_advice_cannot_mend_is_named_first(lite, tmp_path):
         segment_video(tmp_path / "clip", mask, out, resume=True, **dict(options, max_part_distance="auto"))
 
 
+def test_far_parts_advice_comes_after_every_difference_it_cannot_mend():
+    from longvos.engine.options import earlier_record_note
+    from longvos.engine.progress import settings_difference
+
+    # A record of a version that resolved the memory interval but recorded neither objects_per_pass nor far parts.
+    saved = {"model": "mavos-lite", "memory": "mca", "mem_gap": 5, "max_size": 320}
+    current = dict(saved, objects_per_pass=1, max_part_distance=0.5)
+    difference = settings_difference(saved, current)
+    assert difference == "objects_per_pass: None -> 1"
+    assert "cannot be continued exactly" in earlier_record_note(saved, difference, "mca", 5, 1, 0.5)
+    difference = settings_difference(saved, dict(saved, max_part_distance=0.5))
+    assert "--max-part-distance none" in earlier_record_note(saved, difference, "mca", 5, None, 0.5)
+
+
 def test_batch_records_the_distance_as_segment_does(lite, tmp_path):
     from longvos.batch.items import BatchOptions, WorkItem
     from longvos.batch.runner import is_complete, item_settings, resume_conflict

@@ -278,9 +278,12 @@ def item_settings(item: WorkItem, options: BatchOptions) -> dict[str, Any]:
         settings["dtype"] = str(resolve_dtype(options.dtype))
     try:
         settings["max_size"] = resolve_max_size(options.max_size, model_entry(options.model).max_size)
+    except ValueError:  # a bad size or model: every video fails with the reason
+        pass
+    try:
         settings.update(part_distance_record(resolve_part_distance(options.max_part_distance,
                                                                    _own_part_distance(options.model))))
-    except ValueError:  # a bad size, distance or model: every video fails with the reason
+    except ValueError:  # refused by run_batch before any video
         pass
     return {**settings, "video": str(Path(item.video).resolve()),
             "masks": {frame: None if item.mask is None else str(Path(item.mask).resolve())},
@@ -310,9 +313,10 @@ def _weights_path(options: BatchOptions) -> str | Path | None:
         return None
 
 
-#: Settings a run records only where they change its masks (engine/options.py:objects_per_pass_record,
-#: engine/parts.py:part_distance_record).
-_RECORDED_WHERE_USED = ("objects_per_pass", "max_part_distance")
+#: Settings a run records only where they change its masks and whose absence changes them too: a run that leaves out
+#: max_part_distance keeps every piece (engine/parts.py:part_distance_record). (objects_per_pass is left out only
+#: where it cannot change the masks, and earlier versions recorded it for single objects too.)
+_RECORDED_WHERE_USED = ("max_part_distance",)
 
 
 def _recorded(folder: Path, settings: dict[str, Any]) -> tuple[RunProgress | None, str | None]:

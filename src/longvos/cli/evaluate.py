@@ -69,6 +69,10 @@ def run(args: argparse.Namespace) -> int:
                 raise CommandError(f"--{option.replace('_', '-')} only applies with --model")
         if args.allow_random_weights:
             raise CommandError("--allow-random-weights only applies with --model")
+        for option in ("max_size", "max_part_distance"):
+            if getattr(args, option) != "auto":
+                raise CommandError(f"--{option.replace('_', '-')} only applies with --model (the predictions are "
+                                   f"scored as they are)")
     progress = not args.quiet
     layout = DavisLayout.at(args.data_root)
     if layout.root != args.data_root:

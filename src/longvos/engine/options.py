@@ -158,7 +158,7 @@ def earlier_record_note(saved: dict[str, Any], difference: str | None, own_memor
                 f"pass of the model (this one runs {own_objects_per_pass}), so it cannot be continued exactly")
     if (difference.startswith("max_part_distance: None -> ") and "max_part_distance" not in saved
             and part_distance is not None):
-        return (f": that run was made by an earlier longvos, which kept every piece of each mask where this one "
-                f"drops those farther than {part_distance:g} object sizes from the object's last mask; add "
-                f"--max-part-distance none to continue it as it was made")
+        return (f": that run kept every piece of each mask (made by an earlier longvos, or with --max-part-distance "
+                f"none) where this one drops those farther than {part_distance:g} object sizes from the object's "
+                f"last mask; add --max-part-distance none to continue it as it was made")
     return ""

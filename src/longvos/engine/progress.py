@@ -263,8 +263,9 @@ def settings_difference(saved: dict[str, Any], current: dict[str, Any]) -> str |
             and saved["video_fingerprint"] != current.get("video_fingerprint")):
         return f"the video {current.get('video')} changed content since that run"
     # A setting the saved run did not record (one an earlier longvos did not know) is named only when nothing else
-    # differs: the advice for it (an option that names what that run used) must not hide a difference it cannot mend.
-    for key in sorted(set(saved) | set(current), key=lambda key: (key not in saved, key)):
+    # differs, and max_part_distance last of all: the advice for it (--max-part-distance none names what that run
+    # used) must not hide a difference it cannot mend.
+    for key in sorted(set(saved) | set(current), key=lambda key: (key not in saved, key == "max_part_distance", key)):
         if saved.get(key) != current.get(key):
             return f"{key}: {saved.get(key)!r} -> {current.get(key)!r}"
     return None
