@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.util
 import inspect
 import os
 import shutil
@@ -25,6 +26,7 @@ import torch
 from longvos.models.base import VOSModel
 
 REPO = Path(__file__).resolve().parents[1]
+SCRIPTS = REPO / "scripts"
 SHARED = Path(os.environ.get("LONGVOS_SHARED") or REPO.parent / "shared").resolve()
 GOLDEN = SHARED / "golden"
 DATA = SHARED / "data"
@@ -198,6 +200,15 @@ def optional_import(module: str, install: str):
 # ---------------------------------------------------------------------------------------------------------------------
 # Helpers shared by several test modules (tests import them from here, never from another test module).
 # ---------------------------------------------------------------------------------------------------------------------
+
+def load_script(name: str) -> types.ModuleType:
+    """``scripts/<name>.py`` imported as a module (its ``main`` is not run), for tests of its functions; the script
+    itself is run as a subprocess from ``SCRIPTS / f"{name}.py"``."""
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
 
 def write_mp4(frames: list, path: Path, gop: int = 6, fps: int = 24, faststart: bool = False) -> Path:
     """Encode RGB frames losslessly-ish (x264, small GOP so that seeking has keyframes to land on); ``faststart``

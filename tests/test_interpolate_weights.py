@@ -2,28 +2,21 @@
 mean, counters are kept, and weights of different models or shapes are refused in one line."""
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from longvos.checkpoints import CheckpointError, read_checkpoint, save_checkpoint
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "interpolate_weights.py"
+from conftest import SCRIPTS, load_script
 
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("interpolate_weights", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+SCRIPT = SCRIPTS / "interpolate_weights.py"
 
 
 def test_interpolated_ends_middle_and_counters():
-    interpolated = load_script().interpolated
+    interpolated = load_script("interpolate_weights").interpolated
     a = {"w": torch.tensor([0.0, 2.0]), "count": torch.tensor(3)}
     b = {"w": torch.tensor([4.0, 6.0]), "count": torch.tensor(9)}
     assert torch.equal(interpolated(a, b, 0.0)["w"], a["w"]) and torch.equal(interpolated(a, b, 1.0)["w"], b["w"])

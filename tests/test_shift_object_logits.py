@@ -3,10 +3,8 @@ slot's logit against the background's by exactly the offset (the decision thresh
 refuses weights without an AOT decoder in one line."""
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -14,21 +12,16 @@ import torch
 from longvos.checkpoints import CheckpointError, read_checkpoint, save_checkpoint
 from longvos.models.registry import create_model
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "shift_object_logits.py"
+from conftest import SCRIPTS, load_script
 
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("shift_object_logits", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+SCRIPT = SCRIPTS / "shift_object_logits.py"
 
 
 def test_object_logits_rise_against_the_background_by_the_offset():
     torch.manual_seed(0)
     model = create_model("mavos-lite").eval()
     shifted_model = create_model("mavos-lite").eval()
-    shifted_model.load_state_dict(load_script().shifted(model.state_dict(), 0.25))
+    shifted_model.load_state_dict(load_script("shift_object_logits").shifted(model.state_dict(), 0.25))
     features = model.encode_image(torch.rand(1, 3, 65, 97))
     lstt_BNC = torch.randn(1, features.embedding_BCHW.shape[-2] * features.embedding_BCHW.shape[-1],
                            2 * model.config.d_model)
@@ -52,4 +45,4 @@ def test_the_script_writes_fp16_weights_and_refuses_others(tmp_path):
     failed = subprocess.run(run, capture_output=True, text=True)
     assert failed.returncode == 1 and failed.stderr.count("\n") == 1 and "not the weights of an AOT" in failed.stderr
     with pytest.raises(CheckpointError):
-        load_script().shifted({"w": torch.ones(2)}, 1.0)
+        load_script("shift_object_logits").shifted({"w": torch.ones(2)}, 1.0)

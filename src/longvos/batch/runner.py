@@ -260,8 +260,8 @@ def item_settings(item: WorkItem, options: BatchOptions) -> dict[str, Any]:
     left out), the memory design and interval the session uses (the model's own where none is named:
     :meth:`~longvos.engine.options.SegmentOptions.with_memory_resolved`), and what identifies the inputs."""
     from longvos.engine.frames import resolve_max_size
-    from longvos.engine.parts import part_distance_record, resolve_part_distance
-    from longvos.engine.options import objects_per_pass_record
+    from longvos.engine.options import objects_per_pass_record, part_distance_record
+    from longvos.engine.parts import resolve_part_distance
     from longvos.models.registry import model_entry
 
     frame = str(item.frame)
@@ -314,7 +314,7 @@ def _weights_path(options: BatchOptions) -> str | Path | None:
 
 
 #: Settings a run records only where they change its masks and whose absence changes them too: a run that leaves out
-#: max_part_distance keeps every piece (engine/parts.py:part_distance_record). (objects_per_pass is left out only
+#: max_part_distance keeps every piece (engine/options.py:part_distance_record). (objects_per_pass is left out only
 #: where it cannot change the masks, and earlier versions recorded it for single objects too.)
 _RECORDED_WHERE_USED = ("max_part_distance",)
 

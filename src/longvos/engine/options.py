@@ -133,6 +133,13 @@ def objects_per_pass_record(objects_per_pass: int | None, object_count: int) -> 
     return {"objects_per_pass": objects_per_pass}
 
 
+def part_distance_record(max_part_distance: float | None) -> dict[str, float]:
+    """What a run records of the far-part distance it used (resolved; :mod:`longvos.engine.parts`): nothing where it
+    keeps every piece, so that such runs read as those of earlier longvos versions, which recorded nothing (their
+    snapshots stay usable); else ``{"max_part_distance": d}``."""
+    return {} if max_part_distance is None else {"max_part_distance": max_part_distance}
+
+
 def earlier_record_note(saved: dict[str, Any], difference: str | None, own_memory: str | None,
                         own_mem_gap: int | None, own_objects_per_pass: int | None = None,
                         part_distance: float | None = None) -> str:

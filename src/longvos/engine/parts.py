@@ -55,13 +55,6 @@ def resolve_part_distance(value: PartDistance, model_default: float | None) -> f
     return check_part_distance(model_default) if value == "auto" else value
 
 
-def part_distance_record(max_part_distance: float | None) -> dict[str, float]:
-    """What a run records of the distance it used (resolved): nothing where it keeps every piece, so that such runs
-    read as those of earlier longvos versions, which recorded nothing (their snapshots stay usable); else
-    ``{"max_part_distance": d}``."""
-    return {} if max_part_distance is None else {"max_part_distance": max_part_distance}
-
-
 def far_parts(labels_HW: np.ndarray, previous_ids_HW: np.ndarray, channel_ids: list[int],
               max_part_distance: float) -> np.ndarray:
     """``(H, W)`` bool: the pixels of each object's far parts.

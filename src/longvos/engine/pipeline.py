@@ -20,9 +20,9 @@ import torch
 from tqdm import tqdm
 
 from longvos.engine.frames import check_max_size
-from longvos.engine.parts import check_part_distance, part_distance_record
+from longvos.engine.parts import check_part_distance
 from longvos.engine.options import (DEFAULT_SNAPSHOT_EVERY, SegmentOptions, earlier_record_note,
-                                    objects_per_pass_record)
+                                    objects_per_pass_record, part_distance_record)
 from longvos.engine.outputs import (check_output_folder, hold_output_folder, log_outputs, prepare_output_folder,
                                     refuse_used_folder)
 from longvos.engine.progress import (PROGRESS_FILE, STATE_FILE, RunProgress, UnusableSnapshot, encode_state,
