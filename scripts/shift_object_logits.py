@@ -15,7 +15,7 @@ import sys
 
 import torch
 
-from longvos.checkpoints import CheckpointError, read_checkpoint, save_checkpoint
+from longvos.checkpoints import CheckpointError, read_weights_file, save_checkpoint
 
 BIAS_KEY = "decoder.classifier.bias"  # (1 + max_objects,): background, then one per object slot
 
@@ -36,7 +36,7 @@ def main() -> int:
     parser.add_argument("out", help="where the shifted weights go (fp16)")
     args = parser.parse_args()
     try:
-        checkpoint = read_checkpoint(args.weights)
+        checkpoint = read_weights_file(args.weights)
         save_checkpoint(args.out, shifted(checkpoint["state_dict"], args.offset), checkpoint["model"],
                         checkpoint.get("config"), half=True)
     except (CheckpointError, OSError, KeyError) as err:

@@ -111,6 +111,21 @@ def is_training_checkpoint(checkpoint: Mapping[str, Any]) -> bool:
     return TRAINING_CHECKPOINT_KEYS <= set(checkpoint)
 
 
+def read_weights_file(source: Source) -> Mapping[str, Any]:
+    """A longvos weights file (:func:`save_checkpoint`'s layout: ``model``, ``state_dict``, ``config``), as the scripts
+    that rewrite weights need it. A training checkpoint or an official one is refused with one line saying what to do
+    (either would otherwise fail deep inside with a bare key or type error)."""
+    checkpoint = read_checkpoint(source)
+    what = _describe(source)
+    if is_training_checkpoint(checkpoint):
+        raise CheckpointError(f"{what} is a training checkpoint: export its EMA weights first "
+                              f"(`longvos train CONFIG --export OUT`)")
+    if not is_longvos_checkpoint(checkpoint):
+        raise CheckpointError(f"{what} is not a longvos weights file (an official checkpoint? "
+                              f"`longvos convert` makes one)")
+    return checkpoint
+
+
 def _describe(source: Source) -> str:
     """How messages name a checkpoint: its path, or "checkpoint" for an object already loaded."""
     return "checkpoint" if isinstance(source, Mapping) else os.fspath(source)
