@@ -17,6 +17,7 @@ import tempfile
 from collections import defaultdict
 from pathlib import Path
 
+from longvos.checkpoints import CheckpointError, export_weights, is_training_checkpoint, read_checkpoint
 from longvos.train.config import load_config
 
 
@@ -43,9 +44,11 @@ def main() -> int:
 
     with tempfile.TemporaryDirectory() as scratch:
         weights = args.weights
-        if is_training_checkpoint(weights):
-            from longvos.checkpoints import export_weights
-            weights = export_weights(weights, Path(scratch) / "ema.pt")
+        try:
+            if is_training_checkpoint(read_checkpoint(weights)):
+                weights = export_weights(weights, Path(scratch) / "ema.pt")
+        except CheckpointError as err:
+            sys.exit(f"validate: {err}")
         out_root = args.out or Path(scratch) / "eval"
         all_scores: list[tuple[float, float]] = []
         for video_set, sequences in sorted(by_set.items()):
@@ -65,12 +68,6 @@ def main() -> int:
             print(f"{video_set}: J&F {mean_jf(scores):.3f} over {len(scores)} objects ({', '.join(sequences)})")
         print(f"validation J&F {mean_jf(all_scores):.4f} over {len(all_scores)} objects")
     return 0
-
-
-def is_training_checkpoint(path: Path) -> bool:
-    import torch
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return isinstance(state, dict) and "ema" in state and "optimizer" in state
 
 
 def object_scores(out: Path) -> list[tuple[float, float]]:
