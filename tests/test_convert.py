@@ -205,7 +205,8 @@ def test_run_choice_fields_and_fields_a_checkpoint_does_not_name_are_not_binding
 def test_load_segmenter_and_the_cli_apply_the_same_config_rule(tmp_path, capsys):
     """load_segmenter used to build the registry model and load any checkpoint whose shapes fit; it goes through
     load_checkpoint's rule now, and the CLI prints it as one line. The bundled weights still load."""
-    from longvos.engine.segmenter import bundled_checkpoint, load_segmenter
+    from longvos.checkpoints import bundled_checkpoint
+    from longvos.engine.segmenter import load_segmenter
 
     bundled = bundled_checkpoint("mavos-lite")
     assert load_segmenter("mavos-lite", device="cpu").weights["path"] == str(bundled.resolve())

@@ -1,6 +1,7 @@
 """The atomic, bounded, ordered background writer."""
 from __future__ import annotations
 
+import sys
 import threading
 import time
 
@@ -73,3 +74,15 @@ def test_context_exit_on_caller_error_keeps_the_callers_error():
             writer.submit(lambda: done.append(1))
             raise KeyError("model failed")
     assert done == [1]  # frames computed before the failure are still written
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="exception notes are Python >= 3.11")
+def test_context_exit_names_a_write_failure_in_the_callers_error():
+    def disk_full():
+        raise OSError("disk full")
+
+    with pytest.raises(KeyError) as caught:
+        with BackgroundWriter() as writer:
+            writer.submit(disk_full)
+            raise KeyError("model failed")
+    assert any("disk full" in note for note in caught.value.__notes__)  # not lost: the run's error names it

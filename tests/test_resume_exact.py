@@ -349,7 +349,7 @@ def test_naming_the_models_own_memory_design_resumes_a_run_that_named_none(tmp_p
 def test_resume_with_changed_bundled_or_downloaded_weights_is_refused(tmp_path, monkeypatch):
     import shutil
 
-    import longvos.engine.segmenter as segmenter_module
+    import longvos.checkpoints as checkpoints_module
     from longvos.batch.runner import item_settings, resume_conflict
     from longvos.batch.items import BatchOptions, WorkItem
     from longvos.engine.pipeline import SegmentationError, segment_video
@@ -358,8 +358,8 @@ def test_resume_with_changed_bundled_or_downloaded_weights_is_refused(tmp_path, 
 
     weights = tmp_path / "cache" / "mavos-lite.pt"  # stands for the bundled file or `longvos download`'s cache
     weights.parent.mkdir()
-    shutil.copy(segmenter_module.bundled_checkpoint("mavos-lite"), weights)
-    monkeypatch.setattr(segmenter_module, "bundled_checkpoint", lambda name: weights)
+    shutil.copy(checkpoints_module.bundled_checkpoint("mavos-lite"), weights)
+    monkeypatch.setattr(checkpoints_module, "bundled_checkpoint", lambda name: weights)
     mask = make_clip(tmp_path / "clip", frames=6)
     run = dict(model="mavos-lite", device="cpu", max_size=64, progress=False)
     out = tmp_path / "out"

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Union
 import torch
 from torch import nn
 
-from longvos.io.errors import LongvosError, one_line
+from longvos.io.errors import InputError, LongvosError, one_line
 from longvos.io.writer import atomic_write
 from longvos.models.base import VOSModel
 from longvos.models.registry import create_model, list_models, model_entry
@@ -252,6 +252,44 @@ def model_from_checkpoint(source: Source, **overrides: Any) -> VOSModel:
 # =====================================================================================================================
 # Section 2: official checkpoints, converted with a strict key report
 # =====================================================================================================================
+
+def weights_for(name: str, checkpoint: str | Path | None, allow_random_weights: bool = False) -> str | Path | None:
+    """The checkpoint ``name`` loads: ``checkpoint``, else the bundled weights, else those ``longvos download``
+    cached, else ``None`` (random weights), which is refused with one line unless ``allow_random_weights``. Unknown names are a ``ValueError``."""
+    model_entry(name)  # an unknown model is reported as such, not as missing weights
+    if checkpoint is not None:
+        return checkpoint
+    bundled = bundled_checkpoint(name) or downloaded_checkpoint(name)
+    if bundled is None and not allow_random_weights:
+        raise InputError(f"model {name!r} ships no weights and no checkpoint was given, so its masks would be "
+                         f"meaningless: pass --checkpoint PATH (Python: checkpoint=...), or --allow-random-weights "
+                         f"(Python: allow_random_weights=True) to run it with random weights on purpose"
+                         + download_hint(name))
+    return bundled
+
+
+#: The weights the package ships, ``<model name>.pt``.
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+
+
+def downloaded_checkpoint(name: str) -> Path | None:
+    """The checkpoint ``longvos download <name>`` converted and cached (``$LONGVOS_HOME``), if any."""
+    from longvos.download import cached_checkpoint
+
+    return cached_checkpoint(name)
+
+
+def download_hint(name: str) -> str:
+    """The end of a "no weights" message: how to fetch ``name``'s official weights, where it has any."""
+    from longvos.download import OFFICIAL_CHECKPOINTS
+
+    return f"; `longvos download {name}` fetches its official weights" if name in OFFICIAL_CHECKPOINTS else ""
+
+
+def bundled_checkpoint(name: str) -> Path | None:
+    """The weights the package ships for ``name`` (``longvos/weights/<name>.pt`` or ``.pth``), if any."""
+    return next((p for p in (WEIGHTS_DIR / f"{name}.pt", WEIGHTS_DIR / f"{name}.pth") if p.is_file()), None)
+
 
 #: family -> function mapping an official key to ours (``None``: no counterpart); see :func:`register_official_keys`.
 OFFICIAL_KEY_MAPS: dict[str, Callable[[str], str | None]] = {}

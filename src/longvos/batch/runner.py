@@ -239,7 +239,7 @@ def _checked(options: BatchOptions) -> BatchOptions:
     except ValueError as err:
         raise InputError(str(err)) from None
     if options.checkpoint is None:
-        from longvos.engine.segmenter import weights_for
+        from longvos.checkpoints import weights_for
 
         weights_for(options.model, None, options.allow_random_weights)  # no weights: refused once, not per video
         return options
@@ -305,7 +305,7 @@ def _read_mask(path: str | Path | None) -> IndexMask | None:
 
 
 def _weights_path(options: BatchOptions) -> str | Path | None:
-    from longvos.engine.segmenter import weights_for
+    from longvos.checkpoints import weights_for
 
     try:
         return weights_for(options.model, options.checkpoint, options.allow_random_weights)

@@ -34,19 +34,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from longvos.checkpoints import CheckpointError, export_weights, latest_checkpoint
-    from longvos.train.config import ConfigError, describe_config, load_config
-    from longvos.train.files import TrainingDataError
+    from longvos.checkpoints import export_weights, latest_checkpoint
+    from longvos.train.config import describe_config, load_config
 
     overrides = list(args.overrides)
     if args.threads is not None:
         if args.threads < 1:
             raise CommandError(f"--threads must be at least 1, got {args.threads}")
         overrides.append(f"run.threads={args.threads}")  # after the key=value overrides: --threads wins
-    try:
-        config = load_config(args.config, overrides)
-    except ConfigError as err:
-        raise CommandError(str(err)) from None
+    config = load_config(args.config, overrides)  # a ConfigError is a LongvosError: cli.main prints its one line
     if args.show_config:
         print(describe_config(config))
         return 0
@@ -54,17 +50,11 @@ def run(args: argparse.Namespace) -> int:
         checkpoint = latest_checkpoint(Path(config.run.out_dir))
         if checkpoint is None:
             raise CommandError(f"no checkpoint to export in {config.run.out_dir}/checkpoints")
-        try:
-            written = export_weights(checkpoint, Path(args.export))
-        except CheckpointError as err:
-            raise CommandError(str(err)) from None
+        written = export_weights(checkpoint, Path(args.export))
         print(f"wrote {written} ({written.stat().st_size / 2**20:.1f} MiB) from {checkpoint}")
         return 0
 
     from longvos.train.loop import train
 
-    try:
-        train(config, resume=args.resume)
-    except (TrainingDataError, CheckpointError) as err:
-        raise CommandError(str(err)) from None
+    train(config, resume=args.resume)
     return 0

@@ -224,6 +224,8 @@ def load_segmenter(name: str, checkpoint: str | Path | None = None, device: str 
 
     device = usable_device(device)  # fail before the (slow) model build
     dtype = resolve_dtype(dtype, device)
+    from longvos.checkpoints import weights_for
+
     checkpoint = weights_for(name, checkpoint, allow_random_weights)
     model = create_model(name)
     if checkpoint is None:
@@ -241,42 +243,3 @@ def load_segmenter(name: str, checkpoint: str | Path | None = None, device: str 
 
         segmenter.weights = weights_record(checkpoint)  # the bundled or downloaded file too
     return segmenter
-
-
-def weights_for(name: str, checkpoint: str | Path | None, allow_random_weights: bool = False) -> str | Path | None:
-    """The checkpoint ``name`` loads: ``checkpoint``, else the bundled weights, else those ``longvos download``
-    cached, else ``None`` (random weights),
-    which is refused with one line unless ``allow_random_weights``. Unknown names are a ``ValueError``."""
-    from longvos.models.registry import model_entry
-
-    model_entry(name)  # an unknown model is reported as such, not as missing weights
-    if checkpoint is not None:
-        return checkpoint
-    bundled = bundled_checkpoint(name) or downloaded_checkpoint(name)
-    if bundled is None and not allow_random_weights:
-        raise InputError(f"model {name!r} ships no weights and no checkpoint was given, so its masks would be "
-                         f"meaningless: pass --checkpoint PATH (Python: checkpoint=...), or --allow-random-weights "
-                         f"(Python: allow_random_weights=True) to run it with random weights on purpose"
-                         + download_hint(name))
-    return bundled
-
-
-WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "weights"
-
-
-def downloaded_checkpoint(name: str) -> Path | None:
-    """The checkpoint ``longvos download <name>`` converted and cached (``$LONGVOS_HOME``), if any."""
-    from longvos.download import cached_checkpoint
-
-    return cached_checkpoint(name)
-
-
-def download_hint(name: str) -> str:
-    from longvos.download import OFFICIAL_CHECKPOINTS
-
-    return f"; `longvos download {name}` fetches its official weights" if name in OFFICIAL_CHECKPOINTS else ""
-
-
-def bundled_checkpoint(name: str) -> Path | None:
-    """The weights the package ships for ``name`` (``longvos/weights/<name>.pt`` or ``.pth``), if any."""
-    return next((p for p in (WEIGHTS_DIR / f"{name}.pt", WEIGHTS_DIR / f"{name}.pth") if p.is_file()), None)

@@ -140,5 +140,6 @@ class BackgroundWriter:
         # The caller is already failing: still finish the frames computed so far, but keep its error.
         try:
             self.close()
-        except BaseException:  # noqa: BLE001
-            pass
+        except BaseException as close_err:  # noqa: BLE001 - the caller's error is raised, naming this one
+            if exc is not None and hasattr(exc, "add_note"):  # Python >= 3.11
+                exc.add_note(f"and writing the frames computed before it failed too: {close_err!r}")

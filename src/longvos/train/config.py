@@ -14,13 +14,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from longvos.io.errors import LongvosError
+
 try:  # Python >= 3.11
     import tomllib
 except ModuleNotFoundError:  # pragma: no cover - Python 3.10
     tomllib = None  # type: ignore[assignment]
 
 
-class ConfigError(ValueError):
+class ConfigError(LongvosError, ValueError):
     """A config file or override the user can fix (unknown key, wrong type, unreadable file)."""
 
 

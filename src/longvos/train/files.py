@@ -7,11 +7,13 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from longvos.io.errors import InputError
+
 #: Folder names that hold evaluation data. Training must never read below one of them: scores on them would lie.
 HELD_OUT_FOLDERS = ("dev",)
 
 
-class TrainingDataError(ValueError):
+class TrainingDataError(InputError):
     """Training data that cannot be used (missing, unreadable, held out); the message names the file or folder."""
 
 
