@@ -33,7 +33,12 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
 def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device | None = None) -> torch.dtype | None:
     """The autocast compute dtype (``None`` = full fp32). Weights and model state stay fp32. ``"auto"`` is bf16 on
     a ``device`` that computes it natively and fp32 elsewhere (and without a device)."""
-    if isinstance(dtype, torch.dtype) or dtype is None:
+    if dtype is None:
+        return None
+    if isinstance(dtype, torch.dtype):
+        # autocast refuses int8 or float64 with a warning and runs fp32, while the run would record the other name
+        if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            raise ValueError(f"unusable dtype {dtype}; use torch.float32, torch.bfloat16 or torch.float16")
         return dtype
     if str(dtype).lower() == AUTO:
         return torch.bfloat16 if device is not None and bf16_is_fast(device) else None

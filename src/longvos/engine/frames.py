@@ -28,8 +28,12 @@ def frame_to_tensor(frame: np.ndarray | Image.Image | torch.Tensor, what: str = 
     if isinstance(frame, np.ndarray):
         if frame.ndim != 3 or frame.shape[2] != 3:
             raise InputError(f"{what}: expected an (H, W, 3) RGB array, got shape {frame.shape}")
+        if not frame.dtype.isnative:  # big-endian data (read from a file): torch takes native byte order only
+            frame = frame.astype(frame.dtype.newbyteorder("="))
         if not frame.flags.writeable:  # e.g. np.asarray(PIL image); torch wants memory it may own
             frame = frame.copy()
+        if frame.dtype == bool or not (frame.dtype == np.uint8 or np.issubdtype(frame.dtype, np.floating)):
+            raise InputError(f"{what}: frames must be uint8 (0..255) or float (0..1), got {frame.dtype}")
         tensor = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1)
     elif isinstance(frame, torch.Tensor):
         if frame.ndim == 3 and frame.shape[0] == 3:
@@ -43,6 +47,8 @@ def frame_to_tensor(frame: np.ndarray | Image.Image | torch.Tensor, what: str = 
                          f"or tensor")
     if tensor.dtype != torch.uint8 and not tensor.is_floating_point():
         raise InputError(f"{what}: frames must be uint8 (0..255) or float (0..1), got {tensor.dtype}")
+    if tensor.shape[1] == 0 or tensor.shape[2] == 0:
+        raise InputError(f"{what}: the frame is empty ({tensor.shape[2]}x{tensor.shape[1]} pixels)")
     if tensor.is_floating_point():
         _check_unit_range(tensor, what)
     return tensor

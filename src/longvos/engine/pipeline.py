@@ -333,6 +333,8 @@ def _check_options(options: SegmentOptions, resume: bool, overwrite: bool, recor
         raise InputError(f"snapshot_every must be >= 0 frames (0: no snapshots), got {options.snapshot_every}")
     if options.threads is not None and options.threads < 1:
         raise InputError(f"threads must be at least 1, got {options.threads}")
+    if options.max_pending_writes < 1:  # a queue of size 0 is unbounded: memory would grow with the video
+        raise InputError(f"max_pending_writes must be at least 1 frame, got {options.max_pending_writes}")
     if resume and overwrite:
         raise InputError("--resume and --overwrite exclude each other: continue the run, or replace its files")
     if resume and not records:

@@ -29,7 +29,7 @@ import torch
 from longvos.device import DEFAULT_DTYPE, resolve_device, resolve_dtype
 from longvos.engine.frames import MaxSize
 from longvos.engine.parts import PartDistance
-from longvos.engine.objects import to_index_map
+from longvos.engine.objects import to_index_map, whole_number
 from longvos.engine.session import MaskLike, Session
 from longvos.io.errors import InputError, MaskError, SessionError
 from longvos.io.video import FrameSource, open_video
@@ -85,6 +85,8 @@ class Segmenter:
     def add_new_mask(self, state: VideoState, frame_idx: int, obj_id: int, mask: MaskLike) -> tuple[int, list[int]]:
         """Give object ``obj_id``'s mask on frame ``frame_idx``; returns ``(frame_idx, all object ids)``."""
         _check_state(state, "add_new_mask")
+        frame_idx = whole_number(frame_idx, "add_new_mask: frame_idx")  # 2.5 would be a frame never reached
+        obj_id = whole_number(obj_id, "add_new_mask: obj_id", MaskError)  # 1.2 and 1.7 would both be object 1
         state.source.check_index(frame_idx)
         what = f"mask of object {obj_id} on frame {frame_idx}"
         if state.running is not None and state.running.passed(frame_idx):
@@ -92,12 +94,19 @@ class Segmenter:
                                f"now at frame {state.running.frame_idx}); give masks for frames ahead of it, or "
                                f"finish iterating that generator or close it (generator.close(); a paused one kept "
                                f"in a variable still runs), then add this one and propagate again")
-        if int(obj_id) <= 0:
+        if obj_id <= 0:
             raise MaskError(f"{what}: object ids must be positive integers")
         binary = to_index_map(mask, state.source.frame_size, what) != 0
         if not binary.any():
             raise MaskError(f"{what}: the mask is empty; use remove_object to drop an object")
-        state.prompts.setdefault(frame_idx, {})[int(obj_id)] = binary
+        given = dict(state.prompts.get(frame_idx, {}))
+        given.pop(obj_id, None)  # re-given: it moves to the end, so it wins where it overlaps the others
+        given[obj_id] = binary
+        hidden = [i for i, visible in zip(given, _visible(given)) if not visible]
+        if hidden:  # where masks overlap the last one given wins: these would silently vanish
+            raise MaskError(f"{what}: with it, the masks given later on that frame cover every pixel of object(s) "
+                            f"{hidden}; remove_object them first, or give masks that leave each object some pixels")
+        state.prompts[frame_idx] = given
         return frame_idx, state.object_ids
 
     def propagate_in_video(self, state: VideoState, start_frame_idx: int | None = None,
@@ -108,6 +117,7 @@ class Segmenter:
             raise InputError("no masks to propagate: call add_new_mask first")
         if start_frame_idx is None:  # SAM2: from the first (or, in reverse, the last) frame with a mask
             start_frame_idx = max(state.prompts) if reverse else min(state.prompts)
+        start_frame_idx = whole_number(start_frame_idx, "propagate_in_video: start_frame_idx")
         state.source.check_index(start_frame_idx)
         frames = (state.source.frames(0, start_frame_idx + 1, reverse=True) if reverse
                   else state.source.frames(start_frame_idx))
@@ -120,11 +130,7 @@ class Segmenter:
                                        "reset_state on the same state; iterate the newest one")
                 given = state.prompts.get(frame.index)
                 if given:
-                    index_map = np.zeros(frame.image.shape[:2], dtype=np.int64)
-                    for object_id, binary in given.items():  # where a frame's masks overlap, the last one given wins
-                        index_map[binary] = object_id
-                    objects = [i for i in given if (index_map == i).any()]
-                    result = state.session.step(frame.image, index_map, objects)
+                    result = state.session.step(frame.image, _index_map(given), list(given))
                 else:
                     result = state.session.step(frame.image)
                 running.frame_idx = frame.index
@@ -137,6 +143,7 @@ class Segmenter:
     def remove_object(self, state: VideoState, obj_id: int) -> list[int]:
         """Forget one object everywhere (its masks and, mid-propagation, its memory); returns the remaining ids."""
         _check_state(state, "remove_object")
+        obj_id = whole_number(obj_id, "remove_object: obj_id")
         known = state.object_ids
         if obj_id not in known:
             raise InputError(f"cannot remove object {obj_id}: unknown (objects: {known})")
@@ -192,6 +199,20 @@ class VideoState:
         return self.source.num_frames
 
 
+def _index_map(given: dict[int, np.ndarray]) -> np.ndarray:
+    """One frame's masks ``{obj_id: (H, W) bool}`` as an index map: where they overlap, the last one given wins."""
+    index_map = np.zeros(next(iter(given.values())).shape, dtype=np.int64)
+    for object_id, binary in given.items():
+        index_map[binary] = object_id
+    return index_map
+
+
+def _visible(given: dict[int, np.ndarray]) -> list[bool]:
+    """For each object of ``given``, whether it keeps any pixel in :func:`_index_map`."""
+    index_map = _index_map(given)
+    return [bool((index_map == object_id).any()) for object_id in given]
+
+
 def _check_state(state: object, verb: str) -> None:
     if not isinstance(state, VideoState):
         raise SessionError(f"{verb} needs the state returned by init_state(video), got a {type(state).__name__}")
@@ -222,11 +243,16 @@ def load_segmenter(name: str, checkpoint: str | Path | None = None, device: str 
     """
     from longvos.models.registry import create_model
 
-    device = usable_device(device)  # fail before the (slow) model build
-    dtype = resolve_dtype(dtype, device)
     from longvos.checkpoints import weights_for
 
-    checkpoint = weights_for(name, checkpoint, allow_random_weights)
+    device = usable_device(device)  # fail before the (slow) model build
+    try:
+        dtype = resolve_dtype(dtype, device)
+        checkpoint = weights_for(name, checkpoint, allow_random_weights)
+    except InputError:
+        raise
+    except ValueError as err:  # an unknown model name or dtype: bad input like any other
+        raise InputError(str(err)) from None
     model = create_model(name)
     if checkpoint is None:
         warnings.warn(f"model {name!r} runs with random weights, as allowed: its masks are meaningless",

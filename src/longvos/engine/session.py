@@ -20,7 +20,7 @@ from PIL import Image
 
 from longvos.engine.frames import (MaxSize, frame_to_tensor, resize_ids_nearest, resolve_max_size, shrunk_size,
                                    to_network_input, upsample_probs)
-from longvos.engine.objects import select_objects, to_index_map
+from longvos.engine.objects import object_id_list, select_objects, to_index_map
 from longvos.engine.parts import PartDistance, far_parts, resolve_part_distance
 from longvos.io.errors import InputError, MaskError, SessionError
 from longvos.io.masks import compact_ids
@@ -39,6 +39,10 @@ class StepResult:
     frame_index: int  # 0-based count of frames this session has processed
     model_seconds: float  # wall time of model.step (incl. memory update), device-synchronised
     probs: np.ndarray | None = None  # (N, H, W) float32 per-object probabilities, only on request
+
+
+#: The fields every :meth:`Session.snapshot` holds (far parts add theirs only where they are on).
+SNAPSHOT_FIELDS = ("model", "frames_processed", "frame_hw", "network_hw", "state")
 
 
 class Session:
@@ -152,7 +156,7 @@ class Session:
         """Stop tracking an object (or the objects of an iterable of ids) and drop its staged mask. Unknown ids
         are an error."""
         self._check_open("remove_object")
-        ids = [int(i) for i in obj_id] if isinstance(obj_id, Iterable) else [int(obj_id)]
+        ids = object_id_list(obj_id, "remove_object: object id")  # "12" is one id, not objects 1 and 2
         tracked = set(self.state.object_ids)
         unknown = [i for i in ids if i not in tracked and i not in self._staged_objects]
         if unknown:
@@ -180,12 +184,13 @@ class Session:
         what = f"frame {self.frames_processed}"
         image_3HW = frame_to_tensor(frame, what)
         frame_hw = (int(image_3HW.shape[-2]), int(image_3HW.shape[-1]))
-        if self._frame_hw is None:
-            self._frame_hw = frame_hw
-            self._network_hw = self.model.input_size(*shrunk_size(*frame_hw, self.max_size))
+        if self._frame_hw is None:  # kept only once the first mask is accepted: a refused call sets nothing
+            network_hw = self.model.input_size(*shrunk_size(*frame_hw, self.max_size))
         elif frame_hw != self._frame_hw:
             raise InputError(f"{what} is {frame_hw[1]}x{frame_hw[0]} but this session's frames are "
                              f"{self._frame_hw[1]}x{self._frame_hw[0]}; use one session per video")
+        else:
+            network_hw = self._network_hw
         if mask is not None:
             index_map = to_index_map(mask, frame_hw, f"mask of {what}")
             chosen = select_objects(index_map, objects, f"mask of {what}")
@@ -193,7 +198,8 @@ class Session:
                 raise MaskError(f"mask of {what} has no object (all background); pass mask=None to track only")
             self._stage(index_map, chosen)
         elif objects is not None:
-            raise InputError(f"{what}: objects={list(objects)} given without a mask")
+            raise InputError(f"{what}: objects={objects!r} given without a mask")
+        self._frame_hw, self._network_hw = frame_hw, network_hw
         given_ids, self._staged_ids, self._staged_objects = self._staged_ids, None, []
 
         probs_KHW, seconds = self._run_model(image_3HW, given_ids)
@@ -263,6 +269,11 @@ class Session:
         from_snapshot = getattr(type(self.state), "from_snapshot", None)
         if from_snapshot is None:
             raise SessionError(f"model {name} cannot restore a state snapshot")
+        if not isinstance(snapshot, dict):
+            raise SessionError(f"a state snapshot is a dict (from Session.snapshot()), got {type(snapshot).__name__}")
+        missing = [key for key in SNAPSHOT_FIELDS if key not in snapshot]
+        if missing:
+            raise SessionError(f"not a state snapshot: it lacks {', '.join(missing)}")
         if snapshot.get("model") != name:
             raise SessionError(f"a state snapshot of model {snapshot.get('model')!r} cannot be restored into {name!r}")
         # Every field is read and checked before anything is replaced: a snapshot that fails leaves the session as
@@ -278,7 +289,10 @@ class Session:
         previous_ids = self._previous_ids_of(snapshot, frames_processed, network_hw)
         check = getattr(type(self.state), "check_snapshot", None)
         if check is not None:
-            check(snapshot["state"], model=self.model, input_hw=network_hw, like=self.state, dtype=self.dtype)
+            try:
+                check(snapshot["state"], model=self.model, input_hw=network_hw, like=self.state, dtype=self.dtype)
+            except ValueError as err:  # the message names the field; a SessionError is still a ValueError
+                raise SessionError(str(err)) from None
         state = from_snapshot(snapshot["state"], self.device)
         self.reset_state()
         self.state = state

@@ -84,6 +84,8 @@ class BackgroundWriter:
     """Runs write jobs in order on one thread, with at most ``max_pending`` jobs waiting."""
 
     def __init__(self, max_pending: int = 8):
+        if max_pending < 1:  # queue.Queue(0) has no bound: memory would grow with the video
+            raise ValueError(f"max_pending must be at least 1, got {max_pending}")
         self._jobs: queue.Queue = queue.Queue(maxsize=max_pending)
         self._error: BaseException | None = None
         self._thread = threading.Thread(target=self._work, name="longvos-writer", daemon=True)

@@ -82,6 +82,9 @@ class AOTState:
             self.object_ids.append(object_id)
 
     def remove_objects(self, object_ids: list[int]) -> None:
+        """Free the slots of ``object_ids`` (all must be tracked; a repeated id counts once) and drop the passes
+        left empty. Nothing changes when one is unknown."""
+        object_ids = list(dict.fromkeys(object_ids))
         unknown = [obj for obj in object_ids if obj not in self.object_ids]
         if unknown:
             raise KeyError(f"cannot remove object id(s) {unknown}: not tracked (tracked: {self.object_ids})")
@@ -172,7 +175,8 @@ class AOTState:
             if mem_gap != like.mem_gap:
                 raise ValueError(f"mem_gap is {mem_gap}, this session's is {like.mem_gap}")
             if memory_design != like.memory:
-                raise ValueError(f"memory is {memory_design!r}, this session's is {like.memory!r}")
+                raise ValueError(f"memory is {_design_name(memory_design)}, this session's is "
+                                 f"{_design_name(like.memory)}")
         try:
             max_frames = model.long_term_design(memory_design).max_frames
         except ValueError as err:
@@ -330,3 +334,8 @@ def soft_aggregate(logits_PKHW: torch.Tensor) -> torch.Tensor:
     foreground_FHW = probs_PKHW[:, 1:].flatten(0, 1)
     merged_KHW = torch.cat([background_1HW, foreground_FHW], dim=0)
     return torch.logit(merged_KHW.clamp(_PROBABILITY_CLAMP, 1 - _PROBABILITY_CLAMP)).unsqueeze(0)
+
+
+def _design_name(memory: str | None) -> str:
+    """A long-term memory setting as a message names it (``None`` is the model's own design)."""
+    return "the model's own design" if memory is None else repr(memory)
