@@ -159,6 +159,7 @@ def test_eval_model_predictions_never_mix_two_runs(tmp_path, capsys, one_thread,
     assert main([*args, "--out", str(clean)]) == 0, capsys.readouterr().err
     earlier = out / "predictions" / "s"
     earlier.mkdir(parents=True)
+    (out / "summary.json").write_text('{"run": {"model": "mavos-lite"}}')  # the earlier run's, which kept no list
     stale = np.zeros((48, 64), np.uint8)
     stale[:, :32] = 1
     for t in range(12):  # an earlier run over a longer version of the sequence

@@ -69,10 +69,12 @@ def test_a_rerun_into_its_own_output_replaces_its_masks_and_lists_each_once(data
 
 
 def test_a_folder_of_an_earlier_longvos_without_a_list(data, tmp_path, capsys, one_thread):
-    """An output folder from before the list: numbered PNGs are its masks (replaced), anything else is refused."""
+    """An output folder from before the list (its summary.json names the run): numbered PNGs are its masks
+    (replaced), anything else is refused."""
     out = tmp_path / "out"
     folder = out / "predictions" / "seq"
     folder.mkdir(parents=True)
+    (out / "summary.json").write_text('{"J&F-Mean": 0.5, "run": {"model": "mavos-lite"}}')
     for t in range(6):  # an earlier run over a longer version of the sequence
         Image.fromarray(np.zeros((48, 64), np.uint8)).save(folder / f"{t:05d}.png")
     (folder / "readme.md").write_text("mine")
@@ -177,3 +179,55 @@ def test_reports_of_scored_predictions_never_replace_or_mix_with_other_files(dat
             folder = Path(out[1]) if out else pred
             assert '"J&F-Mean": 1.0' in (folder / "summary.json").read_text()
     capsys.readouterr()
+
+
+def test_masks_named_like_frames_without_an_earlier_run_are_the_users(data, tmp_path, capsys, one_thread):
+    """A user's own predictions copied into --out/predictions/<seq> are named like frames, as an earlier run's
+    would be; without that run's summary they are refused and kept, never replaced."""
+    out = tmp_path / "out"
+    folder = out / "predictions" / "seq"
+    folder.mkdir(parents=True)
+    for frame in sorted((data / "Annotations" / "seq").glob("*.png")):
+        (folder / frame.name).write_bytes(frame.read_bytes())
+    before = contents(folder)
+    assert run_eval(data, out) == 1
+    line = one_line(capsys.readouterr().err)
+    assert str(folder) in line and "00000.png" in line, line
+    assert contents(folder) == before
+
+
+def test_a_sequence_name_is_never_a_path(data, tmp_path, capsys):
+    """`--sequences /data/Annotations/seq` joined onto the prediction root made eval write over the ground truth."""
+    ground_truth = data / "Annotations" / "seq"
+    before = contents(ground_truth)
+    for name in (str(ground_truth), "../Annotations/seq", ".."):
+        assert main(["eval", str(data), "--model", "mavos-lite", "--out", str(tmp_path / "out"), "--sequences",
+                     name, "--quiet"]) == 1
+        assert "sequence names must be plain folder names" in one_line(capsys.readouterr().err)
+        assert main(["eval", str(data), "--pred", str(data / "Annotations"), "--sequences", name, "--quiet"]) == 1
+        assert "sequence names must be plain folder names" in one_line(capsys.readouterr().err)
+    assert contents(ground_truth) == before
+
+
+def test_scoring_a_batch_folder_needs_its_own_out(data, tmp_path, capsys):
+    """Reports written beside a batch's video folders made the batch refuse --resume and --overwrite after."""
+    pred = tmp_path / "batch"
+    (pred / "seq").mkdir(parents=True)
+    for frame in sorted((data / "Annotations" / "seq").glob("*.png")):
+        (pred / "seq" / frame.name).write_bytes(frame.read_bytes())
+    (pred / "batch-summary.csv").write_text("name,status\nseq,done\n")
+    assert main(["eval", str(data), "--pred", str(pred), "--quiet"]) == 1
+    assert "give --out a folder for eval's reports" in one_line(capsys.readouterr().err)
+    assert sorted(path.name for path in pred.iterdir()) == ["batch-summary.csv", "seq"]
+    assert main(["eval", str(data), "--pred", str(pred), "--out", str(tmp_path / "reports"), "--quiet"]) == 0
+
+
+def test_a_second_eval_into_a_held_folder_is_refused_at_once(data, tmp_path, capsys):
+    from longvos.engine.outputs import hold_output_folder
+
+    out = tmp_path / "out"
+    with hold_output_folder(out):  # another run (here: this process) holds it
+        assert run_eval(data, out) == 1
+        line = one_line(capsys.readouterr().err)
+    assert "is being written by another longvos run" in line, line
+    assert not (out / "predictions").exists()

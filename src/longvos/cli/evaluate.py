@@ -57,11 +57,13 @@ def _sequence_names(text: str | None) -> list[str] | Path | None:
 def run(args: argparse.Namespace) -> int:
     # Heavy imports only when the command runs (`longvos --help` stays fast).
     from longvos.device import DEFAULT_DTYPE
+    from longvos.engine.outputs import check_output_folder, hold_output_folder
     from longvos.eval.dataset import find_sequences, resolve_sequence_names
     from longvos.eval.report import format_table, write_reports
     from longvos.eval.runner import check_eval_output_folder, check_report_folder, log_reports
     from longvos.eval.scoring import evaluate_sequences
     from longvos.io.davis import DavisLayout
+    from longvos.io.errors import InputError
 
     if args.pred is not None:
         for option in ("checkpoint", "memory", "mem_gap", "dtype", "threads"):
@@ -80,20 +82,27 @@ def run(args: argparse.Namespace) -> int:
     names = resolve_sequence_names(layout.annotations_root, _sequence_names(args.sequences))
     extra = {}
     if args.model is not None:
-        out_dir = args.out or Path("runs") / "eval" / args.model
-        check_eval_output_folder(out_dir)  # never beside (or over) files longvos did not write
-        pred_root = out_dir / "predictions"
-        run_report = _run_model(args, layout, names, pred_root, progress)
-        extra = {"run": run_report.to_dict()}
+        out_dir, pred_root = args.out or Path("runs") / "eval" / args.model, None
     else:
         out_dir, pred_root, run_report = args.out or args.pred, args.pred, None
-        check_report_folder(out_dir, pred_root)
-    sequences = find_sequences(layout.annotations_root, pred_root, names)
-    result = evaluate_sequences(sequences, objects=args.objects, decay=args.decay, workers=args.workers,
-                                progress=progress)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    log_reports(out_dir)  # before they are written
-    paths = write_reports(result, out_dir, extra)
+        if not pred_root.is_dir():  # before the lock below makes it
+            raise InputError(f"{pred_root}: prediction folder does not exist")
+    # Held from before the folder is judged to the last report: a second eval into it (the default --out is shared
+    # by every run of a model) is refused at once instead of mixing its masks with this one's.
+    check_output_folder(out_dir, "--out")  # a file in its place: said as such, before the lock would try to make it
+    with hold_output_folder(out_dir):
+        if args.model is not None:
+            check_eval_output_folder(out_dir)  # never beside (or over) files longvos did not write
+            pred_root = out_dir / "predictions"
+            run_report = _run_model(args, layout, names, pred_root, progress)
+            extra = {"run": run_report.to_dict()}
+        else:
+            check_report_folder(out_dir, pred_root)
+        sequences = find_sequences(layout.annotations_root, pred_root, names)
+        result = evaluate_sequences(sequences, objects=args.objects, decay=args.decay, workers=args.workers,
+                                    progress=progress)
+        log_reports(out_dir)  # before they are written
+        paths = write_reports(result, out_dir, extra)
 
     print(format_table(result, per_object=not args.brief))
     print(f"J&F-Mean {result.summary['J&F-Mean']:.4f} over {len(result.objects)} objects in "

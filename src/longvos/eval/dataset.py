@@ -52,6 +52,9 @@ def resolve_sequence_names(gt_root: Path, sequences: Sequence[str] | str | Path 
         names = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
     else:
         names = list(sequences)
+    for name in names:  # a path would escape the dataset: "/data/Annotations/x" made eval write over its ground truth
+        if not isinstance(name, str) or name in ("", ".", "..") or any(char in name for char in "/\\\0"):
+            raise InputError(f"sequence {name!r}: sequence names must be plain folder names of {gt_root}, not paths")
     missing = [name for name in names if not (gt_root / name).is_dir()]
     if missing:
         raise InputError(f"{gt_root}: no ground truth for sequence(s) {', '.join(missing)}")

@@ -13,6 +13,7 @@ masks to the original size and writing PNGs are not timed. Peak memory is measur
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -194,6 +195,13 @@ def check_report_folder(out_dir: Path, pred_root: Path) -> None:
     listed = set(logged_names(out_dir) or ())
     reports = (GLOBAL_CSV, PER_SEQUENCE_CSV, SUMMARY_JSON)
     if out_dir.resolve() == pred_root.resolve():
+        from longvos.batch.items import SUMMARY_FILE
+        from longvos.engine.progress import PROGRESS_FILE
+
+        runs = [name for name in (SUMMARY_FILE, PROGRESS_FILE) if (out_dir / name).exists()]
+        if runs:  # writing beside them would make that run's folder one it no longer resumes or overwrites
+            raise InputError(f"{out_dir} is the output of a longvos batch or segment run (it holds {runs[0]}): "
+                             f"give --out a folder for eval's reports")
         unlisted = [name for name in reports if ((out_dir / name).exists() or (out_dir / name).is_symlink())
                     and name not in listed]
         if unlisted:
@@ -216,9 +224,10 @@ def check_prediction_folders(pred_root: Path, layout: DavisLayout, sequences: li
     """Refuse (one :class:`InputError` line naming the folder and what longvos did not write there) a
     ``pred_root/<sequence>`` folder that :func:`run_model` would replace but that holds files longvos did not write.
 
-    Longvos's own are the files ``pred_root.parent/.longvos-outputs`` names. In a folder that list names nothing in
-    (an earlier longvos kept no list), they are the masks an evaluation names after frames: PNGs named after a frame
-    of the sequence, or numbered (the frames of a longer version of it)."""
+    Longvos's own are the files ``pred_root.parent/.longvos-outputs`` names. In a folder that list names nothing in,
+    where ``pred_root.parent`` shows an earlier ``eval --model`` run (an earlier longvos kept no list), they are the
+    masks an evaluation names after frames: PNGs named after a frame of the sequence, or numbered (the frames of a
+    longer version of it). Without that sign, masks named like frames may be a user's own: they are refused."""
     pred_root = check_output_folder(pred_root, "the predictions folder")
     listed: dict[str, set[str]] = {}  # sequence -> the files the output list names in its folder
     for entry in logged_names(pred_root.parent) or []:
@@ -233,11 +242,20 @@ def check_prediction_folders(pred_root: Path, layout: DavisLayout, sequences: li
             raise InputError(f"{folder} is not a folder longvos made ({'a link' if folder.is_symlink() else 'a file'}"
                              f"), and eval would replace it: move it, or use another --out")
         own = listed.get(name, set())
-        if not own:
+        if not own and earlier_model_run(pred_root.parent):
             frames = {path.stem for path in layout.frames_dir(name).iterdir()}
             own = {path.name for path in folder.glob("*.png") if path.stem in frames or path.stem.isdigit()}
         own_files = tuple(entry for entry in own if "/" not in entry and (folder / entry).is_file())
         refuse_used_folder(folder, _FOREIGN_ADVICE, keep=own_files)
+
+
+def earlier_model_run(out_dir: Path) -> bool:
+    """Whether ``out_dir`` holds the summary an ``eval --model`` run writes (a ``summary.json`` with its ``run``)."""
+    try:
+        summary = json.loads((out_dir / SUMMARY_JSON).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(summary, dict) and isinstance(summary.get("run"), dict)
 
 
 def _run_sequence(options: SegmentOptions, layout: DavisLayout, name: str, out_dir: Path,
