@@ -131,6 +131,18 @@ def test_overwrite_still_replaces_an_earlier_batch(inputs, tmp_path):
     assert (out / "photos" / "cat.jpg").read_bytes() == b"jpg"
 
 
+def test_overwrite_never_deletes_a_run_that_is_not_a_video_of_the_batch(inputs, segment_run, tmp_path):
+    """A `segment` result put inside a batch folder looks like a video folder (its record, its frames): --overwrite
+    deleted it; now the batch is refused and the run is kept."""
+    out = tmp_path / "out"
+    assert run_batch(inputs / "one.csv", out, options(), devices=["cpu"], workers=1, progress=False).ok
+    shutil.copytree(segment_run, out / "myseg")
+    before = snapshot(out)
+    with pytest.raises(InputError, match="holds myseg: the output of a longvos run that is not a video of this batch"):
+        run_batch(inputs / "one.csv", out, options(), devices=["cpu"], workers=1, overwrite=True, progress=False)
+    assert snapshot(out) == before
+
+
 # -- B: names taken by the batch's own files ----------------------------------------------------------------------
 
 def test_names_of_the_batch_s_own_files_fail_their_row(tmp_path):

@@ -353,18 +353,20 @@ def test_overlay_of_a_complete_run_of_no_frames_says_there_is_nothing_to_draw(tm
     assert not (out / "overlay.mp4").exists() and not list(out.glob(".*partial*"))
 
 
-def test_overlay_redraw_with_a_missing_saved_mask_names_it_and_advises_overwrite(bundled, tmp_path):
+def test_overlay_redraw_with_a_missing_saved_mask_segments_that_frame_again(bundled, tmp_path):
+    """A complete run that lost a mask file is no longer complete: the resume (here one that draws the overlay)
+    segments again from that frame, as after an interruption, and writes the same bytes."""
     root, mask, run = bundled
     out = tmp_path / "out"
     segment_video(root / "clip", mask, out, **run)
+    written = (out / "00003.png").read_bytes()
     (out / "00003.png").unlink()
-    with pytest.raises(SegmentationError) as caught:
-        segment_video(root / "clip", mask, out, resume=True, overlay=out / "overlay.mp4", **run)
-    message = str(caught.value)
-    assert "\n" not in message and "00003.png" in message and "--overwrite" in message, message
-    assert "resume to continue" not in message and "overlay" in message, message
-    assert not (out / "overlay.mp4").exists() and not list(out.glob(".*partial*"))
-    assert RunProgress.load(out).done  # the complete run is left as it was
+    with pytest.warns(UserWarning, match="the mask files of frame 00003, which this run wrote, are missing"):
+        summary = segment_video(root / "clip", mask, out, resume=True, overlay=out / "overlay.mp4", **run)
+    assert "already complete" not in summary.notes
+    assert (out / "00003.png").read_bytes() == written
+    assert (out / "overlay.mp4").is_file() and not list(out.glob(".*partial*"))
+    assert RunProgress.load(out).done
 
 
 # -- a frame folder's other files ----------------------------------------------------------------------------------

@@ -511,3 +511,30 @@ def test_resume_with_an_unusable_snapshot_recomputes_from_the_start_byte_identic
         assert not any("differs from the one written before" in m for m in messages), messages
     assert md5s(out) == md5s(root / "clean") and len(pngs(out)) == 6
     assert not (out / STATE_FILE).exists()
+
+
+def test_a_mask_deleted_after_the_run_is_written_again_not_reported_complete(clip, clean, tmp_path):
+    """A resume of a finished run whose folder lost a mask file said "already complete" with the file missing (the
+    batch too: it skipped the video). Now the resume writes it again, byte-identical, from the first missing frame."""
+    from longvos.batch import BatchOptions, WorkItem, run_batch
+
+    out = tmp_path / "out"
+    assert run(command(*clip, out)).returncode == 0
+    (out / "00007.png").unlink()
+    (out / "00030.png").unlink()
+    resumed = run(command(*clip, out, "--resume"))
+    assert resumed.returncode == 0, resumed.stderr
+    assert "already complete" not in resumed.stdout + resumed.stderr
+    assert "the mask files of frame 00007, which this run wrote, are missing" in resumed.stderr
+    assert md5s(out) == clean
+
+    folder, mask = clip
+    options = BatchOptions(model="mavos-lite", max_size=96, device="cpu", threads=1, mem_gap=MEM_GAP,
+                           snapshot_every=EVERY)
+    items = [WorkItem(video=str(folder), mask=str(mask), name="clip")]
+    batch_out = tmp_path / "batch"
+    assert run_batch(items, batch_out, options, devices=["cpu"], workers=1, progress=False).ok
+    (batch_out / "clip" / "00012.png").unlink()
+    again = run_batch(items, batch_out, options, devices=["cpu"], workers=1, resume=True, progress=False)
+    assert [r.status for r in again.results] == ["done"]  # not "skipped": a file was missing
+    assert md5s(batch_out / "clip") == md5s(out)

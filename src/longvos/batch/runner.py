@@ -29,7 +29,7 @@ from longvos.batch.items import (RECORD_START, SUMMARY_FILE, BatchOptions, Event
                                  VideoResult, VideoStarted, WorkerNote, WorkItem, name_problem, output_folder)
 from longvos.batch.manifest import Manifest, with_unique_names
 from longvos.engine.outputs import (LOCK_FILE, OUTPUTS_FILE, check_output_folder, clear_outputs,
-                                    hold_output_folder, refuse_used_folder)
+                                    hold_output_folder, logged_names, refuse_used_folder)
 from longvos.engine.progress import (PROGRESS_FILE, RunProgress, mask_digest, settings_difference, video_fingerprint,
                                      weights_record)
 from longvos.io.errors import InputError
@@ -92,7 +92,7 @@ def run_batch(
     with hold_output_folder(out):
         _refuse_foreign(out)  # another run's files, or a user's: never mixed with this batch, never deleted
         if not resume:
-            _prepare_folder(out, overwrite)
+            _prepare_folder(out, overwrite, {item.name.casefold() for item in items if item.name})
         # A summary of an earlier run would contradict the folders as soon as this run changes them.
         (out / SUMMARY_FILE).unlink(missing_ok=True)
         started = time.perf_counter()
@@ -168,16 +168,23 @@ def _refuse_foreign(out: Path) -> None:
                             f"--out", keep=own)
 
 
-def _prepare_folder(out: Path, overwrite: bool) -> None:
+def _prepare_folder(out: Path, overwrite: bool, names: set[str]) -> None:
     """Refuse a batch folder that holds files (unless ``overwrite``); with ``overwrite`` delete what longvos wrote
-    in its video folders (:func:`_refuse_foreign` has refused a batch folder holding anything else). Files longvos
-    did not write stay, and each worker refuses a video whose folder holds any."""
+    in the folders of this batch's videos (``names``, case-folded; :func:`_refuse_foreign` has refused a batch
+    folder holding anything but folders and the summary). A folder of a longvos run that is not one of them (a
+    `segment` run put there, a video dropped from the manifest) is refused, not deleted. Files longvos did not
+    write stay, and each worker refuses a video whose folder holds any."""
     if not overwrite:
         refuse_used_folder(out, "use --resume to continue the batch there, --overwrite to replace the files longvos "
                                 "wrote there, or another --out")
     folders = [folder for folder in sorted(entry for entry in out.iterdir() if _is_video_folder(entry))
                # not a video folder of a longvos batch: left alone (its video is refused if it has files)
                if any((folder / name).is_file() for name in (PROGRESS_FILE, OUTPUTS_FILE))]
+    others = [folder.name for folder in folders if folder.name.casefold() not in names]
+    if others:
+        raise InputError(f"{out} holds {', '.join(others[:5])}{' ...' if len(others) > 5 else ''}: the output of a "
+                         f"longvos run that is not a video of this batch; --overwrite deletes only the folders of "
+                         f"the manifest's videos: move {'it' if len(others) == 1 else 'them'}, or use another --out")
     # Every folder checked before any is cleared: one that a run (a `longvos segment` into it) is writing refuses the
     # batch before anything is deleted, in that folder or another. One at a time (a lock is an open file, and a
     # batch may have more folders than a process may open files); each is held again while it is cleared.
@@ -377,8 +384,12 @@ def resume_conflict(folder: Path, settings: dict[str, Any]) -> str | None:
 
 
 def is_complete(folder: Path, settings: dict[str, Any]) -> bool:
+    """Whether ``folder`` holds this video's finished run with ``settings`` and every mask file it wrote (a deleted
+    one sends the video to its worker, whose resume writes it again)."""
     record, difference = _recorded(folder, settings)
-    return record is not None and record.done and difference is None
+    if record is None or not record.done or difference is not None:
+        return False
+    return all((folder / entry).is_file() for entry in logged_names(folder) or () if entry.endswith((".png", ".npz")))
 
 
 # -- the display and the summary --------------------------------------------------------------------------------

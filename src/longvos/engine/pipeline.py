@@ -23,8 +23,8 @@ from longvos.engine.frames import check_max_size
 from longvos.engine.parts import check_part_distance
 from longvos.engine.options import (DEFAULT_SNAPSHOT_EVERY, SegmentOptions, earlier_record_note,
                                     objects_per_pass_record, part_distance_record)
-from longvos.engine.outputs import (check_output_folder, hold_output_folder, log_outputs, prepare_output_folder,
-                                    refuse_used_folder)
+from longvos.engine.outputs import (check_output_folder, hold_output_folder, log_outputs, logged_names,
+                                    prepare_output_folder, refuse_used_folder)
 from longvos.engine.progress import (PROGRESS_FILE, STATE_FILE, RunProgress, UnusableSnapshot, encode_state,
                                      load_state, mask_digest, settings_difference, settings_digest,
                                      video_fingerprint)
@@ -217,6 +217,15 @@ def _segment_held(video: str | Path | FrameSource, masks: MaskInput | dict[int |
             advice = ("use --overwrite to segment the video again, or another output folder" if note else
                       "use another output folder or --overwrite to replace it")
             raise InputError(f"{out_dir} holds a run with other settings ({difference}){note}; {advice}")
+        on_disk = _frames_on_disk(out_dir, source, order, record.completed)
+        if on_disk < record.completed:  # the record says more than the folder holds: never report it as written
+            missing = source.frame_name(order[on_disk])
+            warnings.warn(f"{out_dir}: the mask files of frame {missing}, which this run wrote, are missing; "
+                          f"segmenting again from there ({on_disk} of the {record.completed} frames recorded as "
+                          f"complete are on disk)", UserWarning, stacklevel=3)
+            record.completed, record.done = on_disk, False
+            if record.snapshot > on_disk:  # a snapshot of later frames (a finished run keeps none) cannot be used
+                record.snapshot = 0
         if record.done:
             notes = ["already complete"]
             # The overlay is drawn from the masks on disk: nothing is segmented or rewritten. A run of no frames (a
@@ -298,6 +307,22 @@ def _earlier_run(out_dir: Path) -> RunProgress | None:
         raise InputError(f"{out_dir / PROGRESS_FILE}: the progress record of the run there cannot be read "
                          f"({one_line(err)}), so it cannot be resumed: use --overwrite to start the run again, or "
                          f"another output folder") from None
+
+
+def _frames_on_disk(out_dir: Path, source: FrameSource, order: range, completed: int) -> int:
+    """How many of the first ``completed`` frames of ``order`` have every file the run wrote for them on disk (the
+    mask PNG, and the per-object masks and probabilities the output list names for the frame): those a resume may
+    take as written. One existence check per file."""
+    listed: dict[str, list[str]] = {}  # frame name -> its files besides the mask, from the output list
+    for entry in logged_names(out_dir) or ():
+        parts = entry.split("/")
+        if (len(parts) == 3 and parts[0] == "objects") or (len(parts) == 2 and parts[0] == "probs"):
+            listed.setdefault(Path(parts[-1]).stem, []).append(entry)
+    for position in range(completed):
+        name = source.frame_name(order[position])
+        if not all((out_dir / entry).is_file() for entry in (f"{name}.png", *listed.get(name, ()))):
+            return position
+    return completed
 
 
 def _log_overlay(out_dir: Path, overlay: str | Path | None) -> None:
