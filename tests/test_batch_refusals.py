@@ -277,3 +277,35 @@ def test_bad_rows_fail_alone_and_the_good_ones_run(inputs, tmp_path, capsys):
     assert (out / "batch-summary.csv").is_file()
     assert batch(manifest, out, "--resume") == 1  # the rerun runs: done rows skipped, bad rows fail again
     assert "2 skipped, 3 failed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--mem-gap", "0"], "mem_gap must be >= 1 frame, got 0"),
+    (["--memory", "bogus"], "unknown memory design 'bogus'"),
+    (["--dtype", "bogus"], "unknown dtype 'bogus'"),
+    (["--checkpoint", "MASK"], "MASK"),
+], ids=["mem-gap", "memory", "dtype", "checkpoint"])
+def test_options_that_fail_every_video_are_one_line_before_any_runs(inputs, tmp_path, capsys, flags, message):
+    """They spawned the workers and failed each video with the same reason (a table of failures, exit 1)."""
+    mask = str(inputs / "s1" / "mask.png")
+    flags = [mask if flag == "MASK" else flag for flag in flags]
+    out = tmp_path / "out"
+    assert batch(inputs / "one.csv", out, *flags) == 1
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("longvos batch: error:"), err
+    assert message.replace("MASK", mask) in lines[0], err
+    assert not out.exists()  # refused before the folder was made
+
+
+def test_a_video_given_through_a_link_is_named_after_the_link(inputs, tmp_path):
+    """cam1 and cam2, two links to one folder, were both named after the target (the second then failed as a
+    duplicate): the default name is the file or folder name as the manifest writes it."""
+    links = tmp_path / "links"
+    links.mkdir()
+    for name in ("cam1", "cam2"):
+        (links / name).symlink_to(inputs / "s1" / "vid", target_is_directory=True)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(f"video,mask\nlinks/cam1,{inputs}/s1/mask.png\nlinks/cam2/,{inputs}/s1/mask.png\n"
+                        f"{inputs}/s1/vid/.,{inputs}/s1/mask.png\n")
+    assert [item.name for item in read_manifest(manifest)] == ["cam1", "cam2", "vid"]

@@ -209,7 +209,10 @@ def _row_item(row: Row, origin: str, base: Path) -> WorkItem:
         mask_path = str(_resolve(mask, base, "mask")) if isinstance(mask, str) else None
     except InputError as err:
         return WorkItem(name=f"<{origin}>", video="", mask=None, origin=origin, problem=str(err))
-    name = str(row.get("name") or default_name(video_path))
+    # The name as written (a link's own name: cam1 -> ../footage/a stays cam1), not the resolved target's; "." or
+    # ".." name no folder, so they take the folder's own.
+    written = Path(video.rstrip("/") or video)
+    name = str(row.get("name") or default_name(written if written.name not in ("", ".", "..") else video_path))
     problem = None
     if mask is None:
         problem = "no mask given"

@@ -229,13 +229,16 @@ def _known_result(item: WorkItem, out: Path, options: BatchOptions, resume: bool
 
 
 def _checked(options: BatchOptions) -> BatchOptions:
-    """Options with an absolute checkpoint path, after the checks that would otherwise fail every video alike."""
+    """Options with an absolute checkpoint path, after the checks that would otherwise fail every video alike: the
+    model is built once here with the run's memory settings, and a given checkpoint loaded into it."""
+    from longvos.device import resolve_dtype
     from longvos.engine.parts import check_part_distance
-    from longvos.models.registry import model_entry
+    from longvos.models.registry import create_model
 
     try:
-        model_entry(options.model)
-    except ValueError as err:
+        resolve_dtype(options.dtype)
+        model = create_model(options.model, memory=options.memory, mem_gap=options.mem_gap)
+    except ValueError as err:  # an unknown model, dtype or memory design, an interval below 1
         raise InputError(str(err)) from None
     if options.overlay is not None and options.overlay not in OVERLAY_FORMATS:
         raise InputError(f"overlay format {options.overlay!r}: use one of {', '.join(OVERLAY_FORMATS)}")
@@ -253,6 +256,9 @@ def _checked(options: BatchOptions) -> BatchOptions:
     checkpoint = Path(options.checkpoint).expanduser().resolve()
     if not checkpoint.is_file():
         raise InputError(f"{options.checkpoint}: checkpoint file not found")
+    from longvos.checkpoints import load_checkpoint
+
+    load_checkpoint(model, checkpoint)  # not a checkpoint, or another model's: one CheckpointError line, once
     return replace(options, checkpoint=str(checkpoint))
 
 
