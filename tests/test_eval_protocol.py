@@ -87,6 +87,20 @@ def test_object_entering_on_the_last_scored_frame_has_no_score(tmp_path):
     result = evaluate(tmp_path / "gt", tmp_path / "pred", objects="all", workers=1)
     assert [o.name for o in result.objects] == ["s_1"]
     assert result.unscored_objects == ("s_3",)
+    last = box(50, 60, size=6, object_id=2, ids_HW=box(30, 30, object_id=3, ids_HW=box(5, 5)))
+    save(tmp_path / "gt" / "s" / "3.png", last)  # object 2 shows only on the last annotated frame
+    result = evaluate(tmp_path / "gt", tmp_path / "pred", objects="all", workers=1)
+    assert result.unscored_objects == ("s_2", "s_3")  # it was in neither list
+
+
+def test_ground_truth_saved_as_0_and_255_is_named_as_such(tmp_path):
+    """DAVIS-2016's binary masks hold 255 for the object, which DAVIS-2017's reader takes for void: the error said
+    the frame had no object and advised objects='all', which then failed too."""
+    for t in range(3):
+        save(tmp_path / "gt" / "s" / f"{t}.png", box(5, 5, object_id=255), mode="L")
+        save(tmp_path / "pred" / "s" / f"{t}.png", box(5, 5))
+    with pytest.raises(InputError, match="is 255, which DAVIS reads as void.*hold 0 and 1"):
+        evaluate(tmp_path / "gt", tmp_path / "pred", workers=1)
 
 
 def test_frames_are_ordered_naturally(tmp_path):

@@ -32,6 +32,7 @@ from longvos.eval.metrics import boundary_match, region_similarity, tolerance_ra
 from longvos.eval.results import OBJECT_POLICIES, EvalResult, ObjectPolicy, ObjectScores
 from longvos.eval.statistics import DECAY_MODES, DecayMode, SeriesStats
 from longvos.io.errors import InputError, MaskError
+from longvos.io.masks import VOID
 
 #: Upper bound on frames per work item: small enough to balance load, large enough to amortise process overhead.
 _MAX_CHUNK_FRAMES = 32
@@ -87,6 +88,10 @@ class _SequencePlan:
         first_ids = present_ids(ground_truth_ids(files.gt_paths[0]))
         if policy == "first-frame":
             if not first_ids:
+                if (read_raw_ids(files.gt_paths[0], "ground truth") == VOID).any():  # DAVIS-2016's 0/255 masks
+                    raise InputError(f"{files.gt_paths[0]}: every object pixel of the first annotated frame of "
+                                     f"sequence {files.name} is {VOID}, which DAVIS reads as void (not scored): "
+                                     f"binary masks must hold 0 and 1 (or object ids), not 0 and 255")
                 raise InputError(f"{files.gt_paths[0]}: the first annotated frame of sequence {files.name} has no "
                                  f"object; with objects that appear later, evaluate with objects='all'")
             return cls(files, first_ids, tuple(range(1, max(first_ids) + 1)))
@@ -107,6 +112,9 @@ def _objects_of_sequence(plan: _SequencePlan, frames: list[FrameScores], policy:
         for frame in frames:
             for object_id in frame.gt_ids:
                 first_index.setdefault(object_id, frame.index)
+        last = len(files.gt_paths) - 1  # never scored: an object first seen there is listed as unscored
+        for object_id in present_ids(ground_truth_ids(files.gt_paths[last])):
+            first_index.setdefault(object_id, last)
     for frame in frames:
         unknown = [i for i in frame.pred_ids if i not in first_index]
         if unknown:
