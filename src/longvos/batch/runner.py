@@ -158,7 +158,8 @@ def _refuse_foreign(out: Path) -> None:
     records = sorted((entry.name != PROGRESS_FILE, entry.name) for entry in entries  # its progress record first
                      if entry.name.startswith(RECORD_START) and entry.name != LOCK_FILE)  # the lock: this batch's
     if records:
-        raise InputError(f"{out} holds a `longvos segment` run ({records[0][1]}), not a batch's video folders: a "
+        raise InputError(f"{out} holds the records of another longvos run ({records[0][1]}: a segment or eval "
+                         f"run's), not a batch's video folders: a "
                          f"batch never mixes its files with another run's, nor deletes them (even with --overwrite); "
                          f"use another --out")
     own = tuple(entry.name for entry in entries
