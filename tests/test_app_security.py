@@ -286,8 +286,14 @@ def test_uploads_are_bounded_and_must_state_their_size(segmenter, tmp_path):
         assert lines[0] == "HTTP/1.1 200 OK"
 
 
-def test_the_work_folder_has_a_disk_quota_and_an_upload_never_deletes_another_video(segmenter, long_clip, tmp_path):
+def test_the_work_folder_has_a_disk_quota_and_an_upload_never_deletes_another_video(segmenter, long_clip, tmp_path,
+                                                                                    monkeypatch):
+    import longvos.app.runner as runner
     from longvos.app.guard import WORK_FOLDER_FULL
+
+    # The quota counts the blocks files take: 25 frames of masks (a 4 KiB block each) outgrow these tiny videos,
+    # so the run checks every frame here, and deleting an idle video is enough room for the next frames.
+    monkeypatch.setattr(runner, "QUOTA_CHECK_EVERY", 1)
 
     with serving(segmenter, workdir=tmp_path) as app:
         first = marked_session(app, long_clip)
@@ -852,6 +858,42 @@ def test_the_headers_of_a_part_of_an_upload_are_bounded(app):
     fed = [watch.feed(body[start:start + 100]) for start in range(0, len(body), 100)]
     assert False in fed and fed.index(False) <= MAX_PART_HEADER_BYTES // 100 + 2 and watch.over == over[:-1].decode()
     assert len(watch._header) + len(watch._disposition) <= MAX_PART_HEADER_BYTES
+
+
+def test_a_field_cannot_pass_for_a_file_through_repeated_headers(app):
+    """The guard read the last of two Content-Type headers (Gradio the first), and joined a part's two
+    Content-Disposition headers (Gradio keeps the last): either way a 60 MiB form field went unwatched into memory.
+    Repeated request headers, and a part with two dispositions, are refused; an upload holds a few files at most."""
+    from longvos.app.guard import MAX_UPLOAD_FILES
+
+    field = multipart(("junk", None, b"x" * 100))  # small: the refusal comes before the body is read
+    lines, body = raw_exchange(app, post(app, "/gradio_api/upload", field, UPLOAD_TYPE, "Content-Type: text/plain"))
+    assert lines[0].startswith("HTTP/1.1 400") and body == b"a request may not repeat its content-type header\n"
+    two = (b'--b\r\nContent-Disposition: form-data; name="files"; filename="v.mp4"\r\n'
+           b'Content-Disposition: form-data; name="junk"\r\n\r\n' + b"x" * 100 + b"\r\n--b--\r\n")
+    lines, body = raw_exchange(app, post(app, "/gradio_api/upload", two, UPLOAD_TYPE))
+    assert lines[0].startswith("HTTP/1.1 413") and body == b"a part of an upload has two Content-Disposition headers\n"
+    many = multipart(*[("files", f"v{index}.mp4", b"1234") for index in range(MAX_UPLOAD_FILES + 1)])
+    lines, body = raw_exchange(app, post(app, "/gradio_api/upload", many, UPLOAD_TYPE))
+    assert lines[0].startswith("HTTP/1.1 413") and body == f"an upload holds at most {MAX_UPLOAD_FILES} files\n".encode()
+    assert guard_of(app).uploads == 0 and app.workspace._reserved == 0
+
+
+def test_the_quota_counts_the_disk_small_files_take(tmp_path):
+    """4-byte files each take a block of disk (and a folder each, as Gradio stores uploads): counted by size, 30,000
+    of them were 120 KB of quota for 120 MB of disk."""
+    for index in range(50):
+        (tmp_path / f"{index:064x}").mkdir()
+        (tmp_path / f"{index:064x}" / "v.mp4").write_bytes(b"1234")
+    used = disk_usage(tmp_path)
+    assert used >= 50 * 4096 > 50 * 4
+
+
+def test_a_box_or_click_that_is_not_finite_is_one_line():
+    from longvos.prompts import parse_box
+
+    with pytest.raises(InputError, match="expected four numbers"):
+        parse_box("1e400,0,10,10")
 
 
 def test_a_body_longer_than_it_said_is_cut_off(tmp_path):

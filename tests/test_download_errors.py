@@ -114,7 +114,7 @@ def test_a_running_download_locks_its_temporary_files(cut_chunk_url, cache, monk
     monkeypatch.setattr(download, "fetch", fetch)
     with warnings.catch_warnings(), pytest.raises(DownloadError, match="stop here"):
         download_checkpoint(MODEL, cut_chunk_url, progress=False)
-    assert sorted(name.rsplit(".", 1)[-1] for name in seen) == ["download", "part"]
+    assert sorted(name.rsplit(".", 1)[-1] for name in seen) == ["download", "lock", "part"]  # the download's lock
     assert set(seen.values()) == {"locked"}, seen
     assert not list(cache.iterdir())
 
@@ -253,9 +253,73 @@ def test_a_lock_held_for_long_fails_the_download_in_one_line_and_leaves_nothing(
 
     monkeypatch.setattr(locks, "fcntl", _BusyLocks(10**9))
     monkeypatch.setattr(download, "LOCK_WAIT_SECONDS", 0.05)
-    with pytest.raises(DownloadError, match="cannot lock the temporary file .*another process holds it"):
+    with pytest.raises(DownloadError, match="another longvos download of it is running"):  # its lock, first
         download_checkpoint(MODEL, cut_chunk_url, progress=False)
     assert not list(cache.iterdir())
     assert main(["download", MODEL, "--url", cut_chunk_url, "--quiet"]) == 1
     line = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
-    assert len(line) == 1 and "cannot lock the temporary file" in line[0], line
+    assert len(line) == 1 and "another longvos download of it is running" in line[0], line
+
+
+def test_a_second_download_of_a_checkpoint_waits_for_none_and_replaces_nothing(cut_chunk_url, cache, monkeypatch):
+    """Two downloads of one checkpoint both converted, and the last to finish (one without --sha256) replaced the
+    other's verified file: the second is refused while the first runs."""
+    import longvos.download as download
+
+    real_fetch, second = download.fetch, []
+
+    def fetch(url, destination, **kwargs):
+        with pytest.raises(DownloadError, match=f"{MODEL}: another longvos download of it is running") as caught:
+            download_checkpoint(MODEL, cut_chunk_url, progress=False)
+        second.append(str(caught.value))
+        return real_fetch(url, destination, **kwargs)
+
+    monkeypatch.setattr(download, "fetch", fetch)
+    with pytest.raises(DownloadError, match="truncated"):
+        download_checkpoint(MODEL, cut_chunk_url, progress=False)
+    assert len(second) == 1 and not list(cache.iterdir())  # the lock went with the download
+
+
+class _Trickle(socketserver.StreamRequestHandler):
+    """Announces 100,000 bytes and sends one every 0.05 s."""
+
+    def handle(self):
+        while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+            pass
+        self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: 100000\r\n\r\n")
+        try:
+            for _ in range(100_000):
+                self.wfile.write(b"x")
+                self.wfile.flush()
+                time.sleep(0.05)
+        except OSError:  # the client gave up
+            pass
+
+
+def test_a_trickling_server_is_given_up_at_the_minimum_rate(cache, monkeypatch):
+    """Each read has a timeout, which a byte every few seconds never reaches: the download ran for days."""
+    import longvos.download as download
+
+    monkeypatch.setattr(download, "RATE_GRACE_SECONDS", 1)
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), _Trickle)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        started = time.monotonic()
+        with pytest.raises(DownloadError, match=r"too slow, \d+ bytes in \d+ s \(under 8 KiB/s after the first 1 s\)"):
+            download_checkpoint(MODEL, f"http://127.0.0.1:{server.server_address[1]}/x.pth", progress=False)
+        assert time.monotonic() - started < 10
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert not list(cache.iterdir())
+
+
+def test_an_error_quoting_a_server_cannot_drive_the_terminal(capsys):
+    """A status line or a checkpoint key can carry escape sequences: the one line a command prints escapes them."""
+    from longvos.cli.main import CommandError, error_message
+    from longvos.io.errors import one_line
+
+    reason = "Not Found \x1b[2J\x1b[1;31mPWNED\x1b[0m\rlongvos download: OK"
+    for line in (one_line(DownloadError(f"http://x: HTTP 404 {reason}")), error_message(CommandError(reason))):
+        assert "\x1b" not in line and "\r" not in line and "\\x1b[2J" in line, line

@@ -270,7 +270,8 @@ def test_batch_overwrite_of_more_video_folders_than_open_files_allowed(tmp_path)
         (folder / OUTPUTS_FILE).write_text('"00000.png"\n')
     script = ("import resource, sys; from pathlib import Path; "
               "resource.setrlimit(resource.RLIMIT_NOFILE, (64, resource.getrlimit(resource.RLIMIT_NOFILE)[1])); "
-              "from longvos.batch.runner import _prepare_folder; _prepare_folder(Path(sys.argv[1]), True)")
+              "from longvos.batch.runner import _prepare_folder; "
+              "_prepare_folder(Path(sys.argv[1]), True, {f'v{index:03d}' for index in range(80)})")
     done = subprocess.run([sys.executable, "-c", script, str(out)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert list(out.iterdir()) == []

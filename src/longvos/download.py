@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from longvos.io.errors import InputError, one_line
-from longvos.io.locks import try_lock
+from longvos.io.locks import FileHeld, lock_file, remove_quietly, try_lock
 from longvos.io.writer import partial_path
 
 #: The largest file ``download`` accepts by default (the official Swin-B checkpoints are a few hundred MB).
@@ -50,6 +50,10 @@ LOCK_WAIT_SECONDS = 5.0
 #: The endings of a download's two temporary files (``.<name>.<random><ending>`` in the cache folder): the file as
 #: fetched, and the converted checkpoint before it is renamed into place.
 TEMPORARY_SUFFIXES = (".download", ".pt.part")
+#: A download slower than this on average after its first RATE_GRACE_SECONDS is given up (a server that sends a
+#: byte a minute would otherwise hold it for days: each read only has TIMEOUT_SECONDS).
+MIN_RATE_BYTES = 8 << 10
+RATE_GRACE_SECONDS = 60
 
 
 class DownloadError(InputError):
@@ -201,9 +205,17 @@ def fetch(url: str, destination: Path, *, max_bytes: int = DEFAULT_MAX_BYTES, pr
             raise DownloadError(f"cannot write the download to {destination}: {err.strerror or err}") from None
         with file, tqdm(total=expected, unit="B", unit_scale=True, unit_divisor=1024, desc=label,
                         disable=not progress, leave=False) as bar:
+            started = time.monotonic()
             while True:
+                # A server may trickle: each read has its timeout, the whole transfer its minimum rate after a grace
+                # period (read1 returns what has arrived, so the check runs however slowly bytes come).
+                elapsed = time.monotonic() - started
+                if elapsed > RATE_GRACE_SECONDS and received < MIN_RATE_BYTES * elapsed:
+                    raise DownloadError(f"{url}: too slow, {received} bytes in {elapsed:.0f} s (under "
+                                        f"{MIN_RATE_BYTES // 1024} KiB/s after the first {RATE_GRACE_SECONDS} s); "
+                                        f"nothing stored")
                 try:
-                    chunk = response.read(CHUNK_BYTES)
+                    chunk = response.read1(CHUNK_BYTES)
                 except (OSError, ValueError, http.client.HTTPException) as err:  # resets, timeouts, and a body
                     # cut short (http.client.IncompleteRead: a chunked body that stops mid-chunk, for one)
                     raise DownloadError(f"{url}: truncated download, broke off after {received} bytes "
@@ -244,6 +256,25 @@ def download_checkpoint(name: str, url: str | None = None, sha256: str | None = 
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise DownloadError(f"cannot create the checkpoint cache {folder}: {err.strerror or err}") from None
+    # One download of a checkpoint at a time: two would both convert, and the last to finish (perhaps the one
+    # without --sha256) would replace the other's verified file.
+    lock_path = folder / f".{name}.lock"
+    try:
+        held_lock = lock_file(lock_path)
+    except FileHeld:
+        raise DownloadError(f"{name}: another longvos download of it is running (it holds {lock_path}); wait for "
+                            f"it to finish") from None
+    try:
+        return _download_held(name, entry, url, wanted, folder, max_bytes, progress)
+    finally:
+        if held_lock is not None:
+            remove_quietly(lock_path)  # removed while still held (see io/locks.py), then let go
+            os.close(held_lock[0])
+
+
+def _download_held(name: str, entry: OfficialCheckpoint, url: str, wanted: str | None, folder: Path,
+                   max_bytes: int, progress: bool) -> DownloadResult:
+    """:func:`download_checkpoint` once it holds the lock of ``name``'s download."""
     _remove_stale_temporaries(folder, name)
     # Both temporary files live in the cache folder, so the final rename is atomic and a failure leaves nothing. Each
     # stays open and locked until the end, so that another download tells them from a killed download's leftovers.

@@ -52,7 +52,7 @@ def parse_box(text: str) -> Box:
     """``"x0,y0,x1,y1"`` -> a box (integers, with x0 < x1 and y0 < y1)."""
     try:
         x0, y0, x1, y1 = (int(round(float(v))) for v in text.split(","))
-    except ValueError:
+    except (ValueError, OverflowError):  # OverflowError: "1e400" is infinite
         raise InputError(f"box {text!r}: expected four numbers x0,y0,x1,y1") from None
     if x1 <= x0 or y1 <= y0:
         raise InputError(f"box {text!r}: needs x0 < x1 and y0 < y1")

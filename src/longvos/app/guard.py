@@ -55,6 +55,11 @@ MAX_BODY_BYTES = 1 << 20
 MAX_FIELD_BYTES = 64 << 10
 #: Largest headers of one part of an upload (its Content-Disposition, Content-Type, ...), all together.
 MAX_PART_HEADER_BYTES = 8 << 10
+#: Files one upload request may hold: the page sends one. Gradio takes up to 1000, each an open temporary file
+#: and a folder of its own in the work folder.
+MAX_UPLOAD_FILES = 4
+#: Request headers the guard judges, which a request may send once: a second copy could be the one Gradio reads.
+SINGLE_HEADERS = frozenset({"host", "origin", "content-type", "content-length", "transfer-encoding"})
 MAX_UPLOADS = 4
 MAX_REQUESTS = 64
 #: Of those, at most this many for one client address (a browser opens at most 6 connections to a server).
@@ -194,6 +199,10 @@ class RequestGuard:
             _count(self.client_requests, client, -1)
 
     async def _request(self, scope: Scope, receive: Receive, send: Send) -> None:
+        names = [key.decode("latin-1").lower() for key, _ in scope["headers"]]
+        repeated = sorted({name for name in names if name in SINGLE_HEADERS and names.count(name) > 1})
+        if repeated:  # the guard would judge one copy and Gradio read another (the first, where this kept the last)
+            return await _refuse(scope, send, 400, f"a request may not repeat its {repeated[0]} header")
         headers = {key.decode("latin-1").lower(): value.decode("latin-1") for key, value in scope["headers"]}
         method, path = scope["method"], scope["path"]
         if self.verbose:  # escaped: a request cannot forge log lines
@@ -361,6 +370,8 @@ class _FieldWatch:
         self.limit, self.header_limit, self.field_bytes, self.in_field = limit, header_limit, 0, False
         self.over: str | None = None
         self.header_bytes = 0  # of the part's headers so far, names and values
+        self.files = 0  # parts with a file name so far
+        self._dispositions = 0  # Content-Disposition headers of the part so far
         self._disposition = b""
         self._header = b""
         self.parser = MultipartParser(boundary, {
@@ -391,7 +402,7 @@ class _FieldWatch:
 
     def _part_begin(self) -> None:
         self.field_bytes, self.in_field, self._disposition, self._header = 0, False, b"", b""
-        self.header_bytes = 0
+        self.header_bytes, self._dispositions = 0, 0
 
     def _header_data(self, size: int) -> bool:
         """Count ``size`` bytes of the part's headers; False (and :attr:`over` set) past the limit."""
@@ -410,12 +421,25 @@ class _FieldWatch:
             self._disposition += data[start:end]
 
     def _header_end(self) -> None:
+        if self._header.lower() == b"content-disposition":
+            self._dispositions += 1
+            if self._dispositions > 1:  # Gradio reads the last: this part could pass for a file and be a field
+                self._refuse("a part of an upload has two Content-Disposition headers")
         self._header = b""
 
     def _headers_finished(self) -> None:
         from python_multipart.multipart import parse_options_header
 
         self.in_field = b"filename" not in parse_options_header(self._disposition)[1]
+        if not self.in_field:
+            self.files += 1
+            if self.files > MAX_UPLOAD_FILES:
+                self._refuse(f"an upload holds at most {MAX_UPLOAD_FILES} files")
+
+    def _refuse(self, message: str) -> None:
+        if not self.over:
+            self.over = message
+            self.parser.callbacks = {}  # nothing more is parsed: the request is cut off
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         if self.in_field:

@@ -135,7 +135,10 @@ class AppPage:
 
     def click(self, job_id: str | None, marks: Marks, tool: str, event: gr.SelectData) -> tuple[Any, ...]:
         job = self.workspace.job(job_id)
-        x, y = (int(round(v)) for v in event.index)
+        try:
+            x, y = (int(round(float(v))) for v in event.index)
+        except (TypeError, ValueError, OverflowError):  # a crafted request: not two finite numbers
+            raise InputError(f"a click is two numbers (x, y), got {event.index!r:.80}") from None
         if not (0 <= x < job.width and 0 <= y < job.height):
             raise InputError(f"the click ({x}, {y}) is outside the {job.width}x{job.height} frame")
         edited = marks.click(x, y, tool)

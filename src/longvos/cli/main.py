@@ -64,10 +64,10 @@ def error_message(err: BaseException) -> str:
     """The one line a command prints for ``err``: the message of a library error (:class:`LongvosError`), a
     :class:`CommandError` or a file / value error; for anything else (a bug, a device torch cannot use) the
     message after the error's type."""
-    from longvos.io.errors import LongvosError, one_line
+    from longvos.io.errors import LongvosError, one_line, printable
 
     if isinstance(err, CommandError):
-        return str(err)
+        return printable(str(err))  # may quote a server or a file (a download's key report): no terminal codes
     if isinstance(err, KeyError) and len(err.args) == 1:  # str() would quote it
         return one_line(str(err.args[0]))
     if isinstance(err, (LongvosError, OSError, ValueError)):

@@ -28,10 +28,18 @@ class SessionError(InputError):
     for a frame that the running propagation has already passed)."""
 
 
+def printable(text: str) -> str:
+    """``text`` with every character a terminal would act on (escape sequences, carriage returns, other control and
+    format characters) written as its Python escape, newlines kept: a message quoting a server's reply or a file's
+    keys then cannot clear the screen or print a fake "OK" over itself."""
+    return "".join(char if char.isprintable() or char == "\n" else repr(char)[1:-1] for char in text)
+
+
 def one_line(err: BaseException | str, limit: int = 2000) -> str:
     """An error (or a message) as one line (checkpoint key reports, for one, span many lines): how the CLI, the batch
-    workers, the downloader and the app report any error. An error without a message gives its class name."""
-    text = "; ".join(line.strip() for line in str(err).splitlines() if line.strip())
+    workers, the downloader and the app report any error, control characters escaped (:func:`printable`). An error
+    without a message gives its class name."""
+    text = "; ".join(printable(line.strip()) for line in str(err).splitlines() if line.strip())
     if not text and isinstance(err, BaseException):
         text = type(err).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
