@@ -264,6 +264,17 @@ def test_whole_videos_are_never_said_to_be_short(tmp_path, make, frames):
 
 
 
+def test_a_truncated_avi_is_said_short_of_the_count_its_header_lists(tmp_path):
+    """An avi cut short loses its index: FFmpeg estimates its duration from the bytes left, which the rule for mp4
+    edit lists took for the truth, so 20 % of the frames went without a word. Its header's count stands."""
+    video = cut(dropped_frames_avi(tmp_path / "clip.avi", list(range(96))), 0.7)
+    source, indices, messages = read_all(video)
+    found = source.num_frames
+    assert 0 < found < 80 and indices == list(range(found))
+    assert len(messages) == 1 and messages[0].endswith(f"so the video has {found} frames, not the 96 its header "
+                                                       f"lists"), messages
+
+
 def dropped_frames_avi(path: Path, slots: list[int]) -> Path:
     """An avi (MPEG-4 part 2) at 30 fps holding frames only at the frame ``slots`` listed: for each slot skipped
     the avi muxer writes a zero-length chunk (a dropped, repeated frame, as a variable frame rate is stored in avi),

@@ -281,10 +281,13 @@ def header_frame_count(container: av.container.InputContainer) -> HeaderFrameCou
     stream = container.streams.video[0]
     rate = stream.average_rate or stream.guessed_rate
     seconds, start = _stream_span(container, stream)
-    if stream.frames > 0 and not (rate and seconds and seconds * float(rate) + 0.5 < stream.frames):
-        return HeaderFrameCount(stream.frames)
     # An mp4 whose edit list shows less than its samples (a clip trimmed with stream copy) counts them all, the
-    # hidden ones too, but lasts as long as the edit: the duration is what it shows.
+    # hidden ones too, but lasts as long as the edit: the duration is what it shows. Only mp4/mov have edit lists:
+    # elsewhere a shorter duration is FFmpeg's estimate for a file that lost its end (an AVI without its index),
+    # and the count is the truth a truncation is measured against.
+    edit_list = any(name in ("mov", "mp4") for name in container.format.name.split(","))
+    if stream.frames > 0 and not (edit_list and rate and seconds and seconds * float(rate) + 0.5 < stream.frames):
+        return HeaderFrameCount(stream.frames)
     if not rate or not seconds:
         return None
     return HeaderFrameCount(round(seconds * float(rate)), seconds, float(rate), start)
