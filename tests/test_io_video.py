@@ -524,3 +524,24 @@ def test_mpegts_seeks_and_reverse_reads_are_exact(tmp_path, codec):
     forwards = list(VideoFileSource(video).frames(33, 45))
     assert [f.index for f in forwards] == list(range(33, 45))
     assert all(np.array_equal(f.image, sequential[f.index]) for f in forwards)
+
+
+def test_16_bit_grey_frames_are_scaled_and_float_frames_refused(tmp_path):
+    """PIL's convert("RGB") clips 16-bit grey to 0/255 (a clip stored so read as white pictures) and float images
+    to 0 or 255: 16 bits are scaled to 8, a float image (0..1 or 0..255: not written in it) is refused."""
+    from PIL import Image
+
+    ramp = np.tile((np.arange(64, dtype=np.uint32) * 65535 // 63).astype(np.uint16), (8, 1))
+    folder = tmp_path / "grey16"
+    folder.mkdir()
+    for index in range(2):
+        Image.fromarray(ramp).save(folder / f"{index:05d}.png")
+    image = open_video(folder).read(1).image
+    assert image.dtype == np.uint8 and np.array_equal(image[..., 0], (ramp >> 8).astype(np.uint8))
+    assert np.array_equal(image[..., 0], image[..., 2])
+    floats = tmp_path / "float"
+    floats.mkdir()
+    for index in range(2):
+        Image.fromarray(ramp.astype(np.float32) / 65535).save(floats / f"{index:05d}.tiff")
+    with pytest.raises(VideoReadError, match=r"00000\.tiff: frame 0 is a floating-point image"):
+        open_video(floats).read(0)

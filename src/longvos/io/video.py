@@ -196,7 +196,7 @@ class ImageSequenceSource(FrameSource):
         path = self.paths[index]
         try:
             with Image.open(path) as image:
-                rgb = np.array(image.convert("RGB"))
+                rgb = _rgb8(image, path, index)
         except (OSError, ValueError, Image.DecompressionBombError) as err:
             raise VideoReadError(f"{path}: cannot decode frame {index}: {err}") from None
         if rgb.shape[:2] != self.frame_size:
@@ -204,6 +204,22 @@ class ImageSequenceSource(FrameSource):
             raise VideoReadError(f"{path}: frame {index} is {rgb.shape[1]}x{rgb.shape[0]} but the first frame is "
                                  f"{width}x{height}")
         return Frame(index, path.stem, rgb)
+
+
+def _rgb8(image: Image.Image, path: Path, index: int) -> np.ndarray:
+    """An image file's picture as ``(H, W, 3)`` uint8 RGB. 16-bit grey (PNG, TIFF) is scaled to 8 bits: PIL's
+    ``convert("RGB")`` clips it, turning a whole frame white. A float image is refused: whether it spans 0..1 or
+    0..255 is not written in it."""
+    if image.mode.startswith("I;16") or image.mode == "I":
+        grey = np.asarray(image, dtype=np.int64)
+        if grey.size and (grey.min() < 0 or grey.max() > 65535):
+            raise VideoReadError(f"{path}: frame {index} is a {image.mode} image with values outside 0..65535; "
+                                 f"save frames as 8- or 16-bit images")
+        return np.repeat((grey >> 8).astype(np.uint8)[..., None], 3, axis=2)
+    if image.mode == "F":
+        raise VideoReadError(f"{path}: frame {index} is a floating-point image, whose range (0..1 or 0..255) is "
+                             f"not written in it; save frames as 8- or 16-bit images")
+    return np.array(image.convert("RGB"))
 
 
 def _literal_existing_prefix(pattern: str) -> str:
