@@ -42,7 +42,9 @@ def test_palette_png_round_trip_keeps_a_custom_palette(tmp_path, swan_mask):
 def test_void_is_background_in_palette_masks(tmp_path, swan_mask):
     ids = swan_mask.copy()
     ids[:10] = 255
-    write_index_png(tmp_path / "void.png", ids)
+    image = Image.fromarray(ids.astype(np.uint8), mode="L").convert("P")  # index = value: 255 is void
+    image.putpalette(DAVIS_PALETTE.ravel().tolist())
+    image.save(tmp_path / "void.png")
     assert read_index_mask(tmp_path / "void.png").object_ids == [1]
 
 
@@ -131,3 +133,24 @@ def test_probabilities_npz_round_trip(tmp_path):
     write_probs_npz(tmp_path / "p.npz", probs, [4, 9, 1000])
     back, ids = read_probs_npz(tmp_path / "p.npz")
     assert ids == [4, 9, 1000] and back.dtype == np.float32 and np.abs(back - probs).max() < 1e-3
+
+
+def test_object_255_round_trips_and_void_colours_and_transparency_are_background(tmp_path, swan_mask):
+    """Index 255 of a palette PNG is DAVIS's void: object 255 written there came back as background (a resume then
+    redrew the overlay without it). It is written at 16 bits; the void colour of an RGB mask is void, as in a
+    palette PNG, and a transparent pixel of a grey + alpha mask is background, as in an RGBA one."""
+    ids = swan_mask.astype(np.int64) * 255
+    ids[:20, :20] = 3
+    write_index_png(tmp_path / "ids.png", ids)
+    assert np.array_equal(read_index_mask(tmp_path / "ids.png").ids, ids)
+    rgb = DAVIS_PALETTE[swan_mask].copy()
+    rgb[:10] = DAVIS_PALETTE[255]  # a band of void colour
+    Image.fromarray(rgb).save(tmp_path / "void.png")
+    expected = swan_mask.copy()
+    expected[:10] = 0
+    assert np.array_equal(read_index_mask(tmp_path / "void.png").ids, expected)
+    grey_alpha = np.stack([np.full(swan_mask.shape, 255, np.uint8), swan_mask.astype(np.uint8) * 255], axis=2)
+    Image.fromarray(grey_alpha, mode="LA").save(tmp_path / "la.png")
+    assert np.array_equal(read_index_mask(tmp_path / "la.png").ids, swan_mask)
+    Image.fromarray(swan_mask.astype(np.uint16) * 65535).save(tmp_path / "white16.png")
+    assert np.array_equal(read_index_mask(tmp_path / "white16.png").ids, swan_mask)  # black and white: object 1

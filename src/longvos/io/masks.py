@@ -75,11 +75,16 @@ def decode_mask_image(image: Image.Image, path: Path | str) -> IndexMask:
     if image.mode == "1":
         return IndexMask(np.array(image, dtype=np.uint8))
     if image.mode in ("L", "LA"):
-        return IndexMask(_grey_ids(np.array(image.getchannel(0), dtype=np.uint8), path))
+        ids = _grey_ids(np.array(image.getchannel(0), dtype=np.uint8), path)
+        if image.mode == "LA":  # a transparent pixel is background, as in an RGBA mask
+            ids[np.array(image.getchannel("A")) == 0] = 0
+        return IndexMask(ids)
     if image.mode in ("I", "I;16", "I;16B", "I;16L"):
         ids = np.array(image, dtype=np.int64)
         if ids.min() < 0 or ids.max() > np.iinfo(np.int32).max:
             raise MaskError(f"{path}: mask values must lie in 0..2^31-1, found {ids.min()}..{ids.max()}")
+        if set(np.unique(ids).tolist()) == {0, 65535}:  # black and white at 16 bits: one object, as 0/255 at 8 bits
+            ids = (ids != 0).astype(np.int64)  # (0/255 at 16 bits is object 255: longvos writes that id so)
         return IndexMask(compact_ids(ids))
     if image.mode in ("RGB", "RGBA"):
         return IndexMask(_rgb_ids(image, path))
@@ -109,6 +114,7 @@ def _rgb_ids(image: Image.Image, path: Path | str) -> np.ndarray:
         ids = np.all(rgb == 255, axis=-1).astype(np.uint8)
     else:
         palette_index = {tuple(c): i for i, c in enumerate(DAVIS_PALETTE.tolist())}
+        palette_index[tuple(DAVIS_PALETTE[VOID].tolist())] = 0  # the void colour, as a palette PNG's void is read
         palette_index.setdefault((0, 0, 0), 0)
         unknown = [c for c in colour_set if c not in palette_index]
         if unknown:
@@ -149,9 +155,10 @@ def read_object_masks(paths: dict[int, str | Path], size: tuple[int, int] | None
 
 
 def write_index_png(path: str | Path, ids: np.ndarray, palette: np.ndarray | None = None) -> None:
-    """Write an index mask as a palette PNG (ids < 256) or a 16-bit grey PNG (ids up to :data:`MAX_PNG_ID`)."""
+    """Write an index mask as a palette PNG (ids below :data:`VOID`, 255) or a 16-bit grey PNG (ids up to
+    :data:`MAX_PNG_ID`): in a palette PNG, index 255 is DAVIS's void, which reads back as background."""
     max_id = int(ids.max()) if ids.size else 0
-    if max_id < 256:
+    if max_id < VOID:
         pixels = np.ascontiguousarray(ids, dtype=np.uint8)
         image = Image.frombytes("P", (pixels.shape[1], pixels.shape[0]), pixels.tobytes())
         image.putpalette((DAVIS_PALETTE if palette is None else palette).astype(np.uint8).ravel().tolist())
