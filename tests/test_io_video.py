@@ -545,3 +545,10 @@ def test_16_bit_grey_frames_are_scaled_and_float_frames_refused(tmp_path):
         Image.fromarray(ramp.astype(np.float32) / 65535).save(floats / f"{index:05d}.tiff")
     with pytest.raises(VideoReadError, match=r"00000\.tiff: frame 0 is a floating-point image"):
         open_video(floats).read(0)
+
+
+def test_frames_named_by_timestamp_are_in_time_order():
+    """0.04 came after 0.2 (the digits after the point compared as a whole number: 4 > 2)."""
+    names = ["0.0", "0.04", "0.08", "0.2", "0.24", "1.25", "1.5", "10", "1690000000123456789", "1690000000123456790"]
+    assert sorted(reversed(names), key=natural_sort_key) == names
+    assert sorted(["f10", "f2", "f1.5"], key=natural_sort_key) == ["f1.5", "f2", "f10"]

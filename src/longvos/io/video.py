@@ -23,6 +23,7 @@ import re
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from decimal import Decimal
 from fractions import Fraction
 from pathlib import Path
 
@@ -113,8 +114,11 @@ class FrameSource(abc.ABC):
 
 
 def natural_sort_key(text: str) -> list[object]:
-    """Sort key that orders ``frame2`` before ``frame10`` (digit runs compare as numbers)."""
-    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text)]
+    """Sort key that orders ``frame2`` before ``frame10``: digit runs compare as numbers, and a decimal number as
+    one (timestamps: ``0.04`` before ``0.2``, ``1.25`` before ``1.5``). Names whose numbers are equal (``0.1``,
+    ``0.10``) then compare as text, so no two names share a key."""
+    parts = re.split(r"(\d+(?:\.\d+)?)", text)
+    return [*(Decimal(part) if index % 2 else part.lower() for index, part in enumerate(parts)), text]  # exact
 
 
 def frame_sort_key(path: Path) -> list[object]:
