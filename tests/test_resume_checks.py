@@ -404,12 +404,27 @@ def test_a_frame_folder_read_in_another_order_than_earlier_versions_read_it_has_
             digest.update(f"{entry.name}\n".encode())
         return digest.hexdigest()
 
-    for names, order_changed in ((["1", "2", "10"], False), (["1", "1.5", "2"], True)):
+    for names, order_changed in ((["1", "2", "10"], False), (["1", "1.5", "2"], True),
+                                 (["0.04", "0.2", "0.24"], True)):  # 0.2 came before 0.04
         folder = tmp_path / "-".join(names)
         folder.mkdir()
         for name in names:
             Image.new("RGB", (8, 8)).save(folder / f"{name}.png")
         assert (video_fingerprint(folder) != earlier_fingerprint(folder)) is order_changed, names
+
+
+def test_a_glob_has_the_fingerprint_of_the_frames_it_matches(tmp_path):
+    """A glob had none: a resume after frames were deleted and others added continued on other frames."""
+    from PIL import Image
+
+    for index in range(4):
+        Image.new("RGB", (8, 8)).save(tmp_path / f"{index:05d}.png")
+    pattern = str(tmp_path / "*.png")
+    before = video_fingerprint(pattern)
+    assert before is not None and video_fingerprint(pattern) == before
+    (tmp_path / "00001.png").unlink()
+    Image.new("RGB", (8, 8)).save(tmp_path / "00999.png")
+    assert video_fingerprint(pattern) != before
 
 
 def test_resume_after_a_kill_with_an_overlay_in_the_frames_folder(bundled, tmp_path):

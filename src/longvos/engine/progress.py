@@ -28,6 +28,7 @@ import functools
 import hashlib
 import io
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from longvos.io.errors import VideoReadError
-from longvos.io.video import ImageSequenceSource, natural_sort_key
+from longvos.io.video import ImageSequenceSource
 from longvos.io.writer import atomic_write
 
 PROGRESS_FILE = ".longvos-progress.json"
@@ -163,9 +164,12 @@ def video_fingerprint(path: str | Path) -> str | None:
     """A cheap fingerprint of a video: for a file its size and the sha256 of its first and last MiB; for a frame
     folder the names of the frames its reader reads (a frame repaired after a failure may change; frames are not
     re-read), so that other files there (a README, ``.DS_Store``, an overlay or its temporary file) change nothing.
-    ``None`` for anything else (a glob, an in-memory source)."""
-    path = Path(path)
+    for a glob the paths it matches, as for a folder. ``None`` for anything else (an in-memory source)."""
+    text, path = str(path), Path(path)
     try:
+        if any(char in text for char in "*?[") and not path.exists():  # a glob (as open_video tells them)
+            matched = ImageSequenceSource.from_glob(text).paths
+            return _frames_fingerprint(matched, [str(frame) for frame in matched])
         if path.is_file():
             size = path.stat().st_size
             digest = hashlib.sha256()
@@ -177,19 +181,32 @@ def video_fingerprint(path: str | Path) -> str | None:
             return f"{size}:{digest.hexdigest()}"
         if path.is_dir():
             frames = ImageSequenceSource.from_folder(path).paths  # the reader's own listing: the frames it reads
-            digest = hashlib.sha256()
-            # In name order, not reading order: the names alone decide the order, and a folder of frames only
-            # keeps the fingerprint that records of earlier longvos versions hold.
-            for name in sorted(frame.name for frame in frames):
-                digest.update(f"{name}\n".encode())
-            if frames != sorted(frames, key=lambda frame: natural_sort_key(frame.name)):
-                # Earlier versions read these frames in another order (by whole name: 1.5.jpg before 1.jpg): a run
-                # they recorded is another run, and its resume is refused rather than continued on other frames.
-                digest.update(b"frames in the order of their names without extension\n")
-            return digest.hexdigest()
+            return _frames_fingerprint(frames, [frame.name for frame in frames])
     except (OSError, VideoReadError):
         return None
     return None
+
+
+def _frames_fingerprint(frames: list[Path], names: list[str]) -> str:
+    """The fingerprint of image frames read in the order of ``frames``, named by ``names`` (file names in a folder,
+    paths for a glob)."""
+    digest = hashlib.sha256()
+    # In name order, not reading order: the names alone decide the order, and a folder of frames only keeps the
+    # fingerprint that records of earlier longvos versions hold.
+    for name in sorted(names):
+        digest.update(f"{name}\n".encode())
+    # Earlier versions read some folders in another order: a run they recorded is another run, and its resume is
+    # refused rather than continued on other frames.
+    if frames != sorted(frames, key=lambda frame: _digit_runs_key(frame.name)):  # by whole name: 1.5.jpg first
+        digest.update(b"frames in the order of their names without extension\n")
+    if frames != sorted(frames, key=lambda frame: _digit_runs_key(frame.stem)):  # 0.2 before 0.04
+        digest.update(b"decimal numbers in names in their order\n")
+    return digest.hexdigest()
+
+
+def _digit_runs_key(text: str) -> list[object]:
+    """The natural order of earlier versions: digit runs as whole numbers, a decimal point as text."""
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", text)]
 
 
 def encode_state(snapshot: dict[str, Any], completed: int, digest: str) -> bytes:
