@@ -362,6 +362,21 @@ def test_demo_names_what_it_refuses_and_overwrite_never_writes_beside_foreign_fi
         assert [path.name for path in out.iterdir()] == ["notes.txt"]
 
 
+def test_demo_overwrite_never_replaces_another_videos_masks(clip, tmp_path, capsys):
+    """A `segment` run of another video in OUT/masks was deleted by `demo --overwrite` (the folder holds only masks/
+    and overlay.mp4, as a demo's does): its record names the video, and it is refused and kept."""
+    optional_import("skvideo", 'pip install "longvos[demo]"')
+    video, mask = clip
+    out = tmp_path / "demo"
+    segment_video(video, mask, out / "masks", max_size=64, device="cpu", progress=False)
+    before = sorted(path.name for path in (out / "masks").iterdir())
+    flags = ["demo", "--out", str(out), "--max-size", "64", "--device", "cpu", "--quiet", "--frames", "2"]
+    assert main([*flags, "--overwrite"]) == 1
+    stderr = capsys.readouterr().err
+    assert len(stderr.strip().splitlines()) == 1 and "not an earlier demo" in stderr, stderr
+    assert sorted(path.name for path in (out / "masks").iterdir()) == before
+
+
 # --------------------------------------------------------------------------- 4. atomic overlays, no stale summary
 def test_overlay_appears_only_when_complete(tmp_path):
     path = tmp_path / "overlay.mp4"

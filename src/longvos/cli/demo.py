@@ -48,6 +48,7 @@ def sample_video() -> Path:
 def run(args: argparse.Namespace) -> int:
     from longvos.engine.outputs import FOREIGN_FILES_ADVICE, refuse_used_folder
     from longvos.engine.pipeline import segment_video
+    from longvos.engine.progress import RunProgress
 
     if args.frames is not None and args.frames < 1:
         raise CommandError(f"--frames must be at least 1, got {args.frames}")
@@ -58,6 +59,11 @@ def run(args: argparse.Namespace) -> int:
     # The demo writes masks/ and overlay.mp4 into --out: --overwrite reuses a folder that holds only those.
     if args.overwrite:
         refuse_used_folder(args.out, FOREIGN_FILES_ADVICE, keep=("masks", "overlay.mp4"))
+        earlier = RunProgress.load(args.out / "masks")
+        recorded = None if earlier is None else earlier.settings.get("video")
+        if recorded is not None and Path(recorded) != video.resolve():  # masks of another video: not the demo's
+            raise CommandError(f"{args.out / 'masks'} holds a longvos run of {recorded}, not an earlier demo: "
+                               f"--overwrite replaces only what a demo wrote; use another --out")
     else:
         refuse_used_folder(args.out, "use --overwrite to replace the files an earlier demo wrote there, or "
                                      "another --out")
