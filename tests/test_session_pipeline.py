@@ -76,3 +76,20 @@ def test_bad_options_are_refused_before_the_model_or_the_video_is_opened(tmp_pat
         segment_video(tmp_path / "no-video", None, tmp_path / "out", progress=False, **call)
     assert message in str(caught.value) and "\n" not in str(caught.value)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_frame_the_input_cannot_give_is_not_advised_to_resume(tmp_path):
+    """A resume reads the same input again: "run again with resume to continue" sent the user round in circles."""
+    from PIL import Image
+
+    segmenter = Segmenter(RepeatLastMask(), "cpu")
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for index in range(4):
+        size = (40, 32) if index != 2 else (48, 32)  # frame 2 has another size
+        Image.fromarray(np.full((size[1], size[0], 3), 40 * index, np.uint8)).save(frames / f"{index:05d}.png")
+    mask = np.zeros((32, 40), np.uint8)
+    mask[8:20, 8:20] = 1
+    with pytest.raises(SegmentationError, match=r"a resume would stop at the same frame of this input\)$") as caught:
+        segment_video(frames, mask, tmp_path / "out", model=segmenter, progress=False)
+    assert "00002.png: frame 2 is 48x32" in str(caught.value) and "to continue" not in str(caught.value)

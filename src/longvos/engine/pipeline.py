@@ -449,6 +449,8 @@ class _Run:
                 advice = (" (run again with resume to draw the overlay)" if interrupted else
                           " (its masks are complete and untouched; run again with resume to draw the overlay once "
                           "the cause is fixed)")
+            elif isinstance(err, VideoReadError):  # the input itself: a resume would stop at the same frame
+                advice = " (kept; a resume would stop at the same frame of this input)" if self.records else ""
             else:
                 advice = " (run again with resume to continue)" if self.records else ""
             what = "the overlay of a complete run was not drawn: " if redraw else ""
