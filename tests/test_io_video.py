@@ -552,3 +552,19 @@ def test_frames_named_by_timestamp_are_in_time_order():
     names = ["0.0", "0.04", "0.08", "0.2", "0.24", "1.25", "1.5", "10", "1690000000123456789", "1690000000123456790"]
     assert sorted(reversed(names), key=natural_sort_key) == names
     assert sorted(["f10", "f2", "f1.5"], key=natural_sort_key) == ["f1.5", "f2", "f10"]
+
+
+def test_a_cut_mp4_reads_its_last_frames_from_the_last_frame_that_decodes(tmp_path, small_frames):
+    """A seek into the damaged tail of a cut faststart mp4 raised instead of landing past the end, so a reverse run
+    (which reads the last listed frame first) or one starting near the end failed on a file that reads forwards
+    with a warning. The last frames are found, and a reverse read gives every frame that decodes."""
+    whole = write_mp4(small_frames, tmp_path / "clip.mp4", gop=12, faststart=True)
+    for percent in range(30, 100, 5):
+        video = cut(whole, percent / 100).rename(tmp_path / f"cut{percent}.mp4")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", VideoTruncatedWarning)
+            source = VideoFileSource(video)
+            listed = source.num_frames
+            assert [frame.index for frame in source.frames(listed - 1, listed)] in ([], [listed - 1])  # no error
+        found = source.num_frames
+        assert 0 < found < 40 and [frame.index for frame in source.frames(reverse=True)] == list(range(found))[::-1]

@@ -536,8 +536,8 @@ class VideoFileSource(FrameSource):
                 if index == stop - 1:
                     ended = False
                     break
-        except av.FFmpegError as err:
-            raise VideoReadError(f"{self.path}: cannot decode frame {index + 1}: {err}") from None
+        except av.FFmpegError as err:  # the frame after the last one decoded (the first asked for, if none was)
+            raise VideoReadError(f"{self.path}: cannot decode frame {max(index + 1, start)}: {err}") from None
         finally:
             positioned.close()
         if ended and index < stop - 1:
@@ -556,7 +556,10 @@ class VideoFileSource(FrameSource):
             while start > 0 and self._timestamps is not None and back < start:
                 container.seek(int(self._timestamps[start - back]), stream=stream, backward=True, any_frame=False)
                 decoded = container.decode(stream)
-                first = next(decoded, None)
+                try:
+                    first = next(decoded, None)
+                except av.FFmpegError:  # landed in the damaged tail of a cut file: as past the end, seek back
+                    first = None
                 if first is not None:
                     index = self._index_after_seek(first, -1)
                     if index <= start:  # landed at or before the target: every frame from there on is exact
