@@ -568,3 +568,28 @@ def test_a_cut_mp4_reads_its_last_frames_from_the_last_frame_that_decodes(tmp_pa
             assert [frame.index for frame in source.frames(listed - 1, listed)] in ([], [listed - 1])  # no error
         found = source.num_frames
         assert 0 < found < 40 and [frame.index for frame in source.frames(reverse=True)] == list(range(found))[::-1]
+
+
+def test_a_video_with_a_display_rotation_is_read_as_players_show_it(tmp_path, small_frames):
+    """A phone's portrait video is stored landscape with a display matrix (here: turn 90 degrees clockwise); it
+    was read landscape, so a mask drawn on the picture as shown was refused for its size."""
+    import struct
+
+    import av
+
+    video = write_mp4(small_frames[:6], tmp_path / "clip.mp4")
+    data = bytearray(video.read_bytes())
+    identity = struct.pack(">9I", 0x10000, 0, 0, 0, 0x10000, 0, 0, 0, 0x40000000)
+    at = data.find(identity, data.find(b"tkhd"))
+    assert at > 0
+    data[at:at + 36] = struct.pack(">9I", 0, 0x10000, 0, 0xFFFF0000, 0, 0, 0, 0, 0x40000000)
+    turned = tmp_path / "portrait.mp4"
+    turned.write_bytes(bytes(data))
+    with av.open(str(turned)) as container:
+        first = next(container.decode(video=0))
+        assert first.rotation == -90  # clockwise, as FFmpeg reads the matrix
+        stored = first.to_ndarray(format="rgb24")
+    source = open_video(turned)
+    assert source.frame_size == (214, 120)  # (height, width): portrait
+    assert np.array_equal(source.read(0).image, np.rot90(stored, -1))
+    assert [frame.image.shape for frame in source.frames(reverse=True)] == [(214, 120, 3)] * 6

@@ -295,6 +295,17 @@ class HeaderFrameCount:
         return f"its header lists ({self.seconds:g} s at {self.rate:g} fps)"
 
 
+def _quarter_turns(container: av.container.InputContainer) -> int:
+    """How many quarter turns counterclockwise (``np.rot90``'s ``k``) show the first video stream's frames as its
+    display matrix says (FFmpeg's own ``autorotate``); 0 where it has none, or its first frame does not decode."""
+    try:
+        first = next(container.decode(container.streams.video[0]), None)
+    except av.FFmpegError:
+        return 0
+    rotation = getattr(first, "rotation", 0) if first is not None else 0  # degrees counterclockwise
+    return int(round(rotation / 90)) % 4 if rotation and rotation % 90 == 0 else 0
+
+
 def header_frame_count(container: av.container.InputContainer) -> HeaderFrameCount | None:
     """The frame count the header of ``container``'s first video stream gives, read without demuxing anything;
     ``None`` where it gives neither a count nor both a duration and a frame rate."""
@@ -372,6 +383,11 @@ class VideoFileSource(FrameSource):
             stream = container.streams.video[0]
             self._size = (stream.codec_context.height, stream.codec_context.width)
             self.fps = float(stream.average_rate) if stream.average_rate else 25.0
+            # A phone's portrait video is stored landscape with a display matrix that says how to turn it: frames
+            # are turned as players show them (and a mask drawn on what the user sees fits).
+            self._turns = _quarter_turns(container)
+            if self._turns % 2:
+                self._size = self._size[::-1]
         # Presentation timestamps in display order, or None before the index is built / when the stream has none.
         self._timestamps: np.ndarray | None = None
         self._frame_count: int | None = None
@@ -527,6 +543,8 @@ class VideoFileSource(FrameSource):
                     ended = False
                     break
                 image = decoded.to_ndarray(format="rgb24")
+                if self._turns:
+                    image = np.ascontiguousarray(np.rot90(image, self._turns))
                 if image.shape[:2] != self._size:
                     raise VideoReadError(f"{self.path}: frame {index} is {image.shape[1]}x{image.shape[0]}, "
                                          f"but the video is {self._size[1]}x{self._size[0]}")
