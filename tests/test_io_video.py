@@ -593,3 +593,19 @@ def test_a_video_with_a_display_rotation_is_read_as_players_show_it(tmp_path, sm
     assert source.frame_size == (214, 120)  # (height, width): portrait
     assert np.array_equal(source.read(0).image, np.rot90(stored, -1))
     assert [frame.image.shape for frame in source.frames(reverse=True)] == [(214, 120, 3)] * 6
+
+
+def test_jpeg_frames_with_an_exif_orientation_are_read_as_viewers_show_them(tmp_path):
+    from PIL import Image
+
+    stored = noise_frames(1)[0]  # 32 x 48, stored on its side
+    folder = tmp_path / "frames"
+    folder.mkdir()
+    for index in range(2):
+        image = Image.fromarray(stored)
+        exif = image.getexif()
+        exif[0x0112] = 6  # "turn 90 degrees clockwise to view"
+        image.save(folder / f"{index:05d}.png", exif=exif)
+    source = open_video(folder)
+    assert source.frame_size == (48, 32)
+    assert np.array_equal(source.read(1).image, np.rot90(stored, -1))

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import av
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from longvos.io.errors import VideoReadError
 
@@ -181,7 +181,8 @@ class ImageSequenceSource(FrameSource):
         if self._size is None:
             try:
                 with Image.open(self.paths[0]) as image:  # header only: pixels are decoded on .load()
-                    self._size = (image.height, image.width)
+                    turned = image.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8)  # a camera's portrait
+                    self._size = (image.width, image.height) if turned else (image.height, image.width)
             except OSError as err:
                 raise VideoReadError(f"{self.paths[0]}: cannot read frame 0: {err}") from None
         return self._size
@@ -200,7 +201,7 @@ class ImageSequenceSource(FrameSource):
         path = self.paths[index]
         try:
             with Image.open(path) as image:
-                rgb = _rgb8(image, path, index)
+                rgb = _rgb8(ImageOps.exif_transpose(image), path, index)  # turned as viewers show it
         except (OSError, ValueError, Image.DecompressionBombError) as err:
             raise VideoReadError(f"{path}: cannot decode frame {index}: {err}") from None
         if rgb.shape[:2] != self.frame_size:
@@ -208,6 +209,10 @@ class ImageSequenceSource(FrameSource):
             raise VideoReadError(f"{path}: frame {index} is {rgb.shape[1]}x{rgb.shape[0]} but the first frame is "
                                  f"{width}x{height}")
         return Frame(index, path.stem, rgb)
+
+
+#: The EXIF tag of a camera's orientation: 1 upright, 5-8 turned a quarter (the picture is stored on its side).
+_EXIF_ORIENTATION = 0x0112
 
 
 def _rgb8(image: Image.Image, path: Path, index: int) -> np.ndarray:
