@@ -24,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import urllib.request
 import zipfile
 import zlib
@@ -978,6 +979,12 @@ def test_no_request_text_reaches_a_response_header(app, clip):
     assert not [line for line in lines if re.search("injected|origin|access-control", line, re.I)], lines
     lines, _ = get(app, "/config", f"Origin: http://localhost:{port}")
     assert lines[0] == "HTTP/1.1 200 OK" and not [line for line in lines if "localhost" in line], lines
+    # An upload not yet taken by a job is served under the name it was sent with: not named in a header.
+    lines, body = raw_exchange(app, post(app, "/gradio_api/upload", multipart(("files", "my secret.mp4",
+                                                                              clip.read_bytes())), UPLOAD_TYPE))
+    uploaded = json.loads(body)[0]
+    lines, _ = get(app, f"/gradio_api/file={urllib.parse.quote(uploaded)}")
+    assert lines[0] == "HTTP/1.1 200 OK" and not [line for line in lines if "secret" in line], lines
 
 
 def test_with_remote_use_allowed_only_its_own_host_names_are_answered(segmenter):

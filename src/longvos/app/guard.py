@@ -287,10 +287,21 @@ class RequestGuard:
             self.uploads -= 1
             _count(self.client_uploads, client, -1)
 
+    def _names_ours(self, path: str) -> bool:
+        """Whether a file Gradio serves at ``path`` has a name longvos gave it (a job's files: their download name
+        may go into a Content-Disposition); an upload not yet taken by a job keeps the name it was sent with."""
+        if not path.startswith(FILE_PREFIX):
+            return True
+        try:
+            return Path(path[len(FILE_PREFIX):]).resolve().is_relative_to(self.workspace.jobs_dir.resolve())
+        except (OSError, ValueError):
+            return False
+
     async def _serve(self, scope: Scope, body: _Body, send: Send) -> None:
         """Gradio's answer, with only :data:`RESPONSE_HEADERS`; where the body was cut off, a refusal instead
         (the connection is then closed)."""
         started = False
+        allowed = RESPONSE_HEADERS if self._names_ours(scope["path"]) else RESPONSE_HEADERS - {b"content-disposition"}
 
         async def filtered_send(message: dict[str, Any]) -> None:
             nonlocal started
@@ -299,7 +310,7 @@ class RequestGuard:
             if message["type"] == "http.response.start":
                 started = True
                 message = {**message, "headers": [(key, value) for key, value in message.get("headers", [])
-                                                  if key.lower() in RESPONSE_HEADERS]}
+                                                  if key.lower() in allowed]}
             await send(message)
 
         try:
