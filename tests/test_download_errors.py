@@ -255,7 +255,7 @@ def test_a_lock_held_for_long_fails_the_download_in_one_line_and_leaves_nothing(
     monkeypatch.setattr(download, "LOCK_WAIT_SECONDS", 0.05)
     with pytest.raises(DownloadError, match="another longvos download of it is running"):  # its lock, first
         download_checkpoint(MODEL, cut_chunk_url, progress=False)
-    assert not list(cache.iterdir())
+    assert [path.name for path in cache.iterdir()] == [f".{MODEL}.lock"]  # the (empty) lock file: "held" here
     assert main(["download", MODEL, "--url", cut_chunk_url, "--quiet"]) == 1
     line = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(line) == 1 and "another longvos download of it is running" in line[0], line

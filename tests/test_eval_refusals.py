@@ -2,6 +2,7 @@
 folder) holding other files is refused in one line and left as it was; a rerun into its own output still works."""
 from __future__ import annotations
 
+import shutil
 import warnings
 from pathlib import Path
 
@@ -194,6 +195,14 @@ def test_masks_named_like_frames_without_an_earlier_run_are_the_users(data, tmp_
     line = one_line(capsys.readouterr().err)
     assert str(folder) in line and "00000.png" in line, line
     assert contents(folder) == before
+    # Nor where an earlier run of this longvos (its output list, its summary) scored other sequences there.
+    other = tiny_dataset(tmp_path / "other")
+    assert run_eval(other, out.with_name("first")) == 0, capsys.readouterr().err
+    shutil.copytree(folder, out.with_name("first") / "predictions" / "seq2")
+    (other / "Annotations" / "seq").rename(other / "Annotations" / "seq2")
+    (other / "JPEGImages" / "seq").rename(other / "JPEGImages" / "seq2")
+    assert run_eval(other, out.with_name("first")) == 1
+    assert "seq2" in one_line(capsys.readouterr().err)
 
 
 def test_a_sequence_name_is_never_a_path(data, tmp_path, capsys):
@@ -220,6 +229,10 @@ def test_scoring_a_batch_folder_needs_its_own_out(data, tmp_path, capsys):
     assert "give --out a folder for eval's reports" in one_line(capsys.readouterr().err)
     assert sorted(path.name for path in pred.iterdir()) == ["batch-summary.csv", "seq"]
     assert main(["eval", str(data), "--pred", str(pred), "--out", str(tmp_path / "reports"), "--quiet"]) == 0
+    (pred / "batch-summary.csv").unlink()  # a batch cut short has no summary yet, only its videos' records
+    (pred / "seq" / ".longvos-progress.json").write_text("{}")
+    assert main(["eval", str(data), "--pred", str(pred), "--quiet"]) == 1
+    assert "(it holds seq/.longvos-progress.json)" in one_line(capsys.readouterr().err)
 
 
 def test_a_second_eval_into_a_held_folder_is_refused_at_once(data, tmp_path, capsys):

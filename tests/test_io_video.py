@@ -552,6 +552,8 @@ def test_frames_named_by_timestamp_are_in_time_order():
     names = ["0.0", "0.04", "0.08", "0.2", "0.24", "1.25", "1.5", "10", "1690000000123456789", "1690000000123456790"]
     assert sorted(reversed(names), key=natural_sort_key) == names
     assert sorted(["f10", "f2", "f1.5"], key=natural_sort_key) == ["f1.5", "f2", "f10"]
+    assert sorted(["img1", "img", "frame_2", "frame_", "a1b2", "a1b"], key=natural_sort_key) == [
+        "a1b", "a1b2", "frame_", "frame_2", "img", "img1"]  # a name and its extension never compare text to a number
 
 
 def test_a_cut_mp4_reads_its_last_frames_from_the_last_frame_that_decodes(tmp_path, small_frames):
@@ -590,6 +592,7 @@ def test_a_video_with_a_display_rotation_is_read_as_players_show_it(tmp_path, sm
         assert first.rotation == -90  # clockwise, as FFmpeg reads the matrix
         stored = first.to_ndarray(format="rgb24")
     source = open_video(turned)
+    assert source.coded_size == (120, 214) and source._turns is None  # nothing decoded to open it
     assert source.frame_size == (214, 120)  # (height, width): portrait
     assert np.array_equal(source.read(0).image, np.rot90(stored, -1))
     assert [frame.image.shape for frame in source.frames(reverse=True)] == [(214, 120, 3)] * 6

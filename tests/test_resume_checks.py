@@ -413,7 +413,7 @@ def test_a_frame_folder_read_in_another_order_than_earlier_versions_read_it_has_
         assert (video_fingerprint(folder) != earlier_fingerprint(folder)) is order_changed, names
 
 
-def test_a_glob_has_the_fingerprint_of_the_frames_it_matches(tmp_path):
+def test_a_glob_has_the_fingerprint_of_the_frames_it_matches(tmp_path, monkeypatch):
     """A glob had none: a resume after frames were deleted and others added continued on other frames."""
     from PIL import Image
 
@@ -422,6 +422,8 @@ def test_a_glob_has_the_fingerprint_of_the_frames_it_matches(tmp_path):
     pattern = str(tmp_path / "*.png")
     before = video_fingerprint(pattern)
     assert before is not None and video_fingerprint(pattern) == before
+    monkeypatch.chdir(tmp_path)
+    assert video_fingerprint("*.png") == before  # the same frames, however the glob is written
     (tmp_path / "00001.png").unlink()
     Image.new("RGB", (8, 8)).save(tmp_path / "00999.png")
     assert video_fingerprint(pattern) != before

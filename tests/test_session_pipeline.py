@@ -2,6 +2,8 @@
 leaves complete frames behind and is resumed. Uses the exact fake model of test_session_engine.py (fast)."""
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -90,6 +92,42 @@ def test_a_frame_the_input_cannot_give_is_not_advised_to_resume(tmp_path):
         Image.fromarray(np.full((size[1], size[0], 3), 40 * index, np.uint8)).save(frames / f"{index:05d}.png")
     mask = np.zeros((32, 40), np.uint8)
     mask[8:20, 8:20] = 1
-    with pytest.raises(SegmentationError, match=r"a resume would stop at the same frame of this input\)$") as caught:
+    refusal = r"a resume stops at the same frame until the input is repaired\)$"
+    with pytest.raises(SegmentationError, match=refusal) as caught:
         segment_video(frames, mask, tmp_path / "out", model=segmenter, progress=False)
     assert "00002.png: frame 2 is 48x32" in str(caught.value) and "to continue" not in str(caught.value)
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="exception notes are Python >= 3.11")
+def test_a_write_that_fails_while_the_run_stops_is_named_in_its_error(tmp_path, monkeypatch):
+    """The run's error was one line without the disk-full of the frame being written as it stopped."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    import longvos.engine.pipeline as pipeline
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for index in range(6):
+        Image.fromarray(np.full((32, 40, 3), 20 * index, np.uint8)).save(frames / f"{index:05d}.png")
+    mask = np.zeros((32, 40), np.uint8)
+    mask[5:15, 5:15] = 1
+    real = pipeline.write_index_png
+
+    def disk_full_at_frame_3(path, ids, palette=None):
+        if "00003" in Path(path).name:
+            raise OSError(28, "No space left on device")
+        return real(path, ids, palette)
+
+    def stop_at_frame_3(frame, result):
+        if frame.index == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "write_index_png", disk_full_at_frame_3)
+    with pytest.raises(SegmentationError) as caught:
+        segment_video(frames, mask, tmp_path / "out", model=Segmenter(RepeatLastMask(), "cpu"), progress=False,
+                      on_frame=stop_at_frame_3)
+    message = str(caught.value)
+    assert "interrupted; and writing the frames computed before it failed too" in message, message
+    assert "No space left on device" in message and "3 frame(s) complete" in message and "\n" not in message

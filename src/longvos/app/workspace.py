@@ -182,7 +182,7 @@ class Workspace:
             self.adopt_upload(upload, video)
             # Bounded: counting the frames stops past the limit, whatever the container claims (VideoTooLong).
             with VideoFileSource(video, max_frames=self.max_video_frames) as source:
-                height, width = source.frame_size
+                height, width = source.coded_size
                 if height * width > self.max_video_pixels:  # checked before anything is decoded
                     raise TooLarge(f"frames of {width}x{height} are over the limit of "
                                    f"{self.max_video_pixels / 1e6:g} megapixels")
@@ -193,6 +193,7 @@ class Workspace:
                     source.num_frames  # noqa: B018 - builds the (bounded) index before anything else reads the file
                 except VideoTooLong:
                     raise too_long from None
+                height, width = source.frame_size  # as shown (a portrait phone video turned): decodes a frame
                 first = source.read(0)  # decodes: a file that only looks like a video fails here, not mid-run
                 Image.fromarray(first.image).save(folder / "first.png", compress_level=1)
                 job = Job(job_id, folder, video, source.num_frames, height, width,

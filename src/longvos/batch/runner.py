@@ -92,7 +92,7 @@ def run_batch(
     with hold_output_folder(out):
         _refuse_foreign(out)  # another run's files, or a user's: never mixed with this batch, never deleted
         if not resume:
-            _prepare_folder(out, overwrite, {item.name.casefold() for item in items if item.name})
+            _prepare_folder(out, overwrite, {item.name for item in items if item.name})
         # A summary of an earlier run would contradict the folders as soon as this run changes them.
         (out / SUMMARY_FILE).unlink(missing_ok=True)
         started = time.perf_counter()
@@ -171,17 +171,17 @@ def _refuse_foreign(out: Path) -> None:
 
 def _prepare_folder(out: Path, overwrite: bool, names: set[str]) -> None:
     """Refuse a batch folder that holds files (unless ``overwrite``); with ``overwrite`` delete what longvos wrote
-    in the folders of this batch's videos (``names``, case-folded; :func:`_refuse_foreign` has refused a batch
-    folder holding anything but folders and the summary). A folder of a longvos run that is not one of them (a
-    `segment` run put there, a video dropped from the manifest) is refused, not deleted. Files longvos did not
-    write stay, and each worker refuses a video whose folder holds any."""
+    in the folders of this batch's videos (``names``, exactly: ``Cat`` is not ``cat``'s; :func:`_refuse_foreign` has
+    refused a batch folder holding anything but folders and the summary). A folder of a longvos run that is not
+    one of them (a `segment` run put there, a video dropped from the manifest) is refused, not deleted. Files
+    longvos did not write stay, and each worker refuses a video whose folder holds any."""
     if not overwrite:
         refuse_used_folder(out, "use --resume to continue the batch there, --overwrite to replace the files longvos "
                                 "wrote there, or another --out")
     folders = [folder for folder in sorted(entry for entry in out.iterdir() if _is_video_folder(entry))
                # not a video folder of a longvos batch: left alone (its video is refused if it has files)
                if any((folder / name).is_file() for name in (PROGRESS_FILE, OUTPUTS_FILE))]
-    others = [folder.name for folder in folders if folder.name.casefold() not in names]
+    others = [folder.name for folder in folders if folder.name not in names]
     if others:
         raise InputError(f"{out} holds {', '.join(others[:5])}{' ...' if len(others) > 5 else ''}: the output of a "
                          f"longvos run that is not a video of this batch; --overwrite deletes only the folders of "

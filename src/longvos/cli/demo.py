@@ -48,7 +48,7 @@ def sample_video() -> Path:
 def run(args: argparse.Namespace) -> int:
     from longvos.engine.outputs import FOREIGN_FILES_ADVICE, refuse_used_folder
     from longvos.engine.pipeline import segment_video
-    from longvos.engine.progress import RunProgress
+    from longvos.engine.progress import RunProgress, video_fingerprint
 
     if args.frames is not None and args.frames < 1:
         raise CommandError(f"--frames must be at least 1, got {args.frames}")
@@ -60,10 +60,10 @@ def run(args: argparse.Namespace) -> int:
     if args.overwrite:
         refuse_used_folder(args.out, FOREIGN_FILES_ADVICE, keep=("masks", "overlay.mp4"))
         earlier = RunProgress.load(args.out / "masks")
-        recorded = None if earlier is None else earlier.settings.get("video")
-        if recorded is not None and Path(recorded) != video.resolve():  # masks of another video: not the demo's
-            raise CommandError(f"{args.out / 'masks'} holds a longvos run of {recorded}, not an earlier demo: "
-                               f"--overwrite replaces only what a demo wrote; use another --out")
+        # Told by content, not path: a reinstall moves the sample clip, and an earlier demo is still one.
+        if earlier is not None and earlier.settings.get("video_fingerprint") != video_fingerprint(video):
+            raise CommandError(f"{args.out / 'masks'} holds a longvos run of {earlier.settings.get('video')}, not an "
+                               f"earlier demo: --overwrite replaces only what a demo wrote; use another --out")
     else:
         refuse_used_folder(args.out, "use --overwrite to replace the files an earlier demo wrote there, or "
                                      "another --out")

@@ -441,6 +441,7 @@ class _Run:
             interrupted = isinstance(err, KeyboardInterrupt)
             reason = ("interrupted" if interrupted else str(err) if isinstance(err, InputError)
                       else f"{type(err).__name__}: {err}")
+            reason = "; ".join([reason, *getattr(err, "__notes__", ())])  # a write that failed meanwhile, too
             if self.unreadable_mask is not None:
                 # A resume would read the same saved mask again (to draw it, or to compare its recomputed frame).
                 advice = (f" (a resume would read the saved mask {self.unreadable_mask.name} again: use --overwrite "
@@ -450,7 +451,7 @@ class _Run:
                           " (its masks are complete and untouched; run again with resume to draw the overlay once "
                           "the cause is fixed)")
             elif isinstance(err, VideoReadError):  # the input itself: a resume would stop at the same frame
-                advice = " (kept; a resume would stop at the same frame of this input)" if self.records else ""
+                advice = " (kept; a resume stops at the same frame until the input is repaired)" if self.records else ""
             else:
                 advice = " (run again with resume to continue)" if self.records else ""
             what = "the overlay of a complete run was not drawn: " if redraw else ""

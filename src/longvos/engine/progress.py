@@ -28,6 +28,7 @@ import functools
 import hashlib
 import io
 import json
+import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from longvos.io.errors import VideoReadError
-from longvos.io.video import ImageSequenceSource
+from longvos.io.video import ImageSequenceSource, is_glob
 from longvos.io.writer import atomic_write
 
 PROGRESS_FILE = ".longvos-progress.json"
@@ -167,9 +168,9 @@ def video_fingerprint(path: str | Path) -> str | None:
     for a glob the paths it matches, as for a folder. ``None`` for anything else (an in-memory source)."""
     text, path = str(path), Path(path)
     try:
-        if any(char in text for char in "*?[") and not path.exists():  # a glob (as open_video tells them)
+        if is_glob(text):
             matched = ImageSequenceSource.from_glob(text).paths
-            return _frames_fingerprint(matched, [str(frame) for frame in matched])
+            return _frames_fingerprint(matched, [os.path.abspath(frame) for frame in matched])  # however written
         if path.is_file():
             size = path.stat().st_size
             digest = hashlib.sha256()

@@ -23,8 +23,8 @@ import numpy as np
 from PIL import Image
 
 from longvos.engine.options import SegmentOptions
-from longvos.engine.outputs import (check_output_folder, is_os_metadata, log_outputs, logged_names,
-                                    refuse_used_folder)
+from longvos.engine.outputs import (OUTPUTS_FILE, check_output_folder, is_os_metadata, log_outputs,
+                                    logged_names, refuse_used_folder)
 from longvos.engine.pipeline import SegmentSummary, segment_video
 from longvos.engine.resources import format_bytes
 from longvos.eval.masks import ground_truth_ids, present_ids
@@ -199,6 +199,8 @@ def check_report_folder(out_dir: Path, pred_root: Path) -> None:
         from longvos.engine.progress import PROGRESS_FILE
 
         runs = [name for name in (SUMMARY_FILE, PROGRESS_FILE) if (out_dir / name).exists()]
+        runs += [f"{child.name}/{name}" for child in sorted(out_dir.iterdir()) if child.is_dir()  # a batch cut
+                 for name in (PROGRESS_FILE, OUTPUTS_FILE) if (child / name).is_file()]  # short has no summary
         if runs:  # writing beside them would make that run's folder one it no longer resumes or overwrites
             raise InputError(f"{out_dir} is the output of a longvos batch or segment run (it holds {runs[0]}): "
                              f"give --out a folder for eval's reports")
@@ -224,13 +226,16 @@ def check_prediction_folders(pred_root: Path, layout: DavisLayout, sequences: li
     """Refuse (one :class:`InputError` line naming the folder and what longvos did not write there) a
     ``pred_root/<sequence>`` folder that :func:`run_model` would replace but that holds files longvos did not write.
 
-    Longvos's own are the files ``pred_root.parent/.longvos-outputs`` names. In a folder that list names nothing in,
-    where ``pred_root.parent`` shows an earlier ``eval --model`` run (an earlier longvos kept no list), they are the
-    masks an evaluation names after frames: PNGs named after a frame of the sequence, or numbered (the frames of a
-    longer version of it). Without that sign, masks named like frames may be a user's own: they are refused."""
+    Longvos's own are the files ``pred_root.parent/.longvos-outputs`` names. Where there is no list but the summary
+    of an earlier ``eval --model`` run (an earlier longvos kept none), they are the masks an evaluation names after
+    frames: PNGs named after a frame of the sequence, or numbered (the frames of a longer version of it). Otherwise
+    masks named like frames may be a user's own: they are refused."""
     pred_root = check_output_folder(pred_root, "the predictions folder")
     listed: dict[str, set[str]] = {}  # sequence -> the files the output list names in its folder
-    for entry in logged_names(pred_root.parent) or []:
+    logged = logged_names(pred_root.parent)
+    # Only a run from before the list (none there, its summary there) leaves masks longvos wrote unnamed.
+    unlisted_run = logged is None and earlier_model_run(pred_root.parent)
+    for entry in logged or []:
         parts = entry.split("/", 2)
         if len(parts) == 3 and parts[0] == pred_root.name:
             listed.setdefault(parts[1], set()).add(parts[2])
@@ -242,7 +247,7 @@ def check_prediction_folders(pred_root: Path, layout: DavisLayout, sequences: li
             raise InputError(f"{folder} is not a folder longvos made ({'a link' if folder.is_symlink() else 'a file'}"
                              f"), and eval would replace it: move it, or use another --out")
         own = listed.get(name, set())
-        if not own and earlier_model_run(pred_root.parent):
+        if not own and unlisted_run:
             frames = {path.stem for path in layout.frames_dir(name).iterdir()}
             own = {path.name for path in folder.glob("*.png") if path.stem in frames or path.stem.isdigit()}
         own_files = tuple(entry for entry in own if "/" not in entry and (folder / entry).is_file())

@@ -57,8 +57,6 @@ def lock_file(path: Path, attempts: int = 3) -> tuple[int, bool] | None:
             return None
         if taken is False:
             os.close(fd)
-            if made:  # made here and yet held: a holder that opened it meanwhile re-checks it (see the docstring)
-                remove_quietly(Path(path))
             raise FileHeld(str(path))
         if is_file_at(fd, Path(path)) or attempt == attempts:
             return fd, made

@@ -83,8 +83,6 @@ def decode_mask_image(image: Image.Image, path: Path | str) -> IndexMask:
         ids = np.array(image, dtype=np.int64)
         if ids.min() < 0 or ids.max() > np.iinfo(np.int32).max:
             raise MaskError(f"{path}: mask values must lie in 0..2^31-1, found {ids.min()}..{ids.max()}")
-        if set(np.unique(ids).tolist()) == {0, 65535}:  # black and white at 16 bits: one object, as 0/255 at 8 bits
-            ids = (ids != 0).astype(np.int64)  # (0/255 at 16 bits is object 255: longvos writes that id so)
         return IndexMask(compact_ids(ids))
     if image.mode in ("RGB", "RGBA"):
         return IndexMask(_rgb_ids(image, path))

@@ -113,12 +113,12 @@ class FrameSource(abc.ABC):
         return start, stop
 
 
-def natural_sort_key(text: str) -> list[object]:
+def natural_sort_key(text: str) -> tuple[list[object], str]:
     """Sort key that orders ``frame2`` before ``frame10``: digit runs compare as numbers, and a decimal number as
-    one (timestamps: ``0.04`` before ``0.2``, ``1.25`` before ``1.5``). Names whose numbers are equal (``0.1``,
-    ``0.10``) then compare as text, so no two names share a key."""
+    one, exactly (timestamps: ``0.04`` before ``0.2``, ``1.25`` before ``1.5``). Text and numbers alternate from
+    the start, so the two are never compared; names whose parts are equal (``0.1``, ``0.10``) then compare whole."""
     parts = re.split(r"(\d+(?:\.\d+)?)", text)
-    return [*(Decimal(part) if index % 2 else part.lower() for index, part in enumerate(parts)), text]  # exact
+    return [Decimal(part) if index % 2 else part.lower() for index, part in enumerate(parts)], text
 
 
 def frame_sort_key(path: Path) -> list[object]:
@@ -300,15 +300,25 @@ class HeaderFrameCount:
         return f"its header lists ({self.seconds:g} s at {self.rate:g} fps)"
 
 
+#: Packets of the video stream read at most to find the first frame's display rotation.
+TURN_PACKETS = 64
+
+
 def _quarter_turns(container: av.container.InputContainer) -> int:
     """How many quarter turns counterclockwise (``np.rot90``'s ``k``) show the first video stream's frames as its
-    display matrix says (FFmpeg's own ``autorotate``); 0 where it has none, or its first frame does not decode."""
+    display matrix says (FFmpeg's own ``autorotate``); 0 where it has none, or no frame decodes from its first
+    :data:`TURN_PACKETS` packets."""
+    stream = container.streams.video[0]
     try:
-        first = next(container.decode(container.streams.video[0]), None)
+        for count, packet in enumerate(container.demux(stream)):
+            if count >= TURN_PACKETS:
+                break
+            for frame in packet.decode():
+                rotation = getattr(frame, "rotation", 0) or 0  # degrees counterclockwise (PyAV >= 13)
+                return int(round(rotation / 90)) % 4 if rotation % 90 == 0 else 0
     except av.FFmpegError:
-        return 0
-    rotation = getattr(first, "rotation", 0) if first is not None else 0  # degrees counterclockwise
-    return int(round(rotation / 90)) % 4 if rotation and rotation % 90 == 0 else 0
+        pass
+    return 0
 
 
 def header_frame_count(container: av.container.InputContainer) -> HeaderFrameCount | None:
@@ -386,13 +396,13 @@ class VideoFileSource(FrameSource):
         self.max_frames = max_frames
         with self._open() as container:
             stream = container.streams.video[0]
-            self._size = (stream.codec_context.height, stream.codec_context.width)
+            #: (height, width) as stored, from the header: nothing decoded (what a size limit is checked on)
+            self.coded_size = (stream.codec_context.height, stream.codec_context.width)
             self.fps = float(stream.average_rate) if stream.average_rate else 25.0
-            # A phone's portrait video is stored landscape with a display matrix that says how to turn it: frames
-            # are turned as players show them (and a mask drawn on what the user sees fits).
-            self._turns = _quarter_turns(container)
-            if self._turns % 2:
-                self._size = self._size[::-1]
+        # A phone's portrait video is stored landscape with a display matrix that says how to turn it: frames are
+        # turned as players show them (and a mask drawn on what the user sees fits). Only a decoded frame tells
+        # (PyAV reads no display matrix from the header), so it is found when the size is first asked for.
+        self._turns: int | None = None
         # Presentation timestamps in display order, or None before the index is built / when the stream has none.
         self._timestamps: np.ndarray | None = None
         self._frame_count: int | None = None
@@ -517,7 +527,18 @@ class VideoFileSource(FrameSource):
 
     @property
     def frame_size(self) -> tuple[int, int]:
-        return self._size
+        """(height, width) of the frames as they are read: turned as the display matrix says."""
+        height, width = self.coded_size
+        return (width, height) if self.quarter_turns % 2 else (height, width)
+
+    @property
+    def quarter_turns(self) -> int:
+        """``np.rot90``'s ``k`` that shows the frames as players do (0 for most videos): decodes the first frame
+        once, reading at most :data:`TURN_PACKETS` packets of the video stream."""
+        if self._turns is None:
+            with self._open() as container:
+                self._turns = _quarter_turns(container)
+        return self._turns
 
     def frame_name(self, index: int) -> str:
         self.check_index(index)
@@ -548,11 +569,12 @@ class VideoFileSource(FrameSource):
                     ended = False
                     break
                 image = decoded.to_ndarray(format="rgb24")
-                if self._turns:
-                    image = np.ascontiguousarray(np.rot90(image, self._turns))
-                if image.shape[:2] != self._size:
+                if self.quarter_turns:
+                    image = np.ascontiguousarray(np.rot90(image, self.quarter_turns))
+                if image.shape[:2] != self.frame_size:
+                    height, width = self.frame_size
                     raise VideoReadError(f"{self.path}: frame {index} is {image.shape[1]}x{image.shape[0]}, "
-                                         f"but the video is {self._size[1]}x{self._size[0]}")
+                                         f"but the video is {width}x{height}")
                 if index == self.num_frames - 1:  # the last frame there is: a run that gets here read it all
                     self._stream_ends_at(index)
                 yield Frame(index, self.frame_name(index), image)
@@ -560,7 +582,9 @@ class VideoFileSource(FrameSource):
                     ended = False
                     break
         except av.FFmpegError as err:  # the frame after the last one decoded (the first asked for, if none was)
-            raise VideoReadError(f"{self.path}: cannot decode frame {max(index + 1, start)}: {err}") from None
+            failed = index + 1 if index >= 0 else start
+            towards = f" (reading towards frame {start})" if failed < start else ""
+            raise VideoReadError(f"{self.path}: cannot decode frame {failed}{towards}: {err}") from None
         finally:
             positioned.close()
         if ended and index < stop - 1:
@@ -632,14 +656,19 @@ class VideoFileSource(FrameSource):
                       f"not the {self._listed_count} {self._listed_by}", VideoTruncatedWarning, stacklevel=3)
 
 
+def is_glob(text: str) -> bool:
+    """Whether :func:`open_video` takes ``text`` for a glob of frame files. An existing file or folder wins over a
+    glob: `clip [1080p].mp4` and `take [1]/` are paths, not patterns."""
+    return any(char in text for char in "*?[") and not Path(text).exists()
+
+
 def open_video(source: str | Path | FrameSource) -> FrameSource:
     """Open a video file (mp4/mov/mkv/webm/avi via PyAV), a folder of images, or a glob such as ``"clip/*.png"``."""
     if isinstance(source, FrameSource):
         return source
     text = str(source)
     path = Path(text)
-    # An existing file or folder wins over a glob: `clip [1080p].mp4` and `take [1]/` are paths, not patterns.
-    if any(char in text for char in "*?[") and not path.exists():
+    if is_glob(text):
         return ImageSequenceSource.from_glob(text)
     if path.is_dir():
         return ImageSequenceSource.from_folder(path)
