@@ -18,7 +18,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from longvos.checkpoints import CheckpointError, export_weights, is_training_checkpoint, read_checkpoint
-from longvos.train.config import load_config
+from longvos.train.config import ConfigError, load_config
 
 
 def main() -> int:
@@ -34,7 +34,10 @@ def main() -> int:
                         help="object sizes beyond which a far piece of a mask is dropped; none: off; auto: the model's")
     args = parser.parse_args()
 
-    config = load_config(args.config)
+    try:
+        config = load_config(args.config)
+    except ConfigError as err:
+        sys.exit(f"validate: {err}")
     by_set: dict[str, list[str]] = defaultdict(list)
     for item in config.data.holdout:
         video_set, _, sequence = item.partition("/")
@@ -62,7 +65,8 @@ def main() -> int:
                 command += ["--memory", args.memory]
             if args.mem_gap:
                 command += ["--mem-gap", str(args.mem_gap)]
-            subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+            if subprocess.run(command, stdout=subprocess.DEVNULL).returncode != 0:  # its one line is on stderr
+                sys.exit(f"validate: scoring {video_set} failed (the line above says why)")
             scores = object_scores(out)
             all_scores += scores
             print(f"{video_set}: J&F {mean_jf(scores):.3f} over {len(scores)} objects ({', '.join(sequences)})")

@@ -74,3 +74,21 @@ def test_export_writes_fp16_ema_weights(tmp_path):
     assert all(v.dtype == torch.float16 for v in weights.values())
     assert torch.allclose(weights["0.weight"].float(), ema.shadow[0].weight, atol=1e-3)
     assert not torch.allclose(weights["0.weight"].float(), model[0].weight, atol=1e-4)
+
+
+def test_export_never_writes_over_its_checkpoint_nor_non_finite_weights(tmp_path):
+    """--export onto the newest checkpoint replaced the run's state with bare weights; a diverged run's NaN weights
+    were written (and refused only when loaded)."""
+    model, ema, optimizer, scaler = make_run()
+    train_steps(model, ema, optimizer, 2)
+    path = save_checkpoint(tmp_path, 2, model, ema, optimizer, scaler, TrainConfig().to_dict(), keep=1)
+    before = path.read_bytes()
+    with pytest.raises(CheckpointError, match="is the training checkpoint being exported"):
+        export_weights(path, path)
+    assert path.read_bytes() == before
+    with torch.no_grad():
+        ema.shadow[0].weight[0, 0] = float("nan")
+    diverged = save_checkpoint(tmp_path, 3, model, ema, optimizer, scaler, TrainConfig().to_dict(), keep=2)
+    with pytest.raises(CheckpointError, match=r"w\.pt \(as it would be written\) holds non-finite weights"):
+        export_weights(diverged, tmp_path / "w.pt")
+    assert not (tmp_path / "w.pt").exists()

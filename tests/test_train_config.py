@@ -42,6 +42,27 @@ def test_bad_overrides_fail_clearly(override, message):
         load_config(None, [override])
 
 
+@pytest.mark.parametrize("override, message", [
+    ("optim.lr=Infinity", "optim.lr: expected a finite number"),  # json.loads reads it
+    ("optim.lr=NaN", "optim.lr: expected a finite number"),
+    ("optim.lr=0", "optim.lr must be a positive number"),
+    ("optim.steps=-5", "optim.steps must be at least 1"),
+    ("run.log_every=0", "run.log_every must be at least 1"),  # a modulo by zero after the first step
+    ("run.checkpoint_every=0", "run.checkpoint_every must be at least 1"),
+    ("data.clip_len=1", "data.clip_len must be at least 2"),
+])
+def test_values_no_run_can_use_are_refused_naming_the_key(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+
+
+def test_a_json_preset_must_be_an_object(tmp_path):
+    preset = tmp_path / "list.json"
+    preset.write_text("[1, 2]")
+    with pytest.raises(ConfigError, match=r"list\.json: the top level must be an object of sections"):
+        load_config(preset)
+
+
 def test_file_then_overrides(tmp_path):
     preset = tmp_path / "p.toml"
     preset.write_text('[optim]\nsteps = 50\nlr = 3e-4\n[data]\nsize = 97\n[data.augment]\nblur_prob = 0.0\n')

@@ -256,6 +256,9 @@ def test_holdout_sequences_are_never_drawn(tiny_root):
     assert [s.name for s in clips.video.sequences] == ["sparse"]
     with pytest.raises(TrainingDataError, match="vids/typo"):
         TrainingClips(tiny_config(tiny_root, holdout=("vids/typo",)))
+    # A set listed twice trained on the held-out sequence from its second copy: refused.
+    with pytest.raises(TrainingDataError, match="data.video_sets names the set 'vids' twice"):
+        TrainingClips(tiny_config(tiny_root, static_fraction=0.0, video_sets=("vids", "vids"), holdout=("vids/walk",)))
 
 
 def test_resolution_curriculum_sizes_follow_the_step(tiny_root):

@@ -114,3 +114,30 @@ def test_mca_identity_init_zeroes_the_fusion_branches_and_needs_mca_blocks(share
 def test_unknown_amp_dtype_is_a_config_error(shared_dir, tmp_path):
     with pytest.raises(loop.ConfigError, match="optim.amp_dtype must be bf16 or fp16, got 'fp8'"):
         train(tiny_config(shared_dir, tmp_path, "optim.amp_dtype=fp8"))
+
+
+@pytest.mark.slow
+def test_a_resumed_run_logs_the_rows_of_an_uninterrupted_one(shared_dir, tmp_path):
+    """The end of a stop_after_steps invocation logged a row (step 1 here) that the uninterrupted run does not."""
+    train(tiny_config(shared_dir, tmp_path / "a", "run.log_every=2"))
+    train(tiny_config(shared_dir, tmp_path / "b", "run.log_every=2", "run.stop_after_steps=1"))
+    train(tiny_config(shared_dir, tmp_path / "b", "run.log_every=2"), resume=True)
+    rows = {}
+    for name in ("a", "b"):
+        with (tmp_path / name / "log.csv").open() as handle:
+            rows[name] = [(r["step"], r["loss"]) for r in csv.DictReader(handle)]
+    assert [step for step, _ in rows["a"]] == ["2", "3"] and rows["b"] == rows["a"]
+
+
+def test_a_loss_that_is_not_finite_stops_the_run_in_one_line(shared_dir, tmp_path, monkeypatch):
+    real = loop.ClipUnroll
+
+    class Diverged(real):
+        def forward(self, *args, **kwargs):
+            loss, stats = super().forward(*args, **kwargs)
+            return loss * float("nan"), stats
+
+    monkeypatch.setattr(loop, "ClipUnroll", Diverged)
+    with pytest.raises(loop.TrainingDiverged, match=r"the loss is nan at step 1: training diverged"):
+        train(tiny_config(shared_dir, tmp_path / "run", "run.log_every=1"))
+    assert not list_checkpoints(tmp_path / "run")  # nothing saved from the diverged step

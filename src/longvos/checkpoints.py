@@ -152,6 +152,7 @@ def save_checkpoint(path: str | os.PathLike[str], state_dict: Mapping[str, torch
     float32)."""
     tensors = {key: value.detach().to("cpu", torch.float16 if half and value.is_floating_point() else value.dtype)
                for key, value in state_dict.items()}
+    check_finite(tensors, f"{path} (as it would be written)")  # after the cast: fp16 makes values past 65504 inf
     write_checkpoint_file({FORMAT_MARKER: FORMAT_VERSION, "model": model_name, "config": dict(config or {}),
                            "state_dict": tensors}, path)
 
@@ -624,6 +625,8 @@ def export_weights(checkpoint: Path, destination: Path, use_ema: bool = True, ha
     rebuilt from the file takes its own registry defaults (which differ per model: see
     :mod:`longvos.models.aot.zoo`) unless the caller overrides them.
     """
+    if Path(destination).exists() and os.path.samefile(destination, checkpoint):
+        raise CheckpointError(f"{destination} is the training checkpoint being exported: write the weights elsewhere")
     state = read_training_checkpoint(Path(checkpoint))
     weights = state["ema"]["weights"] if use_ema else state["model"]
     model_config = {k: v for k, v in state.get("model_config", {}).items() if k not in RUN_CHOICE_FIELDS}

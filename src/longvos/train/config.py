@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -200,7 +201,27 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if not sep or not key.strip():
             raise ConfigError(f"override {item!r} is not of the form key=value (e.g. optim.lr=1e-4)")
         set_value(config, key.strip(), text.strip())
+    check_ranges(config)
     return config
+
+
+#: Keys whose value must be at least this (a type check lets 0 or -5 through: no step run, a modulo by zero).
+MINIMUM = {"optim.steps": 1, "optim.batch_size": 1, "run.log_every": 1, "run.checkpoint_every": 1,
+           "data.clip_len": 2, "data.size": 1}
+
+
+def check_ranges(config: TrainConfig) -> None:
+    """Refuse values of the right type that no run can use, in one line naming the key: a count below its minimum,
+    a learning rate that is not positive, any number that is not finite (JSON's NaN and Infinity parse)."""
+    for dotted, least in MINIMUM.items():
+        section, key = dotted.split(".")
+        value = getattr(getattr(config, section), key)
+        if value < least:
+            raise ConfigError(f"{dotted} must be at least {least}, got {value}")
+    if not config.optim.lr > 0:
+        raise ConfigError(f"optim.lr must be a positive number, got {config.optim.lr}")
+    if config.optim.min_lr < 0:
+        raise ConfigError(f"optim.min_lr must be 0 or more, got {config.optim.min_lr}")
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
@@ -209,7 +230,11 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"config file not found: {path}")
     try:
         if path.suffix == ".json":
-            return json.loads(path.read_text())
+            values = json.loads(path.read_text())
+            if not isinstance(values, dict):
+                raise ConfigError(f"{path}: the top level must be an object of sections, not a "
+                                  f"{type(values).__name__}")
+            return values
         if path.suffix == ".toml":
             if tomllib is None:
                 raise ConfigError("TOML configs need Python >= 3.11 (or use a .json config)")
@@ -307,6 +332,8 @@ def coerce(value: Any, annotation: Any, key: str) -> Any:
         raise ConfigError(f"{key}: expected an integer, got {value!r}")
     if annotation is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):  # json.loads reads NaN and Infinity
+                raise ConfigError(f"{key}: expected a finite number, got {value!r}")
             return float(value)
         raise ConfigError(f"{key}: expected a number, got {value!r}")
     if annotation is str:

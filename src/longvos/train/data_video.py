@@ -41,14 +41,20 @@ class VideoClipSource:
     def __init__(self, set_dirs: list[Path], cfg: DataConfig):
         self.cfg = cfg
         self.sequences: list[Sequence] = []
-        unused_holdout = set(cfg.holdout)
+        names = [set_dir.name for set_dir in set_dirs]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:  # holdout keys are <set folder name>/<sequence>: two sets of one name cannot be told apart
+            raise TrainingDataError(f"data.video_sets names the set {repeated[0]!r} twice (or two sets share that "
+                                    f"folder name)")
+        holdout, used = frozenset(cfg.holdout), set()
         for set_dir in set_dirs:
             for sequence in find_sequences(check_not_held_out(set_dir)):
                 key = f"{set_dir.name}/{sequence.name}"
-                if key in unused_holdout:
-                    unused_holdout.discard(key)  # the validation split: never trained on
+                if key in holdout:  # the validation split: never trained on
+                    used.add(key)
                 else:
                     self.sequences.append(sequence)
+        unused_holdout = holdout - used
         if unused_holdout:  # a typo would silently train on the validation split
             raise TrainingDataError(f"data.holdout names no sequence of the video sets: {', '.join(sorted(unused_holdout))}"
                                     " (write <video set>/<sequence>)")

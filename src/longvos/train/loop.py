@@ -14,6 +14,7 @@ folder that already holds a run's checkpoints or log.
 from __future__ import annotations
 
 import contextlib
+import math
 import signal
 import time
 from pathlib import Path
@@ -25,6 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from longvos.checkpoints import (CheckpointError, latest_checkpoint, list_checkpoints, read_training_checkpoint,
                                  restore_rng, restore_training, rng_state, save_training_checkpoint)
 from longvos.device import bf16_is_fast
+from longvos.io.errors import LongvosError
 from longvos.models.aot.model import AOTModel
 
 from . import distributed
@@ -46,6 +48,10 @@ def train(config: TrainConfig, resume: bool = False) -> AOTModel:
         return _train(config, resume, dist_state)
     finally:
         distributed.teardown(dist_state)
+
+
+class TrainingDiverged(LongvosError):
+    """The loss became NaN or infinite: every later step, and the weights it would save, would be meaningless."""
 
 
 def _train(config: TrainConfig, resume: bool, dist_state: distributed.Distributed) -> AOTModel:
@@ -148,9 +154,15 @@ def _train(config: TrainConfig, resume: bool, dist_state: distributed.Distribute
             step += 1
             window_steps += 1
 
-            if step % run.log_every == 0 or step == last_step:
+            # Every log_every steps, and at the schedule's end (not where a stop_after_steps invocation ends: its
+            # resume would log a row the uninterrupted run does not).
+            if step % run.log_every == 0 or step == optim.steps:
                 values = distributed.mean_over_processes(
                     {"loss": float(loss.detach()), **stats, "grad_norm": float(grad_norm)}, dist_state)
+                if not math.isfinite(values["loss"]):  # checked where the loss is read anyway: no extra sync
+                    raise TrainingDiverged(f"the loss is {values['loss']} at step {step}: training diverged (lower "
+                                           f"optim.lr, or check the data); the checkpoints before step {step} "
+                                           f"in {run_dir / 'checkpoints'} are kept")
                 if logger is not None:
                     logger.log(step, {**values, "lr": lr, "encoder_lr": encoder_lr, "top_k": settings.top_k_fraction,
                                       "teacher_forcing": int(settings.teacher_forcing),
