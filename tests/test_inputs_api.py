@@ -165,7 +165,9 @@ def test_bench_allows_random_weights(capsys, dev_dir):
 
 @pytest.fixture(scope="module")
 def nan_checkpoint(tmp_path_factory) -> Path:
-    from longvos.checkpoints import save_model
+    """A longvos checkpoint of NaN weights, as a file damaged (or written by an earlier longvos) would hold them:
+    written around save_checkpoint, which refuses them now."""
+    from longvos.checkpoints import FORMAT_MARKER, FORMAT_VERSION, write_checkpoint_file
     from longvos.models.registry import create_model
 
     model = create_model("mavos-lite")
@@ -173,7 +175,8 @@ def nan_checkpoint(tmp_path_factory) -> Path:
         for parameter in model.parameters():
             parameter.fill_(float("nan"))
     path = tmp_path_factory.mktemp("nan") / "nan.pt"
-    save_model(model, path)
+    write_checkpoint_file({FORMAT_MARKER: FORMAT_VERSION, "model": "mavos-lite", "config": {},
+                           "state_dict": model.state_dict()}, path)
     return path
 
 
