@@ -181,7 +181,7 @@ class ImageSequenceSource(FrameSource):
         if self._size is None:
             try:
                 with Image.open(self.paths[0]) as image:  # header only: pixels are decoded on .load()
-                    turned = image.getexif().get(_EXIF_ORIENTATION, 1) in (5, 6, 7, 8)  # a camera's portrait
+                    turned = _exif_orientation(image) in (5, 6, 7, 8)  # a camera's portrait
                     self._size = (image.width, image.height) if turned else (image.height, image.width)
             except OSError as err:
                 raise VideoReadError(f"{self.paths[0]}: cannot read frame 0: {err}") from None
@@ -201,7 +201,10 @@ class ImageSequenceSource(FrameSource):
         path = self.paths[index]
         try:
             with Image.open(path) as image:
-                rgb = _rgb8(ImageOps.exif_transpose(image), path, index)  # turned as viewers show it
+                # Turned as viewers show it; only where there is a turn: exif_transpose copies even an upright frame.
+                if _exif_orientation(image) != 1:
+                    image = ImageOps.exif_transpose(image)
+                rgb = _rgb8(image, path, index)
         except (OSError, ValueError, Image.DecompressionBombError) as err:
             raise VideoReadError(f"{path}: cannot decode frame {index}: {err}") from None
         if rgb.shape[:2] != self.frame_size:
@@ -213,6 +216,11 @@ class ImageSequenceSource(FrameSource):
 
 #: The EXIF tag of a camera's orientation: 1 upright, 5-8 turned a quarter (the picture is stored on its side).
 _EXIF_ORIENTATION = 0x0112
+
+
+def _exif_orientation(image: Image.Image) -> int:
+    """The EXIF orientation of an opened image (1, upright, where it has none): header only, nothing decoded."""
+    return image.getexif().get(_EXIF_ORIENTATION, 1)
 
 
 def _rgb8(image: Image.Image, path: Path, index: int) -> np.ndarray:
